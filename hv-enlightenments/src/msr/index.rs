@@ -1,0 +1,70 @@
+//! Synthetic MSR indices (TLFS "Synthetic MSRs"; Linux `hyperv-tlfs.h`,
+//! `hvgdk_mini.h`).
+
+/// Guest OS identity; hypercalls are refused while it is 0.
+pub const HV_X64_MSR_GUEST_OS_ID: u32 = 0x4000_0000;
+/// Hypercall page: bit 0 enable, bit 1 locked, bits 63:12 GPA page.
+pub const HV_X64_MSR_HYPERCALL: u32 = 0x4000_0001;
+/// This virtual processor's index (read-only to the guest).
+pub const HV_X64_MSR_VP_INDEX: u32 = 0x4000_0002;
+/// Writing bit 0 resets the partition.
+pub const HV_X64_MSR_RESET: u32 = 0x4000_0003;
+/// Time this VP has run, in 100 ns units.
+pub const HV_X64_MSR_VP_RUNTIME: u32 = 0x4000_0010;
+/// Partition reference counter, 100 ns units.
+pub const HV_X64_MSR_TIME_REF_COUNT: u32 = 0x4000_0020;
+/// Reference TSC page: bit 0 enable, bits 63:12 GPA page.
+pub const HV_X64_MSR_REFERENCE_TSC: u32 = 0x4000_0021;
+/// TSC frequency in Hz.
+pub const HV_X64_MSR_TSC_FREQUENCY: u32 = 0x4000_0022;
+/// APIC timer frequency in Hz.
+pub const HV_X64_MSR_APIC_FREQUENCY: u32 = 0x4000_0023;
+/// Synthetic EOI (same effect as an x2APIC EOI write).
+pub const HV_X64_MSR_EOI: u32 = 0x4000_0070;
+/// Synthetic ICR: one 64-bit write sends an IPI.
+pub const HV_X64_MSR_ICR: u32 = 0x4000_0071;
+/// Synthetic TPR.
+pub const HV_X64_MSR_TPR: u32 = 0x4000_0072;
+/// VP assist page: bit 0 enable, bits 63:12 GPA page.
+pub const HV_X64_MSR_VP_ASSIST_PAGE: u32 = 0x4000_0073;
+/// SynIC control.
+pub const HV_X64_MSR_SCONTROL: u32 = 0x4000_0080;
+/// SynIC version (read-only).
+pub const HV_X64_MSR_SVERSION: u32 = 0x4000_0081;
+/// SynIC event flags page.
+pub const HV_X64_MSR_SIEFP: u32 = 0x4000_0082;
+/// SynIC message page.
+pub const HV_X64_MSR_SIMP: u32 = 0x4000_0083;
+/// SynIC end of message.
+pub const HV_X64_MSR_EOM: u32 = 0x4000_0084;
+/// First synthetic interrupt source; SINTx is `HV_X64_MSR_SINT0 + x`.
+pub const HV_X64_MSR_SINT0: u32 = 0x4000_0090;
+/// Last synthetic interrupt source.
+pub const HV_X64_MSR_SINT15: u32 = 0x4000_009F;
+/// Number of SINT MSRs.
+pub const HV_SINT_COUNT: usize = 16;
+/// Synthetic timer 0 configuration; timer n config is `+ 2n`, count `+ 2n + 1`.
+pub const HV_X64_MSR_STIMER0_CONFIG: u32 = 0x4000_00B0;
+/// Last synthetic timer MSR (timer 3 count).
+pub const HV_X64_MSR_STIMER3_COUNT: u32 = 0x4000_00B7;
+/// Guest idle (reading it idles the VP).
+pub const HV_X64_MSR_GUEST_IDLE: u32 = 0x4000_00F0;
+/// Crash parameter 0; P0..P4 are consecutive.
+pub const HV_X64_MSR_CRASH_P0: u32 = 0x4000_0100;
+/// Crash parameter 4.
+pub const HV_X64_MSR_CRASH_P4: u32 = 0x4000_0104;
+/// Crash control.
+pub const HV_X64_MSR_CRASH_CTL: u32 = 0x4000_0105;
+/// Reenlightenment control.
+pub const HV_X64_MSR_REENLIGHTENMENT_CONTROL: u32 = 0x4000_0106;
+/// TSC emulation control.
+pub const HV_X64_MSR_TSC_EMULATION_CONTROL: u32 = 0x4000_0107;
+/// TSC emulation status.
+pub const HV_X64_MSR_TSC_EMULATION_STATUS: u32 = 0x4000_0108;
+/// TSC invariant control: bit 0 makes the TSC invariant to the guest.
+pub const HV_X64_MSR_TSC_INVARIANT_CONTROL: u32 = 0x4000_0118;
+
+/// First MSR of the synthetic range (a VMM's MSR filter covers this range).
+pub const HV_X64_MSR_RANGE_START: u32 = 0x4000_0000;
+/// One past the last synthetic MSR a VMM must trap.
+pub const HV_X64_MSR_RANGE_END: u32 = 0x4000_0200;

@@ -1,0 +1,5 @@
+//! Hyper-V synthetic MSRs.
+
+pub mod index;
+
+pub use index::*;
