@@ -1,0 +1,82 @@
+//! The VMM's error type.
+
+use std::time::Duration;
+
+/// Errors that end a VM run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Opening `/dev/kvm` or a KVM ioctl failed.
+    #[error("KVM {op}: {err}")]
+    Kvm {
+        /// The operation.
+        op: &'static str,
+        /// The error.
+        err: kvm_ioctls::Error,
+    },
+    /// A vCPU ioctl failed.
+    #[error("vCPU {vcpu}: KVM {op}: {err}")]
+    VcpuKvm {
+        /// vCPU index.
+        vcpu: u32,
+        /// The operation.
+        op: &'static str,
+        /// The error.
+        err: kvm_ioctls::Error,
+    },
+    /// Guest memory could not be set up.
+    #[error("guest memory: {0}")]
+    Memory(String),
+    /// Guest code could not be assembled.
+    #[error(transparent)]
+    Asm(#[from] crate::guest::asm::Error),
+    /// The CPUID table could not be built.
+    #[error(transparent)]
+    Cpuid(#[from] crate::cpuid::Error),
+    /// Kicks could not be set up or sent.
+    #[error(transparent)]
+    Kick(#[from] crate::kick::Error),
+    /// More vCPUs than KVM allows.
+    #[error("{requested} vCPUs requested, KVM allows {max}")]
+    TooManyVcpus {
+        /// Requested.
+        requested: u32,
+        /// KVM_CAP_MAX_VCPUS.
+        max: u32,
+    },
+    /// A vCPU thread could not be started.
+    #[error("starting vCPU thread {vcpu}: {err}")]
+    Thread {
+        /// vCPU index.
+        vcpu: u32,
+        /// The error.
+        err: std::io::Error,
+    },
+    /// The guest stopped with an exit the VMM cannot continue from.
+    #[error("vCPU {vcpu}: {reason} at RIP {rip:#x}")]
+    Guest {
+        /// vCPU index.
+        vcpu: u32,
+        /// Exit reason and details.
+        reason: String,
+        /// Guest RIP (0 when it could not be read).
+        rip: u64,
+    },
+    /// The guest reported a failed check.
+    #[error("scenario failed on vCPU {vcpu}: code {code}, detail {detail:#x}")]
+    ScenarioFailed {
+        /// Reporting vCPU.
+        vcpu: u32,
+        /// Failure code.
+        code: u64,
+        /// Detail value.
+        detail: u64,
+    },
+    /// A bounded wait expired.
+    #[error("timed out after {waited:?} waiting for {what}")]
+    Timeout {
+        /// How long.
+        waited: Duration,
+        /// What was waited for, and the state seen.
+        what: String,
+    },
+}

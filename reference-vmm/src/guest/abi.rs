@@ -1,0 +1,126 @@
+//! The contract between the VMM and the built-in guest kernel: ports,
+//! vectors, system calls and the offsets of per-vCPU and shared variables.
+
+use crate::layout::SHARED;
+
+/// The hypercall page stub writes this port (`out 0xE0, al; ret`).
+pub const HYPERCALL_PORT: u16 = 0xE0;
+/// Scenario reports: a 32-bit write of one of the `REPORT_*` codes to this
+/// guest-physical MMIO address (identity-mapped, outside RAM), RDI/RSI
+/// arguments. MMIO rather than a port because it must work from CPL3, and
+/// some hosts (PVM) refuse CPL3 port I/O whatever the TSS I/O bitmap says.
+pub const REPORT_MMIO: u64 = 0x3000_0000;
+/// The guest kernel's fatal-exception path: EAX = vector, RDX = RIP,
+/// RSI = error code.
+pub const PANIC_PORT: u16 = 0xE2;
+
+/// Report: the scenario finished; RDI = 0 on success, else a failure code,
+/// RSI = detail.
+pub const REPORT_DONE: u32 = 0;
+/// Report: the measured phase starts (RDI = operations it will run).
+pub const REPORT_MARK_START: u32 = 1;
+/// Report: the measured phase ends.
+pub const REPORT_MARK_END: u32 = 2;
+/// Report: a value for the VMM's log (RDI = tag, RSI = value).
+pub const REPORT_VALUE: u32 = 3;
+
+/// System call: write MSR RDI with RSI. Returns 0, or bit 63 | vector.
+pub const SYS_WRMSR: u32 = 0;
+/// System call: read MSR RDI. Returns the value, or bit 63 | vector.
+pub const SYS_RDMSR: u32 = 1;
+/// System call: hypercall with control RDI, input RSI, output RDX.
+pub const SYS_HYPERCALL: u32 = 2;
+/// System call: `sti; hlt; cli` (returns after one interrupt).
+pub const SYS_HALT: u32 = 3;
+/// System call: `invlpg [RDI]`.
+pub const SYS_INVLPG: u32 = 4;
+
+/// Vector of the IPI used by ping, broadcast and shootdown requests.
+pub const VEC_IPI: u8 = 0xF0;
+/// Vector of the ping-pong reply.
+pub const VEC_PONG: u8 = 0xF1;
+/// Vector of the native TLB shootdown IPI.
+pub const VEC_FLUSH: u8 = 0xF2;
+/// Vector that only wakes a vCPU.
+pub const VEC_WAKE: u8 = 0xF3;
+/// Vector of the local APIC timer.
+pub const VEC_TIMER: u8 = 0xEC;
+
+/// Per-vCPU variables, addressed through GS (`gs:[offset]`).
+pub mod percpu {
+    /// This vCPU's index.
+    pub const CPU: u64 = 0;
+    /// VP index read from HV_X64_MSR_VP_INDEX.
+    pub const VP_INDEX: u64 = 8;
+    /// Address to resume at after the next exception (0: fatal).
+    pub const FIXUP: u64 = 16;
+    /// Vector of the last exception.
+    pub const LAST_VEC: u64 = 24;
+    /// Number of exceptions taken.
+    pub const FAULTS: u64 = 32;
+    /// Number of VEC_IPI interrupts received.
+    pub const IPI_COUNT: u64 = 40;
+    /// Number of timer interrupts received.
+    pub const TIMER_COUNT: u64 = 48;
+    /// Number of VEC_FLUSH interrupts received.
+    pub const FLUSH_COUNT: u64 = 56;
+    /// Last value read through the TLB test window.
+    pub const SEEN_VAL: u64 = 64;
+    /// Generation under which SEEN_VAL was read.
+    pub const SEEN_GEN: u64 = 72;
+    /// Linear address of this block.
+    pub const SELF: u64 = 80;
+    /// Guest-physical address of the VP assist page.
+    pub const ASSIST: u64 = 88;
+    /// Top of the user stack.
+    pub const USTACK: u64 = 96;
+    /// Number of VEC_PONG interrupts received.
+    pub const PONG_COUNT: u64 = 104;
+    /// Number of VEC_WAKE interrupts received.
+    pub const WAKE_COUNT: u64 = 112;
+    /// Size of the block.
+    pub const SIZE: u64 = 128;
+}
+
+/// Shared variables (absolute addresses).
+pub mod shared {
+    use super::SHARED;
+    /// Non-zero: turn Hyper-V on at start (VP_INDEX, VP_ASSIST_PAGE,
+    /// GUEST_OS_ID, HYPERCALL).
+    pub const HV_ENABLED: u64 = SHARED;
+    /// Number of vCPUs.
+    pub const VCPUS: u64 = SHARED + 8;
+    /// vCPUs that reached their scenario loop.
+    pub const READY: u64 = SHARED + 16;
+    /// Acknowledgements counted by interrupt handlers.
+    pub const ACKS: u64 = SHARED + 24;
+    /// Generation counter published by the driver.
+    pub const GEN: u64 = SHARED + 32;
+    /// How IPIs are sent from interrupt handlers: 0 x2APIC ICR, 1 PV IPI.
+    pub const IPI_MODE: u64 = SHARED + 40;
+    /// How interrupts are completed: 0 x2APIC EOI, 1 synthetic EOI MSR,
+    /// 2 lazy EOI (VP assist page) with synthetic EOI fallback.
+    pub const EOI_MODE: u64 = SHARED + 48;
+    /// Non-zero: VEC_IPI handlers on vCPUs other than 0 reply with VEC_PONG.
+    pub const PONG: u64 = SHARED + 56;
+    /// Scratch for scenario parameters.
+    pub const PARAM: u64 = SHARED + 64;
+    /// A page-aligned hypercall input page.
+    pub const HC_INPUT: u64 = SHARED + 0x1000;
+    /// A page-aligned hypercall output page.
+    pub const HC_OUTPUT: u64 = SHARED + 0x2000;
+}
+
+/// EOI_MODE values.
+pub mod eoi_mode {
+    /// x2APIC EOI register (MSR 0x80B).
+    pub const X2APIC: u64 = 0;
+    /// HV_X64_MSR_EOI.
+    pub const SYNTHETIC: u64 = 1;
+    /// Lazy EOI through the VP assist page, else HV_X64_MSR_EOI.
+    pub const LAZY: u64 = 2;
+}
+
+/// The GUEST_OS_ID the built-in kernel writes (open-source, Linux-like
+/// encoding with a non-zero OS type so a VMM that checks it accepts it).
+pub const GUEST_OS_ID: u64 = 0x8100_0000_0000_0001;

@@ -1,0 +1,134 @@
+//! Building blocks of the CPL3 scenario code.
+
+use iced_x86::IcedError;
+use iced_x86::code_asm::*;
+
+use super::abi::{self, percpu as pc, shared};
+
+/// `gs:[off]` as a qword.
+pub fn gs(off: u64) -> AsmMemoryOperand {
+    qword_ptr(off).gs()
+}
+
+/// `syscall` number `nr` (arguments already in RDI, RSI, RDX).
+pub fn sys(a: &mut CodeAssembler, nr: u32) -> Result<(), IcedError> {
+    a.mov(eax, nr)?;
+    a.syscall()
+}
+
+/// wrmsr(msr, value in `val`) through the kernel.
+pub fn wrmsr(a: &mut CodeAssembler, msr: u32, val: AsmRegister64) -> Result<(), IcedError> {
+    if val != rsi {
+        a.mov(rsi, val)?;
+    }
+    a.mov(edi, msr)?;
+    sys(a, abi::SYS_WRMSR)
+}
+
+/// wrmsr(msr, imm) through the kernel.
+pub fn wrmsr_imm(a: &mut CodeAssembler, msr: u32, val: u64) -> Result<(), IcedError> {
+    a.mov(rsi, val)?;
+    wrmsr(a, msr, rsi)
+}
+
+/// Reports `code` with RDI/RSI as they are.
+pub fn report(a: &mut CodeAssembler, code: u32) -> Result<(), IcedError> {
+    a.mov(eax, code)?;
+    a.mov(dword_ptr(abi::REPORT_MMIO), eax)
+}
+
+/// MARK_START for `ops` operations.
+pub fn mark_start(a: &mut CodeAssembler, ops: u64) -> Result<(), IcedError> {
+    a.mov(rdi, ops)?;
+    report(a, abi::REPORT_MARK_START)
+}
+
+/// MARK_END.
+pub fn mark_end(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    report(a, abi::REPORT_MARK_END)
+}
+
+/// Reports failure `code` with detail in `detail` and stops (DONE never
+/// returns: the VMM ends the run).
+pub fn fail(a: &mut CodeAssembler, code: u32, detail: AsmRegister64) -> Result<(), IcedError> {
+    if detail != rsi {
+        a.mov(rsi, detail)?;
+    }
+    a.mov(edi, code)?;
+    report(a, abi::REPORT_DONE)?;
+    let mut l = a.create_label();
+    a.set_label(&mut l)?;
+    a.pause()?;
+    a.jmp(l)
+}
+
+/// Reports success with detail `detail`.
+pub fn done(a: &mut CodeAssembler, detail: AsmRegister64) -> Result<(), IcedError> {
+    if detail != rsi {
+        a.mov(rsi, detail)?;
+    }
+    a.xor(edi, edi)?;
+    report(a, abi::REPORT_DONE)?;
+    let mut l = a.create_label();
+    a.set_label(&mut l)?;
+    a.pause()?;
+    a.jmp(l)
+}
+
+/// Halts (through the kernel) until the qword at `counter` (a memory
+/// operand) is at least `target`.
+pub fn halt_until(
+    a: &mut CodeAssembler,
+    counter: AsmMemoryOperand,
+    target: AsmRegister64,
+) -> Result<(), IcedError> {
+    let mut top = a.create_label();
+    let mut out = a.create_label();
+    a.set_label(&mut top)?;
+    a.cmp(counter, target)?;
+    a.jae(out)?;
+    sys(a, abi::SYS_HALT)?;
+    a.jmp(top)?;
+    a.set_label(&mut out)?;
+    Ok(())
+}
+
+/// Spins (CPL3, natively) until the qword at absolute `addr` is at least
+/// `target`.
+pub fn spin_until(
+    a: &mut CodeAssembler,
+    addr: u64,
+    target: AsmRegister64,
+) -> Result<(), IcedError> {
+    let mut top = a.create_label();
+    let mut out = a.create_label();
+    a.set_label(&mut top)?;
+    a.cmp(qword_ptr(addr), target)?;
+    a.jae(out)?;
+    a.pause()?;
+    a.jmp(top)?;
+    a.set_label(&mut out)?;
+    Ok(())
+}
+
+/// The common start: vCPU 0 waits until every other vCPU is ready and
+/// falls through; the others count themselves ready and jump to
+/// `responder`.
+pub fn prologue(a: &mut CodeAssembler, responder: CodeLabel) -> Result<(), IcedError> {
+    let mut driver = a.create_label();
+    a.cmp(gs(pc::CPU), 0)?;
+    a.je(driver)?;
+    a.lock().inc(qword_ptr(shared::READY))?;
+    a.jmp(responder)?;
+    a.set_label(&mut driver)?;
+    a.mov(rbx, qword_ptr(shared::VCPUS))?;
+    a.dec(rbx)?;
+    spin_until(a, shared::READY, rbx)
+}
+
+/// A responder that halts forever; its interrupt handlers do the work.
+pub fn idle_responder(a: &mut CodeAssembler, label: &mut CodeLabel) -> Result<(), IcedError> {
+    a.set_label(label)?;
+    sys(a, abi::SYS_HALT)?;
+    a.jmp(*label)
+}

@@ -1,0 +1,169 @@
+//! Per-vCPU counters (plain relaxed atomics) and their snapshots, printed
+//! as a table or serialized as JSON.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+macro_rules! counters {
+    ($(#[$m:meta])* $name:ident, $snap:ident { $($(#[$fm:meta])* $f:ident),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Default)]
+        pub struct $name {
+            $($(#[$fm])* pub $f: AtomicU64,)*
+        }
+
+        /// A copy of the counters at one moment.
+        #[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+        pub struct $snap {
+            $($(#[$fm])* pub $f: u64,)*
+        }
+
+        impl $name {
+            /// Reads every counter.
+            pub fn snapshot(&self) -> $snap {
+                $snap { $($f: self.$f.load(Ordering::Relaxed),)* }
+            }
+        }
+
+        impl $snap {
+            /// Field-wise sum.
+            pub fn add(&mut self, o: &Self) {
+                $(self.$f += o.$f;)*
+            }
+            /// Field-wise difference `self - earlier` (saturating).
+            pub fn since(&self, earlier: &Self) -> Self {
+                Self { $($f: self.$f.saturating_sub(earlier.$f),)* }
+            }
+            /// `(name, value)` pairs in declaration order.
+            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($f), self.$f),)*]
+            }
+        }
+    };
+}
+
+counters!(
+    /// Counters of one vCPU.
+    VcpuMetrics, MetricsSnapshot {
+        /// All `KVM_RUN` returns, including interrupted ones.
+        exits,
+        /// Port I/O exits.
+        exit_io,
+        /// MMIO exits.
+        exit_mmio,
+        /// HLT exits.
+        exit_hlt,
+        /// Interrupt-window exits.
+        exit_irq_window,
+        /// `KVM_RUN` interrupted by a kick (EINTR).
+        exit_intr,
+        /// Userspace MSR read exits.
+        exit_rdmsr,
+        /// Userspace MSR write exits.
+        exit_wrmsr,
+        /// Any other exit.
+        exit_other,
+        /// MSR exits for Hyper-V synthetic MSRs.
+        msr_synthetic,
+        /// MSR exits for x2APIC MSRs.
+        msr_x2apic,
+        /// Other MSR exits (answered with #GP).
+        msr_other,
+        /// Hypercalls (trap-stub exits).
+        hypercalls,
+        /// Hypercalls that returned HV_STATUS_SUCCESS.
+        hypercalls_ok,
+        /// Hypercalls that returned an error status.
+        hypercalls_failed,
+        /// Hypercalls refused with #UD (CPL != 0).
+        hypercalls_ud,
+        /// HvCallSendSyntheticClusterIpi(Ex) calls.
+        hc_send_ipi,
+        /// HvCallFlushVirtualAddress{Space,List}(Ex) calls.
+        hc_flush,
+        /// Interrupts this vCPU posted to others (or itself).
+        ipis_posted,
+        /// Kicks this vCPU sent to running vCPUs.
+        kicks,
+        /// Halted vCPUs this vCPU woke.
+        wakeups,
+        /// Interrupts injected with KVM_INTERRUPT.
+        injections,
+        /// EOIs by an MSR or MMIO write.
+        eoi_msr,
+        /// EOIs completed lazily through the VP assist page.
+        eoi_lazy,
+        /// Timer interrupts raised.
+        timer_fires,
+        /// Remote flushes this vCPU requested (one per target).
+        flush_requested,
+        /// Requested flushes whose target was not in guest mode (done at
+        /// its next entry, no kick).
+        flush_deferred,
+        /// Guest TLB flushes performed on this vCPU before an entry.
+        flushes_done,
+    }
+);
+
+/// Counters of every vCPU of a VM.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmMetrics {
+    /// Sum over all vCPUs.
+    pub total: MetricsSnapshot,
+    /// Per vCPU.
+    pub vcpus: Vec<MetricsSnapshot>,
+}
+
+impl VmMetrics {
+    /// Builds the totals from per-vCPU snapshots.
+    pub fn from_vcpus(vcpus: Vec<MetricsSnapshot>) -> Self {
+        let mut total = MetricsSnapshot::default();
+        for v in &vcpus {
+            total.add(v);
+        }
+        Self { total, vcpus }
+    }
+
+    /// Difference against an earlier reading of the same VM.
+    pub fn since(&self, earlier: &Self) -> Self {
+        let vcpus = self
+            .vcpus
+            .iter()
+            .zip(earlier.vcpus.iter())
+            .map(|(a, b)| a.since(b))
+            .collect();
+        Self::from_vcpus(vcpus)
+    }
+
+    /// A table with one row per non-zero counter and one column per vCPU
+    /// (up to `max_cols` vCPUs) plus the total.
+    pub fn table(&self, max_cols: usize) -> String {
+        use std::fmt::Write;
+        let shown = self.vcpus.len().min(max_cols);
+        let mut s = String::new();
+        let _ = write!(s, "{:<18}{:>10}", "counter", "total");
+        for i in 0..shown {
+            let _ = write!(s, "{:>8}", format!("vcpu{i}"));
+        }
+        s.push('\n');
+        let per: Vec<Vec<(&str, u64)>> = self.vcpus.iter().map(|v| v.fields()).collect();
+        for (row, (name, total)) in self.total.fields().into_iter().enumerate() {
+            if total == 0 {
+                continue;
+            }
+            let _ = write!(s, "{name:<18}{total:>10}");
+            for p in per.iter().take(shown) {
+                let _ = write!(s, "{:>8}", p[row].1);
+            }
+            s.push('\n');
+        }
+        s
+    }
+}
+
+/// Adds one to a counter.
+#[inline]
+pub fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}

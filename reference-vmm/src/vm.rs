@@ -1,0 +1,498 @@
+//! A VM: KVM VM and vCPU fds, guest memory, the shared machine state the
+//! vCPU threads work on, and a bounded run that reports what it waited
+//! for.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{
+    KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_FILTER, KVM_MSR_EXIT_REASON_INVAL,
+    KVM_MSR_EXIT_REASON_UNKNOWN, Msrs, kvm_enable_cap, kvm_msr_entry, kvm_userspace_memory_region,
+};
+use kvm_ioctls::{Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuFd, VmFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::boot;
+use crate::cpuid;
+use crate::devices::Bus;
+use crate::error::Error;
+use crate::guest::abi::{self, percpu as pc};
+use crate::guest::kernel;
+use crate::hyperv::{self, Partition};
+use crate::kick;
+use crate::layout;
+use crate::metrics::VmMetrics;
+use crate::timer::Timers;
+use crate::vcpu::{Runner, Vcpu};
+
+/// IA32_TSC_DEADLINE: filtered in the userspace-irqchip mode so that a
+/// guest write exits instead of reaching KVM (which has no LAPIC here).
+pub const MSR_TSC_DEADLINE: u32 = 0x6E0;
+/// Stack size of a vCPU thread.
+const VCPU_STACK: usize = 256 * 1024;
+
+/// How a VM is built.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Number of vCPUs (1..=KVM_CAP_MAX_VCPUS).
+    pub vcpus: u32,
+    /// Publish and serve the Hyper-V enlightenments.
+    pub hyperv: bool,
+    /// Bound on the whole run.
+    pub timeout: Duration,
+}
+
+/// A guest program for the built-in kernel: CPL3 code run by every vCPU
+/// at [`layout::USER_CODE`] and initial values of shared variables.
+#[derive(Debug, Clone, Default)]
+pub struct Program {
+    /// Machine code assembled for [`layout::USER_CODE`].
+    pub user_code: Vec<u8>,
+    /// `(address, value)` pairs written before start.
+    pub shared: Vec<(u64, u64)>,
+}
+
+/// The measured phase of a run, between the guest's MARK_START and
+/// MARK_END reports.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    /// Operations the guest said it would run.
+    pub ops: u64,
+    /// Host time between the marks.
+    pub elapsed: Duration,
+    /// Counters accumulated between the marks.
+    pub metrics: VmMetrics,
+}
+
+/// What a run produced.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// Detail value of the DONE report.
+    pub detail: u64,
+    /// The measured phase, if the guest marked one.
+    pub measured: Option<Measured>,
+    /// Counters of the whole run.
+    pub metrics: VmMetrics,
+    /// Wall time of the run.
+    pub wall: Duration,
+    /// `(vcpu, tag, value)` VALUE reports.
+    pub values: Vec<(u32, u64, u64)>,
+}
+
+#[derive(Debug, Default)]
+struct Marks {
+    start: Option<(Instant, VmMetrics, u64)>,
+    end: Option<(Instant, VmMetrics)>,
+    values: Vec<(u32, u64, u64)>,
+}
+
+/// State shared by every vCPU thread of a VM.
+pub struct Machine {
+    /// Guest memory.
+    pub mem: GuestMemoryMmap,
+    /// The vCPUs.
+    pub vcpus: Vec<Vcpu>,
+    /// Whether the Hyper-V enlightenments are on.
+    pub hyperv: bool,
+    /// Port I/O devices.
+    pub pio: Bus,
+    /// MMIO devices.
+    pub mmio: Bus,
+    /// APIC timers.
+    pub timers: Timers,
+    partition: Mutex<Partition>,
+    stub: Vec<u8>,
+    stop: AtomicBool,
+    end: Mutex<Option<Result<u64, Error>>>,
+    end_cond: Condvar,
+    marks: Mutex<Marks>,
+}
+
+impl Machine {
+    /// Whether the run is ending.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// The partition-wide Hyper-V state.
+    pub fn partition(&self) -> MutexGuard<'_, Partition> {
+        self.partition.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fills the guest's hypercall page with the trapping stub (ignored
+    /// when the GPA is not guest RAM, as the page would be unusable).
+    pub fn write_hypercall_page(&self, gpa: u64) {
+        let mut page = vec![0xCCu8; 4096];
+        page[..self.stub.len()].copy_from_slice(&self.stub);
+        if self.mem.write_slice(&page, GuestAddress(gpa)).is_err() {
+            log::warn!("hypercall page {gpa:#x} is not guest RAM");
+        }
+    }
+
+    /// Counters of every vCPU now.
+    pub fn metrics(&self) -> VmMetrics {
+        VmMetrics::from_vcpus(self.vcpus.iter().map(|v| v.metrics.snapshot()).collect())
+    }
+
+    /// Ends the run with `r` (the first result wins) and wakes everyone.
+    pub fn finish(&self, r: Result<u64, Error>) {
+        {
+            let mut e = self.end.lock().unwrap_or_else(|e| e.into_inner());
+            if e.is_none() {
+                *e = Some(r);
+            }
+        }
+        self.stop.store(true, Ordering::Release);
+        self.end_cond.notify_all();
+        self.timers.wake();
+        for v in &self.vcpus {
+            v.stop();
+        }
+    }
+
+    /// Handles a write to the report address.
+    pub fn report(&self, vcpu: u32, code: u32, rdi: u64, rsi: u64) {
+        match code {
+            abi::REPORT_DONE if rdi == 0 => self.finish(Ok(rsi)),
+            abi::REPORT_DONE => self.finish(Err(Error::ScenarioFailed {
+                vcpu,
+                code: rdi,
+                detail: rsi,
+            })),
+            abi::REPORT_MARK_START => {
+                let m = self.metrics();
+                let mut k = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+                k.start = Some((Instant::now(), m, rdi));
+            }
+            abi::REPORT_MARK_END => {
+                let m = self.metrics();
+                let mut k = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+                k.end = Some((Instant::now(), m));
+            }
+            _ => {
+                log::debug!("vCPU {vcpu}: value {rdi:#x} = {rsi:#x}");
+                let mut k = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+                k.values.push((vcpu, rdi, rsi));
+            }
+        }
+    }
+}
+
+/// A VM ready to run one program.
+pub struct Vm {
+    config: VmConfig,
+    _kvm: Kvm,
+    _fd: VmFd,
+    vcpu_fds: Vec<VcpuFd>,
+    machine: Arc<Machine>,
+    entry: u64,
+}
+
+fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+    move |err| Error::Kvm { op, err }
+}
+
+fn mem_err(e: impl std::fmt::Display) -> Error {
+    Error::Memory(e.to_string())
+}
+
+impl Vm {
+    /// Creates the VM, its memory and vCPUs and loads the guest kernel.
+    pub fn new(config: VmConfig) -> Result<Self, Error> {
+        kick::install_handler()?;
+        let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
+        let max = kvm.get_max_vcpus() as u32;
+        if config.vcpus == 0 || config.vcpus > max {
+            return Err(Error::TooManyVcpus {
+                requested: config.vcpus,
+                max,
+            });
+        }
+        let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        fd.set_tss_address(0xFFFB_D000)
+            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        enable_user_msrs(&fd)?;
+
+        let size = layout::memory_size(u64::from(config.vcpus)).max(4 << 20);
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)])
+            .map_err(mem_err)?;
+        for (slot, region) in mem.iter().enumerate() {
+            let host = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .map_err(mem_err)?;
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+                flags: 0,
+            };
+            // SAFETY: the region is a live mmap owned by `mem`, which the
+            // Machine keeps for as long as the VM fd (and so the slot)
+            // exists.
+            unsafe { fd.set_user_memory_region(r) }
+                .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+
+        let k = kernel::build()?;
+        mem.write_slice(&k.code, GuestAddress(layout::KERNEL_CODE))
+            .map_err(mem_err)?;
+        boot::write_page_tables(&mem).map_err(mem_err)?;
+        boot::write_idt(&mem, &k.idt).map_err(mem_err)?;
+        mem.write_obj(0xA0A0_A0A0_A0A0_A0A0u64, GuestAddress(layout::TLB_PAGE_A))
+            .map_err(mem_err)?;
+        mem.write_obj(0xB0B0_B0B0_B0B0_B0B0u64, GuestAddress(layout::TLB_PAGE_B))
+            .map_err(mem_err)?;
+        mem.write_obj(
+            u64::from(config.hyperv),
+            GuestAddress(abi::shared::HV_ENABLED),
+        )
+        .map_err(mem_err)?;
+        mem.write_obj(u64::from(config.vcpus), GuestAddress(abi::shared::VCPUS))
+            .map_err(mem_err)?;
+
+        let hv_leaves = if config.hyperv {
+            hyperv::cpuid_leaves(config.vcpus)
+        } else {
+            Vec::new()
+        };
+        let base_cpuid = cpuid::base_table(&kvm, &hv_leaves)?;
+        let io_ports = [abi::HYPERCALL_PORT];
+        let mut vcpu_fds = Vec::with_capacity(config.vcpus as usize);
+        for i in 0..config.vcpus {
+            let vi = u64::from(i);
+            boot::write_gdt_tss(&mem, vi, &io_ports).map_err(mem_err)?;
+            let vars = layout::percpu(vi) + layout::PERCPU_VARS;
+            for (off, v) in [
+                (pc::CPU, vi),
+                (pc::SELF, vars),
+                (pc::ASSIST, layout::percpu(vi) + layout::PERCPU_ASSIST),
+                (pc::USTACK, layout::percpu(vi) + layout::PERCPU_USTACK_TOP),
+            ] {
+                mem.write_obj(v, GuestAddress(vars + off))
+                    .map_err(mem_err)?;
+            }
+            let vfd = fd.create_vcpu(vi).map_err(|err| Error::VcpuKvm {
+                vcpu: i,
+                op: "KVM_CREATE_VCPU",
+                err,
+            })?;
+            let verr = |op| move |err| Error::VcpuKvm { vcpu: i, op, err };
+            vfd.set_cpuid2(&cpuid::for_vcpu(&base_cpuid, i)?)
+                .map_err(verr("KVM_SET_CPUID2"))?;
+            let sregs = vfd.get_sregs().map_err(verr("KVM_GET_SREGS"))?;
+            vfd.set_sregs(&boot::long_mode_sregs(sregs, vi))
+                .map_err(verr("KVM_SET_SREGS"))?;
+            vfd.set_regs(&boot::entry_regs(vi, k.entry, u64::from(config.vcpus)))
+                .map_err(verr("KVM_SET_REGS"))?;
+            let star = (u64::from(boot::SEL_UCODE32) << 48) | (u64::from(boot::SEL_KCODE) << 32);
+            let msrs = Msrs::from_entries(&[
+                kvm_msr_entry {
+                    index: boot::MSR_STAR,
+                    data: star,
+                    ..Default::default()
+                },
+                kvm_msr_entry {
+                    index: boot::MSR_LSTAR,
+                    data: k.syscall,
+                    ..Default::default()
+                },
+                kvm_msr_entry {
+                    index: boot::MSR_FMASK,
+                    data: boot::FMASK,
+                    ..Default::default()
+                },
+            ])
+            .map_err(|e| Error::Memory(format!("MSR list: {e:?}")))?;
+            vfd.set_msrs(&msrs).map_err(verr("KVM_SET_MSRS"))?;
+            vcpu_fds.push(vfd);
+        }
+
+        let machine = Arc::new(Machine {
+            mem,
+            vcpus: (0..config.vcpus).map(Vcpu::new).collect(),
+            hyperv: config.hyperv,
+            pio: Bus::default(),
+            mmio: Bus::default(),
+            timers: Timers::default(),
+            partition: Mutex::new(Partition::default()),
+            stub: kernel::hypercall_stub()?,
+            stop: AtomicBool::new(false),
+            end: Mutex::new(None),
+            end_cond: Condvar::new(),
+            marks: Mutex::new(Marks::default()),
+        });
+        Ok(Self {
+            config,
+            _kvm: kvm,
+            _fd: fd,
+            vcpu_fds,
+            machine,
+            entry: k.entry,
+        })
+    }
+
+    /// The shared machine state (for inspection after a run).
+    pub fn machine(&self) -> &Arc<Machine> {
+        &self.machine
+    }
+
+    /// The guest kernel's entry point.
+    pub fn entry(&self) -> u64 {
+        self.entry
+    }
+
+    /// Loads `program`, runs every vCPU on its own thread until the guest
+    /// reports DONE, a vCPU fails, or the timeout expires.
+    pub fn run(mut self, program: &Program) -> Result<RunReport, Error> {
+        let m = Arc::clone(&self.machine);
+        m.mem
+            .write_slice(&program.user_code, GuestAddress(layout::USER_CODE))
+            .map_err(mem_err)?;
+        for &(a, v) in &program.shared {
+            m.mem.write_obj(v, GuestAddress(a)).map_err(mem_err)?;
+        }
+        let start = Instant::now();
+        let timer_m = Arc::clone(&m);
+        let timer = std::thread::Builder::new()
+            .name("apic-timer".into())
+            .stack_size(VCPU_STACK)
+            .spawn(move || {
+                let tm = &timer_m;
+                tm.timers.run(
+                    || tm.stopping(),
+                    |i, now| tm.vcpus.get(i).and_then(|v| v.timer_fire(now)),
+                )
+            })
+            .map_err(|err| Error::Thread {
+                vcpu: u32::MAX,
+                err,
+            })?;
+        let mut threads = Vec::new();
+        for (i, fd) in self.vcpu_fds.drain(..).enumerate() {
+            let vm = Arc::clone(&m);
+            let t = std::thread::Builder::new()
+                .name(format!("vcpu{i}"))
+                .stack_size(VCPU_STACK)
+                .spawn(move || {
+                    let Some(r) = Runner::new(&vm, i, fd) else {
+                        return;
+                    };
+                    if let Err(e) = r.run() {
+                        vm.finish(Err(e));
+                    }
+                });
+            match t {
+                Ok(t) => threads.push(t),
+                Err(err) => {
+                    m.finish(Err(Error::Thread {
+                        vcpu: i as u32,
+                        err,
+                    }));
+                    break;
+                }
+            }
+        }
+        // Bounded wait for the end of the run.
+        {
+            let mut e = m.end.lock().unwrap_or_else(|e| e.into_inner());
+            while e.is_none() {
+                let left = self.config.timeout.saturating_sub(start.elapsed());
+                if left.is_zero() {
+                    let mut what = String::from("the guest's DONE report; vCPU states:");
+                    for v in m.vcpus.iter().take(16) {
+                        what.push_str("\n  ");
+                        what.push_str(&v.describe());
+                    }
+                    *e = Some(Err(Error::Timeout {
+                        waited: self.config.timeout,
+                        what,
+                    }));
+                    break;
+                }
+                e = m
+                    .end_cond
+                    .wait_timeout(e, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        }
+        m.finish(Ok(0));
+        for t in threads {
+            let _ = t.join();
+        }
+        let _ = timer.join();
+        let wall = start.elapsed();
+        let result = m
+            .end
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or(Ok(0));
+        let detail = result?;
+        let metrics = m.metrics();
+        let marks = std::mem::take(&mut *m.marks.lock().unwrap_or_else(|e| e.into_inner()));
+        let measured = match (marks.start, marks.end) {
+            (Some((t0, m0, ops)), Some((t1, m1))) => Some(Measured {
+                ops,
+                elapsed: t1.saturating_duration_since(t0),
+                metrics: m1.since(&m0),
+            }),
+            _ => None,
+        };
+        Ok(RunReport {
+            detail,
+            measured,
+            metrics,
+            wall,
+            values: marks.values,
+        })
+    }
+}
+
+/// Userspace MSR exits for invalid, unknown and filtered MSRs, and a filter
+/// that denies the Hyper-V synthetic range and IA32_TSC_DEADLINE so that
+/// they exit to the VMM.
+fn enable_user_msrs(fd: &VmFd) -> Result<(), Error> {
+    let cap = kvm_enable_cap {
+        cap: KVM_CAP_X86_USER_SPACE_MSR,
+        args: [
+            u64::from(
+                KVM_MSR_EXIT_REASON_INVAL
+                    | KVM_MSR_EXIT_REASON_UNKNOWN
+                    | KVM_MSR_EXIT_REASON_FILTER,
+            ),
+            0,
+            0,
+            0,
+        ],
+        ..Default::default()
+    };
+    fd.enable_cap(&cap)
+        .map_err(kvm_err("KVM_ENABLE_CAP(X86_USER_SPACE_MSR)"))?;
+    let count = hv_enlightenments::msr::HV_X64_MSR_RANGE_END
+        - hv_enlightenments::msr::HV_X64_MSR_RANGE_START;
+    // A clear bit denies the access (KVM api.rst, KVM_X86_SET_MSR_FILTER).
+    let deny = vec![0u8; count.div_ceil(8) as usize];
+    let deny_one = [0u8; 1];
+    let rw = MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE;
+    fd.set_msr_filter(
+        MsrFilterDefaultAction::ALLOW,
+        &[
+            MsrFilterRange {
+                flags: rw,
+                base: hv_enlightenments::msr::HV_X64_MSR_RANGE_START,
+                msr_count: count,
+                bitmap: &deny,
+            },
+            MsrFilterRange {
+                flags: rw,
+                base: MSR_TSC_DEADLINE,
+                msr_count: 1,
+                bitmap: &deny_one,
+            },
+        ],
+    )
+    .map_err(kvm_err("KVM_X86_SET_MSR_FILTER"))
+}
