@@ -11,7 +11,7 @@ use crate::layout::*;
 pub const SEL_KCODE: u16 = 0x08;
 /// Kernel data selector.
 pub const SEL_KDATA: u16 = 0x10;
-/// User 32-bit code selector (base of the SYSRET selector pair).
+/// User 32-bit code selector.
 pub const SEL_UCODE32: u16 = 0x18;
 /// User data selector (RPL 3).
 pub const SEL_UDATA: u16 = 0x20 | 3;
@@ -46,15 +46,6 @@ const CR4_LONG: u64 = (1 << 5) | (1 << 9) | (1 << 10);
 pub const CR4_PGE: u64 = 1 << 7;
 /// EFER: SCE | LME | LMA.
 const EFER_LONG: u64 = (1 << 0) | (1 << 8) | (1 << 10);
-
-/// IA32_STAR, LSTAR and FMASK (SYSCALL/SYSRET, SDM Vol. 3 5.8.8).
-pub const MSR_STAR: u32 = 0xC000_0081;
-/// SYSCALL entry point.
-pub const MSR_LSTAR: u32 = 0xC000_0082;
-/// RFLAGS bits cleared on SYSCALL.
-pub const MSR_FMASK: u32 = 0xC000_0084;
-/// FMASK value: clear IF, TF, DF, AC, NT.
-pub const FMASK: u64 = 0x4_4700;
 
 /// Writes the shared page tables: 0..1 GiB identity-mapped with 2 MiB
 /// user pages, plus the 4 KiB TLB test window mapping [`TLB_PAGE_A`].
@@ -122,15 +113,21 @@ pub fn write_gdt_tss(
 }
 
 /// Writes an IDT whose gate `v` points at `handlers[v]` (interrupt gates,
-/// DPL 0, kernel code selector).
+/// kernel code selector; DPL 3 for the vectors in `user_gates`, else 0).
 pub fn write_idt(
     mem: &GuestMemoryMmap,
     handlers: &[u64; 256],
+    user_gates: &[u8],
 ) -> Result<(), vm_memory::GuestMemoryError> {
     for (v, &h) in handlers.iter().enumerate() {
+        let dpl: u64 = if user_gates.contains(&(v as u8)) {
+            3
+        } else {
+            0
+        };
         let low = (h & 0xFFFF)
             | (u64::from(SEL_KCODE) << 16)
-            | (0x8Eu64 << 40)
+            | ((0x8E | (dpl << 5)) << 40)
             | (((h >> 16) & 0xFFFF) << 48);
         let high = h >> 32;
         let a = IDT + v as u64 * 16;

@@ -4,6 +4,7 @@
 pub mod apic;
 pub mod boot;
 pub mod cpuid;
+pub mod demo;
 pub mod devices;
 pub mod error;
 pub mod guest;
@@ -11,6 +12,8 @@ pub mod hyperv;
 pub mod kick;
 pub mod layout;
 pub mod metrics;
+pub mod probe;
+pub mod scenario;
 pub mod timer;
 pub mod vcpu;
 pub mod vm;

@@ -1,48 +1,193 @@
 //! Reference VMM: runs guests on KVM with the Hyper-V enlightenments served
 //! in userspace.
 
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
-use reference_vmm::guest::scenarios;
-use reference_vmm::vm::{Vm, VmConfig};
+use clap::{Parser, Subcommand, ValueEnum};
 
-fn main() {
+use reference_vmm::scenario::{self, RunOptions, Scenario};
+use reference_vmm::vm::FlushMethod;
+use reference_vmm::{demo, hyperv, probe};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Reference VMM on KVM with userspace Hyper-V enlightenments"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Irqchip {
+    /// Local APIC in the VMM (userspace).
+    User,
+    /// KVM's in-kernel local APIC.
+    Kernel,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Flush {
+    /// KVM_SET_SREGS with CR4.PGE toggled.
+    Sregs,
+    /// Leave guest mode only (no flush): for experiments.
+    KickOnly,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every scenario with the enlightenments off and on and print one
+    /// side-by-side table.
+    Demo {
+        /// Number of vCPUs.
+        #[arg(long, default_value_t = 8)]
+        vcpus: u32,
+        /// Also write every figure as JSON to this file.
+        #[arg(long)]
+        metrics_json: Option<PathBuf>,
+        /// Bound on each scenario run, in seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// Run one scenario and print its counters.
+    Run {
+        /// Scenario name (see `reference-vmm list`).
+        scenario: String,
+        /// Number of vCPUs.
+        #[arg(long, default_value_t = 2)]
+        vcpus: u32,
+        /// How the VMM flushes a vCPU's TLB.
+        #[arg(long, value_enum, default_value_t = Flush::Sregs)]
+        flush: Flush,
+        /// Also write the counters as JSON to this file.
+        #[arg(long)]
+        metrics_json: Option<PathBuf>,
+        /// Bound on the run, in seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// List the scenarios.
+    List,
+    /// Print the Hyper-V CPUID leaves the guest gets.
+    Cpuid {
+        /// Number of vCPUs.
+        #[arg(long, default_value_t = 1)]
+        vcpus: u32,
+        /// Irqchip mode the leaves are for.
+        #[arg(long, value_enum, default_value_t = Irqchip::User)]
+        irqchip: Irqchip,
+    },
+    /// Print what the host's KVM offers.
+    Probe,
+}
+
+fn write_json(path: &PathBuf, v: &impl serde::Serialize) -> Result<(), String> {
+    let s = serde_json::to_string_pretty(v).map_err(|e| e.to_string())?;
+    std::fs::write(path, s).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn main() -> ExitCode {
     env_logger::init();
-    let args: Vec<String> = std::env::args().collect();
-    let n: u32 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1);
-    let prog = match args.get(1).map(String::as_str) {
-        Some("syscall") => scenarios::syscall_loop(1000).unwrap(),
-        _ => scenarios::cpl3_loop(100_000_000).unwrap(),
-    };
-    dump_kernel();
-    if let Ok(p) = std::env::var("DUMP") {
-        std::fs::write(p, &prog.user_code).unwrap();
-    }
-    let vm = Vm::new(VmConfig {
-        vcpus: n,
-        hyperv: true,
-        timeout: Duration::from_secs(30),
-    })
-    .unwrap();
-    match vm.run(&prog) {
-        Ok(r) => {
-            println!("wall {:?}", r.wall);
-            if let Some(m) = &r.measured {
-                println!(
-                    "ops {} elapsed {:?} = {:.1} ns/op",
-                    m.ops,
-                    m.elapsed,
-                    m.elapsed.as_nanos() as f64 / m.ops as f64
-                );
-                println!("{}", m.metrics.table(8));
-            }
-            println!("{}", r.metrics.table(8));
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
-        Err(e) => println!("error: {e}"),
     }
 }
-#[allow(dead_code)]
-fn dump_kernel() {
-    let k = reference_vmm::guest::kernel::build().unwrap();
-    std::fs::write("/tmp/kernel.bin", &k.code).unwrap();
+
+fn run(cmd: Command) -> Result<(), String> {
+    match cmd {
+        Command::Demo {
+            vcpus,
+            metrics_json,
+            timeout,
+        } => {
+            let d = demo::run(vcpus, Duration::from_secs(timeout)).map_err(|e| e.to_string())?;
+            println!("{}", d.table());
+            let mut ok = true;
+            for (claim, got, pass) in d.checks() {
+                println!("{} {claim}: {got}", if pass { "PASS" } else { "FAIL" });
+                ok &= pass;
+            }
+            if let Some(p) = metrics_json {
+                write_json(&p, &d)?;
+            }
+            if ok {
+                Ok(())
+            } else {
+                Err("an acceptance figure was missed".into())
+            }
+        }
+        Command::Run {
+            scenario: name,
+            vcpus,
+            flush,
+            metrics_json,
+            timeout,
+        } => {
+            let s = Scenario::by_name(&name).ok_or_else(|| format!("unknown scenario {name}"))?;
+            let flush = match flush {
+                Flush::Sregs => FlushMethod::Sregs,
+                Flush::KickOnly => FlushMethod::KickOnly,
+            };
+            let (r, f) = scenario::run(
+                s,
+                RunOptions {
+                    vcpus,
+                    timeout: Duration::from_secs(timeout),
+                    flush,
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            println!(
+                "{}: {} ops in {:?} (run {:?}): {:.2} exits/op ({:.2} by vCPU 0), {:.2} kicks/op, {:.2} wakeups/op, {:.1} us/op",
+                f.scenario,
+                f.ops,
+                std::time::Duration::from_nanos((f.ns_per_op * f.ops as f64) as u64),
+                r.wall,
+                f.exits_per_op,
+                f.sender_exits_per_op,
+                f.kicks_per_op,
+                f.wakeups_per_op,
+                f.ns_per_op / 1000.0
+            );
+            println!("{}", f.metrics.table(8));
+            if let Some(p) = metrics_json {
+                write_json(&p, &f)?;
+            }
+            Ok(())
+        }
+        Command::List => {
+            for s in Scenario::ALL {
+                println!("{}", s.name());
+            }
+            println!(
+                "{}",
+                Scenario::by_name("shootdown-none").map_or("", |s| s.name())
+            );
+            Ok(())
+        }
+        Command::Cpuid { vcpus, irqchip } => {
+            if matches!(irqchip, Irqchip::Kernel) {
+                return Err("the kernel irqchip mode is not available yet".into());
+            }
+            for l in hyperv::cpuid_leaves(vcpus) {
+                println!(
+                    "{:#010x}: eax={:#010x} ebx={:#010x} ecx={:#010x} edx={:#010x}",
+                    l.function, l.eax, l.ebx, l.ecx, l.edx
+                );
+            }
+            Ok(())
+        }
+        Command::Probe => {
+            print!("{}", probe::report().map_err(|e| e.to_string())?);
+            Ok(())
+        }
+    }
 }

@@ -264,15 +264,6 @@ impl<'a> Runner<'a> {
             }
             self.prepare_entry()?;
             let exit = self.run_once();
-            {
-                let mut s = self.me.lock();
-                s.in_guest = false;
-                s.kick_pending = false;
-                if s.flush_waiters > 0 {
-                    self.me.cond.notify_all();
-                }
-                self.sync_lazy_eoi(&mut s);
-            }
             bump(&self.me.metrics.exits);
             match exit {
                 Exit::Handled => {}
@@ -305,7 +296,9 @@ impl<'a> Runner<'a> {
         let idx = self.me.index;
         let mut s = self.me.lock();
         if s.flush_pending {
-            flush_guest_tlb(&self.fd).map_err(kvm_err(idx, "KVM_SET_SREGS (TLB flush)"))?;
+            if self.m.flush == crate::vm::FlushMethod::Sregs {
+                flush_guest_tlb(&self.fd).map_err(kvm_err(idx, "KVM_SET_SREGS (TLB flush)"))?;
+            }
             s.flush_pending = false;
             bump(&self.me.metrics.flushes_done);
             if s.flush_waiters > 0 {
@@ -355,32 +348,23 @@ impl<'a> Runner<'a> {
         }
     }
 
-    /// After an exit: if the guest cleared `apic_assist` bit 0, it skipped
-    /// its EOI and the VMM performs it; otherwise the bit is withdrawn.
-    fn sync_lazy_eoi(&self, s: &mut State) {
-        if !s.lazy_armed {
-            return;
-        }
-        s.lazy_armed = false;
-        let Some(page) = s.vp.assist_page() else {
-            return;
-        };
-        let Ok(v) = self.m.mem.read_obj::<u32>(GuestAddress(page)) else {
-            return;
-        };
-        if v & 1 == 0 {
-            if s.apic.eoi().is_some() {
-                bump(&self.me.metrics.eoi_lazy);
-            }
-        } else {
-            let _ = self.m.mem.write_obj(v & !1, GuestAddress(page));
-        }
-    }
-
     fn run_once(&mut self) -> Exit {
         let m = self.m;
         let me = self.me;
-        match self.fd.run() {
+        let r = self.fd.run();
+        // Out of guest mode before the exit is handled, so that handlers
+        // (a self-IPI, a flush of oneself) see it so. `r` borrows the vCPU
+        // fd; this bookkeeping needs only shared state.
+        {
+            let mut s = me.lock();
+            s.in_guest = false;
+            s.kick_pending = false;
+            if s.flush_waiters > 0 {
+                me.cond.notify_all();
+            }
+            sync_lazy_eoi(m, me, &mut s);
+        }
+        match r {
             Ok(VcpuExit::IoOut(port, data)) => {
                 let mut b = [0u8; 4];
                 let n = data.len().min(4);
@@ -537,6 +521,7 @@ impl<'a> Runner<'a> {
         bump(&metrics.hypercalls);
         let mut regs = self.regs()?;
         let sregs = self.fd.get_sregs().map_err(kvm_err(idx, "KVM_GET_SREGS"))?;
+        log::debug!("vCPU {idx}: hypercall cs {:?} ss {:?}", sregs.cs, sregs.ss);
         if sregs.ss.dpl != 0 {
             bump(&metrics.hypercalls_ud);
             let mut ev = self
@@ -615,6 +600,29 @@ impl<'a> Runner<'a> {
                 Ok(hyperv::result(hyperv::status::SUCCESS, reps))
             }
         }
+    }
+}
+
+/// After an exit: if the guest cleared `apic_assist` bit 0, it skipped its
+/// EOI and the VMM performs it; otherwise the bit is withdrawn (it is
+/// re-evaluated before the next entry).
+fn sync_lazy_eoi(m: &Machine, me: &Vcpu, s: &mut State) {
+    if !s.lazy_armed {
+        return;
+    }
+    s.lazy_armed = false;
+    let Some(page) = s.vp.assist_page() else {
+        return;
+    };
+    let Ok(v) = m.mem.read_obj::<u32>(GuestAddress(page)) else {
+        return;
+    };
+    if v & 1 == 0 {
+        if s.apic.eoi().is_some() {
+            bump(&me.metrics.eoi_lazy);
+        }
+    } else {
+        let _ = m.mem.write_obj(v & !1, GuestAddress(page));
     }
 }
 

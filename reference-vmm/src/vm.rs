@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use kvm_bindings::{
     KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_FILTER, KVM_MSR_EXIT_REASON_INVAL,
-    KVM_MSR_EXIT_REASON_UNKNOWN, Msrs, kvm_enable_cap, kvm_msr_entry, kvm_userspace_memory_region,
+    KVM_MSR_EXIT_REASON_UNKNOWN, kvm_enable_cap, kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -41,6 +41,19 @@ pub struct VmConfig {
     pub hyperv: bool,
     /// Bound on the whole run.
     pub timeout: Duration,
+    /// How a vCPU's guest TLB is flushed on request.
+    pub flush: FlushMethod,
+}
+
+/// How the VMM flushes a vCPU's guest TLB before its next entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushMethod {
+    /// KVM_SET_SREGS with CR4.PGE toggled and restored (resets the MMU
+    /// context; see [`crate::vcpu::flush_guest_tlb`]).
+    Sregs,
+    /// Only make the vCPU leave guest mode, without flushing: exists to
+    /// show, in tests, what happens without a flush.
+    KickOnly,
 }
 
 /// A guest program for the built-in kernel: CPL3 code run by every vCPU
@@ -83,7 +96,7 @@ pub struct RunReport {
 #[derive(Debug, Default)]
 struct Marks {
     start: Option<(Instant, VmMetrics, u64)>,
-    end: Option<(Instant, VmMetrics)>,
+    end: Option<(Instant, VmMetrics, u32)>,
     values: Vec<(u32, u64, u64)>,
 }
 
@@ -95,6 +108,8 @@ pub struct Machine {
     pub vcpus: Vec<Vcpu>,
     /// Whether the Hyper-V enlightenments are on.
     pub hyperv: bool,
+    /// How TLB flushes are done.
+    pub flush: FlushMethod,
     /// Port I/O devices.
     pub pio: Bus,
     /// MMIO devices.
@@ -168,7 +183,7 @@ impl Machine {
             abi::REPORT_MARK_END => {
                 let m = self.metrics();
                 let mut k = self.marks.lock().unwrap_or_else(|e| e.into_inner());
-                k.end = Some((Instant::now(), m));
+                k.end = Some((Instant::now(), m, vcpu));
             }
             _ => {
                 log::debug!("vCPU {vcpu}: value {rdi:#x} = {rsi:#x}");
@@ -239,7 +254,7 @@ impl Vm {
         mem.write_slice(&k.code, GuestAddress(layout::KERNEL_CODE))
             .map_err(mem_err)?;
         boot::write_page_tables(&mem).map_err(mem_err)?;
-        boot::write_idt(&mem, &k.idt).map_err(mem_err)?;
+        boot::write_idt(&mem, &k.idt, &[abi::VEC_SYSCALL]).map_err(mem_err)?;
         mem.write_obj(0xA0A0_A0A0_A0A0_A0A0u64, GuestAddress(layout::TLB_PAGE_A))
             .map_err(mem_err)?;
         mem.write_obj(0xB0B0_B0B0_B0B0_B0B0u64, GuestAddress(layout::TLB_PAGE_B))
@@ -286,26 +301,6 @@ impl Vm {
                 .map_err(verr("KVM_SET_SREGS"))?;
             vfd.set_regs(&boot::entry_regs(vi, k.entry, u64::from(config.vcpus)))
                 .map_err(verr("KVM_SET_REGS"))?;
-            let star = (u64::from(boot::SEL_UCODE32) << 48) | (u64::from(boot::SEL_KCODE) << 32);
-            let msrs = Msrs::from_entries(&[
-                kvm_msr_entry {
-                    index: boot::MSR_STAR,
-                    data: star,
-                    ..Default::default()
-                },
-                kvm_msr_entry {
-                    index: boot::MSR_LSTAR,
-                    data: k.syscall,
-                    ..Default::default()
-                },
-                kvm_msr_entry {
-                    index: boot::MSR_FMASK,
-                    data: boot::FMASK,
-                    ..Default::default()
-                },
-            ])
-            .map_err(|e| Error::Memory(format!("MSR list: {e:?}")))?;
-            vfd.set_msrs(&msrs).map_err(verr("KVM_SET_MSRS"))?;
             vcpu_fds.push(vfd);
         }
 
@@ -313,6 +308,7 @@ impl Vm {
             mem,
             vcpus: (0..config.vcpus).map(Vcpu::new).collect(),
             hyperv: config.hyperv,
+            flush: config.flush,
             pio: Bus::default(),
             mmio: Bus::default(),
             timers: Timers::default(),
@@ -434,11 +430,20 @@ impl Vm {
         let metrics = m.metrics();
         let marks = std::mem::take(&mut *m.marks.lock().unwrap_or_else(|e| e.into_inner()));
         let measured = match (marks.start, marks.end) {
-            (Some((t0, m0, ops)), Some((t1, m1))) => Some(Measured {
-                ops,
-                elapsed: t1.saturating_duration_since(t0),
-                metrics: m1.since(&m0),
-            }),
+            (Some((t0, m0, ops)), Some((t1, m1, who))) => {
+                // The MARK_END exit itself is not part of the measurement.
+                let mut d = m1.since(&m0);
+                if let Some(v) = d.vcpus.get_mut(who as usize) {
+                    v.exits = v.exits.saturating_sub(1);
+                    v.exit_mmio = v.exit_mmio.saturating_sub(1);
+                }
+                let metrics = VmMetrics::from_vcpus(d.vcpus);
+                Some(Measured {
+                    ops,
+                    elapsed: t1.saturating_duration_since(t0),
+                    metrics,
+                })
+            }
             _ => None,
         };
         Ok(RunReport {

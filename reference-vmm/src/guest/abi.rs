@@ -24,6 +24,12 @@ pub const REPORT_MARK_END: u32 = 2;
 /// Report: a value for the VMM's log (RDI = tag, RSI = value).
 pub const REPORT_VALUE: u32 = 3;
 
+/// The system call gate: `int3` (#BP, a DPL3 trap gate). Neither SYSCALL
+/// nor `int 0x80` reach CPL0 on hosts that emulate guest CPL0 (PVM: SYSCALL
+/// keeps the user CS, `int n` raises #UD), while exceptions from CPL3 are
+/// delivered through the IDT as they should be.
+pub const VEC_SYSCALL: u8 = 3;
+
 /// System call: write MSR RDI with RSI. Returns 0, or bit 63 | vector.
 pub const SYS_WRMSR: u32 = 0;
 /// System call: read MSR RDI. Returns the value, or bit 63 | vector.

@@ -29,7 +29,7 @@ pub struct Kernel {
     pub code: Vec<u8>,
     /// vCPU entry point (CPL0, long mode).
     pub entry: u64,
-    /// SYSCALL entry point (IA32_LSTAR).
+    /// System call entry (the `int 0x80` gate).
     pub syscall: u64,
     /// IDT gate targets.
     pub idt: [u64; 256],
@@ -214,8 +214,13 @@ pub fn build() -> Result<Kernel, Error> {
     a.call(eoi)?;
     restore(&mut a)?;
 
+    // The wake handler also samples the TLB test window, so a vCPU that
+    // was halted through a shootdown shows what it sees after it.
     a.set_label(&mut irq_wake)?;
     save(&mut a)?;
+    a.mov(rax, TLB_TEST_VA)?;
+    a.mov(rax, qword_ptr(rax))?;
+    a.mov(gs(pc::SEEN_VAL), rax)?;
     a.inc(gs(pc::WAKE_COUNT))?;
     a.call(eoi)?;
     restore(&mut a)?;
@@ -232,8 +237,9 @@ pub fn build() -> Result<Kernel, Error> {
     a.call(eoi)?;
     restore(&mut a)?;
 
-    // ---- SYSCALL: RAX = call, RDI/RSI/RDX = arguments; RCX, R8, R9, R10
-    // and R11 are clobbered. Runs on the caller's stack (interrupts are off).
+    // ---- System calls: `int3` (a DPL3 gate, see abi::VEC_SYSCALL). RAX = call,
+    // RDI/RSI/RDX = arguments, result in RAX; RCX, RDX, R8 and R9 are
+    // clobbered.
     a.set_label(&mut syscall)?;
     {
         let mut l_wrmsr = a.create_label();
@@ -244,7 +250,6 @@ pub fn build() -> Result<Kernel, Error> {
         let mut ok = a.create_label();
         let mut ret = a.create_label();
         let mut fault = a.create_label();
-        a.mov(r10, rcx)?;
         a.cmp(eax, abi::SYS_WRMSR)?;
         a.je(l_wrmsr)?;
         a.cmp(eax, abi::SYS_HALT)?;
@@ -284,8 +289,8 @@ pub fn build() -> Result<Kernel, Error> {
         a.mov(rcx, rdi)?;
         a.mov(r8, rdx)?;
         a.mov(rdx, rsi)?;
-        a.mov(rax, HYPERCALL_PAGE)?;
-        a.call(rax)?;
+        a.mov(r9, HYPERCALL_PAGE)?;
+        a.call(r9)?;
         a.jmp(ok)?;
 
         a.set_label(&mut l_halt)?;
@@ -302,15 +307,7 @@ pub fn build() -> Result<Kernel, Error> {
 
         a.set_label(&mut ok)?;
         a.mov(gs(pc::FIXUP), 0)?;
-        // Back to CPL3 with IRETQ: SYSRET faults on hosts whose CPL0
-        // emulation lacks it (PVM).
         a.set_label(&mut ret)?;
-        a.mov(rcx, rsp)?;
-        a.push(i32::from(crate::boot::SEL_UDATA))?;
-        a.push(rcx)?;
-        a.push(r11)?;
-        a.push(i32::from(crate::boot::SEL_UCODE))?;
-        a.push(r10)?;
         a.iretq()?;
 
         a.set_label(&mut fault)?;
@@ -339,6 +336,7 @@ pub fn build() -> Result<Kernel, Error> {
     idt[usize::from(abi::VEC_FLUSH)] = labels[4];
     idt[usize::from(abi::VEC_WAKE)] = labels[5];
     idt[usize::from(abi::VEC_TIMER)] = labels[6];
+    idt[usize::from(abi::VEC_SYSCALL)] = labels[1];
     Ok(Kernel {
         code,
         entry: labels[0],

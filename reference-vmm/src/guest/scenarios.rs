@@ -1,24 +1,255 @@
-//! Named scenarios of the built-in guest. Each one checks its own result
-//! in guest memory and reports through the report port.
+//! Named scenarios of the built-in guest. vCPU 0 drives; the others
+//! respond from their interrupt handlers (halted most of the time, so that
+//! hundreds of vCPUs cost little on a small host). Each scenario checks
+//! its own result in guest memory and reports through the report address.
 
 use iced_x86::code_asm::*;
 
-use super::abi::{self, percpu as pc, shared};
+use super::abi::{self, eoi_mode, percpu as pc, shared};
 use super::asm::{Error, assemble};
+use super::kernel::{HV_FAST, HVCALL_SEND_IPI, X2APIC_ICR};
 use super::user::*;
-use crate::layout::USER_CODE;
+use crate::boot::{PTE_P, PTE_U, PTE_W};
+use crate::hyperv::code;
+use crate::layout::{
+    PERCPU_BASE, PERCPU_SIZE, PERCPU_VARS, PT_TEST, TLB_PAGE_A, TLB_PAGE_B, TLB_TEST_VA, USER_CODE,
+    percpu,
+};
 use crate::vm::Program;
 
 /// Failure codes reported by scenarios.
 pub mod failure {
-    /// A target received a different number of interrupts than sent.
-    pub const WRONG_COUNT: u32 = 1;
+    /// A target received a different number of interrupts than sent
+    /// (detail: vCPU).
+    pub const WRONG_COUNT: u64 = 1;
     /// A privileged operation failed (detail: bit 63 | vector).
-    pub const PRIV_FAULT: u32 = 2;
+    pub const PRIV_FAULT: u64 = 2;
     /// A hypercall returned an error status (detail: RAX).
-    pub const HC_STATUS: u32 = 3;
+    pub const HC_STATUS: u64 = 3;
     /// A stale translation was seen after a flush (detail: vCPU).
-    pub const STALE: u32 = 4;
+    pub const STALE: u64 = 4;
+    /// A hostile-guest case got the wrong answer (detail: case << 32 |
+    /// low 32 bits of what it got).
+    pub const HOSTILE_CASE: u64 = 5;
+}
+
+/// Markers stored in the two TLB test pages.
+pub const MARKER_A: u64 = 0xA0A0_A0A0_A0A0_A0A0;
+/// Marker of page B.
+pub const MARKER_B: u64 = 0xB0B0_B0B0_B0B0_B0B0;
+
+/// How IPIs are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpiMode {
+    /// One x2APIC ICR write per target.
+    Native,
+    /// HvCallSendSyntheticClusterIpi, fast (targets below VP 64).
+    PvFast,
+    /// HvCallSendSyntheticClusterIpiEx with a sparse VP set in memory.
+    PvEx,
+}
+
+/// How interrupts are completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EoiMode {
+    /// x2APIC EOI MSR.
+    X2apic,
+    /// HV_X64_MSR_EOI.
+    Synthetic,
+    /// Lazy EOI through the VP assist page.
+    Lazy,
+}
+
+/// How a TLB shootdown is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushMode {
+    /// `invlpg` locally and a flush IPI to every other vCPU.
+    Native,
+    /// HvCallFlushVirtualAddressList(Ex) for every other vCPU.
+    Pv,
+    /// Change the PTE and do not flush at all (to observe staleness).
+    None,
+}
+
+/// Interrupt completion of the IPI scenarios: lazy EOI when enlightened
+/// (what a Linux guest does with APIC_ACCESS_RECOMMENDED), else x2APIC.
+fn eoi_for(enlightened: bool) -> u64 {
+    if enlightened {
+        eoi_mode::LAZY
+    } else {
+        eoi_mode::X2APIC
+    }
+}
+
+fn var(cpu: u64, off: u64) -> u64 {
+    percpu(cpu) + PERCPU_VARS + off
+}
+
+/// `rax` = address of vCPU `idx`'s variable `off`.
+fn var_addr(
+    a: &mut CodeAssembler,
+    idx: AsmRegister64,
+    off: u64,
+) -> Result<(), iced_x86::IcedError> {
+    a.mov(rax, idx)?;
+    a.shl(rax, PERCPU_SIZE.trailing_zeros())?;
+    a.mov(r9, PERCPU_BASE + PERCPU_VARS + off)?;
+    a.add(rax, r9)
+}
+
+/// Fails with PRIV_FAULT unless RAX is 0.
+fn check_rax_zero(a: &mut CodeAssembler, code: u64) -> Result<(), iced_x86::IcedError> {
+    let mut ok = a.create_label();
+    a.test(rax, rax)?;
+    a.jz(ok)?;
+    a.mov(rsi, rax)?;
+    a.mov(rdi, code)?;
+    report(a, abi::REPORT_DONE)?;
+    a.set_label(&mut ok)?;
+    a.nop()
+}
+
+/// Sends `vector` to the vCPU in `target` (a register other than RAX,
+/// RCX, RDX, RSI, RDI, R8-R11) by x2APIC ICR or fast PV IPI.
+fn send_one(
+    a: &mut CodeAssembler,
+    mode: IpiMode,
+    target: AsmRegister64,
+    vector: u8,
+) -> Result<(), iced_x86::IcedError> {
+    match mode {
+        IpiMode::Native => {
+            a.mov(rsi, target)?;
+            a.shl(rsi, 32)?;
+            a.or(rsi, i32::from(vector))?;
+            a.mov(edi, X2APIC_ICR)?;
+            sys(a, abi::SYS_WRMSR)?;
+            check_rax_zero(a, failure::PRIV_FAULT)
+        }
+        IpiMode::PvFast | IpiMode::PvEx => {
+            a.mov(rdi, HVCALL_SEND_IPI | HV_FAST)?;
+            a.mov(esi, u32::from(vector))?;
+            a.xor(edx, edx)?;
+            a.bts(rdx, target)?;
+            sys(a, abi::SYS_HYPERCALL)?;
+            check_rax_zero(a, failure::HC_STATUS)
+        }
+    }
+}
+
+/// Targets of a broadcast: every vCPU but the driver, or the driver
+/// itself on a 1-vCPU VM.
+fn broadcast_targets(vcpus: u64) -> Vec<u64> {
+    if vcpus == 1 {
+        vec![0]
+    } else {
+        (1..vcpus).collect()
+    }
+}
+
+/// A sparse VP set for `vps`: (valid_bank_mask, banks).
+fn vpset(vps: &[u64]) -> (u64, Vec<u64>) {
+    let mut banks = [0u64; 64];
+    for &v in vps {
+        banks[(v / 64) as usize] |= 1 << (v % 64);
+    }
+    let mut valid = 0u64;
+    let mut present = Vec::new();
+    for (i, b) in banks.iter().enumerate() {
+        if *b != 0 {
+            valid |= 1 << i;
+            present.push(*b);
+        }
+    }
+    (valid, present)
+}
+
+fn words_at(base: u64, words: &[u64]) -> Vec<(u64, u64)> {
+    words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (base + 8 * i as u64, *w))
+        .collect()
+}
+
+/// Sends `vector` to every target of [`broadcast_targets`]. PV forms use
+/// inputs prepared in `shared` (returned through `data`).
+fn send_broadcast(
+    a: &mut CodeAssembler,
+    mode: IpiMode,
+    vcpus: u64,
+    vector: u8,
+    data: &mut Vec<(u64, u64)>,
+) -> Result<(), iced_x86::IcedError> {
+    let targets = broadcast_targets(vcpus);
+    match mode {
+        IpiMode::Native => {
+            let first = targets[0];
+            let last = targets[targets.len() - 1];
+            let mut top = a.create_label();
+            a.mov(r12, first)?;
+            a.set_label(&mut top)?;
+            send_one(a, IpiMode::Native, r12, vector)?;
+            a.inc(r12)?;
+            a.cmp(r12, last as i32)?;
+            a.jbe(top)
+        }
+        IpiMode::PvFast => {
+            let mask = targets.iter().fold(0u64, |m, &t| m | (1 << (t % 64)));
+            a.mov(rdi, HVCALL_SEND_IPI | HV_FAST)?;
+            a.mov(esi, u32::from(vector))?;
+            a.mov(rdx, mask)?;
+            sys(a, abi::SYS_HYPERCALL)?;
+            check_rax_zero(a, failure::HC_STATUS)
+        }
+        IpiMode::PvEx => {
+            let (valid, banks) = vpset(&targets);
+            let mut w = vec![u64::from(vector), 0, valid];
+            w.extend(&banks);
+            data.extend(words_at(shared::HC_INPUT, &w));
+            a.mov(
+                rdi,
+                u64::from(code::SEND_IPI_EX) | ((banks.len() as u64) << 17),
+            )?;
+            a.mov(rsi, shared::HC_INPUT)?;
+            a.xor(edx, edx)?;
+            sys(a, abi::SYS_HYPERCALL)?;
+            check_rax_zero(a, failure::HC_STATUS)
+        }
+    }
+}
+
+/// Checks that every vCPU in `targets` has `want` in variable `off`.
+fn check_counts(
+    a: &mut CodeAssembler,
+    targets: &[u64],
+    off: u64,
+    want: u64,
+) -> Result<(), iced_x86::IcedError> {
+    let first = targets[0];
+    let last = targets[targets.len() - 1];
+    let mut top = a.create_label();
+    let mut ok = a.create_label();
+    a.mov(r12, first)?;
+    a.set_label(&mut top)?;
+    var_addr(a, r12, off)?;
+    a.mov(rcx, want)?;
+    a.cmp(qword_ptr(rax), rcx)?;
+    a.je(ok)?;
+    a.mov(rsi, r12)?;
+    a.mov(rdi, failure::WRONG_COUNT)?;
+    report(a, abi::REPORT_DONE)?;
+    a.set_label(&mut ok)?;
+    a.inc(r12)?;
+    a.cmp(r12, last as i32)?;
+    a.jbe(top)
+}
+
+fn finish(mut a: CodeAssembler, shared: Vec<(u64, u64)>) -> Result<Program, Error> {
+    Ok(Program {
+        user_code: assemble(&mut a, USER_CODE, &[])?.code,
+        shared,
+    })
 }
 
 /// A CPL3 loop of `iters` `dec; jnz` iterations between the marks: shows
@@ -36,14 +267,11 @@ pub fn cpl3_loop(iters: u64) -> Result<Program, Error> {
     mark_end(&mut a)?;
     done(&mut a, rcx)?;
     idle_responder(&mut a, &mut resp)?;
-    Ok(Program {
-        user_code: assemble(&mut a, USER_CODE, &[])?.code,
-        shared: vec![],
-    })
+    finish(a, vec![])
 }
 
 /// `iters` null system calls (CPL3 -> CPL0 -> CPL3) between the marks:
-/// the cost of the emulated CPL0 path.
+/// the cost of the (possibly emulated) CPL0 path.
 pub fn syscall_loop(iters: u64) -> Result<Program, Error> {
     let mut a = CodeAssembler::new(64)?;
     let mut resp = a.create_label();
@@ -53,15 +281,300 @@ pub fn syscall_loop(iters: u64) -> Result<Program, Error> {
     let mut l = a.create_label();
     a.set_label(&mut l)?;
     a.mov(eax, 99)?;
-    a.syscall()?;
+    a.int3()?;
     a.dec(rbx)?;
     a.jnz(l)?;
     mark_end(&mut a)?;
     done(&mut a, rbx)?;
     idle_responder(&mut a, &mut resp)?;
-    let _ = (pc::CPU, shared::READY, abi::SYS_HALT);
-    Ok(Program {
-        user_code: assemble(&mut a, USER_CODE, &[])?.code,
-        shared: vec![],
-    })
+    finish(a, vec![])
+}
+
+/// IPI ping-pong between vCPU 0 and vCPU 1 (or vCPU 0 with itself on a
+/// 1-vCPU VM), `iters` round trips. Checks both sides' counts.
+pub fn ipi_pingpong(vcpus: u64, iters: u64, mode: IpiMode) -> Result<Program, Error> {
+    let mut a = CodeAssembler::new(64)?;
+    let mut resp = a.create_label();
+    let target = if vcpus > 1 { 1 } else { 0 };
+    let pv = mode != IpiMode::Native;
+    prologue(&mut a, resp)?;
+    mark_start(&mut a, iters)?;
+    a.mov(r13, 1u64)?;
+    let mut top = a.create_label();
+    a.set_label(&mut top)?;
+    a.mov(rbx, target)?;
+    // The Ex form is for large sets; a single target uses the fast form.
+    send_one(
+        &mut a,
+        if pv { IpiMode::PvFast } else { IpiMode::Native },
+        rbx,
+        abi::VEC_IPI,
+    )?;
+    let wait_on = if vcpus > 1 {
+        pc::PONG_COUNT
+    } else {
+        pc::IPI_COUNT
+    };
+    halt_until(&mut a, pcpu(wait_on), r13)?;
+    a.inc(r13)?;
+    a.cmp(r13, iters as i32)?;
+    a.jbe(top)?;
+    mark_end(&mut a)?;
+    check_counts(&mut a, &[target], pc::IPI_COUNT, iters)?;
+    if vcpus > 1 {
+        check_counts(&mut a, &[0], pc::PONG_COUNT, iters)?;
+    }
+    done(&mut a, r13)?;
+    idle_responder(&mut a, &mut resp)?;
+    finish(
+        a,
+        vec![
+            (shared::PONG, 1),
+            (shared::IPI_MODE, u64::from(pv)),
+            (shared::EOI_MODE, eoi_for(pv)),
+        ],
+    )
+}
+
+/// Broadcast IPI from vCPU 0 to every other vCPU, `iters` times; every
+/// target must receive every IPI exactly once.
+pub fn broadcast_ipi(vcpus: u64, iters: u64, mode: IpiMode) -> Result<Program, Error> {
+    let mut a = CodeAssembler::new(64)?;
+    let mut resp = a.create_label();
+    let mut data = Vec::new();
+    let targets = broadcast_targets(vcpus);
+    prologue(&mut a, resp)?;
+    mark_start(&mut a, iters)?;
+    a.mov(r13, 1u64)?;
+    a.mov(r14, targets.len() as u64)?;
+    let mut top = a.create_label();
+    a.set_label(&mut top)?;
+    send_broadcast(&mut a, mode, vcpus, abi::VEC_IPI, &mut data)?;
+    spin_until(&mut a, shared::ACKS, r14)?;
+    a.add(r14, targets.len() as i32)?;
+    a.inc(r13)?;
+    a.cmp(r13, iters as i32)?;
+    a.jbe(top)?;
+    mark_end(&mut a)?;
+    check_counts(&mut a, &targets, pc::IPI_COUNT, iters)?;
+    done(&mut a, r13)?;
+    idle_responder(&mut a, &mut resp)?;
+    let pv = mode != IpiMode::Native;
+    data.push((shared::IPI_MODE, u64::from(pv)));
+    data.push((shared::EOI_MODE, eoi_for(pv)));
+    finish(a, data)
+}
+
+/// TLB shootdown: vCPU 0 switches the test window between two pages
+/// `iters` times and makes the other vCPUs flush it. `running` of them
+/// (vCPUs 1..=running) keep reading the window at CPL3; the rest read it
+/// once and halt. After each flush every running reader must see the new
+/// page; at the end every halted one must too.
+pub fn tlb_shootdown(
+    vcpus: u64,
+    iters: u64,
+    running: u64,
+    mode: FlushMode,
+) -> Result<Program, Error> {
+    let mut a = CodeAssembler::new(64)?;
+    let mut resp = a.create_label();
+    let mut data = Vec::new();
+    let others: Vec<u64> = (1..vcpus).collect();
+    let running = running.min(others.len() as u64);
+    let flags = PTE_P | PTE_W | PTE_U;
+    prologue(&mut a, resp)?;
+    // The driver caches the translation too.
+    a.mov(rax, TLB_TEST_VA)?;
+    a.mov(rax, qword_ptr(rax))?;
+    mark_start(&mut a, iters)?;
+    a.mov(r13, 1u64)?;
+    let mut top = a.create_label();
+    a.set_label(&mut top)?;
+    // New PTE: page B on odd iterations, A on even ones.
+    {
+        let mut even = a.create_label();
+        let mut set = a.create_label();
+        a.test(r13, 1)?;
+        a.jz(even)?;
+        a.mov(rax, TLB_PAGE_B | flags)?;
+        a.jmp(set)?;
+        a.set_label(&mut even)?;
+        a.mov(rax, TLB_PAGE_A | flags)?;
+        a.set_label(&mut set)?;
+        a.mov(qword_ptr(PT_TEST), rax)?;
+    }
+    if mode != FlushMode::None {
+        a.mov(rdi, TLB_TEST_VA)?;
+        sys(&mut a, abi::SYS_INVLPG)?;
+    }
+    if !others.is_empty() {
+        match mode {
+            FlushMode::Native => {
+                let mut l = a.create_label();
+                a.mov(r12, 1u64)?;
+                a.set_label(&mut l)?;
+                send_one(&mut a, IpiMode::Native, r12, abi::VEC_FLUSH)?;
+                a.inc(r12)?;
+                a.cmp(r12, vcpus as i32)?;
+                a.jb(l)?;
+                a.mov(r14, r13)?;
+                a.imul_3(r14, r14, others.len() as i32)?;
+                spin_until(&mut a, shared::ACKS, r14)?;
+            }
+            FlushMode::Pv => {
+                let gva = TLB_TEST_VA;
+                let (ctl, words) = if vcpus <= 64 {
+                    let mask = others.iter().fold(0u64, |m, &t| m | (1 << t));
+                    (
+                        u64::from(code::FLUSH_LIST) | (1 << 32),
+                        vec![0, 0, mask, gva],
+                    )
+                } else {
+                    let (valid, banks) = vpset(&others);
+                    let mut w = vec![0, 0, 0, valid];
+                    w.extend(&banks);
+                    w.push(gva);
+                    (
+                        u64::from(code::FLUSH_LIST_EX) | ((banks.len() as u64) << 17) | (1 << 32),
+                        w,
+                    )
+                };
+                data.extend(words_at(shared::HC_INPUT, &words));
+                a.mov(rdi, ctl)?;
+                a.mov(rsi, shared::HC_INPUT)?;
+                a.xor(edx, edx)?;
+                sys(&mut a, abi::SYS_HYPERCALL)?;
+                // Expect SUCCESS with one rep completed.
+                a.mov(rcx, 1u64 << 32)?;
+                a.cmp(rax, rcx)?;
+                let mut ok = a.create_label();
+                a.je(ok)?;
+                a.mov(rsi, rax)?;
+                a.mov(rdi, failure::HC_STATUS)?;
+                report(&mut a, abi::REPORT_DONE)?;
+                a.set_label(&mut ok)?;
+            }
+            FlushMode::None => {}
+        }
+    }
+    // Publish the generation and check every running reader.
+    a.mov(qword_ptr(shared::GEN), r13)?;
+    for r in 1..=running {
+        let mut wait = a.create_label();
+        let mut ok = a.create_label();
+        a.set_label(&mut wait)?;
+        a.mov(rax, var(r, pc::SEEN_GEN))?;
+        a.cmp(qword_ptr(rax), r13)?;
+        a.jae(ok)?;
+        a.pause()?;
+        a.jmp(wait)?;
+        a.set_label(&mut ok)?;
+        a.mov(rax, var(r, pc::SEEN_VAL))?;
+        a.mov(rax, qword_ptr(rax))?;
+        expect_marker(&mut a, r13, r)?;
+    }
+    a.inc(r13)?;
+    a.cmp(r13, iters as i32)?;
+    a.jbe(top)?;
+    mark_end(&mut a)?;
+    a.dec(r13)?;
+    // Every halted reader must see the final page once it runs again.
+    for h in (running + 1)..vcpus {
+        let mut w = a.create_label();
+        a.mov(rbx, h)?;
+        send_one(&mut a, IpiMode::Native, rbx, abi::VEC_WAKE)?;
+        a.mov(r15, var(h, pc::WAKE_COUNT))?;
+        a.set_label(&mut w)?;
+        a.cmp(qword_ptr(r15), 0)?;
+        a.pause()?;
+        a.je(w)?;
+        a.mov(rax, var(h, pc::SEEN_VAL))?;
+        a.mov(rax, qword_ptr(rax))?;
+        expect_marker(&mut a, r13, h)?;
+    }
+    if mode == FlushMode::Native && !others.is_empty() {
+        check_counts(&mut a, &others, pc::FLUSH_COUNT, iters)?;
+    }
+    done(&mut a, r13)?;
+
+    // Responders: 1..=running read the window forever; the rest read it
+    // once and halt.
+    a.set_label(&mut resp)?;
+    let mut idle = a.create_label();
+    a.cmp(pcpu(pc::CPU), running as i32)?;
+    a.ja(idle)?;
+    {
+        let mut l = a.create_label();
+        a.mov(rcx, TLB_TEST_VA)?;
+        a.set_label(&mut l)?;
+        a.mov(rax, qword_ptr(shared::GEN))?;
+        a.mov(rdx, qword_ptr(rcx))?;
+        a.mov(pcpu(pc::SEEN_VAL), rdx)?;
+        a.mov(pcpu(pc::SEEN_GEN), rax)?;
+        a.jmp(l)?;
+    }
+    a.set_label(&mut idle)?;
+    a.mov(rax, TLB_TEST_VA)?;
+    a.mov(rax, qword_ptr(rax))?;
+    let mut halt = a.create_label();
+    idle_responder(&mut a, &mut halt)?;
+    finish(a, data)
+}
+
+/// Fails with STALE (detail `who`) unless RAX holds the marker expected
+/// for iteration `iter` (B when odd, A when even).
+fn expect_marker(
+    a: &mut CodeAssembler,
+    iter: AsmRegister64,
+    who: u64,
+) -> Result<(), iced_x86::IcedError> {
+    let mut even = a.create_label();
+    let mut cmp = a.create_label();
+    let mut ok = a.create_label();
+    a.test(iter, 1)?;
+    a.jz(even)?;
+    a.mov(rcx, MARKER_B)?;
+    a.jmp(cmp)?;
+    a.set_label(&mut even)?;
+    a.mov(rcx, MARKER_A)?;
+    a.set_label(&mut cmp)?;
+    a.cmp(rax, rcx)?;
+    a.je(ok)?;
+    a.mov(rsi, who)?;
+    a.mov(rdi, failure::STALE)?;
+    report(a, abi::REPORT_DONE)?;
+    a.set_label(&mut ok)?;
+    a.nop()
+}
+
+/// x2APIC LVT timer register.
+const LVT_TIMER: u32 = 0x832;
+/// x2APIC initial count register.
+const TIMER_INIT: u32 = 0x838;
+/// x2APIC divide configuration register.
+const TIMER_DIV: u32 = 0x83E;
+
+/// `count` periodic APIC timer interrupts every `period_ns` on vCPU 0,
+/// each completed the `eoi` way.
+pub fn timer_eoi(count: u64, period_ns: u32, eoi: EoiMode) -> Result<Program, Error> {
+    let mut a = CodeAssembler::new(64)?;
+    let mut resp = a.create_label();
+    prologue(&mut a, resp)?;
+    wrmsr_imm(&mut a, TIMER_DIV, 0xB)?;
+    wrmsr_imm(&mut a, LVT_TIMER, (1 << 17) | u64::from(abi::VEC_TIMER))?;
+    mark_start(&mut a, count)?;
+    wrmsr_imm(&mut a, TIMER_INIT, u64::from(period_ns))?;
+    a.mov(r13, count)?;
+    halt_until(&mut a, pcpu(pc::TIMER_COUNT), r13)?;
+    mark_end(&mut a)?;
+    wrmsr_imm(&mut a, TIMER_INIT, 0)?;
+    a.mov(rax, pcpu(pc::TIMER_COUNT))?;
+    done(&mut a, rax)?;
+    idle_responder(&mut a, &mut resp)?;
+    let mode = match eoi {
+        EoiMode::X2apic => eoi_mode::X2APIC,
+        EoiMode::Synthetic => eoi_mode::SYNTHETIC,
+        EoiMode::Lazy => eoi_mode::LAZY,
+    };
+    finish(a, vec![(shared::EOI_MODE, mode)])
 }

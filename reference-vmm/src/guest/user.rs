@@ -6,14 +6,15 @@ use iced_x86::code_asm::*;
 use super::abi::{self, percpu as pc, shared};
 
 /// `gs:[off]` as a qword.
-pub fn gs(off: u64) -> AsmMemoryOperand {
+pub fn pcpu(off: u64) -> AsmMemoryOperand {
     qword_ptr(off).gs()
 }
 
-/// `syscall` number `nr` (arguments already in RDI, RSI, RDX).
+/// System call `nr` (arguments already in RDI, RSI, RDX; clobbers RCX,
+/// RDX, R8, R9).
 pub fn sys(a: &mut CodeAssembler, nr: u32) -> Result<(), IcedError> {
     a.mov(eax, nr)?;
-    a.syscall()
+    a.int3()
 }
 
 /// wrmsr(msr, value in `val`) through the kernel.
@@ -116,7 +117,7 @@ pub fn spin_until(
 /// `responder`.
 pub fn prologue(a: &mut CodeAssembler, responder: CodeLabel) -> Result<(), IcedError> {
     let mut driver = a.create_label();
-    a.cmp(gs(pc::CPU), 0)?;
+    a.cmp(pcpu(pc::CPU), 0)?;
     a.je(driver)?;
     a.lock().inc(qword_ptr(shared::READY))?;
     a.jmp(responder)?;

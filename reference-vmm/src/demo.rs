@@ -1,0 +1,184 @@
+//! The `demo` command: every scenario with the enlightenments off and on,
+//! one side-by-side table, and the acceptance figures.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::guest::scenarios::{EoiMode, FlushMode, IpiMode};
+use crate::scenario::{self, Figures, RunOptions, Scenario};
+use crate::vm::FlushMethod;
+
+/// One row of the table: an operation measured off and on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// What is measured.
+    pub operation: &'static str,
+    /// Enlightenments off.
+    pub off: Figures,
+    /// Enlightenments on.
+    pub on: Figures,
+}
+
+/// The demo's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Demo {
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Table rows.
+    pub rows: Vec<Row>,
+}
+
+/// The operations of the demo: (name, off, on).
+pub fn plan(vcpus: u32) -> Vec<(&'static str, Scenario, Scenario)> {
+    let bcast_fast = if vcpus <= 64 {
+        IpiMode::PvFast
+    } else {
+        IpiMode::PvEx
+    };
+    vec![
+        (
+            "IPI ping-pong (round trip)",
+            Scenario::PingPong(IpiMode::Native),
+            Scenario::PingPong(IpiMode::PvFast),
+        ),
+        (
+            "broadcast IPI, PV fast form",
+            Scenario::Broadcast(IpiMode::Native),
+            Scenario::Broadcast(bcast_fast),
+        ),
+        (
+            "broadcast IPI, PV Ex form",
+            Scenario::Broadcast(IpiMode::Native),
+            Scenario::Broadcast(IpiMode::PvEx),
+        ),
+        (
+            "TLB shootdown (1 running, rest halted)",
+            Scenario::Shootdown(FlushMode::Native),
+            Scenario::Shootdown(FlushMode::Pv),
+        ),
+        (
+            "timer interrupt, synthetic EOI",
+            Scenario::Timer(EoiMode::X2apic),
+            Scenario::Timer(EoiMode::Synthetic),
+        ),
+        (
+            "timer interrupt, lazy EOI",
+            Scenario::Timer(EoiMode::X2apic),
+            Scenario::Timer(EoiMode::Lazy),
+        ),
+    ]
+}
+
+/// Runs the demo, printing progress on stderr.
+pub fn run(vcpus: u32, timeout: Duration) -> Result<Demo, Error> {
+    let opts = RunOptions {
+        vcpus,
+        timeout,
+        flush: FlushMethod::Sregs,
+    };
+    let mut cache: Vec<(Scenario, Figures)> = Vec::new();
+    let mut get = |s: Scenario| -> Result<Figures, Error> {
+        if let Some((_, f)) = cache.iter().find(|(c, _)| *c == s) {
+            return Ok(f.clone());
+        }
+        eprintln!("demo: running {} on {vcpus} vCPUs ...", s.name());
+        let (_, f) = scenario::run(s, opts)?;
+        cache.push((s, f.clone()));
+        Ok(f)
+    };
+    let mut rows = Vec::new();
+    for (operation, off, on) in plan(vcpus) {
+        rows.push(Row {
+            operation,
+            off: get(off)?,
+            on: get(on)?,
+        });
+    }
+    Ok(Demo { vcpus, rows })
+}
+
+impl Demo {
+    /// The side-by-side table.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{} vCPUs, per operation; off = Hyper-V enlightenments off (x2APIC ICR/EOI, IPI shootdown), on = enlightened",
+            self.vcpus
+        );
+        let _ = writeln!(
+            s,
+            "{:<40} {:>15} {:>15} {:>15} {:>15} {:>15} {:>19}",
+            "operation",
+            "exits off/on",
+            "sender off/on",
+            "kicks off/on",
+            "wakeups off/on",
+            "EOI-exits off/on",
+            "us/op off/on"
+        );
+        let pair = |a: f64, b: f64| format!("{a:.2}/{b:.2}");
+        for r in &self.rows {
+            let _ = writeln!(
+                s,
+                "{:<40} {:>15} {:>15} {:>15} {:>15} {:>15} {:>19}",
+                r.operation,
+                pair(r.off.exits_per_op, r.on.exits_per_op),
+                pair(r.off.sender_exits_per_op, r.on.sender_exits_per_op),
+                pair(r.off.kicks_per_op, r.on.kicks_per_op),
+                pair(r.off.wakeups_per_op, r.on.wakeups_per_op),
+                pair(r.off.eoi_exits_per_op, r.on.eoi_exits_per_op),
+                format!(
+                    "{:.1}/{:.1}",
+                    r.off.ns_per_op / 1000.0,
+                    r.on.ns_per_op / 1000.0
+                ),
+            );
+        }
+        s
+    }
+
+    /// The acceptance figures as `(claim, measured, pass)`.
+    pub fn checks(&self) -> Vec<(String, String, bool)> {
+        let mut out = Vec::new();
+        let find = |name: &str| self.rows.iter().find(|r| r.on.scenario == name);
+        if let Some(r) = find("broadcast-pv-fast").or_else(|| find("broadcast-pv-ex")) {
+            let want_native = f64::from(self.vcpus.saturating_sub(1).max(1));
+            out.push((
+                format!(
+                    "broadcast IPI: 1 exit to send by PV IPI, >= {want_native} by native ICR writes"
+                ),
+                format!(
+                    "{:.2} vs {:.2}",
+                    r.on.sender_exits_per_op, r.off.sender_exits_per_op
+                ),
+                r.on.sender_exits_per_op <= 1.0 && r.off.sender_exits_per_op >= want_native,
+            ));
+        }
+        if let Some(r) = find("timer-lazy-eoi") {
+            let pct = 100.0 * r.on.eoi_exits_per_op;
+            out.push((
+                "lazy EOI: <= 1% of timer interrupts with an EOI exit".into(),
+                format!(
+                    "{pct:.2}% (x2APIC EOI: {:.0}%)",
+                    100.0 * r.off.eoi_exits_per_op
+                ),
+                pct <= 1.0,
+            ));
+        }
+        if let Some(r) = find("shootdown-pv") {
+            out.push((
+                "PV TLB flush wakes none of the halted vCPUs".into(),
+                format!(
+                    "{:.2} wakeups/op (IPI shootdown: {:.2})",
+                    r.on.wakeups_per_op, r.off.wakeups_per_op
+                ),
+                r.on.wakeups_per_op == 0.0,
+            ));
+        }
+        out
+    }
+}

@@ -1,0 +1,73 @@
+//! `probe`: what this host's KVM offers for the enlightenments and APIC
+//! acceleration, read from KVM capabilities and module parameters.
+
+use std::fmt::Write;
+
+use kvm_ioctls::{Cap, Kvm};
+
+use crate::error::Error;
+
+/// Reads a KVM module parameter; `None` when absent.
+fn param(module: &str, name: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/sys/module/{module}/parameters/{name}"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// Capabilities by number that kvm-ioctls has no name for.
+const RAW_CAPS: [(&str, u64); 8] = [
+    ("KVM_CAP_HYPERV", 44),
+    ("KVM_CAP_HYPERV_SYNIC", 123),
+    ("KVM_CAP_X2APIC_API", 129),
+    ("KVM_CAP_HYPERV_TLBFLUSH", 155),
+    ("KVM_CAP_HYPERV_SEND_IPI", 161),
+    ("KVM_CAP_X86_USER_SPACE_MSR", 188),
+    ("KVM_CAP_X86_MSR_FILTER", 189),
+    ("KVM_CAP_SPLIT_IRQCHIP", 121),
+];
+
+/// A report of the host.
+pub fn report() -> Result<String, Error> {
+    let kvm = Kvm::new().map_err(|err| Error::Kvm {
+        op: "open /dev/kvm",
+        err,
+    })?;
+    let mut s = String::new();
+    let _ = writeln!(s, "KVM API version {}", kvm.get_api_version());
+    let _ = writeln!(
+        s,
+        "vCPUs: recommended {} (KVM_CAP_NR_VCPUS), max {} (KVM_CAP_MAX_VCPUS)",
+        kvm.get_nr_vcpus(),
+        kvm.get_max_vcpus()
+    );
+    for (name, nr) in RAW_CAPS {
+        let _ = writeln!(s, "{name:<28} {}", kvm.check_extension_raw(nr));
+    }
+    for (name, cap) in [
+        ("KVM_CAP_IRQCHIP", Cap::Irqchip),
+        ("KVM_CAP_IMMEDIATE_EXIT", Cap::ImmediateExit),
+        ("KVM_CAP_SIGNAL_MSI", Cap::SignalMsi),
+    ] {
+        let _ = writeln!(s, "{name:<28} {}", kvm.check_extension_int(cap));
+    }
+    for (m, p) in [
+        ("kvm_intel", "enable_apicv"),
+        ("kvm_intel", "enable_ipiv"),
+        ("kvm_amd", "avic"),
+        ("kvm_amd", "force_avic"),
+    ] {
+        let _ = writeln!(
+            s,
+            "{:<28} {}",
+            format!("{m}.{p}"),
+            param(m, p).unwrap_or_else(|| "unknown (not loaded)".into())
+        );
+    }
+    let hv = kvm.check_extension_raw(44) > 0;
+    let _ = writeln!(
+        s,
+        "in-kernel Hyper-V: {}; this VMM serves the enlightenments in userspace either way",
+        if hv { "present" } else { "absent" }
+    );
+    Ok(s)
+}

@@ -1,0 +1,209 @@
+//! Running a named scenario on a fresh VM and turning its measured phase
+//! into per-operation figures.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::guest::asm;
+use crate::guest::scenarios::{self, EoiMode, FlushMode, IpiMode};
+use crate::metrics::VmMetrics;
+use crate::vm::{FlushMethod, Program, RunReport, Vm, VmConfig};
+
+/// A scenario with its variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// IPI ping-pong between vCPU 0 and 1.
+    PingPong(IpiMode),
+    /// Broadcast IPI from vCPU 0 to all others.
+    Broadcast(IpiMode),
+    /// TLB shootdown with one running reader, the others halted.
+    Shootdown(FlushMode),
+    /// Periodic timer interrupts on vCPU 0.
+    Timer(EoiMode),
+    /// A CPL3 `dec; jnz` loop.
+    Cpl3Loop,
+    /// Null system calls (CPL3 -> CPL0 -> CPL3).
+    SyscallLoop,
+}
+
+impl Scenario {
+    /// Every named scenario, enlightened ones after their native twin.
+    pub const ALL: [Scenario; 12] = [
+        Scenario::PingPong(IpiMode::Native),
+        Scenario::PingPong(IpiMode::PvFast),
+        Scenario::Broadcast(IpiMode::Native),
+        Scenario::Broadcast(IpiMode::PvFast),
+        Scenario::Broadcast(IpiMode::PvEx),
+        Scenario::Shootdown(FlushMode::Native),
+        Scenario::Shootdown(FlushMode::Pv),
+        Scenario::Timer(EoiMode::X2apic),
+        Scenario::Timer(EoiMode::Synthetic),
+        Scenario::Timer(EoiMode::Lazy),
+        Scenario::Cpl3Loop,
+        Scenario::SyscallLoop,
+    ];
+
+    /// The scenario's name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Scenario::PingPong(IpiMode::Native) => "pingpong-x2apic",
+            Scenario::PingPong(_) => "pingpong-pv",
+            Scenario::Broadcast(IpiMode::Native) => "broadcast-x2apic",
+            Scenario::Broadcast(IpiMode::PvFast) => "broadcast-pv-fast",
+            Scenario::Broadcast(IpiMode::PvEx) => "broadcast-pv-ex",
+            Scenario::Shootdown(FlushMode::Native) => "shootdown-ipi",
+            Scenario::Shootdown(FlushMode::Pv) => "shootdown-pv",
+            Scenario::Shootdown(FlushMode::None) => "shootdown-none",
+            Scenario::Timer(EoiMode::X2apic) => "timer-x2apic-eoi",
+            Scenario::Timer(EoiMode::Synthetic) => "timer-synthetic-eoi",
+            Scenario::Timer(EoiMode::Lazy) => "timer-lazy-eoi",
+            Scenario::Cpl3Loop => "cpl3-loop",
+            Scenario::SyscallLoop => "syscall-loop",
+        }
+    }
+
+    /// Looks a scenario up by name.
+    pub fn by_name(name: &str) -> Option<Scenario> {
+        Self::ALL
+            .iter()
+            .copied()
+            .chain([Scenario::Shootdown(FlushMode::None)])
+            .find(|s| s.name() == name)
+    }
+
+    /// Whether the scenario needs the Hyper-V enlightenments.
+    pub fn hyperv(&self) -> bool {
+        matches!(
+            self,
+            Scenario::PingPong(IpiMode::PvFast | IpiMode::PvEx)
+                | Scenario::Broadcast(IpiMode::PvFast | IpiMode::PvEx)
+                | Scenario::Shootdown(FlushMode::Pv)
+                | Scenario::Timer(EoiMode::Synthetic | EoiMode::Lazy)
+        )
+    }
+
+    /// Whether the scenario can run on `vcpus` vCPUs.
+    pub fn supports(&self, vcpus: u32) -> bool {
+        !matches!(self, Scenario::Broadcast(IpiMode::PvFast) if vcpus > 64)
+    }
+
+    /// Operations run for `vcpus` vCPUs (fewer when many vCPUs share a
+    /// small host).
+    pub fn ops(&self, vcpus: u32) -> u64 {
+        let big = vcpus > 8;
+        match self {
+            Scenario::PingPong(_) => 200,
+            Scenario::Broadcast(_) => {
+                if big {
+                    10
+                } else {
+                    100
+                }
+            }
+            Scenario::Shootdown(_) => {
+                if big {
+                    5
+                } else {
+                    20
+                }
+            }
+            Scenario::Timer(_) => 200,
+            Scenario::Cpl3Loop => 100_000_000,
+            Scenario::SyscallLoop => 1000,
+        }
+    }
+
+    /// The guest program.
+    pub fn program(&self, vcpus: u32) -> Result<Program, asm::Error> {
+        let n = u64::from(vcpus);
+        let ops = self.ops(vcpus);
+        match *self {
+            Scenario::PingPong(m) => scenarios::ipi_pingpong(n, ops, m),
+            Scenario::Broadcast(m) => scenarios::broadcast_ipi(n, ops, m),
+            Scenario::Shootdown(m) => scenarios::tlb_shootdown(n, ops, 1, m),
+            Scenario::Timer(m) => scenarios::timer_eoi(ops, 200_000, m),
+            Scenario::Cpl3Loop => scenarios::cpl3_loop(ops),
+            Scenario::SyscallLoop => scenarios::syscall_loop(ops),
+        }
+    }
+}
+
+/// Per-operation figures of one scenario run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figures {
+    /// Scenario name.
+    pub scenario: &'static str,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Hyper-V enlightenments on.
+    pub hyperv: bool,
+    /// Operations measured.
+    pub ops: u64,
+    /// VM exits per operation (all vCPUs).
+    pub exits_per_op: f64,
+    /// VM exits of the driving vCPU (vCPU 0) per operation: the cost of
+    /// sending.
+    pub sender_exits_per_op: f64,
+    /// Kicks per operation.
+    pub kicks_per_op: f64,
+    /// Wakeups of halted vCPUs per operation.
+    pub wakeups_per_op: f64,
+    /// Host nanoseconds per operation.
+    pub ns_per_op: f64,
+    /// Interrupts completed with an EOI write per operation.
+    pub eoi_exits_per_op: f64,
+    /// Interrupts completed lazily per operation.
+    pub eoi_lazy_per_op: f64,
+    /// Hypercalls per operation.
+    pub hypercalls_per_op: f64,
+    /// Counters of the measured phase.
+    pub metrics: VmMetrics,
+}
+
+/// Options of one run.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Bound on the run.
+    pub timeout: Duration,
+    /// How the VMM flushes a vCPU's TLB.
+    pub flush: FlushMethod,
+}
+
+/// Runs `s` on a fresh VM.
+pub fn run(s: Scenario, o: RunOptions) -> Result<(RunReport, Figures), Error> {
+    let program = s.program(o.vcpus)?;
+    let vm = Vm::new(VmConfig {
+        vcpus: o.vcpus,
+        hyperv: s.hyperv(),
+        timeout: o.timeout,
+        flush: o.flush,
+    })?;
+    let report = vm.run(&program)?;
+    let m = report.measured.clone().ok_or_else(|| Error::Guest {
+        vcpu: 0,
+        reason: format!("scenario {} reported no measured phase", s.name()),
+        rip: 0,
+    })?;
+    let ops = m.ops.max(1) as f64;
+    let t = &m.metrics.total;
+    let f = Figures {
+        scenario: s.name(),
+        vcpus: o.vcpus,
+        hyperv: s.hyperv(),
+        ops: m.ops,
+        exits_per_op: t.exits as f64 / ops,
+        sender_exits_per_op: m.metrics.vcpus.first().map_or(0, |v| v.exits) as f64 / ops,
+        kicks_per_op: t.kicks as f64 / ops,
+        wakeups_per_op: t.wakeups as f64 / ops,
+        ns_per_op: m.elapsed.as_nanos() as f64 / ops,
+        eoi_exits_per_op: t.eoi_msr as f64 / ops,
+        eoi_lazy_per_op: t.eoi_lazy as f64 / ops,
+        hypercalls_per_op: t.hypercalls as f64 / ops,
+        metrics: m.metrics,
+    };
+    Ok((report, f))
+}
