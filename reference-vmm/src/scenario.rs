@@ -123,7 +123,7 @@ impl Scenario {
             Scenario::PingPong(m) => scenarios::ipi_pingpong(n, ops, m),
             Scenario::Broadcast(m) => scenarios::broadcast_ipi(n, ops, m),
             Scenario::Shootdown(m) => scenarios::tlb_shootdown(n, ops, 1, m),
-            Scenario::Timer(m) => scenarios::timer_eoi(ops, 200_000, m),
+            Scenario::Timer(m) => scenarios::timer_eoi(ops, 1_000_000, m),
             Scenario::Cpl3Loop => scenarios::cpl3_loop(ops),
             Scenario::SyscallLoop => scenarios::syscall_loop(ops),
         }

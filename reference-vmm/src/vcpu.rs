@@ -521,8 +521,13 @@ impl<'a> Runner<'a> {
         bump(&metrics.hypercalls);
         let mut regs = self.regs()?;
         let sregs = self.fd.get_sregs().map_err(kvm_err(idx, "KVM_GET_SREGS"))?;
-        log::debug!("vCPU {idx}: hypercall cs {:?} ss {:?}", sregs.cs, sregs.ss);
-        if sregs.ss.dpl != 0 {
+        let enabled = self.m.hyperv && {
+            let p = self.m.partition();
+            p.guest_os_id != 0 && p.hypercall & 1 != 0
+        };
+        // KVM kvm_emulate_hypercall: a Hyper-V hypercall at CPL != 0, or
+        // while the hypercall page is off, raises #UD.
+        if sregs.ss.dpl != 0 || !enabled {
             bump(&metrics.hypercalls_ud);
             let mut ev = self
                 .fd

@@ -7,8 +7,8 @@ use crate::layout::SHARED;
 pub const HYPERCALL_PORT: u16 = 0xE0;
 /// Scenario reports: a 32-bit write of one of the `REPORT_*` codes to this
 /// guest-physical MMIO address (identity-mapped, outside RAM), RDI/RSI
-/// arguments. MMIO rather than a port because it must work from CPL3, and
-/// some hosts (PVM) refuse CPL3 port I/O whatever the TSS I/O bitmap says.
+/// arguments. MMIO rather than a port so that it works from CPL3 without
+/// any I/O permission.
 pub const REPORT_MMIO: u64 = 0x3000_0000;
 /// The guest kernel's fatal-exception path: EAX = vector, RDX = RIP,
 /// RSI = error code.
@@ -84,6 +84,8 @@ pub mod percpu {
     pub const PONG_COUNT: u64 = 104;
     /// Number of VEC_WAKE interrupts received.
     pub const WAKE_COUNT: u64 = 112;
+    /// RSP at system call entry (restored when a call faults).
+    pub const SYS_RSP: u64 = 120;
     /// Size of the block.
     pub const SIZE: u64 = 128;
 }

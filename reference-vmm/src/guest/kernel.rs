@@ -250,6 +250,7 @@ pub fn build() -> Result<Kernel, Error> {
         let mut ok = a.create_label();
         let mut ret = a.create_label();
         let mut fault = a.create_label();
+        a.mov(gs(pc::SYS_RSP), rsp)?;
         a.cmp(eax, abi::SYS_WRMSR)?;
         a.je(l_wrmsr)?;
         a.cmp(eax, abi::SYS_HALT)?;
@@ -310,7 +311,10 @@ pub fn build() -> Result<Kernel, Error> {
         a.set_label(&mut ret)?;
         a.iretq()?;
 
+        // A fault inside a call (the hypercall page) leaves the return
+        // address behind: go back to the entry stack.
         a.set_label(&mut fault)?;
+        a.mov(rsp, gs(pc::SYS_RSP))?;
         a.mov(rax, gs(pc::LAST_VEC))?;
         a.bts(rax, 63)?;
         a.jmp(ret)?;

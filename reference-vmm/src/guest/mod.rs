@@ -2,6 +2,7 @@
 
 pub mod abi;
 pub mod asm;
+pub mod hostile;
 pub mod kernel;
 pub mod scenarios;
 pub mod user;
