@@ -1,0 +1,119 @@
+//! Every built-in scenario on real KVM at 1, 2, 8 and 64 vCPUs, and the
+//! x2APIC-mode run with 288 vCPUs (APIC IDs above 255, Ex hypercalls).
+
+use std::time::Duration;
+
+use hv_tests::kvm_available;
+use reference_vmm::guest::scenarios::{EoiMode, FlushMode, IpiMode};
+use reference_vmm::scenario::{self, Figures, RunOptions, Scenario};
+use reference_vmm::vm::FlushMethod;
+
+fn run(s: Scenario, vcpus: u32) -> Figures {
+    let opts = RunOptions {
+        vcpus,
+        timeout: Duration::from_secs(120),
+        flush: FlushMethod::Sregs,
+    };
+    match scenario::run(s, opts) {
+        Ok((_, f)) => f,
+        Err(e) => panic!("{} on {vcpus} vCPUs: {e}", s.name()),
+    }
+}
+
+/// Runs every scenario and checks the figures that do not depend on the
+/// host's speed.
+fn all_at(vcpus: u32) {
+    for s in Scenario::ALL {
+        if !s.supports(vcpus) {
+            continue;
+        }
+        let f = run(s, vcpus);
+        let t = &f.metrics.total;
+        match s {
+            Scenario::Broadcast(IpiMode::PvFast | IpiMode::PvEx) if vcpus > 1 => {
+                assert_eq!(f.sender_exits_per_op, 1.0, "{}: {f:?}", s.name());
+                assert_eq!(t.eoi_msr, 0, "{}: lazy EOI on the targets", s.name());
+            }
+            Scenario::Broadcast(IpiMode::Native) if vcpus > 1 => {
+                assert!(
+                    f.sender_exits_per_op >= f64::from(vcpus - 1),
+                    "{}: {f:?}",
+                    s.name()
+                );
+            }
+            Scenario::Shootdown(FlushMode::Pv) => {
+                assert_eq!(t.wakeups, 0, "PV flush woke a halted vCPU: {t:?}");
+                if vcpus > 2 {
+                    assert!(
+                        t.flush_deferred > 0,
+                        "halted targets flush at next entry: {t:?}"
+                    );
+                }
+            }
+            Scenario::Shootdown(FlushMode::Native) if vcpus > 2 => {
+                assert!(t.wakeups > 0, "flush IPIs wake halted vCPUs: {t:?}");
+            }
+            Scenario::Timer(EoiMode::Lazy) => {
+                assert!(
+                    t.eoi_msr * 100 <= f.ops,
+                    "lazy EOI left {} of {} interrupts with an EOI exit",
+                    t.eoi_msr,
+                    f.ops
+                );
+            }
+            Scenario::Timer(_) => assert!(t.eoi_msr >= f.ops, "{t:?}"),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn scenarios_on_1_vcpu() {
+    if !kvm_available("scenarios_on_1_vcpu") {
+        return;
+    }
+    all_at(1);
+}
+
+#[test]
+fn scenarios_on_2_vcpus() {
+    if !kvm_available("scenarios_on_2_vcpus") {
+        return;
+    }
+    all_at(2);
+}
+
+#[test]
+fn scenarios_on_8_vcpus() {
+    if !kvm_available("scenarios_on_8_vcpus") {
+        return;
+    }
+    all_at(8);
+}
+
+#[test]
+fn scenarios_on_64_vcpus() {
+    if !kvm_available("scenarios_on_64_vcpus") {
+        return;
+    }
+    all_at(64);
+}
+
+#[test]
+fn x2apic_288_vcpus() {
+    if !kvm_available("x2apic_288_vcpus") {
+        return;
+    }
+    // Native IPIs to APIC IDs up to 287 through the 32-bit x2APIC ICR
+    // destination.
+    let native = run(Scenario::Broadcast(IpiMode::Native), 288);
+    assert_eq!(native.sender_exits_per_op, 287.0);
+    // The Ex forms: VP sets spanning 5 banks.
+    let ex = run(Scenario::Broadcast(IpiMode::PvEx), 288);
+    assert_eq!(ex.sender_exits_per_op, 1.0);
+    assert_eq!(ex.metrics.total.ipis_posted, 287 * ex.ops);
+    let flush = run(Scenario::Shootdown(FlushMode::Pv), 288);
+    assert_eq!(flush.metrics.total.wakeups, 0);
+    assert_eq!(flush.sender_exits_per_op, 1.0);
+    run(Scenario::PingPong(IpiMode::PvFast), 288);
+}
