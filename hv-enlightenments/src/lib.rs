@@ -16,4 +16,5 @@ extern crate alloc;
 extern crate std;
 
 pub mod accel;
+pub mod cpuid;
 pub mod msr;
