@@ -295,9 +295,13 @@ impl CpuidBuilder {
                         true,
                         "TSC stable: the guest may treat it as invariant (Linux: TSC_RELIABLE)",
                     ),
+                    (true, false, Item::ReferenceTsc) => (
+                        false,
+                        "TSC not stable: the page's scale/offset could not stay valid",
+                    ),
                     (true, false, _) => (
                         false,
-                        "TSC not stable: the guest must not rely on TSC-based time",
+                        "TSC not stable: the guest must not treat it as invariant",
                     ),
                 }
             }
