@@ -182,3 +182,26 @@ impl fmt::Display for Decisions {
         Ok(())
     }
 }
+
+#[cfg(all(test, feature = "alloc"))]
+mod tests {
+    use super::*;
+    use alloc::format;
+    use alloc::string::ToString;
+
+    #[test]
+    fn display_has_one_line_per_item_with_state_and_reason() {
+        let decisions = Decisions::new(|item| (item == Item::ClusterIpi, item.name()));
+        let text = decisions.to_string();
+        assert_eq!(text.lines().count(), Item::ALL.len());
+        for (line, d) in text.lines().zip(decisions.iter()) {
+            assert!(line.starts_with(d.item.name()), "{line}");
+            let state = if d.on { " on " } else { " off " };
+            assert!(line.contains(state), "{line}");
+            assert!(line.ends_with(d.reason), "{line}");
+        }
+        assert!(decisions.is_on(Item::ClusterIpi));
+        assert!(!decisions.is_on(Item::Vendor));
+        assert_eq!(format!("{}", Item::X2apic), "x2APIC");
+    }
+}

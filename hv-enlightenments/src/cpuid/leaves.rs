@@ -409,18 +409,14 @@ impl HvCpuid {
             function,
             ..CpuidEntry::default()
         };
-        let reg = |i: usize| {
-            let mut b = [0u8; 4];
-            b.copy_from_slice(&self.vendor[i * 4..i * 4 + 4]);
-            u32::from_le_bytes(b)
-        };
+        let [b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3] = self.vendor;
         Some(match function {
             LEAF_VENDOR_AND_MAX => CpuidEntry {
                 function,
                 eax: self.max_leaf,
-                ebx: reg(0),
-                ecx: reg(1),
-                edx: reg(2),
+                ebx: u32::from_le_bytes([b0, b1, b2, b3]),
+                ecx: u32::from_le_bytes([c0, c1, c2, c3]),
+                edx: u32::from_le_bytes([d0, d1, d2, d3]),
             },
             LEAF_INTERFACE => CpuidEntry {
                 eax: self.interface,
@@ -624,5 +620,25 @@ mod tests {
         c.max_leaf = LEAF_IMPLEMENTATION_LIMITS;
         assert!(c.entry(LEAF_IMPLEMENTATION_LIMITS).is_some());
         assert!(c.entry(LEAF_HARDWARE_FEATURES).is_none());
+    }
+}
+
+#[cfg(all(test, feature = "alloc"))]
+mod display_tests {
+    use super::*;
+    use crate::cpuid::CpuidBuilder;
+    use alloc::string::ToString;
+
+    #[test]
+    fn display_lists_every_leaf_and_the_set_hints() {
+        let plan = CpuidBuilder::new(100).build().unwrap();
+        let text = plan.cpuid.to_string();
+        assert_eq!(text.lines().count(), LEAF_COUNT);
+        assert!(text.contains("\"Microsoft Hv\""));
+        assert!(text.contains("\"Hv#1\""));
+        for (name, _) in plan.cpuid.hints.iter_names() {
+            assert!(text.contains(name), "{name}");
+        }
+        assert!(!text.contains("DEPRECATING_AEOI"));
     }
 }

@@ -262,7 +262,7 @@ impl CpuidBuilder {
         const NOT_WANTED: (bool, &str) = (false, "not requested");
         let wants = |e| self.wanted.contains(e);
         let user_apic = self.irqchip == IrqchipMode::User;
-        let hw_apic_virt = self.host.hardware_apic_virtualization();
+        let hw_apic_virt = self.host.apic_virtualization_active(self.irqchip);
         match item {
             Item::Vendor => (
                 true,

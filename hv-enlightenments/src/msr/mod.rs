@@ -48,6 +48,14 @@ mod tests {
     use crate::cpuid::CpuidBuilder;
 
     #[test]
+    fn state_can_move_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Partition>();
+        send_sync::<Vp>();
+        send_sync::<MsrOutcome>();
+    }
+
+    #[test]
     fn dispatch_follows_scope_and_published_cpuid() {
         let plan = CpuidBuilder::new(2).build().unwrap();
         let mut p = Partition::new(PartitionConfig::from(&plan));
