@@ -4,6 +4,7 @@ use core::fmt;
 
 /// An item the CPUID policy decides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Item {
     /// "Microsoft Hv" vendor signature and the highest leaf.
     Vendor,

@@ -67,6 +67,7 @@ pub struct Frequencies {
 
 /// Why the builder refused its inputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A VM needs at least one vCPU.
     #[error("a VM needs at least one vCPU")]
@@ -84,6 +85,14 @@ pub enum Error {
         vcpus: u32,
         /// Highest VP index given.
         max_vp_index: u32,
+    },
+    /// A configured frequency is 0 (Linux would calibrate its clocks to 0).
+    #[error("configured frequencies must be non-zero (TSC {tsc_hz} Hz, APIC {apic_hz} Hz)")]
+    ZeroFrequency {
+        /// TSC frequency given.
+        tsc_hz: u64,
+        /// APIC frequency given.
+        apic_hz: u64,
     },
 }
 
@@ -188,6 +197,15 @@ impl CpuidBuilder {
                 vcpus: self.vcpus,
                 max_vp_index,
             });
+        }
+
+        if let Some(f) = self.frequencies {
+            if f.tsc_hz == 0 || f.apic_hz == 0 {
+                return Err(Error::ZeroFrequency {
+                    tsc_hz: f.tsc_hz,
+                    apic_hz: f.apic_hz,
+                });
+            }
         }
 
         let decisions = Decisions::new(|item| self.decide(item, max_vp_index));
@@ -615,6 +633,16 @@ mod tests {
         assert!(some.cpuid.features.contains(FeaturesEdx::FREQUENCY_MSRS));
         assert!(some.privileges().contains(Privileges::FREQUENCY_MSRS));
         assert_eq!(some.frequencies, Some(f));
+        let zero = Frequencies { tsc_hz: 0, ..f };
+        assert_eq!(
+            CpuidBuilder::new(1).frequencies(zero).build().err(),
+            Some(Error::ZeroFrequency {
+                tsc_hz: 0,
+                apic_hz: f.apic_hz
+            })
+        );
+        let zero_apic = Frequencies { apic_hz: 0, ..f };
+        assert!(CpuidBuilder::new(1).frequencies(zero_apic).build().is_err());
     }
 
     #[test]

@@ -77,4 +77,65 @@ mod tests {
             MsrOutcome::Value(5)
         );
     }
+
+    use proptest::prelude::*;
+
+    const STORED: [u32; 8] = [
+        HV_X64_MSR_GUEST_OS_ID,
+        HV_X64_MSR_REFERENCE_TSC,
+        HV_X64_MSR_TSC_INVARIANT_CONTROL,
+        HV_X64_MSR_VP_ASSIST_PAGE,
+        HV_X64_MSR_SCONTROL,
+        HV_X64_MSR_SIMP,
+        HV_X64_MSR_SIEFP,
+        HV_X64_MSR_SINT0,
+    ];
+
+    fn any_msr() -> impl Strategy<Value = u32> {
+        prop_oneof![
+            HV_X64_MSR_RANGE_START..HV_X64_MSR_RANGE_END,
+            proptest::sample::select(STORED.to_vec()),
+            HV_X64_MSR_SINT0..=HV_X64_MSR_SINT15,
+            Just(HV_X64_MSR_HYPERCALL),
+        ]
+    }
+
+    fn any_value() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            any::<u64>(),
+            0u64..0x2_0000,
+            (0u64..1 << 20).prop_map(|p| (p << 12) | 1)
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_access_sequence_keeps_the_rules(
+            ops in proptest::collection::vec((any::<bool>(), any_msr(), any_value()), 1..64)
+        ) {
+            let privileges = crate::cpuid::Privileges::all();
+            let mut p = Partition::new(PartitionConfig { privileges, frequencies: None });
+            let mut v = Vp::new(5, privileges).unwrap();
+            for (is_write, msr, value) in ops {
+                let out = if is_write {
+                    write(&mut p, &mut v, msr, value)
+                } else {
+                    read(&p, &v, msr, &value)
+                };
+                if scope(msr).is_none() {
+                    prop_assert!(out.is_gp());
+                }
+                let apic = matches!(msr, HV_X64_MSR_EOI | HV_X64_MSR_ICR | HV_X64_MSR_TPR);
+                prop_assert_eq!(matches!(out, MsrOutcome::Apic(_)), apic);
+                if is_write {
+                    prop_assert!(out.value().is_none());
+                    let stored = STORED.contains(&msr) || (HV_X64_MSR_SINT0..=HV_X64_MSR_SINT15).contains(&msr);
+                    if stored && !out.is_gp() {
+                        prop_assert_eq!(read(&p, &v, msr, &0), MsrOutcome::Value(value));
+                    }
+                }
+            }
+            prop_assert_eq!(read(&p, &v, HV_X64_MSR_VP_INDEX, &0), MsrOutcome::Value(5));
+        }
+    }
 }

@@ -11,6 +11,7 @@ use crate::cpuid::{MAX_VP_INDEX, Privileges};
 
 /// Why the VMM's request was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// VP indices go up to [`MAX_VP_INDEX`] (what a VP set can name).
     #[error("VP index {0} exceeds the largest VP index {MAX_VP_INDEX}")]
