@@ -78,6 +78,17 @@ impl HostApicAccel {
         }
     }
 
+    /// Whether APICv/AVIC serves this VM's APIC accesses: it needs the
+    /// in-kernel local APIC (KVM sets `APICV_INHIBIT_REASON_ABSENT`
+    /// without one), so a userspace irqchip means `Some(false)`. `None`
+    /// when the probe could not tell.
+    pub fn apic_virtualization_active(&self, irqchip: IrqchipMode) -> Option<bool> {
+        match irqchip {
+            IrqchipMode::User => Some(false),
+            IrqchipMode::Kernel => self.hardware_apic_virtualization(),
+        }
+    }
+
     /// Whether AVIC may stay active with the guest in x2APIC mode (x2AVIC,
     /// "hybrid AVIC" since Linux 6.0). `None` when unknown.
     pub fn x2avic(&self) -> Option<bool> {
@@ -116,6 +127,20 @@ mod tests {
         assert_eq!(h.x2avic(), Some(true));
         h.avic = None;
         assert_eq!(h.hardware_apic_virtualization(), None);
+    }
+
+    #[test]
+    fn apic_virtualization_needs_the_kernel_irqchip() {
+        let mut h = HostApicAccel::NONE;
+        h.vendor = CpuVendor::Intel;
+        h.apicv = Some(true);
+        assert_eq!(h.apic_virtualization_active(IrqchipMode::User), Some(false));
+        assert_eq!(
+            h.apic_virtualization_active(IrqchipMode::Kernel),
+            Some(true)
+        );
+        h.apicv = None;
+        assert_eq!(h.apic_virtualization_active(IrqchipMode::Kernel), None);
     }
 
     #[test]

@@ -39,6 +39,34 @@ pub const HV_X64_MSR_SIMP: u32 = 0x4000_0083;
 pub const HV_X64_MSR_EOM: u32 = 0x4000_0084;
 /// First synthetic interrupt source; SINTx is `HV_X64_MSR_SINT0 + x`.
 pub const HV_X64_MSR_SINT0: u32 = 0x4000_0090;
+/// Synthetic interrupt source 1.
+pub const HV_X64_MSR_SINT1: u32 = 0x4000_0091;
+/// Synthetic interrupt source 2.
+pub const HV_X64_MSR_SINT2: u32 = 0x4000_0092;
+/// Synthetic interrupt source 3.
+pub const HV_X64_MSR_SINT3: u32 = 0x4000_0093;
+/// Synthetic interrupt source 4.
+pub const HV_X64_MSR_SINT4: u32 = 0x4000_0094;
+/// Synthetic interrupt source 5.
+pub const HV_X64_MSR_SINT5: u32 = 0x4000_0095;
+/// Synthetic interrupt source 6.
+pub const HV_X64_MSR_SINT6: u32 = 0x4000_0096;
+/// Synthetic interrupt source 7.
+pub const HV_X64_MSR_SINT7: u32 = 0x4000_0097;
+/// Synthetic interrupt source 8.
+pub const HV_X64_MSR_SINT8: u32 = 0x4000_0098;
+/// Synthetic interrupt source 9.
+pub const HV_X64_MSR_SINT9: u32 = 0x4000_0099;
+/// Synthetic interrupt source 10.
+pub const HV_X64_MSR_SINT10: u32 = 0x4000_009A;
+/// Synthetic interrupt source 11.
+pub const HV_X64_MSR_SINT11: u32 = 0x4000_009B;
+/// Synthetic interrupt source 12.
+pub const HV_X64_MSR_SINT12: u32 = 0x4000_009C;
+/// Synthetic interrupt source 13.
+pub const HV_X64_MSR_SINT13: u32 = 0x4000_009D;
+/// Synthetic interrupt source 14.
+pub const HV_X64_MSR_SINT14: u32 = 0x4000_009E;
 /// Last synthetic interrupt source.
 pub const HV_X64_MSR_SINT15: u32 = 0x4000_009F;
 /// Number of SINT MSRs.

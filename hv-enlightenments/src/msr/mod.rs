@@ -1,5 +1,141 @@
-//! Hyper-V synthetic MSRs.
+//! Hyper-V synthetic MSRs: indices, typed values, partition-wide and
+//! per-VP state, and the outcomes of RDMSR/WRMSR.
+//!
+//! The VMM routes an MSR exit with [`scope`]: partition-wide MSRs go to the
+//! [`Partition`] (behind the VMM's lock), per-VP ones to the vCPU's own
+//! [`Vp`]. Both return an [`MsrOutcome`].
 
+mod access;
 pub mod index;
+mod outcome;
+mod partition;
+mod values;
+mod vp;
 
+pub use access::{MsrScope, granted, required_privilege, scope};
 pub use index::*;
+pub use outcome::{
+    ApicAccess, ApicRegister, GuestMemoryWrite, MsrAction, MsrOutcome, X2APIC_MSR_EOI,
+    X2APIC_MSR_ICR, X2APIC_MSR_TPR,
+};
+pub use partition::{Partition, PartitionConfig, ReferenceTime};
+pub use values::*;
+pub use vp::{Error, Vp};
+
+/// RDMSR dispatched to the partition or the VP by [`scope`]; for VMMs that
+/// hold both (tests, single-vCPU setups). `time` is read only for
+/// TIME_REF_COUNT.
+pub fn read(partition: &Partition, vp: &Vp, msr: u32, time: &impl ReferenceTime) -> MsrOutcome {
+    match scope(msr) {
+        Some(MsrScope::Partition) => partition.read(msr, time),
+        Some(MsrScope::Vp) => vp.read(msr),
+        None => MsrOutcome::InjectGp,
+    }
+}
+
+/// WRMSR dispatched to the partition or the VP by [`scope`].
+pub fn write(partition: &mut Partition, vp: &mut Vp, msr: u32, value: u64) -> MsrOutcome {
+    match scope(msr) {
+        Some(MsrScope::Partition) => partition.write(msr, value),
+        Some(MsrScope::Vp) => vp.write(msr, value),
+        None => MsrOutcome::InjectGp,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpuid::CpuidBuilder;
+
+    #[test]
+    fn state_can_move_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Partition>();
+        send_sync::<Vp>();
+        send_sync::<MsrOutcome>();
+    }
+
+    #[test]
+    fn dispatch_follows_scope_and_published_cpuid() {
+        let plan = CpuidBuilder::new(2).build().unwrap();
+        let mut p = Partition::new(PartitionConfig::from(&plan));
+        let mut v = Vp::new(1, plan.privileges()).unwrap();
+        assert_eq!(read(&p, &v, HV_X64_MSR_VP_INDEX, &0), MsrOutcome::Value(1));
+        assert_eq!(
+            write(&mut p, &mut v, HV_X64_MSR_GUEST_OS_ID, 1),
+            MsrOutcome::Done
+        );
+        assert_eq!(
+            read(&p, &v, HV_X64_MSR_GUEST_OS_ID, &0),
+            MsrOutcome::Value(1)
+        );
+        assert!(read(&p, &v, HV_X64_MSR_RESET, &0).is_gp());
+        // Unstable TSC by default: the policy did not grant REFERENCE_TSC.
+        assert!(write(&mut p, &mut v, HV_X64_MSR_REFERENCE_TSC, 0x1001).is_gp());
+        assert_eq!(
+            read(&p, &v, HV_X64_MSR_TIME_REF_COUNT, &5),
+            MsrOutcome::Value(5)
+        );
+    }
+
+    use proptest::prelude::*;
+
+    const STORED: [u32; 8] = [
+        HV_X64_MSR_GUEST_OS_ID,
+        HV_X64_MSR_REFERENCE_TSC,
+        HV_X64_MSR_TSC_INVARIANT_CONTROL,
+        HV_X64_MSR_VP_ASSIST_PAGE,
+        HV_X64_MSR_SCONTROL,
+        HV_X64_MSR_SIMP,
+        HV_X64_MSR_SIEFP,
+        HV_X64_MSR_SINT0,
+    ];
+
+    fn any_msr() -> impl Strategy<Value = u32> {
+        prop_oneof![
+            HV_X64_MSR_RANGE_START..HV_X64_MSR_RANGE_END,
+            proptest::sample::select(STORED.to_vec()),
+            HV_X64_MSR_SINT0..=HV_X64_MSR_SINT15,
+            Just(HV_X64_MSR_HYPERCALL),
+        ]
+    }
+
+    fn any_value() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            any::<u64>(),
+            0u64..0x2_0000,
+            (0u64..1 << 20).prop_map(|p| (p << 12) | 1)
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_access_sequence_keeps_the_rules(
+            ops in proptest::collection::vec((any::<bool>(), any_msr(), any_value()), 1..64)
+        ) {
+            let privileges = crate::cpuid::Privileges::all();
+            let mut p = Partition::new(PartitionConfig { privileges, frequencies: None });
+            let mut v = Vp::new(5, privileges).unwrap();
+            for (is_write, msr, value) in ops {
+                let out = if is_write {
+                    write(&mut p, &mut v, msr, value)
+                } else {
+                    read(&p, &v, msr, &value)
+                };
+                if scope(msr).is_none() {
+                    prop_assert!(out.is_gp());
+                }
+                let apic = matches!(msr, HV_X64_MSR_EOI | HV_X64_MSR_ICR | HV_X64_MSR_TPR);
+                prop_assert_eq!(matches!(out, MsrOutcome::Apic(_)), apic);
+                if is_write {
+                    prop_assert!(out.value().is_none());
+                    let stored = STORED.contains(&msr) || (HV_X64_MSR_SINT0..=HV_X64_MSR_SINT15).contains(&msr);
+                    if stored && !out.is_gp() {
+                        prop_assert_eq!(read(&p, &v, msr, &0), MsrOutcome::Value(value));
+                    }
+                }
+            }
+            prop_assert_eq!(read(&p, &v, HV_X64_MSR_VP_INDEX, &0), MsrOutcome::Value(5));
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! What an MSR access asks of the VMM.
+//!
+//! Every variant says what to do in terms the VMM already has (a value for
+//! RDMSR, an exception, an x2APIC register access, bytes in guest memory,
+//! a count to track), so it can be applied without Hyper-V knowledge.
+
+use super::values::{HV_PAGE_SIZE, VP_ASSIST_APIC_ASSIST_OFFSET, VP_ASSIST_APIC_ASSIST_SIZE};
+
+/// x2APIC MSR of the EOI register.
+pub const X2APIC_MSR_EOI: u32 = 0x80B;
+/// x2APIC MSR of the ICR.
+pub const X2APIC_MSR_ICR: u32 = 0x830;
+/// x2APIC MSR of the TPR.
+pub const X2APIC_MSR_TPR: u32 = 0x808;
+
+/// An APIC register the synthetic EOI/ICR/TPR MSRs alias.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ApicRegister {
+    /// HV_X64_MSR_EOI: same effect as an x2APIC EOI write.
+    Eoi,
+    /// HV_X64_MSR_ICR: one 64-bit access. In x2APIC mode bits 63:32 hold
+    /// the 32-bit destination; in xAPIC mode the destination is in bits
+    /// 63:56 (the xAPIC ICR_HIGH layout).
+    Icr,
+    /// HV_X64_MSR_TPR: the task priority (bits 7:0).
+    Tpr,
+}
+
+impl ApicRegister {
+    /// The x2APIC MSR with the same register (KVM replays the synthetic
+    /// accesses there: `kvm_hv_vapic_msr_write`).
+    pub const fn x2apic_msr(self) -> u32 {
+        match self {
+            ApicRegister::Eoi => X2APIC_MSR_EOI,
+            ApicRegister::Icr => X2APIC_MSR_ICR,
+            ApicRegister::Tpr => X2APIC_MSR_TPR,
+        }
+    }
+}
+
+/// An access the VMM hands to its local APIC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ApicAccess {
+    /// Read the register; the APIC's answer (value or #GP) is the RDMSR's.
+    Read(ApicRegister),
+    /// Write the register; the APIC may still refuse it with #GP.
+    Write(ApicRegister, u64),
+}
+
+/// A write the VMM makes to guest memory on the guest's behalf.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GuestMemoryWrite {
+    /// Write `len` zero bytes at `gpa`.
+    Zero {
+        /// Guest physical address.
+        gpa: u64,
+        /// Number of bytes.
+        len: u64,
+    },
+    /// Write the VMM's hypercall stub (the instructions that trap to the
+    /// VMM, then `ret`) at `gpa`, the start of a page.
+    HypercallStub {
+        /// Guest physical address.
+        gpa: u64,
+    },
+}
+
+/// An accepted write that needs the VMM to act.
+///
+/// If a guest-memory write the action implies fails (the GPA is not guest
+/// RAM), the VMM injects #GP instead, as KVM does when
+/// `patch_hypercall_page` or `kvm_clear_guest` fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MsrAction {
+    /// The hypercall page was enabled: fill it with the stub bytes.
+    WriteHypercallPage {
+        /// Page address.
+        gpa: u64,
+    },
+    /// The VP assist page moved. `Some`: zero `apic_assist` (the 32-bit
+    /// field at offset 0) before the next entry; lazy EOI may use the
+    /// page from now on. `None`: disabled, stop using it.
+    VpAssistPage {
+        /// Page address, when enabled.
+        gpa: Option<u64>,
+    },
+    /// Whether this vCPU has any SINT delivering with AutoEOI changed. An
+    /// APICv/AVIC inhibit manager keeps a count of vCPUs with `new ==
+    /// true` and inhibits while it is non-zero (KVM `synic_update_vector`).
+    AutoEoiChanged {
+        /// Usage before the write.
+        old: bool,
+        /// Usage after the write.
+        new: bool,
+    },
+    /// The SynIC message page moved. `Some`: zero the page (KVM
+    /// `synic_set_msr` clears it); `None`: disabled.
+    SynicMessagePage {
+        /// Page address, when enabled.
+        gpa: Option<u64>,
+    },
+    /// The SynIC event flags page moved; as for the message page.
+    SynicEventFlagsPage {
+        /// Page address, when enabled.
+        gpa: Option<u64>,
+    },
+    /// The reference TSC page moved. `Some`: write the page; a page whose
+    /// 32-bit sequence (offset 0) is 0 tells the guest to use
+    /// TIME_REF_COUNT instead. `None`: disabled.
+    ReferenceTscPage {
+        /// Page address, when enabled.
+        gpa: Option<u64>,
+    },
+    /// End of message: the guest freed a message slot; pending SynIC
+    /// messages may be delivered again.
+    EndOfMessage,
+}
+
+impl MsrAction {
+    /// The guest-memory write this action implies, if any.
+    pub const fn guest_memory_write(&self) -> Option<GuestMemoryWrite> {
+        match *self {
+            MsrAction::WriteHypercallPage { gpa } => Some(GuestMemoryWrite::HypercallStub { gpa }),
+            MsrAction::VpAssistPage { gpa: Some(gpa) } => Some(GuestMemoryWrite::Zero {
+                gpa: gpa + VP_ASSIST_APIC_ASSIST_OFFSET,
+                len: VP_ASSIST_APIC_ASSIST_SIZE as u64,
+            }),
+            MsrAction::SynicMessagePage { gpa: Some(gpa) }
+            | MsrAction::SynicEventFlagsPage { gpa: Some(gpa) } => Some(GuestMemoryWrite::Zero {
+                gpa,
+                len: HV_PAGE_SIZE,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The result of a synthetic MSR read or write.
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MsrOutcome {
+    /// RDMSR returns this value.
+    Value(u64),
+    /// WRMSR accepted (or ignored, as the TLFS says); nothing else to do.
+    Done,
+    /// Inject #GP(0).
+    InjectGp,
+    /// Forward to the local APIC.
+    Apic(ApicAccess),
+    /// WRMSR accepted; perform this action.
+    Action(MsrAction),
+}
+
+impl MsrOutcome {
+    /// The value, for a read that produced one.
+    pub const fn value(self) -> Option<u64> {
+        match self {
+            MsrOutcome::Value(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Whether the access faults.
+    pub const fn is_gp(self) -> bool {
+        matches!(self, MsrOutcome::InjectGp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn x2apic_aliases() {
+        assert_eq!(ApicRegister::Eoi.x2apic_msr(), 0x80B);
+        assert_eq!(ApicRegister::Icr.x2apic_msr(), 0x830);
+        assert_eq!(ApicRegister::Tpr.x2apic_msr(), 0x808);
+    }
+
+    #[test]
+    fn guest_memory_writes() {
+        assert_eq!(
+            MsrAction::VpAssistPage { gpa: Some(0x5000) }.guest_memory_write(),
+            Some(GuestMemoryWrite::Zero {
+                gpa: 0x5000,
+                len: 4
+            })
+        );
+        assert_eq!(
+            MsrAction::VpAssistPage { gpa: None }.guest_memory_write(),
+            None
+        );
+        assert_eq!(
+            MsrAction::SynicMessagePage { gpa: Some(0x7000) }.guest_memory_write(),
+            Some(GuestMemoryWrite::Zero {
+                gpa: 0x7000,
+                len: 4096
+            })
+        );
+        assert_eq!(
+            MsrAction::WriteHypercallPage { gpa: 0x1000 }.guest_memory_write(),
+            Some(GuestMemoryWrite::HypercallStub { gpa: 0x1000 })
+        );
+        assert_eq!(
+            MsrAction::AutoEoiChanged {
+                old: false,
+                new: true
+            }
+            .guest_memory_write(),
+            None
+        );
+    }
+}

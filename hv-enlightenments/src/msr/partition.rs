@@ -1,0 +1,403 @@
+//! Partition-wide synthetic MSR state: GUEST_OS_ID, HYPERCALL,
+//! REFERENCE_TSC, TIME_REF_COUNT, TSC_INVARIANT_CONTROL, the frequency MSRs.
+//!
+//! The VMM keeps one [`Partition`] behind its own lock (KVM holds `hv_lock`
+//! for exactly these MSRs); the crate does no locking.
+
+use super::access::{MsrScope, granted, scope};
+use super::index::*;
+use super::outcome::{MsrAction, MsrOutcome};
+use super::values::{HypercallMsr, ReferenceTscMsr, TscInvariantControlMsr};
+use crate::cpuid::{CpuidPlan, Frequencies, Privileges};
+
+/// The partition reference time, in 100 ns units since partition start.
+///
+/// Implemented for `u64` (a value the caller already read) and for
+/// closures returning it, so the clock is only read for TIME_REF_COUNT.
+pub trait ReferenceTime {
+    /// Current partition reference count (100 ns units).
+    fn time_ref_count(&self) -> u64;
+}
+
+impl ReferenceTime for u64 {
+    fn time_ref_count(&self) -> u64 {
+        *self
+    }
+}
+
+impl<F: Fn() -> u64> ReferenceTime for F {
+    fn time_ref_count(&self) -> u64 {
+        self()
+    }
+}
+
+/// What the partition MSRs are configured with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PartitionConfig {
+    /// The privilege mask published in CPUID 0x40000003.
+    pub privileges: Privileges,
+    /// Values for the frequency MSRs (`None`: they are #GP).
+    pub frequencies: Option<Frequencies>,
+}
+
+impl From<&CpuidPlan> for PartitionConfig {
+    fn from(plan: &CpuidPlan) -> Self {
+        Self {
+            privileges: plan.privileges(),
+            frequencies: plan.frequencies,
+        }
+    }
+}
+
+/// Partition-wide synthetic MSR state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partition {
+    config: PartitionConfig,
+    guest_os_id: u64,
+    hypercall: HypercallMsr,
+    reference_tsc: ReferenceTscMsr,
+    tsc_invariant: TscInvariantControlMsr,
+}
+
+impl Partition {
+    /// State at partition reset.
+    pub fn new(config: PartitionConfig) -> Self {
+        Self {
+            config,
+            guest_os_id: 0,
+            hypercall: HypercallMsr::new(),
+            reference_tsc: ReferenceTscMsr::new(),
+            tsc_invariant: TscInvariantControlMsr::new(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PartitionConfig {
+        &self.config
+    }
+
+    /// Back to the reset state (this is the only way to clear the
+    /// HYPERCALL lock bit).
+    pub fn reset(&mut self) {
+        *self = Self::new(self.config);
+    }
+
+    /// GUEST_OS_ID as last written.
+    pub fn guest_os_id(&self) -> u64 {
+        self.guest_os_id
+    }
+
+    /// HYPERCALL as last accepted.
+    pub fn hypercall(&self) -> HypercallMsr {
+        self.hypercall
+    }
+
+    /// Whether the guest may issue hypercalls: it has identified itself
+    /// and enabled the hypercall page.
+    pub fn hypercalls_enabled(&self) -> bool {
+        self.guest_os_id != 0 && self.hypercall.enable()
+    }
+
+    /// The reference TSC page, when enabled.
+    pub fn reference_tsc_page(&self) -> Option<u64> {
+        self.reference_tsc.enabled_gpa()
+    }
+
+    /// Whether the guest asked for the invariant TSC.
+    pub fn tsc_invariant(&self) -> bool {
+        self.tsc_invariant.expose()
+    }
+
+    /// RDMSR of a partition-wide MSR. `time` is consulted only for
+    /// TIME_REF_COUNT.
+    pub fn read(&self, msr: u32, time: &impl ReferenceTime) -> MsrOutcome {
+        if scope(msr) != Some(MsrScope::Partition) || !granted(self.config.privileges, msr) {
+            return MsrOutcome::InjectGp;
+        }
+        let value = match msr {
+            HV_X64_MSR_GUEST_OS_ID => self.guest_os_id,
+            HV_X64_MSR_HYPERCALL => self.hypercall.into_bits(),
+            HV_X64_MSR_TIME_REF_COUNT => time.time_ref_count(),
+            HV_X64_MSR_REFERENCE_TSC => self.reference_tsc.into_bits(),
+            HV_X64_MSR_TSC_INVARIANT_CONTROL => self.tsc_invariant.into_bits(),
+            HV_X64_MSR_TSC_FREQUENCY | HV_X64_MSR_APIC_FREQUENCY => {
+                let Some(f) = self.config.frequencies else {
+                    return MsrOutcome::InjectGp;
+                };
+                if msr == HV_X64_MSR_TSC_FREQUENCY {
+                    f.tsc_hz
+                } else {
+                    f.apic_hz
+                }
+            }
+            _ => return MsrOutcome::InjectGp,
+        };
+        MsrOutcome::Value(value)
+    }
+
+    /// WRMSR of a partition-wide MSR.
+    pub fn write(&mut self, msr: u32, value: u64) -> MsrOutcome {
+        if scope(msr) != Some(MsrScope::Partition) || !granted(self.config.privileges, msr) {
+            return MsrOutcome::InjectGp;
+        }
+        match msr {
+            HV_X64_MSR_GUEST_OS_ID => {
+                self.guest_os_id = value;
+                // KVM kvm_hv_set_msr_pw: "setting guest os id to zero
+                // disables hypercall page" (a locked MSR stays as it is).
+                if value == 0 && !self.hypercall.locked() {
+                    self.hypercall.set_enable(false);
+                }
+                MsrOutcome::Done
+            }
+            HV_X64_MSR_HYPERCALL => self.write_hypercall(value),
+            HV_X64_MSR_REFERENCE_TSC => match ReferenceTscMsr::from_guest(value) {
+                Some(v) => {
+                    self.reference_tsc = v;
+                    MsrOutcome::Action(MsrAction::ReferenceTscPage {
+                        gpa: v.enabled_gpa(),
+                    })
+                }
+                None => MsrOutcome::InjectGp,
+            },
+            HV_X64_MSR_TSC_INVARIANT_CONTROL => match TscInvariantControlMsr::from_guest(value) {
+                // KVM: "The feature can't be disabled from the guest".
+                Some(v) if self.tsc_invariant.expose() && !v.expose() => MsrOutcome::InjectGp,
+                Some(v) => {
+                    self.tsc_invariant = v;
+                    MsrOutcome::Done
+                }
+                None => MsrOutcome::InjectGp,
+            },
+            // Read-only: TIME_REF_COUNT, TSC_FREQUENCY, APIC_FREQUENCY.
+            _ => MsrOutcome::InjectGp,
+        }
+    }
+
+    fn write_hypercall(&mut self, value: u64) -> MsrOutcome {
+        let Some(new) = HypercallMsr::from_guest(value) else {
+            return MsrOutcome::InjectGp;
+        };
+        if self.hypercall.locked() {
+            // TLFS: once locked, only a partition reset unlocks it; writing
+            // the same value back is harmless.
+            return if new == self.hypercall {
+                MsrOutcome::Done
+            } else {
+                MsrOutcome::InjectGp
+            };
+        }
+        // KVM: "if guest os id is not set hypercall should remain disabled";
+        // the write is ignored, not faulted.
+        if self.guest_os_id == 0 {
+            return MsrOutcome::Done;
+        }
+        self.hypercall = new;
+        if new.enable() {
+            MsrOutcome::Action(MsrAction::WriteHypercallPage { gpa: new.gpa() })
+        } else {
+            MsrOutcome::Done
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const LINUX_OS_ID: u64 = 0x8100 << 48;
+    const FREQ: Frequencies = Frequencies {
+        tsc_hz: 2_500_000_000,
+        apic_hz: 1_000_000_000,
+    };
+
+    fn all() -> Partition {
+        Partition::new(PartitionConfig {
+            privileges: Privileges::all(),
+            frequencies: Some(FREQ),
+        })
+    }
+
+    #[test]
+    fn hypercall_before_guest_os_id_is_ignored() {
+        let mut p = all();
+        assert_eq!(p.write(HV_X64_MSR_HYPERCALL, 0x5001), MsrOutcome::Done);
+        assert_eq!(p.read(HV_X64_MSR_HYPERCALL, &0), MsrOutcome::Value(0));
+        assert!(!p.hypercalls_enabled());
+        assert_eq!(
+            p.write(HV_X64_MSR_GUEST_OS_ID, LINUX_OS_ID),
+            MsrOutcome::Done
+        );
+        assert_eq!(
+            p.write(HV_X64_MSR_HYPERCALL, 0x5001),
+            MsrOutcome::Action(MsrAction::WriteHypercallPage { gpa: 0x5000 })
+        );
+        assert!(p.hypercalls_enabled());
+        assert_eq!(p.read(HV_X64_MSR_HYPERCALL, &0), MsrOutcome::Value(0x5001));
+    }
+
+    #[test]
+    fn guest_os_id_zero_disables_the_hypercall_page() {
+        let mut p = all();
+        let _ = p.write(HV_X64_MSR_GUEST_OS_ID, LINUX_OS_ID);
+        let _ = p.write(HV_X64_MSR_HYPERCALL, 0x5001);
+        assert_eq!(p.write(HV_X64_MSR_GUEST_OS_ID, 0), MsrOutcome::Done);
+        assert_eq!(p.read(HV_X64_MSR_HYPERCALL, &0), MsrOutcome::Value(0x5000));
+        assert!(!p.hypercalls_enabled());
+    }
+
+    #[test]
+    fn hypercall_disable_is_stored_without_action() {
+        let mut p = all();
+        let _ = p.write(HV_X64_MSR_GUEST_OS_ID, LINUX_OS_ID);
+        assert_eq!(p.write(HV_X64_MSR_HYPERCALL, 0x5000), MsrOutcome::Done);
+        assert_eq!(p.read(HV_X64_MSR_HYPERCALL, &0), MsrOutcome::Value(0x5000));
+    }
+
+    #[test]
+    fn locked_hypercall_msr_refuses_changes_until_reset() {
+        let mut p = all();
+        let _ = p.write(HV_X64_MSR_GUEST_OS_ID, LINUX_OS_ID);
+        assert!(matches!(
+            p.write(HV_X64_MSR_HYPERCALL, 0x5003),
+            MsrOutcome::Action(MsrAction::WriteHypercallPage { gpa: 0x5000 })
+        ));
+        assert_eq!(p.write(HV_X64_MSR_HYPERCALL, 0x5003), MsrOutcome::Done);
+        assert!(p.write(HV_X64_MSR_HYPERCALL, 0x6003).is_gp());
+        assert!(p.write(HV_X64_MSR_HYPERCALL, 0x5001).is_gp());
+        // GUEST_OS_ID 0 does not unlock or disable a locked page.
+        let _ = p.write(HV_X64_MSR_GUEST_OS_ID, 0);
+        assert_eq!(p.read(HV_X64_MSR_HYPERCALL, &0), MsrOutcome::Value(0x5003));
+        p.reset();
+        assert_eq!(p.read(HV_X64_MSR_HYPERCALL, &0), MsrOutcome::Value(0));
+        assert_eq!(p.read(HV_X64_MSR_GUEST_OS_ID, &0), MsrOutcome::Value(0));
+    }
+
+    #[test]
+    fn time_ref_count_reads_the_callers_time_and_is_read_only() {
+        let p = all();
+        assert_eq!(
+            p.read(HV_X64_MSR_TIME_REF_COUNT, &1234),
+            MsrOutcome::Value(1234)
+        );
+        let clock = || 99u64;
+        assert_eq!(
+            p.read(HV_X64_MSR_TIME_REF_COUNT, &clock),
+            MsrOutcome::Value(99)
+        );
+        let mut p = p;
+        assert!(p.write(HV_X64_MSR_TIME_REF_COUNT, 0).is_gp());
+    }
+
+    #[test]
+    fn frequencies_are_read_only_and_configured() {
+        let mut p = all();
+        assert_eq!(
+            p.read(HV_X64_MSR_TSC_FREQUENCY, &0),
+            MsrOutcome::Value(FREQ.tsc_hz)
+        );
+        assert_eq!(
+            p.read(HV_X64_MSR_APIC_FREQUENCY, &0),
+            MsrOutcome::Value(FREQ.apic_hz)
+        );
+        assert!(p.write(HV_X64_MSR_TSC_FREQUENCY, 1).is_gp());
+        assert!(p.write(HV_X64_MSR_APIC_FREQUENCY, 1).is_gp());
+        let none = Partition::new(PartitionConfig {
+            privileges: Privileges::all(),
+            frequencies: None,
+        });
+        assert!(none.read(HV_X64_MSR_TSC_FREQUENCY, &0).is_gp());
+    }
+
+    #[test]
+    fn reference_tsc_page_enable_and_disable() {
+        let mut p = all();
+        assert_eq!(
+            p.write(HV_X64_MSR_REFERENCE_TSC, 0x9001),
+            MsrOutcome::Action(MsrAction::ReferenceTscPage { gpa: Some(0x9000) })
+        );
+        assert_eq!(p.reference_tsc_page(), Some(0x9000));
+        assert_eq!(
+            p.write(HV_X64_MSR_REFERENCE_TSC, 0x9000),
+            MsrOutcome::Action(MsrAction::ReferenceTscPage { gpa: None })
+        );
+        assert!(p.write(HV_X64_MSR_REFERENCE_TSC, 0x9003).is_gp());
+        assert_eq!(
+            p.read(HV_X64_MSR_REFERENCE_TSC, &0),
+            MsrOutcome::Value(0x9000)
+        );
+    }
+
+    #[test]
+    fn tsc_invariant_control_cannot_be_turned_off_by_the_guest() {
+        let mut p = all();
+        assert_eq!(
+            p.write(HV_X64_MSR_TSC_INVARIANT_CONTROL, 0),
+            MsrOutcome::Done
+        );
+        assert_eq!(
+            p.write(HV_X64_MSR_TSC_INVARIANT_CONTROL, 1),
+            MsrOutcome::Done
+        );
+        assert!(p.tsc_invariant());
+        assert!(p.write(HV_X64_MSR_TSC_INVARIANT_CONTROL, 0).is_gp());
+        assert!(p.write(HV_X64_MSR_TSC_INVARIANT_CONTROL, 2).is_gp());
+        assert_eq!(
+            p.read(HV_X64_MSR_TSC_INVARIANT_CONTROL, &0),
+            MsrOutcome::Value(1)
+        );
+    }
+
+    #[test]
+    fn privilege_gates_every_partition_msr() {
+        let mut p = Partition::new(PartitionConfig {
+            privileges: Privileges::empty(),
+            frequencies: Some(FREQ),
+        });
+        for msr in [
+            HV_X64_MSR_GUEST_OS_ID,
+            HV_X64_MSR_HYPERCALL,
+            HV_X64_MSR_TIME_REF_COUNT,
+            HV_X64_MSR_REFERENCE_TSC,
+            HV_X64_MSR_TSC_FREQUENCY,
+            HV_X64_MSR_APIC_FREQUENCY,
+            HV_X64_MSR_TSC_INVARIANT_CONTROL,
+        ] {
+            assert!(p.read(msr, &0).is_gp(), "{msr:#x}");
+            assert!(p.write(msr, 0).is_gp(), "{msr:#x}");
+        }
+    }
+
+    #[test]
+    fn per_vp_and_unknown_msrs_are_not_handled_here() {
+        let mut p = all();
+        for msr in [
+            HV_X64_MSR_VP_INDEX,
+            HV_X64_MSR_EOI,
+            HV_X64_MSR_RESET,
+            0x4000_0200,
+        ] {
+            assert!(p.read(msr, &0).is_gp());
+            assert!(p.write(msr, 0).is_gp());
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn hypercall_reserved_bits_give_gp(v in any::<u64>(), bit in 2u32..12) {
+            let mut p = all();
+            let _ = p.write(HV_X64_MSR_GUEST_OS_ID, LINUX_OS_ID);
+            prop_assert!(p.write(HV_X64_MSR_HYPERCALL, v | (1 << bit)).is_gp());
+            prop_assert!(p.write(HV_X64_MSR_REFERENCE_TSC, v | (1 << (bit - 1))).is_gp());
+            prop_assert_eq!(p.read(HV_X64_MSR_HYPERCALL, &0), MsrOutcome::Value(0));
+        }
+
+        #[test]
+        fn guest_os_id_takes_any_value(v in any::<u64>()) {
+            let mut p = all();
+            prop_assert_eq!(p.write(HV_X64_MSR_GUEST_OS_ID, v), MsrOutcome::Done);
+            prop_assert_eq!(p.read(HV_X64_MSR_GUEST_OS_ID, &0), MsrOutcome::Value(v));
+        }
+    }
+}

@@ -1,0 +1,444 @@
+//! Per-virtual-processor synthetic MSR state: VP_INDEX, VP_ASSIST_PAGE, the
+//! SynIC registers and the EOI/ICR/TPR aliases.
+//!
+//! One [`Vp`] per vCPU, owned by that vCPU's thread: no locking.
+
+use super::access::{MsrScope, granted, scope};
+use super::index::*;
+use super::outcome::{ApicAccess, ApicRegister, MsrAction, MsrOutcome};
+use super::values::{SYNIC_VERSION, ScontrolMsr, SiefpMsr, SimpMsr, SintMsr, VpAssistPageMsr};
+use crate::cpuid::{MAX_VP_INDEX, Privileges};
+
+/// Why the VMM's request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// VP indices go up to [`MAX_VP_INDEX`] (what a VP set can name).
+    #[error("VP index {0} exceeds the largest VP index {MAX_VP_INDEX}")]
+    VpIndexTooLarge(u32),
+}
+
+/// Per-VP synthetic MSR state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vp {
+    privileges: Privileges,
+    vp_index: u32,
+    vp_assist: VpAssistPageMsr,
+    scontrol: ScontrolMsr,
+    siefp: SiefpMsr,
+    simp: SimpMsr,
+    sints: [SintMsr; HV_SINT_COUNT],
+}
+
+impl Vp {
+    /// State at reset for the VP numbered `vp_index`, enforcing the
+    /// privilege mask published in CPUID.
+    pub fn new(vp_index: u32, privileges: Privileges) -> Result<Self, Error> {
+        if vp_index > MAX_VP_INDEX {
+            return Err(Error::VpIndexTooLarge(vp_index));
+        }
+        Ok(Self::at_reset(vp_index, privileges))
+    }
+
+    fn at_reset(vp_index: u32, privileges: Privileges) -> Self {
+        Self {
+            privileges,
+            vp_index,
+            vp_assist: VpAssistPageMsr::new(),
+            scontrol: ScontrolMsr::new(),
+            siefp: SiefpMsr::new(),
+            simp: SimpMsr::new(),
+            sints: [SintMsr::RESET; HV_SINT_COUNT],
+        }
+    }
+
+    /// Back to the reset state (the VP index is kept).
+    pub fn reset(&mut self) {
+        *self = Self::at_reset(self.vp_index, self.privileges);
+    }
+
+    /// This VP's index.
+    pub fn vp_index(&self) -> u32 {
+        self.vp_index
+    }
+
+    /// Sets the VP index (the VMM's write; the guest's is #GP).
+    pub fn set_vp_index(&mut self, vp_index: u32) -> Result<(), Error> {
+        if vp_index > MAX_VP_INDEX {
+            return Err(Error::VpIndexTooLarge(vp_index));
+        }
+        self.vp_index = vp_index;
+        Ok(())
+    }
+
+    /// The VP assist page, when enabled.
+    pub fn vp_assist_page(&self) -> Option<u64> {
+        self.vp_assist.enabled_gpa()
+    }
+
+    /// Whether SCONTROL enables the SynIC.
+    pub fn synic_enabled(&self) -> bool {
+        self.scontrol.enable()
+    }
+
+    /// The SynIC message page, when enabled.
+    pub fn message_page(&self) -> Option<u64> {
+        self.simp.enabled_gpa()
+    }
+
+    /// The SynIC event flags page, when enabled.
+    pub fn event_flags_page(&self) -> Option<u64> {
+        self.siefp.enabled_gpa()
+    }
+
+    /// SINT `n`, or `None` past the last one.
+    pub fn sint(&self, n: usize) -> Option<SintMsr> {
+        self.sints.get(n).copied()
+    }
+
+    /// Whether any SINT delivers with AutoEOI (what KVM counts per vCPU for
+    /// the APICv inhibit).
+    pub fn auto_eoi_in_use(&self) -> bool {
+        self.sints.iter().any(SintMsr::delivers_auto_eoi)
+    }
+
+    /// Whether an interrupt on `vector` is acknowledged without setting
+    /// ISR: some unmasked SINT with AutoEOI uses it.
+    pub fn is_auto_eoi_vector(&self, vector: u8) -> bool {
+        self.sints
+            .iter()
+            .any(|s| s.delivers_auto_eoi() && s.vector() == vector)
+    }
+
+    fn allowed(&self, msr: u32) -> bool {
+        scope(msr) == Some(MsrScope::Vp) && granted(self.privileges, msr)
+    }
+
+    fn sint_slot(msr: u32) -> Option<usize> {
+        let n = msr.checked_sub(HV_X64_MSR_SINT0)? as usize;
+        (n < HV_SINT_COUNT).then_some(n)
+    }
+
+    /// RDMSR of a per-VP MSR.
+    pub fn read(&self, msr: u32) -> MsrOutcome {
+        if !self.allowed(msr) {
+            return MsrOutcome::InjectGp;
+        }
+        let value = match msr {
+            HV_X64_MSR_VP_INDEX => u64::from(self.vp_index),
+            HV_X64_MSR_EOI => return MsrOutcome::Apic(ApicAccess::Read(ApicRegister::Eoi)),
+            HV_X64_MSR_ICR => return MsrOutcome::Apic(ApicAccess::Read(ApicRegister::Icr)),
+            HV_X64_MSR_TPR => return MsrOutcome::Apic(ApicAccess::Read(ApicRegister::Tpr)),
+            HV_X64_MSR_VP_ASSIST_PAGE => self.vp_assist.into_bits(),
+            HV_X64_MSR_SCONTROL => self.scontrol.into_bits(),
+            HV_X64_MSR_SVERSION => SYNIC_VERSION,
+            HV_X64_MSR_SIEFP => self.siefp.into_bits(),
+            HV_X64_MSR_SIMP => self.simp.into_bits(),
+            // KVM synic_get_msr: EOM reads as 0.
+            HV_X64_MSR_EOM => 0,
+            _ => match Self::sint_slot(msr).and_then(|n| self.sints.get(n)) {
+                Some(s) => s.into_bits(),
+                None => return MsrOutcome::InjectGp,
+            },
+        };
+        MsrOutcome::Value(value)
+    }
+
+    /// WRMSR of a per-VP MSR.
+    pub fn write(&mut self, msr: u32, value: u64) -> MsrOutcome {
+        if !self.allowed(msr) {
+            return MsrOutcome::InjectGp;
+        }
+        match msr {
+            // Read-only to the guest (KVM: only host-initiated writes).
+            HV_X64_MSR_VP_INDEX | HV_X64_MSR_SVERSION => MsrOutcome::InjectGp,
+            HV_X64_MSR_EOI => MsrOutcome::Apic(ApicAccess::Write(ApicRegister::Eoi, value)),
+            HV_X64_MSR_ICR => MsrOutcome::Apic(ApicAccess::Write(ApicRegister::Icr, value)),
+            HV_X64_MSR_TPR => MsrOutcome::Apic(ApicAccess::Write(ApicRegister::Tpr, value)),
+            HV_X64_MSR_VP_ASSIST_PAGE => match VpAssistPageMsr::from_guest(value) {
+                Some(v) => {
+                    self.vp_assist = v;
+                    MsrOutcome::Action(MsrAction::VpAssistPage {
+                        gpa: v.enabled_gpa(),
+                    })
+                }
+                None => MsrOutcome::InjectGp,
+            },
+            HV_X64_MSR_SCONTROL => match ScontrolMsr::from_guest(value) {
+                Some(v) => {
+                    self.scontrol = v;
+                    MsrOutcome::Done
+                }
+                None => MsrOutcome::InjectGp,
+            },
+            HV_X64_MSR_SIEFP => match SiefpMsr::from_guest(value) {
+                Some(v) => {
+                    self.siefp = v;
+                    MsrOutcome::Action(MsrAction::SynicEventFlagsPage {
+                        gpa: v.enabled_gpa(),
+                    })
+                }
+                None => MsrOutcome::InjectGp,
+            },
+            HV_X64_MSR_SIMP => match SimpMsr::from_guest(value) {
+                Some(v) => {
+                    self.simp = v;
+                    MsrOutcome::Action(MsrAction::SynicMessagePage {
+                        gpa: v.enabled_gpa(),
+                    })
+                }
+                None => MsrOutcome::InjectGp,
+            },
+            // Any value signals end of message (KVM synic_set_msr).
+            HV_X64_MSR_EOM => MsrOutcome::Action(MsrAction::EndOfMessage),
+            _ => self.write_sint(msr, value),
+        }
+    }
+
+    fn write_sint(&mut self, msr: u32, value: u64) -> MsrOutcome {
+        let Some(new) = SintMsr::from_guest(value) else {
+            return MsrOutcome::InjectGp;
+        };
+        let old_usage = self.auto_eoi_in_use();
+        let Some(slot) = Self::sint_slot(msr).and_then(|n| self.sints.get_mut(n)) else {
+            return MsrOutcome::InjectGp;
+        };
+        *slot = new;
+        let new_usage = self.auto_eoi_in_use();
+        if old_usage == new_usage {
+            MsrOutcome::Done
+        } else {
+            MsrOutcome::Action(MsrAction::AutoEoiChanged {
+                old: old_usage,
+                new: new_usage,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn vp() -> Vp {
+        Vp::new(3, Privileges::all()).unwrap()
+    }
+
+    const AUTO_EOI: u64 = 1 << 17;
+    const MASKED: u64 = 1 << 16;
+
+    #[test]
+    fn vp_index_is_read_only_to_the_guest() {
+        let mut v = vp();
+        assert_eq!(v.read(HV_X64_MSR_VP_INDEX), MsrOutcome::Value(3));
+        assert!(v.write(HV_X64_MSR_VP_INDEX, 7).is_gp());
+        assert_eq!(v.read(HV_X64_MSR_VP_INDEX), MsrOutcome::Value(3));
+        v.set_vp_index(7).unwrap();
+        assert_eq!(v.read(HV_X64_MSR_VP_INDEX), MsrOutcome::Value(7));
+    }
+
+    #[test]
+    fn vp_index_bound_one_past() {
+        assert!(Vp::new(MAX_VP_INDEX, Privileges::all()).is_ok());
+        assert_eq!(
+            Vp::new(MAX_VP_INDEX + 1, Privileges::all()).err(),
+            Some(Error::VpIndexTooLarge(MAX_VP_INDEX + 1))
+        );
+        let mut v = vp();
+        assert!(v.set_vp_index(MAX_VP_INDEX + 1).is_err());
+        assert_eq!(v.vp_index(), 3);
+    }
+
+    #[test]
+    fn vp_assist_page_enable_asks_to_zero_apic_assist() {
+        let mut v = vp();
+        assert_eq!(
+            v.write(HV_X64_MSR_VP_ASSIST_PAGE, 0x8_1001),
+            MsrOutcome::Action(MsrAction::VpAssistPage {
+                gpa: Some(0x8_1000)
+            })
+        );
+        assert_eq!(v.vp_assist_page(), Some(0x8_1000));
+        assert_eq!(
+            v.read(HV_X64_MSR_VP_ASSIST_PAGE),
+            MsrOutcome::Value(0x8_1001)
+        );
+        assert_eq!(
+            v.write(HV_X64_MSR_VP_ASSIST_PAGE, 0),
+            MsrOutcome::Action(MsrAction::VpAssistPage { gpa: None })
+        );
+        assert!(v.write(HV_X64_MSR_VP_ASSIST_PAGE, 0x8_1003).is_gp());
+        assert_eq!(v.vp_assist_page(), None);
+    }
+
+    #[test]
+    fn apic_aliases_go_to_the_apic() {
+        let mut v = vp();
+        assert_eq!(
+            v.write(HV_X64_MSR_EOI, 0),
+            MsrOutcome::Apic(ApicAccess::Write(ApicRegister::Eoi, 0))
+        );
+        assert_eq!(
+            v.write(HV_X64_MSR_ICR, 0x0000_0005_0000_00F0),
+            MsrOutcome::Apic(ApicAccess::Write(ApicRegister::Icr, 0x0000_0005_0000_00F0))
+        );
+        assert_eq!(
+            v.read(HV_X64_MSR_TPR),
+            MsrOutcome::Apic(ApicAccess::Read(ApicRegister::Tpr))
+        );
+        assert_eq!(
+            v.read(HV_X64_MSR_ICR),
+            MsrOutcome::Apic(ApicAccess::Read(ApicRegister::Icr))
+        );
+    }
+
+    #[test]
+    fn synic_registers() {
+        let mut v = vp();
+        assert_eq!(v.read(HV_X64_MSR_SVERSION), MsrOutcome::Value(1));
+        assert!(v.write(HV_X64_MSR_SVERSION, 1).is_gp());
+        assert_eq!(v.write(HV_X64_MSR_SCONTROL, 1), MsrOutcome::Done);
+        assert!(v.synic_enabled());
+        assert!(v.write(HV_X64_MSR_SCONTROL, 3).is_gp());
+        assert_eq!(
+            v.write(HV_X64_MSR_SIMP, 0x2001),
+            MsrOutcome::Action(MsrAction::SynicMessagePage { gpa: Some(0x2000) })
+        );
+        assert_eq!(
+            v.write(HV_X64_MSR_SIEFP, 0x3001),
+            MsrOutcome::Action(MsrAction::SynicEventFlagsPage { gpa: Some(0x3000) })
+        );
+        assert_eq!(v.message_page(), Some(0x2000));
+        assert_eq!(v.event_flags_page(), Some(0x3000));
+        assert!(v.write(HV_X64_MSR_SIMP, 0x2801).is_gp());
+        assert_eq!(v.read(HV_X64_MSR_SIMP), MsrOutcome::Value(0x2001));
+        assert_eq!(
+            v.write(HV_X64_MSR_EOM, 0),
+            MsrOutcome::Action(MsrAction::EndOfMessage)
+        );
+        assert_eq!(v.read(HV_X64_MSR_EOM), MsrOutcome::Value(0));
+    }
+
+    #[test]
+    fn sints_reset_masked_and_check_vectors() {
+        let mut v = vp();
+        for n in 0..HV_SINT_COUNT as u32 {
+            assert_eq!(v.read(HV_X64_MSR_SINT0 + n), MsrOutcome::Value(MASKED));
+        }
+        assert!(v.write(HV_X64_MSR_SINT0, 15).is_gp());
+        assert_eq!(v.write(HV_X64_MSR_SINT0, MASKED | 15), MsrOutcome::Done);
+        assert_eq!(v.write(HV_X64_MSR_SINT15, 0x30), MsrOutcome::Done);
+        assert_eq!(v.read(HV_X64_MSR_SINT15), MsrOutcome::Value(0x30));
+        assert!(v.write(HV_X64_MSR_SINT2, 0x30 | (1 << 18)).is_gp());
+        assert!(v.sint(HV_SINT_COUNT).is_none());
+    }
+
+    #[test]
+    fn auto_eoi_transitions_are_reported_once() {
+        let mut v = vp();
+        assert_eq!(
+            v.write(HV_X64_MSR_SINT1, 0x40 | AUTO_EOI),
+            MsrOutcome::Action(MsrAction::AutoEoiChanged {
+                old: false,
+                new: true
+            })
+        );
+        assert!(v.is_auto_eoi_vector(0x40));
+        // A second AutoEOI SINT changes nothing for the VP as a whole.
+        assert_eq!(v.write(HV_X64_MSR_SINT2, 0x41 | AUTO_EOI), MsrOutcome::Done);
+        assert_eq!(v.write(HV_X64_MSR_SINT1, 0x40), MsrOutcome::Done);
+        assert!(!v.is_auto_eoi_vector(0x40));
+        // Masking the last one ends the usage (masked SINTs do not count).
+        assert_eq!(
+            v.write(HV_X64_MSR_SINT2, 0x41 | AUTO_EOI | MASKED),
+            MsrOutcome::Action(MsrAction::AutoEoiChanged {
+                old: true,
+                new: false
+            })
+        );
+        assert!(!v.auto_eoi_in_use());
+    }
+
+    #[test]
+    fn reset_restores_masked_sints_and_keeps_the_index() {
+        let mut v = vp();
+        let _ = v.write(HV_X64_MSR_SINT0, 0x40 | AUTO_EOI);
+        let _ = v.write(HV_X64_MSR_VP_ASSIST_PAGE, 0x1001);
+        v.reset();
+        assert_eq!(v, vp());
+    }
+
+    #[test]
+    fn privileges_gate_each_group() {
+        let mut none = Vp::new(0, Privileges::HYPERCALL).unwrap();
+        for msr in [
+            HV_X64_MSR_VP_INDEX,
+            HV_X64_MSR_EOI,
+            HV_X64_MSR_ICR,
+            HV_X64_MSR_TPR,
+            HV_X64_MSR_VP_ASSIST_PAGE,
+            HV_X64_MSR_SCONTROL,
+            HV_X64_MSR_SVERSION,
+            HV_X64_MSR_SIEFP,
+            HV_X64_MSR_SIMP,
+            HV_X64_MSR_EOM,
+            HV_X64_MSR_SINT0,
+            HV_X64_MSR_SINT15,
+        ] {
+            assert!(none.read(msr).is_gp(), "{msr:#x}");
+            assert!(none.write(msr, 0x1_0000).is_gp(), "{msr:#x}");
+        }
+        let apic_only = Vp::new(0, Privileges::APIC_ACCESS).unwrap();
+        assert!(!apic_only.read(HV_X64_MSR_EOI).is_gp());
+        assert!(apic_only.read(HV_X64_MSR_SCONTROL).is_gp());
+        assert!(apic_only.read(HV_X64_MSR_VP_INDEX).is_gp());
+    }
+
+    #[test]
+    fn partition_and_unknown_msrs_are_not_handled_here() {
+        let mut v = vp();
+        for msr in [
+            HV_X64_MSR_HYPERCALL,
+            HV_X64_MSR_GUEST_OS_ID,
+            HV_X64_MSR_STIMER0_CONFIG,
+            HV_X64_MSR_SINT15 + 1,
+            HV_X64_MSR_EOM + 1,
+        ] {
+            assert!(v.read(msr).is_gp(), "{msr:#x}");
+            assert!(v.write(msr, 0).is_gp(), "{msr:#x}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn reserved_bits_give_gp_and_leave_state(v in any::<u64>(), bit in 1u32..12, sbit in 19u32..64) {
+            let mut vp = vp();
+            let before = vp.clone();
+            prop_assert!(vp.write(HV_X64_MSR_VP_ASSIST_PAGE, v | (1 << bit)).is_gp());
+            prop_assert!(vp.write(HV_X64_MSR_SIMP, v | (1 << bit)).is_gp());
+            prop_assert!(vp.write(HV_X64_MSR_SIEFP, v | (1 << bit)).is_gp());
+            prop_assert!(vp.write(HV_X64_MSR_SCONTROL, v | (1 << bit)).is_gp());
+            prop_assert!(vp.write(HV_X64_MSR_SINT3, v | (1u64 << sbit)).is_gp());
+            prop_assert_eq!(vp, before);
+        }
+
+        #[test]
+        fn auto_eoi_usage_matches_the_sints(writes in proptest::collection::vec((0u32..16, any::<u64>()), 0..40)) {
+            let mut vp = vp();
+            for (n, value) in writes {
+                let before = vp.auto_eoi_in_use();
+                let out = vp.write(HV_X64_MSR_SINT0 + n, value & (SintMsr::WRITABLE));
+                let after = vp.auto_eoi_in_use();
+                match out {
+                    MsrOutcome::Action(MsrAction::AutoEoiChanged { old, new }) => {
+                        prop_assert_eq!((old, new), (before, after));
+                        prop_assert_ne!(old, new);
+                    }
+                    MsrOutcome::Done | MsrOutcome::InjectGp => prop_assert_eq!(before, after),
+                    other => prop_assert!(false, "unexpected {:?}", other),
+                }
+            }
+        }
+    }
+}
