@@ -16,4 +16,5 @@ extern crate alloc;
 extern crate std;
 
 pub mod accel;
+pub mod hypercall;
 pub mod msr;
