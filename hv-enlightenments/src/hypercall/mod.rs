@@ -46,6 +46,9 @@ mod memory;
 mod status;
 mod vpset;
 
+#[cfg(test)]
+mod tests;
+
 pub use control::{CallCode, Control, HypercallResult};
 pub use decode::{
     FAST_INPUT_WORDS, FAST_XMM_REGISTERS, Flush, Hypercall, HypercallRegs, IPI_HIGH_VECTOR,
