@@ -86,8 +86,9 @@ pub struct Flush {
     /// zero processor mask give [`VpSet::All`] (KVM treats a zero mask as
     /// all, for WS2012); Ex calls with any format but sparse give it too.
     pub targets: VpSet,
-    /// For the list calls, the GVA ranges; empty for the space calls, which
-    /// flush the whole address space(s).
+    /// For the list calls, the GVA ranges (read them through the memory
+    /// given to [`decode`]); empty for the space calls, which flush the
+    /// whole address space(s).
     pub ranges: GvaRanges,
     /// The call's rep count: what "reps completed" must say on success.
     pub rep_count: u16,
@@ -327,15 +328,30 @@ fn decode_flush<M: GuestMemoryRead + ?Sized>(
         }
     };
 
-    let mut ranges = GvaRanges::new();
-    if list {
-        // Banks sit between the header and the list even for the "all"
-        // format (KVM adjusts data_offset by var_cnt either way).
-        let dst = ranges
-            .raw_mut(usize::from(rep_cnt))
-            .ok_or(HvStatus::INVALID_HYPERCALL_INPUT)?;
-        src.read(header + var_cnt, dst)?;
-    }
+    // Banks sit between the header and the list even for the "all"
+    // format (KVM adjusts data_offset by var_cnt either way).
+    let first = header + var_cnt;
+    let ranges = if !list {
+        GvaRanges::new()
+    } else {
+        let count = usize::from(rep_cnt);
+        match &src {
+            Input::Fast(words) => words
+                .get(first..first + count)
+                .and_then(GvaRanges::in_registers)
+                .ok_or(HvStatus::INVALID_HYPERCALL_INPUT)?,
+            Input::Memory { mem, gpa } => {
+                let ranges = GvaRanges::in_memory(gpa.wrapping_add((first * WORD) as u64), count);
+                // Unreadable entries fail the call now, as in
+                // kvm_hv_get_tlb_flush_entries; the VMM reads them again
+                // only if it flushes by range.
+                for entry in ranges.iter(*mem) {
+                    entry.map_err(|_| HvStatus::INVALID_HYPERCALL_INPUT)?;
+                }
+                ranges
+            }
+        }
+    };
     Ok(Flush {
         code,
         address_space,

@@ -4,6 +4,10 @@
 
 use core::fmt;
 
+use zerocopy::IntoBytes;
+
+use super::memory::{GuestMemoryRead, MemoryError};
+
 /// Bytes in a Hyper-V page (`HV_HYP_PAGE_SIZE`).
 pub const HV_PAGE_SIZE: usize = 4096;
 /// Bits of the page offset (`HV_HYP_PAGE_SHIFT`).
@@ -78,12 +82,32 @@ impl fmt::Debug for GvaRange {
     }
 }
 
-/// The GVA entries of a flush list call, copied out of the input (at most
-/// one page's worth, so no allocation is needed).
-#[derive(Clone)]
+/// Most GVA entries a fast flush list call can carry: the XMM words left
+/// after the non-Ex header (14 input words - 3).
+pub const MAX_FAST_GVA_RANGES: usize = 11;
+/// Entries read from guest memory at a time while iterating.
+const READ_CHUNK: usize = 32;
+
+/// Where a list call's entries are.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum RangesAt {
+    /// In guest memory, from this GPA (inside the input page).
+    Memory(u64),
+    /// In the fast call's XMM registers, copied here.
+    Registers([u64; MAX_FAST_GVA_RANGES]),
+}
+
+/// The GVA entries of a flush list call.
+///
+/// Entries in guest memory are not copied by the decoder (it only checks
+/// that they are readable): a VMM that flushes whole address spaces anyway
+/// never pays for them. Read them with [`GvaRanges::iter`] or
+/// [`GvaRanges::read`], passing the same memory as to
+/// [`decode`](super::decode). Entries of fast calls are held inline.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct GvaRanges {
     len: usize,
-    entries: [u64; MAX_GVA_RANGES],
+    at: RangesAt,
 }
 
 impl Default for GvaRanges {
@@ -92,48 +116,33 @@ impl Default for GvaRanges {
     }
 }
 
-impl PartialEq for GvaRanges {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_raw() == other.as_raw()
-    }
-}
-
-impl Eq for GvaRanges {}
-
-impl fmt::Debug for GvaRanges {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.iter()).finish()
-    }
-}
-
 impl GvaRanges {
-    /// No entries.
+    /// No entries (a space flush).
     pub const fn new() -> Self {
         Self {
             len: 0,
-            entries: [0; MAX_GVA_RANGES],
+            at: RangesAt::Memory(0),
         }
     }
 
-    /// Entries from `raw`; `None` when there are more than
-    /// [`MAX_GVA_RANGES`].
-    pub fn from_raw(raw: &[u64]) -> Option<Self> {
-        let mut ranges = Self::new();
-        ranges.entries.get_mut(..raw.len())?.copy_from_slice(raw);
-        ranges.len = raw.len();
-        Some(ranges)
+    /// `len` entries in guest memory at `gpa`; the decoder has checked that
+    /// they lie in the input page.
+    pub(crate) const fn in_memory(gpa: u64, len: usize) -> Self {
+        Self {
+            len,
+            at: RangesAt::Memory(gpa),
+        }
     }
 
-    /// The entries as the guest wrote them.
-    pub fn as_raw(&self) -> &[u64] {
-        self.entries.get(..self.len).unwrap_or(&[])
-    }
-
-    /// Room for `len` raw entries, filled by the decoder.
-    pub(crate) fn raw_mut(&mut self, len: usize) -> Option<&mut [u64]> {
-        let slot = self.entries.get_mut(..len)?;
-        self.len = len;
-        Some(slot)
+    /// Entries carried in registers; `None` when more than
+    /// [`MAX_FAST_GVA_RANGES`].
+    pub fn in_registers(raw: &[u64]) -> Option<Self> {
+        let mut words = [0u64; MAX_FAST_GVA_RANGES];
+        words.get_mut(..raw.len())?.copy_from_slice(raw);
+        Some(Self {
+            len: raw.len(),
+            at: RangesAt::Registers(words),
+        })
     }
 
     /// Number of entries.
@@ -146,14 +155,117 @@ impl GvaRanges {
         self.len == 0
     }
 
-    /// The entries in input order.
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = GvaRange> + Clone + '_ {
-        self.as_raw().iter().map(|&raw| GvaRange(raw))
+    /// The entries in input order, read from `mem` a chunk at a time. An
+    /// item is `Err` (and ends the iteration) if the memory has become
+    /// unreadable since decoding; flush everything then.
+    pub fn iter<'a, M: GuestMemoryRead + ?Sized>(&'a self, mem: &'a M) -> GvaRangeIter<'a, M> {
+        GvaRangeIter {
+            ranges: self,
+            mem,
+            next: 0,
+            buf: [0; READ_CHUNK],
+            buf_start: 0,
+            buf_len: 0,
+            failed: false,
+        }
+    }
+
+    /// Copies the raw entries into `buf` (which must hold [`Self::len`]
+    /// of them; at most [`MAX_GVA_RANGES`]) and returns them.
+    pub fn read<'b, M: GuestMemoryRead + ?Sized>(
+        &self,
+        mem: &M,
+        buf: &'b mut [u64],
+    ) -> Result<&'b [u64], MemoryError> {
+        let dst = buf.get_mut(..self.len).ok_or(MemoryError {
+            gpa: self.gpa(),
+            len: self.len * 8,
+        })?;
+        self.fill(mem, 0, dst)?;
+        Ok(dst)
+    }
+
+    /// The GPA of the first entry (0 for entries in registers).
+    const fn gpa(&self) -> u64 {
+        match self.at {
+            RangesAt::Memory(gpa) => gpa,
+            RangesAt::Registers(_) => 0,
+        }
+    }
+
+    /// Fills `dst` with entries from index `first` on.
+    fn fill<M: GuestMemoryRead + ?Sized>(
+        &self,
+        mem: &M,
+        first: usize,
+        dst: &mut [u64],
+    ) -> Result<(), MemoryError> {
+        match &self.at {
+            RangesAt::Registers(words) => {
+                let src = words.get(first..first + dst.len()).ok_or(MemoryError {
+                    gpa: 0,
+                    len: dst.len() * 8,
+                })?;
+                dst.copy_from_slice(src);
+            }
+            RangesAt::Memory(gpa) => {
+                mem.read(gpa.wrapping_add(first as u64 * 8), dst.as_mut_bytes())?;
+                for w in dst.iter_mut() {
+                    *w = u64::from_le(*w);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Iterator returned by [`GvaRanges::iter`].
+pub struct GvaRangeIter<'a, M: ?Sized> {
+    ranges: &'a GvaRanges,
+    mem: &'a M,
+    next: usize,
+    buf: [u64; READ_CHUNK],
+    buf_start: usize,
+    buf_len: usize,
+    failed: bool,
+}
+
+impl<M: GuestMemoryRead + ?Sized> Iterator for GvaRangeIter<'_, M> {
+    type Item = Result<GvaRange, MemoryError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.next >= self.ranges.len {
+            return None;
+        }
+        if self.next >= self.buf_start + self.buf_len {
+            let count = (self.ranges.len - self.next).min(READ_CHUNK);
+            let dst = self.buf.get_mut(..count)?;
+            if let Err(err) = self.ranges.fill(self.mem, self.next, dst) {
+                self.failed = true;
+                return Some(Err(err));
+            }
+            self.buf_start = self.next;
+            self.buf_len = count;
+        }
+        let raw = *self.buf.get(self.next - self.buf_start)?;
+        self.next += 1;
+        Some(Ok(GvaRange(raw)))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = if self.failed {
+            0
+        } else {
+            self.ranges.len - self.next
+        };
+        (0, Some(left))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+
     use super::*;
 
     #[test]
@@ -170,11 +282,35 @@ mod tests {
     #[test]
     fn capacity_is_one_page() {
         assert_eq!(MAX_GVA_RANGES, 509);
-        assert!(GvaRanges::from_raw(&[0; MAX_GVA_RANGES]).is_some());
-        assert!(GvaRanges::from_raw(&[0; MAX_GVA_RANGES + 1]).is_none());
-        let r = GvaRanges::from_raw(&[0x1000, 0x2001]).unwrap();
-        assert_eq!(r.len(), 2);
-        assert!(r.iter().map(GvaRange::page_count).eq([1, 2]));
+        assert!(GvaRanges::in_registers(&[0; MAX_FAST_GVA_RANGES]).is_some());
+        assert!(GvaRanges::in_registers(&[0; MAX_FAST_GVA_RANGES + 1]).is_none());
+    }
+
+    #[test]
+    fn lazy_reads() {
+        use crate::hypercall::memory::{NoMemory, SliceMemory};
+        let r = GvaRanges::in_registers(&[0x1000, 0x2001]).unwrap();
+        let got: Result<std::vec::Vec<_>, _> = r.iter(&NoMemory).collect();
+        assert_eq!(got.unwrap(), [GvaRange(0x1000), GvaRange(0x2001)]);
+        // 70 entries in memory: three chunks.
+        let bytes: std::vec::Vec<u8> = (0..70u64).flat_map(|i| (i << 12).to_le_bytes()).collect();
+        let mem = SliceMemory::new(0x8000, &bytes);
+        let r = GvaRanges::in_memory(0x8000, 70);
+        assert!(
+            r.iter(&mem)
+                .map(|x| x.unwrap().0)
+                .eq((0..70).map(|i| i << 12))
+        );
+        let mut buf = [0u64; 70];
+        assert_eq!(r.read(&mem, &mut buf).unwrap()[69], 69 << 12);
+        assert!(r.read(&mem, &mut [0u64; 69]).is_err());
+        // Memory gone after the first chunk: 32 entries, one error, the end.
+        let short = SliceMemory::new(0x8000, &bytes[..300]);
+        let mut it = r.iter(&short);
+        assert!(it.by_ref().take(READ_CHUNK).all(|x| x.is_ok()));
+        assert!(it.next().unwrap().is_err());
+        assert!(it.next().is_none());
+        assert!(r.read(&NoMemory, &mut buf).is_err());
     }
 
     #[test]

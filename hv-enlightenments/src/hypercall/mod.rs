@@ -57,7 +57,10 @@ pub use decode::{
 pub use encode::{
     EncodeError, EncodeOptions, EncodedCall, FlushRequest, Targets, encode_flush, encode_send_ipi,
 };
-pub use gva::{FlushFlags, GvaRange, GvaRanges, HV_PAGE_SIZE, MAX_GVA_RANGES};
+pub use gva::{
+    FlushFlags, GvaRange, GvaRangeIter, GvaRanges, HV_PAGE_SIZE, MAX_FAST_GVA_RANGES,
+    MAX_GVA_RANGES,
+};
 pub use memory::{GuestMemoryRead, MemoryError, NoMemory, SliceMemory};
 pub use status::HvStatus;
 pub use vpset::{

@@ -59,6 +59,26 @@ fn mem_call(control: Control, gpa: u64, words: &[u64]) -> Result<Hypercall, HvSt
     decode(&regs, &guest.mem())
 }
 
+/// Decodes a memory-input flush and reads its ranges while the memory is
+/// still there.
+fn mem_flush(control: Control, gpa: u64, words: &[u64]) -> (Flush, Vec<u64>) {
+    let mut guest = Guest::new();
+    guest.write_words(gpa, words);
+    let regs = HypercallRegs {
+        rcx: control.into_bits(),
+        rdx: gpa,
+        ..Default::default()
+    };
+    let f = flush(decode(&regs, &guest.mem()));
+    let ranges = raw(&f, &guest.mem());
+    (f, ranges)
+}
+
+/// The raw range entries of `f`.
+fn raw<M: GuestMemoryRead + ?Sized>(f: &Flush, mem: &M) -> Vec<u64> {
+    f.ranges.iter(mem).map(|r| r.unwrap().0).collect()
+}
+
 fn fast_call(control: Control, rdx: u64, r8: u64, xmm: [u128; 6]) -> Result<Hypercall, HvStatus> {
     let regs = HypercallRegs {
         rcx: control.with_fast(true).into_bits(),
@@ -374,17 +394,13 @@ fn zero_processor_mask_means_all() {
 
 #[test]
 fn list_ranges_and_reps() {
-    let f = flush(mem_call(
+    let (f, r) = mem_flush(
         control(LIST, 0, 2),
         INPUT,
         &[CR3, 2, 0b1, 0x7000_0003, 0x9000_0000],
-    ));
-    assert!(
-        f.ranges
-            .iter()
-            .eq([GvaRange(0x7000_0003), GvaRange(0x9000_0000)])
     );
-    assert_eq!(f.ranges.iter().next().map(GvaRange::page_count), Some(4));
+    assert_eq!(r, [0x7000_0003, 0x9000_0000]);
+    assert_eq!(GvaRange(r[0]).page_count(), 4);
     assert_eq!(f.flags, FlushFlags::ALL_VIRTUAL_ADDRESS_SPACES);
     assert_eq!(Hypercall::Flush(f).completed().encode(), 2 << 32);
 }
@@ -394,13 +410,9 @@ fn full_page_list_fits() {
     // 509 entries after the 24-byte header end exactly at the page end.
     let mut words = vec![CR3, 0, 1];
     words.extend((0..MAX_GVA_RANGES as u64).map(|i| i << 12));
-    let f = flush(mem_call(
-        control(LIST, 0, MAX_GVA_RANGES as u16),
-        INPUT,
-        &words,
-    ));
+    let (f, r) = mem_flush(control(LIST, 0, MAX_GVA_RANGES as u16), INPUT, &words);
     assert_eq!(f.ranges.len(), MAX_GVA_RANGES);
-    assert_eq!(f.ranges.as_raw().last(), Some(&(508 << 12)));
+    assert_eq!(r.last(), Some(&(508 << 12)));
     // The Ex header is one word longer: 508 fit with no banks.
     let mut words = vec![CR3, 0, GENERIC_SET_ALL, 0];
     words.extend(0..508u64);
@@ -416,13 +428,13 @@ fn full_page_list_fits() {
 fn ex_flush_formats() {
     // Any format other than sparse is "all" for a flush; banks are skipped
     // but still counted before the list.
-    let f = flush(mem_call(
+    let (f, r) = mem_flush(
         control(LIST_EX, 1, 1),
         INPUT,
         &[CR3, 0, 7, 0b1, 0xFF, 0x5000],
-    ));
+    );
     assert_eq!(f.targets, VpSet::All);
-    assert!(f.ranges.iter().eq([GvaRange(0x5000)]));
+    assert_eq!(r, [0x5000]);
     // An empty sparse set succeeds with every rep done.
     let f = flush(mem_call(control(LIST_EX, 0, 3), INPUT, &[CR3, 0, 0, 0]));
     assert!(!f.targets.is_all() && f.targets.iter_present(64).next().is_none());
@@ -488,7 +500,7 @@ fn fast_forms() {
     let f = flush(fast_call(control(LIST, 0, 11), CR3, 4, xmm));
     assert_eq!(vps(&f.targets), [0, 3]);
     assert_eq!(
-        f.ranges.as_raw(),
+        raw(&f, &NoMemory),
         (1..=11).map(|i| i * 0x1000).collect::<Vec<u64>>()
     );
     assert_eq!(f.flags, FlushFlags::NON_GLOBAL_MAPPINGS_ONLY);
@@ -507,7 +519,7 @@ fn fast_forms() {
         ],
     ));
     assert_eq!(vps(&f.targets), [320]);
-    assert_eq!(f.ranges.as_raw(), [0x7000]);
+    assert_eq!(raw(&f, &NoMemory), [0x7000]);
 }
 
 #[test]
@@ -540,7 +552,7 @@ fn vm_memory_backend() {
         ..Default::default()
     };
     let f = flush(decode(&regs, &mem));
-    assert_eq!(f.ranges.as_raw(), [0x4000, 0x8000]);
+    assert_eq!(raw(&f, &mem), [0x4000, 0x8000]);
     // Past the end of guest memory.
     let regs = HypercallRegs {
         rdx: BASE + 2 * HV_PAGE_SIZE as u64,
@@ -819,7 +831,9 @@ proptest! {
                     let room = HV_PAGE_SIZE / 8 - header - usize::from(call.control.variable_header_size());
                     prop_assert!(r.is_empty() || r.len() > room);
                 } else {
-                    prop_assert_eq!(got.ranges.as_raw(), &raw[..]);
+                    let mem = SliceMemory::new(INPUT, &p);
+                    let mut buf = [0u64; MAX_GVA_RANGES];
+                    prop_assert_eq!(got.ranges.read(&mem, &mut buf).unwrap(), &raw[..]);
                 }
                 prop_assert_eq!(got.rep_count as usize, got.ranges.len());
             }
