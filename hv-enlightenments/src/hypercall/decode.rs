@@ -238,7 +238,7 @@ pub fn decode<M: GuestMemoryRead + ?Sized>(
         CallCode::FLUSH_VIRTUAL_ADDRESS_SPACE
         | CallCode::FLUSH_VIRTUAL_ADDRESS_LIST
         | CallCode::FLUSH_VIRTUAL_ADDRESS_SPACE_EX
-        | CallCode::FLUSH_VIRTUAL_ADDRESS_LIST_EX => decode_flush(regs, mem).map(Hypercall::Flush),
+        | CallCode::FLUSH_VIRTUAL_ADDRESS_LIST_EX => decode_flush(regs, mem),
         CallCode::SEND_SYNTHETIC_CLUSTER_IPI | CallCode::SEND_SYNTHETIC_CLUSTER_IPI_EX => {
             decode_send_ipi(regs, mem).map(Hypercall::SendIpi)
         }
@@ -256,7 +256,7 @@ pub fn decode<M: GuestMemoryRead + ?Sized>(
 fn decode_flush<M: GuestMemoryRead + ?Sized>(
     regs: &HypercallRegs,
     mem: &M,
-) -> Result<Flush, HvStatus> {
+) -> Result<Hypercall, HvStatus> {
     let control = regs.control();
     let code = control.call_code();
     let ex = matches!(
@@ -313,14 +313,14 @@ fn decode_flush<M: GuestMemoryRead + ?Sized>(
         } else {
             if var_cnt == 0 {
                 // An empty sparse set succeeds at once, reps all done.
-                return Ok(Flush {
+                return Ok(Hypercall::Flush(Flush {
                     code,
                     address_space,
                     flags,
                     targets: VpSet::Sparse(SparseVpSet::empty()),
                     ranges: GvaRanges::new(),
                     rep_count: rep_cnt,
-                });
+                }));
             }
             let mut set = SparseVpSet::with_mask(valid_bank_mask);
             src.read(header, set.banks_mut())?;
@@ -345,21 +345,21 @@ fn decode_flush<M: GuestMemoryRead + ?Sized>(
                 // Unreadable entries fail the call now, as in
                 // kvm_hv_get_tlb_flush_entries; the VMM reads them again
                 // only if it flushes by range.
-                for entry in ranges.iter(*mem) {
-                    entry.map_err(|_| HvStatus::INVALID_HYPERCALL_INPUT)?;
-                }
+                ranges
+                    .check_readable(*mem)
+                    .map_err(|_| HvStatus::INVALID_HYPERCALL_INPUT)?;
                 ranges
             }
         }
     };
-    Ok(Flush {
+    Ok(Hypercall::Flush(Flush {
         code,
         address_space,
         flags,
         targets,
         ranges,
         rep_count: rep_cnt,
-    })
+    }))
 }
 
 /// SendSyntheticClusterIpi and its Ex form (`kvm_hv_send_ipi`).

@@ -8,8 +8,6 @@
 //! for an IPI to every present CPU). XMM input is used only when allowed.
 //! A flush whose ranges do not fit one page becomes a whole-space flush.
 
-use zerocopy::IntoBytes;
-
 use super::control::{CallCode, Control};
 use super::decode::{FAST_INPUT_WORDS, FAST_XMM_REGISTERS, HypercallRegs, IPI_LOW_VECTOR};
 use super::gva::{FlushFlags, GvaRange, HV_PAGE_SIZE};
@@ -143,24 +141,22 @@ fn target_set(vps: &[u32]) -> Result<SparseVpSet, EncodeError> {
     })
 }
 
-/// Input words laid out as in memory; becomes registers or the page.
-struct Words {
-    words: [u64; PAGE_WORDS],
+/// Input words written straight into the caller's page in memory layout;
+/// a fast call then loads them into registers.
+struct Words<'p> {
+    page: &'p mut [u8; HV_PAGE_SIZE],
     len: usize,
 }
 
-impl Words {
-    fn new() -> Self {
-        Self {
-            words: [0; PAGE_WORDS],
-            len: 0,
-        }
+impl<'p> Words<'p> {
+    fn new(page: &'p mut [u8; HV_PAGE_SIZE]) -> Self {
+        Self { page, len: 0 }
     }
 
     /// Appends `w`; the callers size their input to fit a page.
     fn push(&mut self, w: u64) {
-        if let Some(slot) = self.words.get_mut(self.len) {
-            *slot = w;
+        if let Some(dst) = self.page.get_mut(self.len * 8..self.len * 8 + 8) {
+            dst.copy_from_slice(&w.to_le_bytes());
             self.len += 1;
         }
     }
@@ -171,35 +167,40 @@ impl Words {
         }
     }
 
-    fn as_slice(&self) -> &[u64] {
-        self.words.get(..self.len).unwrap_or(&[])
+    /// Word `i`, or 0 past the end.
+    fn word(&self, i: usize) -> u64 {
+        if i >= self.len {
+            return 0;
+        }
+        let mut b = [0u8; 8];
+        if let Some(src) = self.page.get(i * 8..i * 8 + 8) {
+            b.copy_from_slice(src);
+        }
+        u64::from_le_bytes(b)
     }
 
     /// Emits the call: fast when allowed and the input fits the registers,
-    /// else through `page` at `input_gpa`.
+    /// else through the page at `input_gpa`.
     fn finish(
-        &self,
+        self,
         control: Control,
         fast: bool,
-        page: &mut [u8; HV_PAGE_SIZE],
         input_gpa: u64,
     ) -> Result<EncodedCall, EncodeError> {
-        let words = self.as_slice();
-        if fast && words.len() <= FAST_INPUT_WORDS {
-            let word = |i: usize| words.get(i).copied().unwrap_or(0);
+        if fast && self.len <= FAST_INPUT_WORDS {
             let mut xmm = [0u128; FAST_XMM_REGISTERS];
             let mut xmm_used = 0;
             for (i, reg) in xmm.iter_mut().enumerate() {
                 let (lo, hi) = (2 + 2 * i, 3 + 2 * i);
-                *reg = u128::from(word(lo)) | (u128::from(word(hi)) << u64::BITS);
-                if lo < words.len() {
+                *reg = u128::from(self.word(lo)) | (u128::from(self.word(hi)) << u64::BITS);
+                if lo < self.len {
                     xmm_used = i + 1;
                 }
             }
             return Ok(EncodedCall {
                 control: control.with_fast(true),
-                rdx: word(0),
-                r8: word(1),
+                rdx: self.word(0),
+                r8: self.word(1),
                 xmm,
                 xmm_used,
                 input_len: 0,
@@ -208,17 +209,13 @@ impl Words {
         if input_gpa % HV_PAGE_SIZE as u64 != 0 {
             return Err(EncodeError::MisalignedInputPage(input_gpa));
         }
-        let len = words.len() * 8;
-        for (dst, w) in page.chunks_exact_mut(8).zip(words) {
-            dst.copy_from_slice(w.to_le().as_bytes());
-        }
         Ok(EncodedCall {
             control,
             rdx: input_gpa,
             r8: 0,
             xmm: [0; FAST_XMM_REGISTERS],
             xmm_used: 0,
-            input_len: len,
+            input_len: self.len * 8,
         })
     }
 }
@@ -239,12 +236,12 @@ pub fn encode_send_ipi(
     if set.is_empty() {
         return Err(EncodeError::NoTargets);
     }
-    let mut words = Words::new();
+    let mut words = Words::new(page);
     if let Some(mask) = set.as_mask() {
         // Every target below 64: RDX = vector, R8 = mask, no memory.
         words.extend([u64::from(vector), mask]);
         let control = Control::new().with_code(CallCode::SEND_SYNTHETIC_CLUSTER_IPI.0);
-        return words.finish(control, true, page, input_gpa);
+        return words.finish(control, true, input_gpa);
     }
     if !options.ex_processor_masks {
         return Err(EncodeError::ExUnavailable);
@@ -259,7 +256,7 @@ pub fn encode_send_ipi(
         words.extend(set.banks().iter().copied());
         control.with_variable_header_size(set.bank_count() as u16)
     };
-    words.finish(control, options.xmm_input, page, input_gpa)
+    words.finish(control, options.xmm_input, input_gpa)
 }
 
 /// Builds the cheapest flush call for `request` on `targets`, writing
@@ -273,7 +270,7 @@ pub fn encode_flush(
 ) -> Result<EncodedCall, EncodeError> {
     let set = target_set(targets.vps)?;
     let mut flags = request.flags.difference(FlushFlags::ALL_PROCESSORS);
-    let mut words = Words::new();
+    let mut words = Words::new(page);
     let ex = if targets.all_present {
         flags |= FlushFlags::ALL_PROCESSORS;
         words.extend([request.address_space, flags.bits(), 0]);
@@ -314,5 +311,5 @@ pub fn encode_flush(
         words.extend(request.ranges.iter().map(|r| r.0));
         control = control.with_rep_count(request.ranges.len() as u16);
     }
-    words.finish(control, options.xmm_input, page, input_gpa)
+    words.finish(control, options.xmm_input, input_gpa)
 }

@@ -185,6 +185,22 @@ impl GvaRanges {
         Ok(dst)
     }
 
+    /// Checks that every entry can be read, a chunk at a time.
+    pub(crate) fn check_readable<M: GuestMemoryRead + ?Sized>(
+        &self,
+        mem: &M,
+    ) -> Result<(), MemoryError> {
+        let mut chunk = [0u64; READ_CHUNK];
+        let mut first = 0;
+        while first < self.len {
+            let count = (self.len - first).min(READ_CHUNK);
+            let dst = chunk.get_mut(..count).unwrap_or(&mut []);
+            self.fill(mem, first, dst)?;
+            first += count;
+        }
+        Ok(())
+    }
+
     /// The GPA of the first entry (0 for entries in registers).
     const fn gpa(&self) -> u64 {
         match self.at {
