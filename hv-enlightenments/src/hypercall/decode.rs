@@ -12,9 +12,13 @@ use super::vpset::{GENERIC_SET_ALL, GENERIC_SET_SPARSE_4K, SparseVpSet, VpSet};
 
 /// XMM registers that carry fast call input (`HV_HYPERCALL_MAX_XMM_REGISTERS`).
 pub const FAST_XMM_REGISTERS: usize = 6;
+/// Fast input words carried in general registers: RDX and R8.
+pub(crate) const GPR_INPUT_WORDS: usize = 2;
+/// Input words per XMM register: low half, then high half.
+pub(crate) const WORDS_PER_XMM: usize = 2;
 /// 8-byte input words a fast call can carry: RDX, R8 and both halves of
 /// XMM0-XMM5.
-pub const FAST_INPUT_WORDS: usize = 2 + 2 * FAST_XMM_REGISTERS;
+pub const FAST_INPUT_WORDS: usize = GPR_INPUT_WORDS + WORDS_PER_XMM * FAST_XMM_REGISTERS;
 /// Lowest vector a synthetic cluster IPI may carry (`HV_IPI_LOW_VECTOR`).
 pub const IPI_LOW_VECTOR: u32 = 0x10;
 /// Highest vector a synthetic cluster IPI may carry (`HV_IPI_HIGH_VECTOR`).
@@ -32,7 +36,7 @@ const IPI_HEADER_WORDS: usize = 2;
 /// bank mask).
 const IPI_EX_HEADER_WORDS: usize = 3;
 /// Bytes in one input word.
-const WORD: usize = 8;
+pub(crate) const WORD: usize = 8;
 /// Bits of the fast SendSyntheticClusterIpi RDX that hold the vector; the
 /// rest is the reserved part of `struct hv_send_ipi` and must be zero.
 const FAST_IPI_VECTOR_BITS: u32 = 32;
@@ -64,7 +68,10 @@ impl HypercallRegs {
         let mut words = [0u64; FAST_INPUT_WORDS];
         words[0] = self.rdx;
         words[1] = self.r8;
-        for (pair, xmm) in words[2..].chunks_exact_mut(2).zip(self.xmm) {
+        for (pair, xmm) in words[GPR_INPUT_WORDS..]
+            .chunks_exact_mut(WORDS_PER_XMM)
+            .zip(self.xmm)
+        {
             pair[0] = xmm as u64;
             pair[1] = (xmm >> u64::BITS) as u64;
         }

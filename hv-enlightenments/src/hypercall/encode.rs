@@ -9,12 +9,15 @@
 //! A flush whose ranges do not fit one page becomes a whole-space flush.
 
 use super::control::{CallCode, Control};
-use super::decode::{FAST_INPUT_WORDS, FAST_XMM_REGISTERS, HypercallRegs, IPI_LOW_VECTOR};
+use super::decode::{
+    FAST_INPUT_WORDS, FAST_XMM_REGISTERS, GPR_INPUT_WORDS, HypercallRegs, IPI_LOW_VECTOR, WORD,
+    WORDS_PER_XMM,
+};
 use super::gva::{FlushFlags, GvaRange, HV_PAGE_SIZE};
 use super::vpset::{self, GENERIC_SET_ALL, GENERIC_SET_SPARSE_4K, MAX_VPS, SparseVpSet};
 
 /// Words the encoder may write: one page.
-const PAGE_WORDS: usize = HV_PAGE_SIZE / 8;
+const PAGE_WORDS: usize = HV_PAGE_SIZE / WORD;
 /// Linux's "VP index not known yet" (`VP_INVAL`, `U32_MAX`).
 const VP_INVAL: u32 = u32::MAX;
 
@@ -155,7 +158,7 @@ impl<'p> Words<'p> {
 
     /// Appends `w`; the callers size their input to fit a page.
     fn push(&mut self, w: u64) {
-        if let Some(dst) = self.page.get_mut(self.len * 8..self.len * 8 + 8) {
+        if let Some(dst) = self.page.get_mut(self.len * WORD..(self.len + 1) * WORD) {
             dst.copy_from_slice(&w.to_le_bytes());
             self.len += 1;
         }
@@ -172,8 +175,8 @@ impl<'p> Words<'p> {
         if i >= self.len {
             return 0;
         }
-        let mut b = [0u8; 8];
-        if let Some(src) = self.page.get(i * 8..i * 8 + 8) {
+        let mut b = [0u8; WORD];
+        if let Some(src) = self.page.get(i * WORD..(i + 1) * WORD) {
             b.copy_from_slice(src);
         }
         u64::from_le_bytes(b)
@@ -191,7 +194,8 @@ impl<'p> Words<'p> {
             let mut xmm = [0u128; FAST_XMM_REGISTERS];
             let mut xmm_used = 0;
             for (i, reg) in xmm.iter_mut().enumerate() {
-                let (lo, hi) = (2 + 2 * i, 3 + 2 * i);
+                let lo = GPR_INPUT_WORDS + WORDS_PER_XMM * i;
+                let hi = lo + 1;
                 *reg = u128::from(self.word(lo)) | (u128::from(self.word(hi)) << u64::BITS);
                 if lo < self.len {
                     xmm_used = i + 1;
@@ -215,7 +219,7 @@ impl<'p> Words<'p> {
             r8: 0,
             xmm: [0; FAST_XMM_REGISTERS],
             xmm_used: 0,
-            input_len: self.len * 8,
+            input_len: self.len * WORD,
         })
     }
 }

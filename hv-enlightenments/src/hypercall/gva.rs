@@ -15,12 +15,14 @@ const HV_PAGE_SHIFT: u32 = 12;
 /// The low 12 bits of a list entry: additional pages after the first.
 const ADDITIONAL_PAGES_MASK: u64 = (1 << HV_PAGE_SHIFT) - 1;
 
+/// Bytes in one list entry.
+const ENTRY: usize = 8;
 /// Size of the smallest flush list header (`struct hv_tlb_flush`: address
 /// space, flags, processor mask).
-const MIN_FLUSH_HEADER: usize = 3 * 8;
+const MIN_FLUSH_HEADER: usize = 3 * ENTRY;
 /// Most GVA entries any flush list input can carry: what fits in one page
 /// after the smallest header (Linux's `max_gvas`, 509).
-pub const MAX_GVA_RANGES: usize = (HV_PAGE_SIZE - MIN_FLUSH_HEADER) / 8;
+pub const MAX_GVA_RANGES: usize = (HV_PAGE_SIZE - MIN_FLUSH_HEADER) / ENTRY;
 
 bitflags::bitflags! {
     /// Flags of the flush calls (`HV_FLUSH_*`). Unknown bits are kept:
@@ -179,7 +181,7 @@ impl GvaRanges {
     ) -> Result<&'b [u64], MemoryError> {
         let dst = buf.get_mut(..self.len).ok_or(MemoryError {
             gpa: self.gpa(),
-            len: self.len * 8,
+            len: self.len * ENTRY,
         })?;
         self.fill(mem, 0, dst)?;
         Ok(dst)
@@ -220,12 +222,12 @@ impl GvaRanges {
             RangesAt::Registers(words) => {
                 let src = words.get(first..first + dst.len()).ok_or(MemoryError {
                     gpa: 0,
-                    len: dst.len() * 8,
+                    len: dst.len() * ENTRY,
                 })?;
                 dst.copy_from_slice(src);
             }
             RangesAt::Memory(gpa) => {
-                mem.read(gpa.wrapping_add(first as u64 * 8), dst.as_mut_bytes())?;
+                mem.read(gpa.wrapping_add((first * ENTRY) as u64), dst.as_mut_bytes())?;
                 for w in dst.iter_mut() {
                     *w = u64::from_le(*w);
                 }
