@@ -67,4 +67,5 @@ extern crate std;
 
 pub mod accel;
 pub mod cpuid;
+pub mod hypercall;
 pub mod msr;

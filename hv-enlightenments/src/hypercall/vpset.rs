@@ -1,0 +1,404 @@
+//! Virtual processor sets: the `HV_VP_SET` of the Ex hypercalls (TLFS 10.6
+//! "Virtual Processor Set"; Linux `struct hv_vpset`) and the 64-bit
+//! processor mask of the non-Ex ones.
+
+use core::fmt;
+
+/// VPs in one sparse bank (`HV_VCPUS_PER_SPARSE_BANK`).
+pub const VPS_PER_BANK: u32 = 64;
+/// Banks a sparse set can hold: one bit each in `valid_bank_mask`
+/// (`HV_MAX_SPARSE_VCPU_BANKS`).
+pub const MAX_SPARSE_BANKS: usize = 64;
+/// One past the highest VP index a sparse set can name (64 banks of 64).
+pub const MAX_VPS: u32 = VPS_PER_BANK * MAX_SPARSE_BANKS as u32;
+
+/// `HV_GENERIC_SET_SPARSE_4K`: the set is `valid_bank_mask` plus banks.
+pub const GENERIC_SET_SPARSE_4K: u64 = 0;
+/// `HV_GENERIC_SET_ALL`: every VP of the partition.
+pub const GENERIC_SET_ALL: u64 = 1;
+
+/// Errors building a VP set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// A VP index is at or above [`MAX_VPS`] (this includes `u32::MAX`,
+    /// Linux's "VP index not known yet").
+    #[error("VP index {0} cannot be put in a sparse VP set (limit {MAX_VPS})")]
+    VpIndexOutOfRange(u32),
+    /// The number of banks given differs from the bits set in the mask.
+    #[error("{banks} banks given for a valid_bank_mask with {mask_bits} bits set")]
+    BankCountMismatch {
+        /// Bits set in `valid_bank_mask`.
+        mask_bits: u32,
+        /// Banks given.
+        banks: usize,
+    },
+}
+
+/// A set of VP indices as a hypercall names it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+// Sets are decoded without a heap; the banks stay inline.
+#[allow(clippy::large_enum_variant)]
+pub enum VpSet {
+    /// Every VP of the partition (`HV_GENERIC_SET_ALL`, or the non-Ex
+    /// `HV_FLUSH_ALL_PROCESSORS` flag, or a zero non-Ex flush mask).
+    All,
+    /// An explicit sparse set.
+    Sparse(SparseVpSet),
+}
+
+impl VpSet {
+    /// Whether the set is [`VpSet::All`].
+    pub const fn is_all(&self) -> bool {
+        matches!(self, Self::All)
+    }
+
+    /// Whether `vp` is in the set.
+    pub fn contains(&self, vp: u32) -> bool {
+        match self {
+            Self::All => true,
+            Self::Sparse(set) => set.contains(vp),
+        }
+    }
+
+    /// The VP indices in the set that are below `vp_count` (the partition's
+    /// VPs), in ascending order. [`VpSet::All`] yields `0..vp_count`.
+    /// Indices at or above `vp_count` name no VP and are skipped, as KVM's
+    /// `sparse_set_to_vcpu_mask` ignores them.
+    pub fn iter_present(&self, vp_count: u32) -> PresentVps<'_> {
+        match self {
+            Self::All => PresentVps::All(0..vp_count),
+            Self::Sparse(set) => PresentVps::Sparse {
+                iter: set.iter(),
+                limit: vp_count,
+            },
+        }
+    }
+}
+
+/// Iterator returned by [`VpSet::iter_present`].
+#[derive(Clone, Debug)]
+pub enum PresentVps<'a> {
+    /// Every VP below the count.
+    All(core::ops::Range<u32>),
+    /// The sparse set's VPs below `limit`.
+    Sparse {
+        /// The set's iterator.
+        iter: SparseVpIter<'a>,
+        /// The VP count.
+        limit: u32,
+    },
+}
+
+impl Iterator for PresentVps<'_> {
+    type Item = u32;
+
+    fn next(&mut self) -> Option<u32> {
+        match self {
+            Self::All(range) => range.next(),
+            // Ascending order: the first index at or past the limit ends it.
+            Self::Sparse { iter, limit } => iter.next().filter(|vp| vp < limit),
+        }
+    }
+}
+
+/// A sparse VP set: `valid_bank_mask` and the banks it marks present, in
+/// ascending bank order, exactly as they sit in guest memory (banks stay
+/// compact: `banks()[i]` is the bank of the i-th set mask bit).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SparseVpSet {
+    valid_bank_mask: u64,
+    banks: [u64; MAX_SPARSE_BANKS],
+}
+
+impl Default for SparseVpSet {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl fmt::Debug for SparseVpSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
+
+impl SparseVpSet {
+    /// The empty set.
+    pub const fn empty() -> Self {
+        Self {
+            valid_bank_mask: 0,
+            banks: [0; MAX_SPARSE_BANKS],
+        }
+    }
+
+    /// The set of a non-Ex processor mask: VP n is in the set when bit n is.
+    pub const fn from_mask(mask: u64) -> Self {
+        let mut set = Self::empty();
+        if mask != 0 {
+            set.valid_bank_mask = 1;
+            set.banks[0] = mask;
+        }
+        set
+    }
+
+    /// Builds a set from its wire form. `banks` must hold exactly one bank
+    /// per bit set in `valid_bank_mask`.
+    pub fn from_banks(valid_bank_mask: u64, banks: &[u64]) -> Result<Self, Error> {
+        let mask_bits = valid_bank_mask.count_ones();
+        let mut set = Self {
+            valid_bank_mask,
+            banks: [0; MAX_SPARSE_BANKS],
+        };
+        match set.banks.get_mut(..banks.len()) {
+            Some(dst) if banks.len() == mask_bits as usize => dst.copy_from_slice(banks),
+            _ => {
+                return Err(Error::BankCountMismatch {
+                    mask_bits,
+                    banks: banks.len(),
+                });
+            }
+        }
+        Ok(set)
+    }
+
+    /// Builds the smallest set holding `vps`: only non-empty banks are
+    /// present. Refuses any index at or above [`MAX_VPS`] (Linux's
+    /// `cpumask_to_vpset` fails the same way for unknown or too large
+    /// indices, and the caller then takes the native path).
+    pub fn from_vps<I: IntoIterator<Item = u32>>(vps: I) -> Result<Self, Error> {
+        let mut by_bank = [0u64; MAX_SPARSE_BANKS];
+        for vp in vps {
+            let slot = by_bank
+                .get_mut((vp / VPS_PER_BANK) as usize)
+                .ok_or(Error::VpIndexOutOfRange(vp))?;
+            *slot |= 1 << (vp % VPS_PER_BANK);
+        }
+        Ok(Self::from_expanded(&by_bank))
+    }
+
+    /// Builds a set from 64 banks indexed by bank number; zero banks are
+    /// left out.
+    pub fn from_expanded(by_bank: &[u64; MAX_SPARSE_BANKS]) -> Self {
+        let mut set = Self::empty();
+        let mut n = 0;
+        for (bank, &word) in by_bank.iter().enumerate() {
+            if word != 0 {
+                set.valid_bank_mask |= 1 << bank;
+                if let Some(dst) = set.banks.get_mut(n) {
+                    *dst = word;
+                }
+                n += 1;
+            }
+        }
+        set
+    }
+
+    /// A set with `valid_bank_mask` whose banks are still zero; the decoder
+    /// fills them through [`SparseVpSet::banks_mut`].
+    pub(crate) const fn with_mask(valid_bank_mask: u64) -> Self {
+        Self {
+            valid_bank_mask,
+            banks: [0; MAX_SPARSE_BANKS],
+        }
+    }
+
+    /// The present banks, writable.
+    pub(crate) fn banks_mut(&mut self) -> &mut [u64] {
+        let n = self.bank_count();
+        match self.banks.get_mut(..n) {
+            Some(banks) => banks,
+            None => &mut [],
+        }
+    }
+
+    /// `valid_bank_mask`: bit k set when bank k (VPs 64k..64k+63) is present.
+    pub const fn valid_bank_mask(&self) -> u64 {
+        self.valid_bank_mask
+    }
+
+    /// The present banks, in ascending bank order (one per mask bit).
+    pub fn banks(&self) -> &[u64] {
+        let n = self.bank_count();
+        self.banks.get(..n).unwrap_or(&self.banks)
+    }
+
+    /// Number of present banks (bits set in `valid_bank_mask`): the variable
+    /// header size of an Ex call carrying this set.
+    pub const fn bank_count(&self) -> usize {
+        self.valid_bank_mask.count_ones() as usize
+    }
+
+    /// Whether no VP is in the set.
+    pub fn is_empty(&self) -> bool {
+        self.banks().iter().all(|&b| b == 0)
+    }
+
+    /// Number of VPs in the set.
+    pub fn len(&self) -> usize {
+        self.banks().iter().map(|b| b.count_ones() as usize).sum()
+    }
+
+    /// Whether `vp` is in the set (KVM's `hv_is_vp_in_sparse_set`).
+    pub fn contains(&self, vp: u32) -> bool {
+        let bank = vp / VPS_PER_BANK;
+        if bank as usize >= MAX_SPARSE_BANKS || self.valid_bank_mask & (1 << bank) == 0 {
+            return false;
+        }
+        // The bank's slot is the number of present banks below it.
+        let below = self.valid_bank_mask & ((1u64 << bank) - 1);
+        self.banks
+            .get(below.count_ones() as usize)
+            .is_some_and(|word| word & (1 << (vp % VPS_PER_BANK)) != 0)
+    }
+
+    /// The highest VP index in the set.
+    pub fn max_vp(&self) -> Option<u32> {
+        let mut mask = self.valid_bank_mask;
+        let mut best = None;
+        for &word in self.banks() {
+            let bank = mask.trailing_zeros();
+            mask &= mask - 1;
+            if word != 0 {
+                best = Some(bank * VPS_PER_BANK + (63 - word.leading_zeros()));
+            }
+        }
+        best
+    }
+
+    /// The set as a non-Ex processor mask, when every VP is below 64.
+    pub fn as_mask(&self) -> Option<u64> {
+        match self.max_vp() {
+            None => Some(0),
+            Some(vp) if vp < VPS_PER_BANK => Some(self.expanded_bank(0)),
+            Some(_) => None,
+        }
+    }
+
+    /// The contents of bank `bank` (0 when absent).
+    pub fn expanded_bank(&self, bank: u32) -> u64 {
+        if bank as usize >= MAX_SPARSE_BANKS || self.valid_bank_mask & (1 << bank) == 0 {
+            return 0;
+        }
+        let below = self.valid_bank_mask & ((1u64 << bank) - 1);
+        self.banks
+            .get(below.count_ones() as usize)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The VP indices in ascending order. Cost is one step per present bank
+    /// plus one per VP: set bits are walked with `trailing_zeros`.
+    pub fn iter(&self) -> SparseVpIter<'_> {
+        SparseVpIter {
+            mask: self.valid_bank_mask,
+            banks: self.banks().iter(),
+            base: 0,
+            word: 0,
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a SparseVpSet {
+    type Item = u32;
+    type IntoIter = SparseVpIter<'a>;
+
+    fn into_iter(self) -> SparseVpIter<'a> {
+        self.iter()
+    }
+}
+
+/// Iterator over a [`SparseVpSet`]'s VP indices.
+#[derive(Clone, Debug)]
+pub struct SparseVpIter<'a> {
+    mask: u64,
+    banks: core::slice::Iter<'a, u64>,
+    base: u32,
+    word: u64,
+}
+
+impl Iterator for SparseVpIter<'_> {
+    type Item = u32;
+
+    #[inline]
+    fn next(&mut self) -> Option<u32> {
+        while self.word == 0 {
+            if self.mask == 0 {
+                return None;
+            }
+            let bank = self.mask.trailing_zeros();
+            self.mask &= self.mask - 1;
+            self.base = bank * VPS_PER_BANK;
+            self.word = *self.banks.next()?;
+        }
+        let bit = self.word.trailing_zeros();
+        self.word &= self.word - 1;
+        Some(self.base + bit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_vps_is_compact_and_sorted() {
+        let set = SparseVpSet::from_vps([4095, 0, 64, 65, 130, 0]).unwrap();
+        assert_eq!(set.valid_bank_mask(), 1 | 2 | 4 | (1 << 63));
+        assert_eq!(set.banks(), &[1, 3, 4, 1 << 63]);
+        let vps: [u32; 5] = [0, 64, 65, 130, 4095];
+        assert!(set.iter().eq(vps));
+        assert_eq!(set.len(), 5);
+        assert_eq!(set.max_vp(), Some(4095));
+        for vp in 0..MAX_VPS {
+            assert_eq!(set.contains(vp), vps.contains(&vp), "vp {vp}");
+        }
+        assert!(!set.contains(u32::MAX));
+    }
+
+    #[test]
+    fn from_vps_refuses_out_of_range() {
+        assert_eq!(
+            SparseVpSet::from_vps([1, MAX_VPS]),
+            Err(Error::VpIndexOutOfRange(MAX_VPS))
+        );
+        assert_eq!(
+            SparseVpSet::from_vps([u32::MAX]),
+            Err(Error::VpIndexOutOfRange(u32::MAX))
+        );
+        assert!(SparseVpSet::from_vps([MAX_VPS - 1]).is_ok());
+    }
+
+    #[test]
+    fn from_banks_checks_count() {
+        assert!(SparseVpSet::from_banks(0b101, &[1, 2]).is_ok());
+        assert_eq!(
+            SparseVpSet::from_banks(0b101, &[1]),
+            Err(Error::BankCountMismatch {
+                mask_bits: 2,
+                banks: 1
+            })
+        );
+        assert!(SparseVpSet::from_banks(u64::MAX, &[0; 64]).is_ok());
+    }
+
+    #[test]
+    fn zero_banks_and_masks() {
+        // A present but empty bank contributes nothing.
+        let set = SparseVpSet::from_banks(0b11, &[0, 1]).unwrap();
+        assert!(set.iter().eq([64]));
+        assert_eq!(set.as_mask(), None);
+        assert!(SparseVpSet::from_banks(0b1, &[0]).unwrap().is_empty());
+        assert_eq!(SparseVpSet::from_mask(0x5).as_mask(), Some(0x5));
+        assert!(SparseVpSet::from_mask(0).is_empty());
+        assert_eq!(SparseVpSet::from_mask(0).bank_count(), 0);
+    }
+
+    #[test]
+    fn present_iteration() {
+        assert!(VpSet::All.iter_present(3).eq([0, 1, 2]));
+        let set = VpSet::Sparse(SparseVpSet::from_vps([1, 5, 9]).unwrap());
+        assert!(set.iter_present(6).eq([1, 5]));
+        assert!(set.contains(9) && !set.contains(2));
+        assert!(VpSet::All.contains(u32::MAX));
+    }
+}
