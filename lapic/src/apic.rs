@@ -1169,3 +1169,7 @@ impl LocalApic {
         self.identity()
     }
 }
+
+#[cfg(test)]
+#[path = "apic_tests.rs"]
+mod tests;
