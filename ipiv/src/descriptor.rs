@@ -1,0 +1,439 @@
+//! The posted-interrupt descriptor in the VT-x layout (Intel SDM Vol. 3,
+//! "Posted-Interrupt Processing"; Linux `arch/x86/include/asm/posted_intr.h`,
+//! `struct pi_desc`).
+//!
+//! A sender posts a vector into the 256-bit PIR and sets ON (outstanding
+//! notification); only the sender that moves ON from 0 to 1 with SN clear
+//! needs to notify the target. The target's vCPU thread takes the pending
+//! vectors: it clears ON first, then fetches and clears the PIR.
+//!
+//! # Memory ordering
+//!
+//! Every access to the PIR and to the control word is `SeqCst`. Two
+//! properties depend on it:
+//!
+//! * No lost vector: a poster sets the PIR bit, then ON; [`take`] clears ON,
+//!   then swaps the PIR words. If `take` misses the bit, the poster's ON
+//!   update comes after `take` cleared ON in the single total order, so ON
+//!   is 1 afterwards and the target is told (or sees it when it next
+//!   checks). PIR words are only ever changed by read-modify-write
+//!   operations, so a bit is handed to exactly one `take`.
+//! * No missed wake-up: the fast path reads the target's run state after
+//!   its ON update, and a halting vCPU publishes its run state before it
+//!   re-reads ON and the PIR (a store-load pattern on two locations, which
+//!   only a total order over both sides makes safe). See
+//!   [`crate::run_state`].
+//!
+//! On x86-64 the read-modify-write operations are `lock`-prefixed whatever
+//! the ordering, and `SeqCst` loads are plain loads, so this costs nothing
+//! over `AcqRel` on the hot path.
+//!
+//! [`take`]: PostedInterruptDescriptor::take
+
+use crate::sync::atomic::{AtomicU64, Ordering::SeqCst};
+
+/// Number of 64-bit words in the PIR (256 bits, one per vector).
+pub const PIR_WORDS: usize = 4;
+/// Size of the descriptor in bytes (SDM: 64 bytes).
+pub const DESCRIPTOR_SIZE: usize = 64;
+/// Required alignment of the descriptor in bytes (SDM: 64-byte aligned).
+pub const DESCRIPTOR_ALIGN: usize = 64;
+
+/// Bit of the descriptor at which the control word starts (bits 319:256).
+pub const CONTROL_BIT_OFFSET: u32 = 256;
+/// ON, outstanding notification: descriptor bit 256, control bit 0.
+pub const CONTROL_ON: u64 = 1 << (256 - CONTROL_BIT_OFFSET);
+/// SN, suppress notification: descriptor bit 257, control bit 1.
+pub const CONTROL_SN: u64 = 1 << (257 - CONTROL_BIT_OFFSET);
+/// Shift of NV, the notification vector: descriptor bits 279:272.
+pub const CONTROL_NV_SHIFT: u32 = 272 - CONTROL_BIT_OFFSET;
+/// Mask of NV in the control word, after shifting.
+pub const CONTROL_NV_MASK: u64 = 0xff;
+/// Shift of NDST, the notification destination: descriptor bits 319:288.
+pub const CONTROL_NDST_SHIFT: u32 = 288 - CONTROL_BIT_OFFSET;
+/// Mask of NDST in the control word, after shifting.
+pub const CONTROL_NDST_MASK: u64 = 0xffff_ffff;
+
+/// What one [`PostedInterruptDescriptor::post_outcome`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PostOutcome {
+    /// The vector was already pending in the PIR: it merges with the
+    /// pending one, as a second IPI merges in the IRR. Nothing to notify.
+    Coalesced,
+    /// The vector is newly pending, but a notification is already
+    /// outstanding (ON was set) or notifications are suppressed (SN set).
+    Pending,
+    /// The vector is newly pending and this post moved ON from 0 to 1 with
+    /// SN clear: the caller must notify the target.
+    Notify,
+}
+
+impl PostOutcome {
+    /// Whether the poster must notify the target.
+    pub fn needs_notification(self) -> bool {
+        self == Self::Notify
+    }
+
+    /// Whether this post added the vector to the PIR (it was not pending).
+    pub fn newly_pending(self) -> bool {
+        self != Self::Coalesced
+    }
+}
+
+/// A posted-interrupt descriptor: PIR, ON, SN, NV and NDST at their VT-x
+/// bit positions, 64 bytes, 64-byte aligned.
+///
+/// All operations take `&self` and are lock-free: any number of threads
+/// may post while the owning vCPU thread takes.
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub struct PostedInterruptDescriptor {
+    /// Posted-interrupt requests, bits 255:0; bit `v` is vector `v`.
+    pir: [AtomicU64; PIR_WORDS],
+    /// Bits 319:256: ON, SN, NV, NDST.
+    control: AtomicU64,
+    /// Bits 511:320, reserved.
+    _reserved: [u64; 3],
+}
+
+// The layout is the hardware's; fail the build if it ever drifts.
+#[cfg(not(loom))]
+const _: () = {
+    assert!(core::mem::size_of::<PostedInterruptDescriptor>() == DESCRIPTOR_SIZE);
+    assert!(core::mem::align_of::<PostedInterruptDescriptor>() == DESCRIPTOR_ALIGN);
+    assert!(core::mem::offset_of!(PostedInterruptDescriptor, control) * 8 == 256);
+};
+
+impl PostedInterruptDescriptor {
+    /// An empty descriptor: no vector pending, ON and SN clear, NV and NDST 0.
+    pub fn new() -> Self {
+        Self {
+            pir: [
+                AtomicU64::new(0),
+                AtomicU64::new(0),
+                AtomicU64::new(0),
+                AtomicU64::new(0),
+            ],
+            control: AtomicU64::new(0),
+            _reserved: [0; 3],
+        }
+    }
+
+    /// Posts `vector` and says whether the target must be notified: true
+    /// only when this call moved ON from 0 to 1 while SN was clear.
+    ///
+    /// Every `u8` is a valid PIR index; rejecting vectors 0..=15 is the
+    /// caller's policy (see [`crate::ipi`]).
+    #[inline]
+    pub fn post(&self, vector: u8) -> bool {
+        self.post_outcome(vector).needs_notification()
+    }
+
+    /// Posts `vector` and reports what happened (see [`PostOutcome`]).
+    #[inline]
+    pub fn post_outcome(&self, vector: u8) -> PostOutcome {
+        let (word, bit) = pir_position(vector);
+        let Some(slot) = self.pir.get(word) else {
+            // `pir_position` keeps `word` below PIR_WORDS for every u8.
+            return PostOutcome::Coalesced;
+        };
+        // Already pending: whoever set the bit is responsible for ON
+        // (KVM's __vmx_deliver_posted_interrupt returns here too). The
+        // plain load avoids a locked operation on repeated posts.
+        if slot.load(SeqCst) & bit != 0 {
+            return PostOutcome::Coalesced;
+        }
+        if slot.fetch_or(bit, SeqCst) & bit != 0 {
+            return PostOutcome::Coalesced;
+        }
+        // Set ON after the PIR bit, so that a `take` that clears ON either
+        // sees the bit or is followed by this ON update.
+        let mut control = self.control.load(SeqCst);
+        loop {
+            if control & CONTROL_ON != 0 || control & CONTROL_SN != 0 {
+                // SN: the target asked not to be notified; it re-checks the
+                // PIR when it clears SN (`clear_suppress`).
+                return PostOutcome::Pending;
+            }
+            match self
+                .control
+                .compare_exchange_weak(control, control | CONTROL_ON, SeqCst, SeqCst)
+            {
+                Ok(_) => return PostOutcome::Notify,
+                Err(now) => control = now,
+            }
+        }
+    }
+
+    /// Takes every pending vector: clears ON, then fetches and clears the
+    /// PIR, one word at a time. Each posted vector is returned by exactly
+    /// one `take`.
+    #[inline]
+    pub fn take(&self) -> PendingVectors {
+        // Clear ON before reading the PIR: a post racing with this take
+        // either has its bit swapped out below or sets ON again afterwards.
+        self.control.fetch_and(!CONTROL_ON, SeqCst);
+        let mut words = [0u64; PIR_WORDS];
+        for (out, slot) in words.iter_mut().zip(self.pir.iter()) {
+            // A plain load first skips the locked swap for empty words.
+            if slot.load(SeqCst) != 0 {
+                *out = slot.swap(0, SeqCst);
+            }
+        }
+        PendingVectors { words }
+    }
+
+    /// Whether a notification is outstanding (ON).
+    #[inline]
+    pub fn outstanding(&self) -> bool {
+        self.control.load(SeqCst) & CONTROL_ON != 0
+    }
+
+    /// Whether notifications are suppressed (SN).
+    pub fn suppressed(&self) -> bool {
+        self.control.load(SeqCst) & CONTROL_SN != 0
+    }
+
+    /// Whether any vector is pending in the PIR or a notification is
+    /// outstanding: what a vCPU must check before it sleeps.
+    #[inline]
+    pub fn has_pending(&self) -> bool {
+        self.outstanding() || self.pir.iter().any(|w| w.load(SeqCst) != 0)
+    }
+
+    /// Whether `vector` is pending in the PIR.
+    pub fn is_pending(&self, vector: u8) -> bool {
+        let (word, bit) = pir_position(vector);
+        self.pir
+            .get(word)
+            .is_some_and(|slot| slot.load(SeqCst) & bit != 0)
+    }
+
+    /// Sets SN: later posts leave ON alone and report no notification.
+    /// Used while the target cannot take notifications anyway (for
+    /// example while it is preempted outside the guest).
+    pub fn set_suppress(&self) {
+        self.control.fetch_or(CONTROL_SN, SeqCst);
+    }
+
+    /// Clears SN, then marks any vector posted while SN was set as
+    /// outstanding (ON), like KVM's `vmx_vcpu_pi_load` after it clears SN.
+    /// Returns whether vectors are pending.
+    pub fn clear_suppress(&self) -> bool {
+        self.control.fetch_and(!CONTROL_SN, SeqCst);
+        if self.pir.iter().any(|w| w.load(SeqCst) != 0) {
+            self.control.fetch_or(CONTROL_ON, SeqCst);
+            return true;
+        }
+        self.outstanding()
+    }
+
+    /// Notification vector (NV).
+    pub fn notification_vector(&self) -> u8 {
+        ((self.control.load(SeqCst) >> CONTROL_NV_SHIFT) & CONTROL_NV_MASK) as u8
+    }
+
+    /// Notification destination (NDST): the physical APIC ID (x2APIC) or
+    /// the xAPIC ID in bits 15:8, as the hardware expects.
+    pub fn notification_destination(&self) -> u32 {
+        ((self.control.load(SeqCst) >> CONTROL_NDST_SHIFT) & CONTROL_NDST_MASK) as u32
+    }
+
+    /// Sets NV and NDST, keeping ON and SN.
+    pub fn set_notification(&self, vector: u8, destination: u32) {
+        let keep =
+            !((CONTROL_NV_MASK << CONTROL_NV_SHIFT) | (CONTROL_NDST_MASK << CONTROL_NDST_SHIFT));
+        let fields = (u64::from(vector) << CONTROL_NV_SHIFT)
+            | (u64::from(destination) << CONTROL_NDST_SHIFT);
+        let mut control = self.control.load(SeqCst);
+        loop {
+            match self.control.compare_exchange_weak(
+                control,
+                (control & keep) | fields,
+                SeqCst,
+                SeqCst,
+            ) {
+                Ok(_) => return,
+                Err(now) => control = now,
+            }
+        }
+    }
+
+    /// The raw control word (bits 319:256), for diagnostics.
+    pub fn control_word(&self) -> u64 {
+        self.control.load(SeqCst)
+    }
+}
+
+impl Default for PostedInterruptDescriptor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// PIR word index and bit mask of `vector`.
+#[inline]
+fn pir_position(vector: u8) -> (usize, u64) {
+    (usize::from(vector / 64), 1u64 << (vector % 64))
+}
+
+/// Vectors taken from a descriptor's PIR, as a 256-bit set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PendingVectors {
+    words: [u64; PIR_WORDS],
+}
+
+impl PendingVectors {
+    /// A set from the four PIR words, word 0 holding vectors 0..=63.
+    pub fn from_words(words: [u64; PIR_WORDS]) -> Self {
+        Self { words }
+    }
+
+    /// The four PIR words, word 0 holding vectors 0..=63.
+    pub fn words(&self) -> [u64; PIR_WORDS] {
+        self.words
+    }
+
+    /// Whether no vector was pending.
+    pub fn is_empty(&self) -> bool {
+        self.words.iter().all(|w| *w == 0)
+    }
+
+    /// Number of vectors.
+    pub fn len(&self) -> usize {
+        self.words.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// Whether `vector` is in the set.
+    pub fn contains(&self, vector: u8) -> bool {
+        let (word, bit) = pir_position(vector);
+        self.words.get(word).is_some_and(|w| w & bit != 0)
+    }
+
+    /// The highest vector, the one a local APIC would deliver first.
+    pub fn highest(&self) -> Option<u8> {
+        self.iter().next_back()
+    }
+
+    /// The vectors in ascending order.
+    pub fn iter(&self) -> PendingIter {
+        PendingIter { words: self.words }
+    }
+}
+
+impl IntoIterator for PendingVectors {
+    type Item = u8;
+    type IntoIter = PendingIter;
+
+    fn into_iter(self) -> PendingIter {
+        self.iter()
+    }
+}
+
+/// Iterator over [`PendingVectors`], ascending (`next_back` descends).
+#[derive(Clone, Debug)]
+pub struct PendingIter {
+    words: [u64; PIR_WORDS],
+}
+
+impl Iterator for PendingIter {
+    type Item = u8;
+
+    fn next(&mut self) -> Option<u8> {
+        for (index, word) in self.words.iter_mut().enumerate() {
+            if *word != 0 {
+                let bit = word.trailing_zeros();
+                *word &= *word - 1;
+                return u8::try_from(index * 64 + bit as usize).ok();
+            }
+        }
+        None
+    }
+}
+
+impl DoubleEndedIterator for PendingIter {
+    fn next_back(&mut self) -> Option<u8> {
+        for (index, word) in self.words.iter_mut().enumerate().rev() {
+            if *word != 0 {
+                let bit = 63 - word.leading_zeros();
+                *word &= !(1u64 << bit);
+                return u8::try_from(index * 64 + bit as usize).ok();
+            }
+        }
+        None
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_matches_vtx() {
+        let d = PostedInterruptDescriptor::new();
+        assert_eq!(core::mem::size_of_val(&d), 64);
+        assert_eq!(&d as *const _ as usize % 64, 0);
+        d.set_notification(0xf2, 0x1234_5678);
+        assert!(d.post(0));
+        // ON is descriptor bit 256 = control bit 0; NV bits 279:272; NDST 319:288.
+        assert_eq!(d.control_word(), 1 | (0xf2 << 16) | (0x1234_5678u64 << 32));
+        assert_eq!(d.notification_vector(), 0xf2);
+        assert_eq!(d.notification_destination(), 0x1234_5678);
+        d.set_suppress();
+        assert_eq!(d.control_word() & 0b11, 0b11);
+    }
+
+    #[test]
+    fn notify_only_on_on_transition() {
+        let d = PostedInterruptDescriptor::new();
+        assert_eq!(d.post_outcome(0x30), PostOutcome::Notify);
+        assert_eq!(d.post_outcome(0x30), PostOutcome::Coalesced);
+        assert_eq!(d.post_outcome(0x31), PostOutcome::Pending);
+        let taken = d.take();
+        assert_eq!(taken.iter().collect::<Vec<_>>(), vec![0x30, 0x31]);
+        assert!(!d.outstanding());
+        assert!(d.take().is_empty());
+        assert_eq!(d.post_outcome(0x30), PostOutcome::Notify);
+    }
+
+    #[test]
+    fn every_vector_has_its_own_bit() {
+        let d = PostedInterruptDescriptor::new();
+        for v in 0..=255u8 {
+            assert!(!d.is_pending(v));
+            assert!(d.post_outcome(v).newly_pending());
+            assert!(d.is_pending(v));
+        }
+        let taken = d.take();
+        assert_eq!(taken.len(), 256);
+        assert_eq!(taken.words(), [u64::MAX; 4]);
+        assert_eq!(taken.highest(), Some(255));
+        assert_eq!(taken.iter().next_back(), Some(255));
+        assert!(taken.iter().eq(0..=255u8));
+    }
+
+    #[test]
+    fn suppressed_posts_do_not_notify_and_reappear_on_clear() {
+        let d = PostedInterruptDescriptor::new();
+        d.set_suppress();
+        assert_eq!(d.post_outcome(0x40), PostOutcome::Pending);
+        assert!(!d.outstanding());
+        assert!(d.has_pending());
+        assert!(d.clear_suppress());
+        assert!(d.outstanding());
+        assert!(d.take().contains(0x40));
+        assert!(!d.clear_suppress());
+    }
+
+    #[test]
+    fn set_notification_keeps_on_and_sn() {
+        let d = PostedInterruptDescriptor::new();
+        d.post(0x21);
+        d.set_suppress();
+        d.set_notification(0xec, 7);
+        assert!(d.outstanding());
+        assert!(d.suppressed());
+        assert_eq!(d.notification_vector(), 0xec);
+        assert_eq!(d.notification_destination(), 7);
+    }
+}
