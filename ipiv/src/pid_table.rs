@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use crate::descriptor::PostedInterruptDescriptor;
+use crate::descriptor::{PostOutcome, PostedInterruptDescriptor};
 use crate::run_state::{RunState, VcpuRunState};
 
 /// Most APIC IDs a table can hold (IDs 0..=4095), KVM's `KVM_MAX_VCPU_IDS`
@@ -85,16 +85,25 @@ impl PostedVcpu {
     /// guest and will take it before entering), else kick or wake.
     #[inline]
     pub fn post(&self, vector: u8) -> crate::ipi::Notify {
+        self.post_outcome(vector).1
+    }
+
+    /// Like [`post`](Self::post), also saying what the descriptor did
+    /// (whether the vector was newly pending).
+    #[inline]
+    pub fn post_outcome(&self, vector: u8) -> (PostOutcome, crate::ipi::Notify) {
         use crate::ipi::Notify;
-        if !self.descriptor.post(vector) {
-            return Notify::None;
+        let outcome = self.descriptor.post_outcome(vector);
+        if !outcome.needs_notification() {
+            return (outcome, Notify::None);
         }
         // Read after ON was set (SeqCst), see `run_state`.
-        match self.run_state.get() {
+        let notify = match self.run_state.get() {
             RunState::InGuest => Notify::Kick,
             RunState::Halted => Notify::Wake,
             RunState::OutsideGuest => Notify::None,
-        }
+        };
+        (outcome, notify)
     }
 }
 
