@@ -9,26 +9,34 @@
 //!
 //! # Memory ordering
 //!
-//! Every access to the PIR and to the control word is `SeqCst`. Two
-//! properties depend on it:
+//! Every access that decides delivery is a read-modify-write (RMW), and an
+//! RMW always reads the latest value of its location. That makes the
+//! argument hold with acquire/release alone, which is what the loom models
+//! check (`tests/loom.rs`):
 //!
-//! * No lost vector: a poster sets the PIR bit, then ON; [`take`] clears ON,
-//!   then swaps the PIR words. If `take` misses the bit, the poster's ON
-//!   update comes after `take` cleared ON in the single total order, so ON
-//!   is 1 afterwards and the target is told (or sees it when it next
-//!   checks). PIR words are only ever changed by read-modify-write
-//!   operations, so a bit is handed to exactly one `take`.
-//! * No missed wake-up: the fast path reads the target's run state after
-//!   its ON update, and a halting vCPU publishes its run state before it
-//!   re-reads ON and the PIR (a store-load pattern on two locations, which
-//!   only a total order over both sides makes safe). See
+//! * No lost vector: a post RMWs its PIR word, then the control word;
+//!   [`take`] RMWs the control word (clearing ON), then swaps every PIR
+//!   word. If `take`'s swap comes before the post's PIR update, the swap
+//!   released to the post's update, so the post's control RMW comes after
+//!   `take` cleared ON: ON is set again afterwards, and the post notifies.
+//!   A PIR bit is cleared only by a swap, so one `take` gets it.
+//! * No missed wake-up: the vCPU publishes its run state, then RMWs the
+//!   control word ([`take`], or [`clear_suppress`] when halting); a post
+//!   RMWs the control word, then reads the run state. Whichever control
+//!   RMW comes second reads the other's write: the vCPU sees ON, or the
+//!   post synchronises with the vCPU and sees its new run state. See
 //!   [`crate::run_state`].
 //!
-//! On x86-64 the read-modify-write operations are `lock`-prefixed whatever
-//! the ordering, and `SeqCst` loads are plain loads, so this costs nothing
-//! over `AcqRel` on the hot path.
+//! The code uses `SeqCst` anyway: on x86-64 every RMW is `lock`-prefixed
+//! whatever the ordering and loads are plain, so it costs nothing on the
+//! hot path.
+//!
+//! One deliberate difference from the hardware: a post while SN is set
+//! still sets ON (without asking for a notification), so that clearing SN
+//! finds ON set, the state KVM's `vmx_vcpu_pi_load` restores by hand.
 //!
 //! [`take`]: PostedInterruptDescriptor::take
+//! [`clear_suppress`]: PostedInterruptDescriptor::clear_suppress
 
 use crate::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
@@ -137,31 +145,17 @@ impl PostedInterruptDescriptor {
             // `pir_position` keeps `word` below PIR_WORDS for every u8.
             return PostOutcome::Coalesced;
         };
-        // Already pending: whoever set the bit is responsible for ON
-        // (KVM's __vmx_deliver_posted_interrupt returns here too). The
-        // plain load avoids a locked operation on repeated posts.
-        if slot.load(SeqCst) & bit != 0 {
-            return PostOutcome::Coalesced;
-        }
         if slot.fetch_or(bit, SeqCst) & bit != 0 {
+            // Already pending: whoever set the bit is responsible for ON
+            // (KVM's __vmx_deliver_posted_interrupt returns here too).
             return PostOutcome::Coalesced;
         }
-        // Set ON after the PIR bit, so that a `take` that clears ON either
-        // sees the bit or is followed by this ON update.
-        let mut control = self.control.load(SeqCst);
-        loop {
-            if control & CONTROL_ON != 0 || control & CONTROL_SN != 0 {
-                // SN: the target asked not to be notified; it re-checks the
-                // PIR when it clears SN (`clear_suppress`).
-                return PostOutcome::Pending;
-            }
-            match self
-                .control
-                .compare_exchange_weak(control, control | CONTROL_ON, SeqCst, SeqCst)
-            {
-                Ok(_) => return PostOutcome::Notify,
-                Err(now) => control = now,
-            }
+        // ON after the PIR bit; an RMW, so it reads the latest ON and SN.
+        let control = self.control.fetch_or(CONTROL_ON, SeqCst);
+        if control & (CONTROL_ON | CONTROL_SN) == 0 {
+            PostOutcome::Notify
+        } else {
+            PostOutcome::Pending
         }
     }
 
@@ -175,10 +169,9 @@ impl PostedInterruptDescriptor {
         self.control.fetch_and(!CONTROL_ON, SeqCst);
         let mut words = [0u64; PIR_WORDS];
         for (out, slot) in words.iter_mut().zip(self.pir.iter()) {
-            // A plain load first skips the locked swap for empty words.
-            if slot.load(SeqCst) != 0 {
-                *out = slot.swap(0, SeqCst);
-            }
+            // Always a swap, never "load, then swap if non-zero": only an
+            // RMW is sure to read a bit set just before it.
+            *out = slot.swap(0, SeqCst);
         }
         PendingVectors { words }
     }
@@ -209,23 +202,19 @@ impl PostedInterruptDescriptor {
             .is_some_and(|slot| slot.load(SeqCst) & bit != 0)
     }
 
-    /// Sets SN: later posts leave ON alone and report no notification.
-    /// Used while the target cannot take notifications anyway (for
-    /// example while it is preempted outside the guest).
+    /// Sets SN: later posts ask for no notification. Used while the
+    /// target cannot take notifications anyway (for example while it is
+    /// preempted outside the guest).
     pub fn set_suppress(&self) {
         self.control.fetch_or(CONTROL_SN, SeqCst);
     }
 
-    /// Clears SN, then marks any vector posted while SN was set as
-    /// outstanding (ON), like KVM's `vmx_vcpu_pi_load` after it clears SN.
-    /// Returns whether vectors are pending.
+    /// Clears SN and returns whether vectors are pending: ON was set (by a
+    /// post while SN was set, or before) or the PIR is not empty. Like
+    /// KVM's `vmx_vcpu_pi_load` after it clears SN.
     pub fn clear_suppress(&self) -> bool {
-        self.control.fetch_and(!CONTROL_SN, SeqCst);
-        if self.pir.iter().any(|w| w.load(SeqCst) != 0) {
-            self.control.fetch_or(CONTROL_ON, SeqCst);
-            return true;
-        }
-        self.outstanding()
+        let control = self.control.fetch_and(!CONTROL_SN, SeqCst);
+        control & CONTROL_ON != 0 || self.pir.iter().any(|w| w.load(SeqCst) != 0)
     }
 
     /// Notification vector (NV).
@@ -417,7 +406,7 @@ mod tests {
         let d = PostedInterruptDescriptor::new();
         d.set_suppress();
         assert_eq!(d.post_outcome(0x40), PostOutcome::Pending);
-        assert!(!d.outstanding());
+        assert_eq!(d.post_outcome(0x41), PostOutcome::Pending);
         assert!(d.has_pending());
         assert!(d.clear_suppress());
         assert!(d.outstanding());

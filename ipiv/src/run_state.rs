@@ -20,12 +20,13 @@
 //!    variable without a predicate loses it. After waking: publish
 //!    `OutsideGuest` and take.
 //!
-//! Why it cannot sleep with a vector pending: the sender sets the PIR bit
-//! and ON, then reads the state; the halting thread sets the state, then
-//! reads ON and the PIR. All four accesses are `SeqCst`, so in their single
-//! total order one side comes second and sees the other's write: either
-//! the sender sees `Halted` and wakes, or the halting thread sees the
-//! vector and does not sleep.
+//! Why it cannot sleep with a vector pending: the sender sets the PIR bit,
+//! then ON (a read-modify-write of the control word), then reads the run
+//! state; the halting thread publishes `Halted`, then clears SN (also a
+//! read-modify-write of the control word), then checks ON. Of the two
+//! control-word updates, the second reads the first's result: either the
+//! halting thread sees ON, or the sender's update synchronises with the
+//! halting thread's and the sender reads `Halted` and wakes it.
 
 use crate::descriptor::PostedInterruptDescriptor;
 use crate::sync::atomic::{AtomicU8, Ordering::SeqCst};

@@ -3,6 +3,7 @@
 //! guest-memory lock for writing (as KVM drops the APIC-access memslot and
 //! waits for SRCU readers). With requests only queued on the exit path
 //! and applied where no read-side guard can exist, the run completes.
+#![cfg(not(loom))]
 
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::mpsc;

@@ -2,6 +2,7 @@
 //! while each vCPU thread runs the enter / leave / halt protocol. Every
 //! newly pending vector must be taken exactly once, and a halted vCPU must
 //! never be left asleep with a vector pending and no wake-up sent.
+#![cfg(not(loom))]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
