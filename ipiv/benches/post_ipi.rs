@@ -31,7 +31,7 @@ fn reset(t: &PidTable, keep_on: bool) {
     for v in t.iter() {
         v.descriptor().take();
         if keep_on {
-            v.descriptor().post(KEEPER);
+            let _ = v.descriptor().post(KEEPER);
         }
     }
 }

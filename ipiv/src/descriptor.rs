@@ -133,12 +133,14 @@ impl PostedInterruptDescriptor {
     /// Every `u8` is a valid PIR index; rejecting vectors 0..=15 is the
     /// caller's policy (see [`crate::ipi`]).
     #[inline]
+    #[must_use = "a true result means the target must be notified"]
     pub fn post(&self, vector: u8) -> bool {
         self.post_outcome(vector).needs_notification()
     }
 
     /// Posts `vector` and reports what happened (see [`PostOutcome`]).
     #[inline]
+    #[must_use = "PostOutcome::Notify means the target must be notified"]
     pub fn post_outcome(&self, vector: u8) -> PostOutcome {
         let (word, bit) = pir_position(vector);
         let Some(slot) = self.pir.get(word) else {
@@ -417,7 +419,7 @@ mod tests {
     #[test]
     fn set_notification_keeps_on_and_sn() {
         let d = PostedInterruptDescriptor::new();
-        d.post(0x21);
+        assert!(d.post(0x21));
         d.set_suppress();
         d.set_notification(0xec, 7);
         assert!(d.outstanding());

@@ -14,6 +14,7 @@ use crate::pid_table::{self, PidTable};
 pub const MIN_IPI_VECTOR: u8 = 0x10;
 
 /// How the caller must notify one target after posting.
+#[must_use = "a Kick or Wake that is not delivered can leave a vCPU asleep on a vector"]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Notify {
     /// Nothing to do: the vector merged with a pending one, a notification

@@ -150,7 +150,7 @@ mod tests {
         assert_eq!(r.prepare_halt(&d), HaltCheck::Sleep);
         assert_eq!(r.get(), RunState::Halted);
         r.set(RunState::OutsideGuest);
-        d.post(0x40);
+        assert!(d.post(0x40));
         assert_eq!(r.prepare_halt(&d), HaltCheck::Pending);
         assert_eq!(r.get(), RunState::OutsideGuest);
     }
@@ -170,10 +170,10 @@ mod tests {
     fn enter_and_leave_take_vectors() {
         let d = PostedInterruptDescriptor::new();
         let r = VcpuRunState::new();
-        d.post(0x22);
+        assert!(d.post(0x22));
         assert!(r.enter_guest(&d).contains(0x22));
         assert_eq!(r.get(), RunState::InGuest);
-        d.post(0x23);
+        assert!(d.post(0x23));
         assert!(r.leave_guest(&d).contains(0x23));
         assert_eq!(r.get(), RunState::OutsideGuest);
     }

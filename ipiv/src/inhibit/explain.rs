@@ -91,7 +91,8 @@ impl InhibitManager {
                     self.auto_eoi_vcpus()
                 ),
                 "set DEPRECATING_AEOI (CPUID 0x40000004 EAX bit 9) and drop \
-                 APIC_ACCESS_RECOMMENDED so the guest stops using AutoEOI"
+                 APIC_ACCESS_RECOMMENDED so the guest stops using AutoEOI (Linux guests \
+                 set AutoEOI on their SINTs unless DEPRECATING_AEOI is set)"
                     .to_string(),
             ),
             InhibitReason::BlockIrq => (

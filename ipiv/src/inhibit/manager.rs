@@ -520,6 +520,30 @@ mod tests {
     }
 
     #[test]
+    fn sint_index_past_15_is_ignored() {
+        let got = run(
+            kernel(amd_avic(true)),
+            &[
+                (
+                    0,
+                    E::SintWrite {
+                        sint: SINT_COUNT,
+                        value: AUTO_EOI_40,
+                    },
+                ),
+                (
+                    0,
+                    E::SintWrite {
+                        sint: SINT_COUNT - 1,
+                        value: AUTO_EOI_40,
+                    },
+                ),
+            ],
+        );
+        assert_eq!(got, vec![InhibitSet::EMPTY, InhibitSet::of(&[R::Hyperv])]);
+    }
+
+    #[test]
     fn vmx_ignores_avic_only_reasons() {
         let mut host = HostApicAccel::NONE;
         host.vendor = CpuVendor::Intel;

@@ -21,7 +21,8 @@ pub enum InhibitReason {
     BlockIrq = 3,
     /// Two vCPUs share a physical APIC ID.
     PhysicalIdAliased = 4,
-    /// The guest changed an xAPIC ID (sticky here).
+    /// The guest changed an xAPIC ID. Sticky here; KVM since Linux 6.3
+    /// clears it once every xAPIC ID is back to its vCPU ID.
     ApicIdModified = 5,
     /// The guest relocated the APIC base (sticky).
     ApicBaseModified = 6,
