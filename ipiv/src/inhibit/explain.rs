@@ -69,8 +69,14 @@ impl InhibitManager {
                         "kvm_intel.enable_apicv is off".to_string(),
                         "load kvm_intel with enable_apicv=1 on a CPU with APICv".to_string(),
                     ),
+                    CpuVendor::Amd if host.cpu_avic == Some(false) && host.force_avic != Some(true) => (
+                        "the host CPU does not report AVIC (SVM or CPUID 0x8000000A EDX[13] clear)"
+                            .to_string(),
+                        "run on a host whose CPU has AVIC, with kvm_amd loaded and avic=1"
+                            .to_string(),
+                    ),
                     CpuVendor::Amd => (
-                        "AVIC is off (kvm_amd.avic, or the CPU lacks AVIC)".to_string(),
+                        "kvm_amd.avic is off, or kvm_amd is not loaded".to_string(),
                         "load kvm_amd with avic=1 on a CPU with AVIC (CPUID 0x8000000A EDX[13])"
                             .to_string(),
                     ),

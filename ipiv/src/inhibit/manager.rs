@@ -520,6 +520,29 @@ mod tests {
     }
 
     #[test]
+    fn disabled_explanation_follows_the_probe() {
+        let lift = |host: HostApicAccel| {
+            let report = InhibitManager::new(kernel(host)).explain();
+            assert_eq!(report.reasons.len(), 1);
+            assert_eq!(report.reasons[0].reason, R::Disabled);
+            report.reasons[0].lift.clone()
+        };
+        assert!(lift(HostApicAccel::NONE).contains("kvm_intel (APICv) or kvm_amd (AVIC)"));
+        let mut no_cpu = amd_avic(false);
+        no_cpu.avic = Some(false);
+        no_cpu.cpu_avic = Some(false);
+        assert!(lift(no_cpu).contains("CPU has AVIC"));
+        let mut off = amd_avic(false);
+        off.avic = Some(false);
+        assert!(lift(off).contains("avic=1"));
+        let mut intel = HostApicAccel::NONE;
+        intel.vendor = CpuVendor::Intel;
+        assert!(lift(intel).contains("enable_apicv=1"));
+        intel.apicv = None;
+        assert!(lift(intel).contains("check kvm_intel.enable_apicv"));
+    }
+
+    #[test]
     fn sint_index_past_15_is_ignored() {
         let got = run(
             kernel(amd_avic(true)),
