@@ -21,7 +21,7 @@
 //! notes the MSR exits hybrid mode costs. Intel's APICv honours only the
 //! first seven reasons ([`InhibitSet::VMX`]).
 
-mod deferred;
+pub mod deferred;
 mod explain;
 mod manager;
 mod reason;
