@@ -1,0 +1,21 @@
+//! Prints what the host offers for APIC virtualization and which
+//! APICv/AVIC inhibits a VM with the default configuration (userspace
+//! irqchip) would have on it, with what would lift each.
+
+use hv_enlightenments::accel::IrqchipMode;
+use ipiv::{HostProbe, InhibitConfig, InhibitManager};
+
+fn main() {
+    let probe = HostProbe::run();
+    println!("{probe}");
+    println!();
+    for irqchip in [IrqchipMode::User, IrqchipMode::Kernel] {
+        let manager = InhibitManager::new(InhibitConfig {
+            host: probe.accel,
+            irqchip,
+            ..InhibitConfig::default()
+        });
+        println!("with irqchip {irqchip:?}:");
+        print!("{}", manager.explain());
+    }
+}
