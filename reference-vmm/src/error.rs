@@ -62,7 +62,9 @@ pub enum Error {
         rip: u64,
     },
     /// The guest reported a failed check.
-    #[error("scenario failed on vCPU {vcpu}: code {code}, detail {detail:#x}")]
+    #[error(
+        "scenario failed on vCPU {vcpu}: code {code}, detail {detail:#x}, last value {last_value:x?}"
+    )]
     ScenarioFailed {
         /// Reporting vCPU.
         vcpu: u32,
@@ -70,6 +72,8 @@ pub enum Error {
         code: u64,
         /// Detail value.
         detail: u64,
+        /// The vCPU's last VALUE report `(tag, value)`, if any.
+        last_value: Option<(u64, u64)>,
     },
     /// A bounded wait expired.
     #[error("timed out after {waited:?} waiting for {what}")]

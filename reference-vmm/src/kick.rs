@@ -70,6 +70,15 @@ impl KickTarget {
         }
     }
 
+    /// Clears `immediate_exit`; called by the vCPU thread itself after
+    /// KVM_RUN returned EINTR (it owns the mapping, so it is valid).
+    pub fn clear(&self) {
+        // SAFETY: only the vCPU thread that owns the kvm_run mapping calls
+        // this, so the mapping is alive; the byte is accessed atomically.
+        let flag = unsafe { AtomicU8::from_ptr(self.immediate_exit) };
+        flag.store(0, Ordering::SeqCst);
+    }
+
     /// Sets `immediate_exit` and signals the thread.
     ///
     /// # Safety

@@ -1,14 +1,12 @@
 //! Reference VMM on KVM with the Hyper-V enlightenments served in
 //! userspace: VM and vCPU threads, built-in guests, metrics.
 
-pub mod apic;
 pub mod boot;
 pub mod cpuid;
 pub mod demo;
 pub mod devices;
 pub mod error;
 pub mod guest;
-pub mod hyperv;
 pub mod kick;
 pub mod layout;
 pub mod metrics;

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use hv_enlightenments::accel::IrqchipMode;
 use reference_vmm::scenario::{self, RunOptions, Scenario};
-use reference_vmm::vm::FlushMethod;
-use reference_vmm::{demo, hyperv, probe};
+use reference_vmm::vm::{self, FlushMethod};
+use reference_vmm::{demo, probe};
 
 #[derive(Parser)]
 #[command(
@@ -174,13 +175,22 @@ fn run(cmd: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Cpuid { vcpus, irqchip } => {
-            if matches!(irqchip, Irqchip::Kernel) {
-                return Err("the kernel irqchip mode is not available yet".into());
-            }
-            for l in hyperv::cpuid_leaves(vcpus) {
+            let mode = match irqchip {
+                Irqchip::User => IrqchipMode::User,
+                Irqchip::Kernel => IrqchipMode::Kernel,
+            };
+            let plan = vm::cpuid_plan(vcpus, mode).map_err(|e| e.to_string())?;
+            for l in plan.cpuid.entries() {
                 println!(
                     "{:#010x}: eax={:#010x} ebx={:#010x} ecx={:#010x} edx={:#010x}",
                     l.function, l.eax, l.ebx, l.ecx, l.edx
+                );
+            }
+            println!();
+            println!("{}", plan.decisions);
+            if matches!(irqchip, Irqchip::Kernel) {
+                println!(
+                    "(the kernel irqchip mode is not yet wired into the VMM: leaves shown for reference)"
                 );
             }
             Ok(())

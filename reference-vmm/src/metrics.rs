@@ -76,8 +76,16 @@ counters!(
         hypercalls_ok,
         /// Hypercalls that returned an error status.
         hypercalls_failed,
-        /// Hypercalls refused with #UD (CPL != 0).
+        /// Hypercalls refused with #UD (CPL != 0 or hypercalls off).
         hypercalls_ud,
+        /// Hypercalls answered HV_STATUS_INVALID_HYPERCALL_CODE.
+        hc_status_invalid_code,
+        /// Hypercalls answered HV_STATUS_INVALID_HYPERCALL_INPUT.
+        hc_status_invalid_input,
+        /// Hypercalls answered HV_STATUS_INVALID_ALIGNMENT.
+        hc_status_invalid_alignment,
+        /// Hypercalls answered with another error status.
+        hc_status_other,
         /// HvCallSendSyntheticClusterIpi(Ex) calls.
         hc_send_ipi,
         /// HvCallFlushVirtualAddress{Space,List}(Ex) calls.
@@ -159,6 +167,22 @@ impl VmMetrics {
             s.push('\n');
         }
         s
+    }
+}
+
+impl VcpuMetrics {
+    /// Counts a hypercall's status.
+    pub fn count_status(&self, status: u16) {
+        match status {
+            0 => bump(&self.hypercalls_ok),
+            2 => bump(&self.hc_status_invalid_code),
+            3 => bump(&self.hc_status_invalid_input),
+            4 => bump(&self.hc_status_invalid_alignment),
+            _ => bump(&self.hc_status_other),
+        }
+        if status != 0 {
+            bump(&self.hypercalls_failed);
+        }
     }
 }
 

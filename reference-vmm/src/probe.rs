@@ -63,6 +63,19 @@ pub fn report() -> Result<String, Error> {
             param(m, p).unwrap_or_else(|| "unknown (not loaded)".into())
         );
     }
+    let host = ipiv::HostProbe::run();
+    let _ = writeln!(s, "\n{host}");
+    let inhibits = ipiv::InhibitManager::new(ipiv::InhibitConfig {
+        host: host.accel,
+        irqchip: hv_enlightenments::accel::IrqchipMode::User,
+        pit_reinject: false,
+        sev: false,
+    });
+    let _ = writeln!(
+        s,
+        "APICv/AVIC inhibits for this VMM (userspace irqchip):\n{}",
+        inhibits.explain()
+    );
     let hv = kvm.check_extension_raw(44) > 0;
     let _ = writeln!(
         s,

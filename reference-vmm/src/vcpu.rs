@@ -1,21 +1,24 @@
-//! A vCPU: the state other threads share with it (local APIC, halted and
-//! in-guest flags, pending flush, kick target) and its run loop.
+//! A vCPU: the state other threads share with it (local APIC, Hyper-V VP
+//! state, pending flush, kick target), its posted-interrupt descriptor and
+//! run state (ipiv), and its run loop.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use hv_enlightenments::hypercall::{self, Hypercall, HypercallRegs, HypercallResult};
+use hv_enlightenments::msr::{self as hvmsr, MsrAction, MsrOutcome, MsrScope};
+use ipiv::{HaltCheck, Notify, PendingVectors, PostedVcpu, RunState};
 use kvm_bindings::{kvm_interrupt, kvm_regs};
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use lapic::{DeliveryMode, Effect, Interrupt, LocalApic, Outcome, VcpuSet};
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::apic::{self, Apic, Effect, Shorthand};
 use crate::error::Error;
 use crate::guest::abi;
-use crate::hyperv::{self, Call, MsrEffect, Targets};
 use crate::kick::KickTarget;
 use crate::metrics::{VcpuMetrics, bump};
-use crate::vm::Machine;
+use crate::vm::{FlushMethod, Machine};
 
 vmm_sys_util::ioctl_iow_nr!(KVM_INTERRUPT, kvm_bindings::KVMIO, 0x86, kvm_interrupt);
 
@@ -25,20 +28,17 @@ const HALT_SLICE: Duration = Duration::from_millis(50);
 pub const FLUSH_WAIT: Duration = Duration::from_secs(10);
 /// #UD vector.
 const UD_VECTOR: u8 = 6;
+/// Lowest vector a fixed interrupt may carry (SDM 10.5.2).
+const FIRST_LEGAL_VECTOR: u8 = 16;
+/// Size of the XMM hypercall input (TLFS 3.7.2): XMM0..XMM5.
+const XMM_INPUT_REGS: usize = 6;
 
-/// State of a vCPU that other threads read and change.
-#[derive(Debug)]
+/// State of a vCPU that other threads read and change, behind its lock.
 pub struct State {
     /// The local APIC.
-    pub apic: Apic,
-    /// Hyper-V per-VP MSR state.
-    pub vp: hyperv::Vp,
-    /// Blocked in a HLT exit, waiting for an interrupt.
-    pub halted: bool,
-    /// Inside (or about to enter) KVM_RUN.
-    pub in_guest: bool,
-    /// A kick was sent and the vCPU has not left KVM_RUN since.
-    pub kick_pending: bool,
+    pub apic: LocalApic,
+    /// Hyper-V per-VP MSR state (`None` when the enlightenments are off).
+    pub vp: Option<hvmsr::Vp>,
     /// Flush the guest TLB before the next entry.
     pub flush_pending: bool,
     /// Threads waiting for this vCPU to flush or leave guest mode.
@@ -47,15 +47,16 @@ pub struct State {
     pub alive: bool,
     /// Kick target (valid while `alive`).
     pub kick: Option<KickTarget>,
-    /// The VMM set `apic_assist` bit 0 before the last entry.
-    pub lazy_armed: bool,
+    /// A halted vCPU was told to wake up.
+    pub woken: bool,
 }
 
 /// A vCPU as seen by every thread.
-#[derive(Debug)]
 pub struct Vcpu {
     /// vCPU index (= VP index = APIC ID in this VMM).
     pub index: u32,
+    /// Posted-interrupt descriptor and run state.
+    pub posted: Arc<PostedVcpu>,
     state: Mutex<State>,
     cond: Condvar,
     /// Counters.
@@ -63,61 +64,86 @@ pub struct Vcpu {
 }
 
 impl Vcpu {
-    /// A vCPU with APIC ID `index`.
-    pub fn new(index: u32) -> Self {
+    /// A vCPU with its APIC, VP state and posted-interrupt entry.
+    pub fn new(
+        index: u32,
+        apic: LocalApic,
+        vp: Option<hvmsr::Vp>,
+        posted: Arc<PostedVcpu>,
+    ) -> Self {
         Self {
             index,
+            posted,
             state: Mutex::new(State {
-                apic: Apic::new(index),
-                vp: hyperv::Vp { index, assist: 0 },
-                halted: false,
-                in_guest: false,
-                kick_pending: false,
+                apic,
+                vp,
                 flush_pending: false,
                 flush_waiters: 0,
                 alive: false,
                 kick: None,
-                lazy_armed: false,
+                woken: false,
             }),
             cond: Condvar::new(),
             metrics: VcpuMetrics::default(),
         }
     }
 
-    /// Locks the shared state (a poisoned lock is still usable: the
-    /// state holds no invariants a panicking thread could break halfway).
+    /// Locks the shared state (a poisoned lock is still usable: the state
+    /// holds no invariant a panicking thread could break halfway).
     pub fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Gets this vCPU's attention after its state changed: wakes it when
-    /// halted, kicks it when in guest mode (unless a kick is outstanding).
-    fn notify(&self, s: &mut State) {
-        if s.halted {
-            s.halted = false;
-            bump(&self.metrics.wakeups);
-            self.cond.notify_all();
-        } else if s.in_guest && !s.kick_pending && s.alive {
-            if let Some(k) = &s.kick {
-                s.kick_pending = true;
-                bump(&self.metrics.kicks);
-                // SAFETY: `alive` is true under the lock the vCPU thread
-                // takes to clear it before it exits and drops its VcpuFd.
-                if let Err(e) = unsafe { k.kick() } {
-                    log::warn!("vCPU {}: {e}", self.index);
-                }
+    fn run_state(&self) -> RunState {
+        self.posted.run_state().get()
+    }
+
+    /// Kicks the vCPU out of KVM_RUN (it must be alive).
+    fn kick_locked(&self, s: &State) {
+        if !s.alive {
+            return;
+        }
+        if let Some(k) = &s.kick {
+            bump(&self.metrics.kicks);
+            // SAFETY: `alive` is true under the lock the vCPU thread takes
+            // to clear it before it exits and drops its VcpuFd.
+            if let Err(e) = unsafe { k.kick() } {
+                log::warn!("vCPU {}: {e}", self.index);
             }
         }
     }
 
-    /// Posts a fixed interrupt and notifies the vCPU.
-    pub fn post(&self, vector: u8) -> bool {
-        let mut s = self.lock();
-        if !s.apic.accept(vector) {
-            return false;
+    fn wake_locked(&self, s: &mut State) {
+        s.woken = true;
+        bump(&self.metrics.wakeups);
+        self.cond.notify_all();
+    }
+
+    /// Carries out what ipiv said after a post.
+    pub fn notify(&self, n: Notify) {
+        match n {
+            Notify::None => {}
+            Notify::Kick => self.kick_locked(&self.lock()),
+            Notify::Wake => self.wake_locked(&mut self.lock()),
         }
-        self.notify(&mut s);
-        true
+    }
+
+    /// After the APIC's IRR changed under the lock (timer, INIT-class
+    /// deliveries): kick or wake according to the run state.
+    fn notify_apic_locked(&self, s: &mut State) {
+        if s.apic.pending().is_none() {
+            return;
+        }
+        match self.run_state() {
+            RunState::InGuest => self.kick_locked(s),
+            RunState::Halted => self.wake_locked(s),
+            RunState::OutsideGuest => {}
+        }
+    }
+
+    /// Posts a fixed interrupt through the posted-interrupt descriptor.
+    pub fn post(&self, vector: u8) {
+        self.notify(self.posted.post(vector));
     }
 
     /// Asks for a guest TLB flush before the next entry. Returns whether
@@ -127,8 +153,8 @@ impl Vcpu {
         let mut s = self.lock();
         s.flush_pending = true;
         bump(&from.flush_requested);
-        if s.in_guest {
-            self.notify(&mut s);
+        if self.run_state() == RunState::InGuest {
+            self.kick_locked(&s);
             true
         } else {
             bump(&from.flush_deferred);
@@ -142,7 +168,7 @@ impl Vcpu {
         let start = Instant::now();
         let mut s = self.lock();
         s.flush_waiters += 1;
-        while s.flush_pending && s.in_guest && s.alive {
+        while s.flush_pending && s.alive && self.run_state() == RunState::InGuest {
             let left = timeout.saturating_sub(start.elapsed());
             if left.is_zero() {
                 s.flush_waiters -= 1;
@@ -153,7 +179,7 @@ impl Vcpu {
             }
             s = self
                 .cond
-                .wait_timeout(s, left)
+                .wait_timeout(s, left.min(HALT_SLICE))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
@@ -161,26 +187,25 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Fires the APIC timer if due; returns its next deadline.
-    pub fn timer_fire(&self, now: Instant) -> Option<Instant> {
+    /// Fires the APIC timer if due; returns its next deadline (APIC clock
+    /// nanoseconds).
+    pub fn timer_fire(&self) -> Option<u64> {
         let mut s = self.lock();
-        if s.apic.timer_tick(now) {
+        let poll = s.apic.poll_timer();
+        if poll.expired {
             bump(&self.metrics.timer_fires);
-            self.notify(&mut s);
+            self.notify_apic_locked(&mut s);
         }
-        s.apic.timer_deadline()
+        poll.next_deadline
     }
 
-    /// Wakes the vCPU so it notices a stop request.
+    /// Wakes or kicks the vCPU so it notices a stop request.
     pub fn stop(&self) {
         let mut s = self.lock();
-        s.halted = false;
+        s.woken = true;
         self.cond.notify_all();
-        if s.in_guest && s.alive {
-            if let Some(k) = &s.kick {
-                // SAFETY: as in `notify`.
-                let _ = unsafe { k.kick() };
-            }
+        if self.run_state() == RunState::InGuest {
+            self.kick_locked(&s);
         }
     }
 
@@ -188,11 +213,11 @@ impl Vcpu {
     pub fn describe(&self) -> String {
         let s = self.lock();
         format!(
-            "vCPU {}: halted={} in_guest={} irr_top={:?} exits={}",
+            "vCPU {}: {:?}, APIC pending {:?}, ISR top {:?}, exits {}",
             self.index,
-            s.halted,
-            s.in_guest,
-            s.apic.deliverable(),
+            self.run_state(),
+            s.apic.pending(),
+            s.apic.isr().highest(),
             self.metrics.exits.load(Ordering::Relaxed)
         )
     }
@@ -200,7 +225,7 @@ impl Vcpu {
 
 /// Owned facts of one exit, taken before the `kvm_run` borrow ends.
 enum Exit {
-    Io { port: u16, out: bool, value: u32 },
+    Io { port: u16, value: u32 },
     Hlt,
     Report(u32),
     Handled,
@@ -210,6 +235,13 @@ enum Exit {
 
 fn kvm_err(vcpu: u32, op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
     move |err| Error::VcpuKvm { vcpu, op, err }
+}
+
+/// Moves posted vectors into the APIC's IRR.
+fn deliver_posted(s: &mut State, pending: PendingVectors) {
+    for v in pending.iter() {
+        let _ = s.apic.deliver(&Interrupt::fixed(v));
+    }
 }
 
 /// The run loop of one vCPU thread.
@@ -238,8 +270,8 @@ impl<'a> Runner<'a> {
         let r = self.run_loop();
         let mut s = self.me.lock();
         s.alive = false;
-        s.in_guest = false;
         s.kick = None;
+        self.me.posted.run_state().set(RunState::OutsideGuest);
         self.me.cond.notify_all();
         r
     }
@@ -248,16 +280,7 @@ impl<'a> Runner<'a> {
         self.fd.get_regs().map(|r| r.rip).unwrap_or(0)
     }
 
-    fn fatal(&self, reason: String) -> Error {
-        Error::Guest {
-            vcpu: self.me.index,
-            reason,
-            rip: self.rip(),
-        }
-    }
-
     fn run_loop(&mut self) -> Result<(), Error> {
-        let idx = self.me.index;
         loop {
             if self.m.stopping() {
                 return Ok(());
@@ -269,34 +292,41 @@ impl<'a> Runner<'a> {
                 Exit::Handled => {}
                 Exit::Intr => {
                     bump(&self.me.metrics.exit_intr);
-                    self.fd.set_kvm_immediate_exit(0);
+                    if let Some(k) = &self.me.lock().kick {
+                        k.clear();
+                    }
                 }
                 Exit::Hlt => {
                     bump(&self.me.metrics.exit_hlt);
                     self.halt();
                 }
-                Exit::Io { port, out, value } => {
+                Exit::Io { port, value } => {
                     bump(&self.me.metrics.exit_io);
-                    if out {
-                        self.port_out(port, value)?;
-                    }
+                    self.port_out(port, value)?;
                 }
                 Exit::Report(code) => {
                     let regs = self.regs()?;
                     self.m.report(self.me.index, code, regs.rdi, regs.rsi);
                 }
-                Exit::Fatal(reason) => return Err(self.fatal(reason)),
+                Exit::Fatal(reason) => {
+                    return Err(Error::Guest {
+                        vcpu: self.me.index,
+                        reason,
+                        rip: self.rip(),
+                    });
+                }
             }
-            let _ = idx;
         }
     }
 
-    /// Flush, lazy EOI and interrupt injection before an entry.
+    /// Flush, posted vectors, interrupt injection and lazy EOI before an
+    /// entry; the run state becomes "in guest" under the vCPU's lock, so a
+    /// timer or flush request from now on kicks.
     fn prepare_entry(&mut self) -> Result<(), Error> {
         let idx = self.me.index;
         let mut s = self.me.lock();
         if s.flush_pending {
-            if self.m.flush == crate::vm::FlushMethod::Sregs {
+            if self.m.flush == FlushMethod::Sregs {
                 flush_guest_tlb(&self.fd).map_err(kvm_err(idx, "KVM_SET_SREGS (TLB flush)"))?;
             }
             s.flush_pending = false;
@@ -305,9 +335,15 @@ impl<'a> Runner<'a> {
                 self.me.cond.notify_all();
             }
         }
+        let posted = self
+            .me
+            .posted
+            .run_state()
+            .enter_guest(self.me.posted.descriptor());
+        deliver_posted(&mut s, posted);
         let run = self.fd.get_kvm_run();
         let can_inject = run.ready_for_interrupt_injection != 0 && run.if_flag != 0;
-        match s.apic.deliverable() {
+        match s.apic.pending() {
             Some(v) if can_inject => {
                 let irq = kvm_interrupt { irq: u32::from(v) };
                 // SAFETY: KVM_INTERRUPT reads one kvm_interrupt from the
@@ -324,27 +360,27 @@ impl<'a> Runner<'a> {
                 s.apic.acknowledge(v);
                 bump(&self.me.metrics.injections);
                 self.fd.get_kvm_run().request_interrupt_window =
-                    u8::from(s.apic.deliverable().is_some());
+                    u8::from(s.apic.pending().is_some());
             }
             Some(_) => self.fd.get_kvm_run().request_interrupt_window = 1,
             None => self.fd.get_kvm_run().request_interrupt_window = 0,
         }
         self.arm_lazy_eoi(&mut s);
-        s.in_guest = true;
         Ok(())
     }
 
-    /// Sets `apic_assist` bit 0 when the in-service interrupt may be
-    /// completed without an EOI write (DESIGN.md "Lazy EOI").
+    /// Sets `apic_assist` bit 0 when lapic says the in-service interrupt
+    /// may be completed without an EOI write (DESIGN.md "Lazy EOI").
     fn arm_lazy_eoi(&self, s: &mut State) {
-        let Some(page) = s.vp.assist_page() else {
-            return;
-        };
-        if !self.m.hyperv || !s.apic.lazy_eoi_allowed() || s.lazy_armed {
+        if !self.m.lazy_eoi {
             return;
         }
-        if self.m.mem.write_obj(1u32, GuestAddress(page)).is_ok() {
-            s.lazy_armed = true;
+        let Some(page) = s.vp.as_ref().and_then(|vp| vp.vp_assist_page()) else {
+            return;
+        };
+        if s.apic.arm_lazy_eoi() && self.m.mem.write_obj(1u32, GuestAddress(page)).is_err() {
+            // Not guest RAM: the guest cannot see the bit, so do not arm.
+            let _ = s.apic.complete_lazy_eoi(false);
         }
     }
 
@@ -352,17 +388,18 @@ impl<'a> Runner<'a> {
         let m = self.m;
         let me = self.me;
         let r = self.fd.run();
-        // Out of guest mode before the exit is handled, so that handlers
-        // (a self-IPI, a flush of oneself) see it so. `r` borrows the vCPU
-        // fd; this bookkeeping needs only shared state.
+        // Out of guest mode before the exit is handled, so that handlers (a
+        // self-IPI, a flush of oneself) see it so; then the lazy EOI, before
+        // anything else touches the APIC. `r` borrows the vCPU fd; this
+        // needs only shared state.
         {
+            let posted = me.posted.run_state().leave_guest(me.posted.descriptor());
             let mut s = me.lock();
-            s.in_guest = false;
-            s.kick_pending = false;
+            complete_lazy_eoi(m, me, &mut s);
+            deliver_posted(&mut s, posted);
             if s.flush_waiters > 0 {
                 me.cond.notify_all();
             }
-            sync_lazy_eoi(m, me, &mut s);
         }
         match r {
             Ok(VcpuExit::IoOut(port, data)) => {
@@ -371,27 +408,23 @@ impl<'a> Runner<'a> {
                 b[..n].copy_from_slice(&data[..n]);
                 Exit::Io {
                     port,
-                    out: true,
                     value: u32::from_le_bytes(b),
                 }
             }
             Ok(VcpuExit::IoIn(port, data)) => {
+                bump(&me.metrics.exit_io);
                 if !m.pio.read(u64::from(port), data) {
                     data.fill(0xFF);
                 }
-                Exit::Io {
-                    port,
-                    out: false,
-                    value: 0,
-                }
+                Exit::Handled
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 bump(&me.metrics.exit_mmio);
-                if (apic::XAPIC_BASE..apic::XAPIC_BASE + 0x1000).contains(&addr) {
-                    let reg = apic::X2APIC_MSR_FIRST + ((addr - apic::XAPIC_BASE) >> 4) as u32;
-                    let v = me.lock().apic.read(reg, Instant::now()).unwrap_or(0);
-                    let n = data.len().min(4);
-                    data[..n].copy_from_slice(&(v as u32).to_le_bytes()[..n]);
+                let s = me.lock();
+                let base = s.apic.mmio_base();
+                if s.apic.mode() == lapic::ApicMode::XApic && (base..base + 0x1000).contains(&addr)
+                {
+                    s.apic.read_mmio(addr - base, data);
                 } else if !m.mmio.read(addr, data) {
                     data.fill(0xFF);
                 }
@@ -399,22 +432,27 @@ impl<'a> Runner<'a> {
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 bump(&me.metrics.exit_mmio);
-                if (apic::XAPIC_BASE..apic::XAPIC_BASE + 0x1000).contains(&addr) {
-                    let mut b = [0u8; 4];
-                    let n = data.len().min(4);
-                    b[..n].copy_from_slice(&data[..n]);
-                    let reg = apic::X2APIC_MSR_FIRST + ((addr - apic::XAPIC_BASE) >> 4) as u32;
-                    // xAPIC ICR is written low half last; the destination
-                    // lives in ICR2 (offset 0x310) bits 31:24. This model
-                    // serves the x2APIC layout only, so ICR2 is ignored.
-                    let _ = apic_write(m, me, reg, u64::from(u32::from_le_bytes(b)));
-                } else if addr == abi::REPORT_MMIO {
+                if addr == abi::REPORT_MMIO {
                     let mut b = [0u8; 4];
                     let n = data.len().min(4);
                     b[..n].copy_from_slice(&data[..n]);
                     return Exit::Report(u32::from_le_bytes(b));
-                } else {
-                    m.mmio.write(addr, data);
+                }
+                let out = {
+                    let mut s = me.lock();
+                    let base = s.apic.mmio_base();
+                    (s.apic.mode() == lapic::ApicMode::XApic
+                        && (base..base + 0x1000).contains(&addr))
+                    .then(|| s.apic.write_mmio(addr - base, data))
+                };
+                match out {
+                    // An MMIO write has no #GP: a refused write is dropped.
+                    Some(o) => {
+                        let _ = apply_apic_outcome(m, me, o);
+                    }
+                    None => {
+                        m.mmio.write(addr, data);
+                    }
                 }
                 Exit::Handled
             }
@@ -428,7 +466,7 @@ impl<'a> Runner<'a> {
             }
             Ok(VcpuExit::X86Wrmsr(exit)) => {
                 bump(&me.metrics.exit_wrmsr);
-                if msr_write(m, me, exit.index, exit.data).is_none() {
+                if !msr_write(m, me, exit.index, exit.data) {
                     *exit.error = 1;
                 }
                 Exit::Handled
@@ -451,10 +489,11 @@ impl<'a> Runner<'a> {
                     3 => "delivery event failure",
                     _ => "internal error",
                 };
+                let n = (internal.ndata as usize).min(internal.data.len());
                 Exit::Fatal(format!(
                     "KVM_EXIT_INTERNAL_ERROR: {what} (suberror {}, data {:x?})",
                     internal.suberror,
-                    &internal.data[..(internal.ndata as usize).min(4)]
+                    &internal.data[..n]
                 ))
             }
             Ok(VcpuExit::FailEntry(reason, cpu)) => Exit::Fatal(format!(
@@ -471,19 +510,32 @@ impl<'a> Runner<'a> {
     }
 
     /// HLT in userspace: block until an interrupt is deliverable or the
-    /// machine stops.
+    /// machine stops. The "halted" run state is published with ipiv's
+    /// protocol, so posters know to wake this thread.
     fn halt(&self) {
-        let mut s = self.me.lock();
-        while !self.m.stopping() && s.apic.deliverable().is_none() {
-            s.halted = true;
-            s = self
-                .me
-                .cond
-                .wait_timeout(s, HALT_SLICE)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+        let me = self.me;
+        let desc = me.posted.descriptor();
+        let mut s = me.lock();
+        loop {
+            if self.m.stopping() || s.apic.pending().is_some() {
+                break;
+            }
+            s.woken = false;
+            if me.posted.run_state().prepare_halt(desc) == HaltCheck::Pending {
+                let posted = me.posted.run_state().leave_guest(desc);
+                deliver_posted(&mut s, posted);
+                continue;
+            }
+            while !s.woken && !self.m.stopping() {
+                s = me
+                    .cond
+                    .wait_timeout(s, HALT_SLICE)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            let posted = me.posted.run_state().leave_guest(desc);
+            deliver_posted(&mut s, posted);
         }
-        s.halted = false;
     }
 
     fn port_out(&mut self, port: u16, value: u32) -> Result<(), Error> {
@@ -514,19 +566,16 @@ impl<'a> Runner<'a> {
             .map_err(kvm_err(self.me.index, "KVM_GET_REGS"))
     }
 
-    /// The hypercall trap: CPL check, decode, execute, RAX.
+    /// The hypercall trap: CPL and enable checks, decode, execute, RAX.
     fn hypercall(&mut self) -> Result<(), Error> {
         let idx = self.me.index;
         let metrics = &self.me.metrics;
         bump(&metrics.hypercalls);
         let mut regs = self.regs()?;
         let sregs = self.fd.get_sregs().map_err(kvm_err(idx, "KVM_GET_SREGS"))?;
-        let enabled = self.m.hyperv && {
-            let p = self.m.partition();
-            p.guest_os_id != 0 && p.hypercall & 1 != 0
-        };
-        // KVM kvm_emulate_hypercall: a Hyper-V hypercall at CPL != 0, or
-        // while the hypercall page is off, raises #UD.
+        let enabled = self.m.hyperv && self.m.partition().hypercalls_enabled();
+        // KVM kvm_hv_hypercall: a Hyper-V hypercall at CPL != 0, or while
+        // the hypercall page is off, raises #UD.
         if sregs.ss.dpl != 0 || !enabled {
             bump(&metrics.hypercalls_ud);
             let mut ev = self
@@ -541,102 +590,93 @@ impl<'a> Runner<'a> {
                 .set_vcpu_events(&ev)
                 .map_err(kvm_err(idx, "KVM_SET_VCPU_EVENTS"));
         }
-        let mut xmm = [0u128; 6];
-        if regs.rcx & (1 << 16) != 0 {
+        let mut hregs = HypercallRegs {
+            rcx: regs.rcx,
+            rdx: regs.rdx,
+            r8: regs.r8,
+            ..Default::default()
+        };
+        if hregs.control().uses_xmm_input() {
             let fpu = self.fd.get_fpu().map_err(kvm_err(idx, "KVM_GET_FPU"))?;
-            for (d, s) in xmm.iter_mut().zip(fpu.xmm.iter()) {
+            for (d, s) in hregs
+                .xmm
+                .iter_mut()
+                .zip(fpu.xmm.iter().take(XMM_INPUT_REGS))
+            {
                 *d = u128::from_le_bytes(*s);
             }
         }
-        let input = hyperv::Input {
-            control: regs.rcx,
-            rdx: regs.rdx,
-            r8: regs.r8,
-            xmm: &xmm,
+        let result = match hypercall::decode(&hregs, &self.m.mem) {
+            Err(status) => HypercallResult::from(status),
+            Ok(call) => self.execute(&call)?,
         };
-        let result = match hyperv::decode(&input, &self.m.mem) {
-            Err(status) => hyperv::result(status, 0),
-            Ok(call) => self.execute(call)?,
-        };
-        if result & 0xFFFF == 0 {
-            bump(&metrics.hypercalls_ok);
-        } else {
-            bump(&metrics.hypercalls_failed);
-        }
-        regs.rax = result;
+        metrics.count_status(result.status.0);
+        regs.rax = result.encode();
         self.fd
             .set_regs(&regs)
             .map_err(kvm_err(idx, "KVM_SET_REGS"))
     }
 
-    fn targets(&self, t: &Targets) -> Vec<&'a Vcpu> {
-        match t {
-            Targets::All => self.m.vcpus.iter().collect(),
-            Targets::List(l) => l
-                .iter()
-                .filter_map(|&vp| self.m.vcpus.get(vp as usize))
-                .collect(),
-        }
-    }
-
-    fn execute(&self, call: Call) -> Result<u64, Error> {
+    fn execute(&self, call: &Hypercall) -> Result<HypercallResult, Error> {
         let metrics = &self.me.metrics;
+        let n = self.m.vcpus.len() as u32;
         match call {
-            Call::SendIpi { vector, targets } => {
+            Hypercall::SendIpi(ipi) => {
                 bump(&metrics.hc_send_ipi);
-                for t in self.targets(&targets) {
-                    if t.post(vector) {
+                for vp in ipi.targets.iter_present(n) {
+                    if let Some(t) = self.m.vcpus.get(vp as usize) {
+                        t.post(ipi.vector);
                         bump(&metrics.ipis_posted);
                     }
                 }
-                Ok(hyperv::result(hyperv::status::SUCCESS, 0))
             }
-            Call::Flush { targets, reps } => {
+            Hypercall::Flush(f) => {
                 bump(&metrics.hc_flush);
                 let mut wait = Vec::new();
-                for t in self.targets(&targets) {
-                    if t.request_flush(metrics) {
-                        wait.push(t);
+                for vp in f.targets.iter_present(n) {
+                    if let Some(t) = self.m.vcpus.get(vp as usize) {
+                        if t.request_flush(metrics) {
+                            wait.push(t);
+                        }
                     }
                 }
                 for t in wait {
                     t.wait_flushed(FLUSH_WAIT)?;
                 }
-                Ok(hyperv::result(hyperv::status::SUCCESS, reps))
             }
+            Hypercall::NotifyLongSpinWait { .. } => std::thread::yield_now(),
         }
+        Ok(call.completed())
     }
 }
 
-/// After an exit: if the guest cleared `apic_assist` bit 0, it skipped its
-/// EOI and the VMM performs it; otherwise the bit is withdrawn (it is
-/// re-evaluated before the next entry).
-fn sync_lazy_eoi(m: &Machine, me: &Vcpu, s: &mut State) {
-    if !s.lazy_armed {
+/// After an exit: if lazy EOI was armed, read and clear `apic_assist`
+/// bit 0 and let lapic complete the EOI the guest skipped.
+fn complete_lazy_eoi(m: &Machine, me: &Vcpu, s: &mut State) {
+    if !s.apic.lazy_eoi_armed() {
         return;
     }
-    s.lazy_armed = false;
-    let Some(page) = s.vp.assist_page() else {
-        return;
-    };
-    let Ok(v) = m.mem.read_obj::<u32>(GuestAddress(page)) else {
-        return;
-    };
-    if v & 1 == 0 {
-        if s.apic.eoi().is_some() {
-            bump(&me.metrics.eoi_lazy);
+    let page = s.vp.as_ref().and_then(|vp| vp.vp_assist_page());
+    let cleared = match page.map(|p| (p, m.mem.read_obj::<u32>(GuestAddress(p)))) {
+        Some((p, Ok(v))) => {
+            if v & 1 != 0 {
+                let _ = m.mem.write_obj(v & !1, GuestAddress(p));
+            }
+            v & 1 == 0
         }
-    } else {
-        let _ = m.mem.write_obj(v & !1, GuestAddress(page));
+        _ => false,
+    };
+    if s.apic.complete_lazy_eoi(cleared).is_some() {
+        bump(&me.metrics.eoi_lazy);
     }
 }
 
 /// Flushes the vCPU's guest TLB: KVM_SET_SREGS with CR4.PGE toggled and
 /// then restored. Each CR4 change makes KVM reset the vCPU's MMU context
 /// and request a guest TLB flush (x86.c `__set_sregs_common`:
-/// `mmu_reset_needed` -> `kvm_mmu_reset_context`), which also drops shadow
-/// translations on shadow-paging hosts. Must run on the vCPU's own thread
-/// while it is outside KVM_RUN.
+/// `mmu_reset_needed` -> `kvm_mmu_reset_context`), which also resyncs
+/// shadow page tables on shadow-paging hosts. Must run on the vCPU's own
+/// thread while it is outside KVM_RUN.
 pub fn flush_guest_tlb(fd: &VcpuFd) -> Result<(), kvm_ioctls::Error> {
     let sregs = fd.get_sregs()?;
     let mut toggled = sregs;
@@ -645,123 +685,145 @@ pub fn flush_guest_tlb(fd: &VcpuFd) -> Result<(), kvm_ioctls::Error> {
     fd.set_sregs(&sregs)
 }
 
-fn msr_class(index: u32) -> u8 {
-    if (hv_enlightenments::msr::HV_X64_MSR_RANGE_START
-        ..hv_enlightenments::msr::HV_X64_MSR_RANGE_END)
-        .contains(&index)
+/// Which counter an MSR exit goes to.
+fn count_msr(me: &Vcpu, index: u32) {
+    if hvmsr::scope(index).is_some()
+        || (hvmsr::HV_X64_MSR_RANGE_START..hvmsr::HV_X64_MSR_RANGE_END).contains(&index)
     {
-        0
-    } else if (apic::X2APIC_MSR_FIRST..=apic::X2APIC_MSR_LAST).contains(&index) {
-        1
+        bump(&me.metrics.msr_synthetic);
+    } else if lapic::handles_msr(index) {
+        bump(&me.metrics.msr_x2apic);
     } else {
-        2
+        bump(&me.metrics.msr_other);
     }
 }
 
+/// RDMSR from the guest. `None`: #GP.
 fn msr_read(m: &Machine, me: &Vcpu, index: u32) -> Option<u64> {
-    match msr_class(index) {
-        0 => {
-            bump(&me.metrics.msr_synthetic);
-            if !m.hyperv {
-                return None;
-            }
-            let p = m.partition();
-            if let Some(v) = me.lock().vp.read(&p, index) {
-                return Some(v);
-            }
-            match index {
-                hv_enlightenments::msr::HV_X64_MSR_TPR => {
-                    me.lock().apic.read(0x808, Instant::now()).ok()
-                }
-                _ => None,
-            }
-        }
-        1 => {
-            bump(&me.metrics.msr_x2apic);
-            me.lock().apic.read(index, Instant::now()).ok()
+    count_msr(me, index);
+    let s = me.lock();
+    let outcome = match (hvmsr::scope(index), &s.vp) {
+        (Some(MsrScope::Partition), Some(_)) => m.partition().read(index, &|| m.reference_time()),
+        (Some(MsrScope::Vp), Some(vp)) => vp.read(index),
+        _ if lapic::handles_msr(index) => {
+            return match s.apic.read_msr(index) {
+                lapic::MsrRead::Value(v) => Some(v),
+                lapic::MsrRead::Gp => None,
+            };
         }
         _ => {
-            bump(&me.metrics.msr_other);
             log::debug!("vCPU {}: rdmsr {index:#x} -> #GP", me.index);
-            None
+            return None;
+        }
+    };
+    match outcome {
+        MsrOutcome::Value(v) => Some(v),
+        MsrOutcome::Apic(_) => match s.apic.read_msr(index) {
+            lapic::MsrRead::Value(v) => Some(v),
+            lapic::MsrRead::Gp => None,
+        },
+        MsrOutcome::Done | MsrOutcome::Action(_) => Some(0),
+        MsrOutcome::InjectGp => None,
+    }
+}
+
+/// WRMSR from the guest. `false`: #GP.
+fn msr_write(m: &Machine, me: &Vcpu, index: u32, value: u64) -> bool {
+    count_msr(me, index);
+    let outcome = {
+        let mut s = me.lock();
+        match hvmsr::scope(index) {
+            Some(MsrScope::Partition) if s.vp.is_some() => m.partition().write(index, value),
+            Some(MsrScope::Vp) => match s.vp.as_mut() {
+                Some(vp) => vp.write(index, value),
+                None => MsrOutcome::InjectGp,
+            },
+            _ if lapic::handles_msr(index) => {
+                let o = s.apic.write_msr(index, value);
+                drop(s);
+                return apply_apic_outcome(m, me, o);
+            }
+            _ => {
+                log::debug!("vCPU {}: wrmsr {index:#x} <- {value:#x} -> #GP", me.index);
+                MsrOutcome::InjectGp
+            }
+        }
+    };
+    match outcome {
+        MsrOutcome::Done | MsrOutcome::Value(_) => true,
+        MsrOutcome::InjectGp => false,
+        MsrOutcome::Apic(_) => {
+            // EOI/ICR/TPR aliases: lapic serves them under their own index.
+            let o = me.lock().apic.write_msr(index, value);
+            apply_apic_outcome(m, me, o)
+        }
+        MsrOutcome::Action(a) => {
+            apply_msr_action(m, me, a);
+            true
         }
     }
 }
 
-fn msr_write(m: &Machine, me: &Vcpu, index: u32, value: u64) -> Option<()> {
-    match msr_class(index) {
-        0 => {
-            bump(&me.metrics.msr_synthetic);
-            if !m.hyperv {
-                return None;
-            }
-            let effect = {
-                let mut p = m.partition();
-                me.lock().vp.write(&mut p, index, value)?
-            };
-            match effect {
-                MsrEffect::None | MsrEffect::AssistPage => Some(()),
-                MsrEffect::WriteHypercallPage(gpa) => {
-                    m.write_hypercall_page(gpa);
-                    Some(())
-                }
-                MsrEffect::Apic(reg, v) => apic_write(m, me, reg, v),
-            }
+fn apply_msr_action(m: &Machine, me: &Vcpu, a: MsrAction) {
+    let zero_page = |gpa: u64| {
+        if m.mem.write_slice(&[0u8; 4096], GuestAddress(gpa)).is_err() {
+            log::warn!("vCPU {}: page {gpa:#x} is not guest RAM", me.index);
         }
-        1 => {
-            bump(&me.metrics.msr_x2apic);
-            apic_write(m, me, index, value)
+    };
+    match a {
+        MsrAction::WriteHypercallPage { gpa } => m.write_hypercall_page(gpa),
+        MsrAction::VpAssistPage { gpa: Some(gpa) } => {
+            // Zero `apic_assist` (offset 0), as KVM does on enable.
+            let _ = m.mem.write_obj(0u32, GuestAddress(gpa));
         }
-        _ => {
-            bump(&me.metrics.msr_other);
-            log::debug!("vCPU {}: wrmsr {index:#x} <- {value:#x} -> #GP", me.index);
-            None
+        MsrAction::SynicMessagePage { gpa: Some(gpa) }
+        | MsrAction::SynicEventFlagsPage { gpa: Some(gpa) } => zero_page(gpa),
+        MsrAction::AutoEoiChanged { old, new } => {
+            log::debug!("vCPU {}: AutoEOI use {old} -> {new}", me.index)
         }
+        other => log::debug!("vCPU {}: MSR action {other:?}", me.index),
     }
 }
 
-/// Applies an x2APIC register write and its effect. `None`: #GP.
-fn apic_write(m: &Machine, me: &Vcpu, reg: u32, value: u64) -> Option<()> {
-    let now = Instant::now();
-    let effect = me.lock().apic.write(reg, value, now).ok()?;
-    match effect {
-        Effect::None => {}
-        Effect::Eoi(_) => bump(&me.metrics.eoi_msr),
-        Effect::TimerChanged => {
-            if let Some(d) = me.lock().apic.timer_deadline() {
-                m.timers.arm(me.index as usize, d);
-            }
-        }
-        Effect::Ipi {
-            vector,
-            dest,
-            shorthand,
-        } => {
-            // Fixed delivery, physical destination (delivery mode bits are
-            // not modelled: INIT/SIPI/NMI are not used by the built-in
-            // guests).
-            let mut send = |t: &Vcpu| {
-                if t.post(vector) {
-                    bump(&me.metrics.ipis_posted);
-                }
-            };
-            match shorthand {
-                Shorthand::None => {
-                    if dest == u32::MAX {
-                        m.vcpus.iter().for_each(&mut send);
-                    } else if let Some(t) = m.vcpus.get(dest as usize) {
-                        send(t);
+/// Applies what lapic asked for after a register write. `false`: #GP.
+pub fn apply_apic_outcome(m: &Machine, me: &Vcpu, o: Outcome) -> bool {
+    match o {
+        Outcome::Done => true,
+        Outcome::Gp => false,
+        Outcome::Effect(e) => {
+            match e {
+                Effect::SendIpi(ipi) => {
+                    let mut targets = VcpuSet::new();
+                    m.topology()
+                        .resolve_ipi(me.index as usize, &ipi, &mut targets);
+                    let irq = ipi.interrupt();
+                    let fixed = matches!(
+                        irq.delivery_mode,
+                        DeliveryMode::Fixed | DeliveryMode::LowestPriority
+                    ) && irq.vector >= FIRST_LEGAL_VECTOR;
+                    for t in targets.iter() {
+                        let Some(tv) = m.vcpus.get(t) else { continue };
+                        bump(&me.metrics.ipis_posted);
+                        if fixed {
+                            tv.post(irq.vector);
+                        } else {
+                            let mut s = tv.lock();
+                            let _ = s.apic.deliver(&irq);
+                            tv.notify_apic_locked(&mut s);
+                        }
                     }
                 }
-                Shorthand::SelfOnly => send(me),
-                Shorthand::All => m.vcpus.iter().for_each(&mut send),
-                Shorthand::AllButSelf => m
-                    .vcpus
-                    .iter()
-                    .filter(|t| t.index != me.index)
-                    .for_each(&mut send),
+                Effect::SelfDelivered(_) => {}
+                Effect::Eoi(_) => bump(&me.metrics.eoi_msr),
+                Effect::Timer(Some(deadline)) => m.timers.arm(me.index as usize, deadline),
+                Effect::Timer(None) => {}
+                Effect::Topology(id) => {
+                    if let Err(e) = m.topology_mut().update(me.index as usize, id) {
+                        log::warn!("vCPU {}: topology update: {e}", me.index);
+                    }
+                }
             }
+            true
         }
     }
-    Some(())
 }

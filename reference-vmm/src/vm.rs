@@ -3,7 +3,7 @@
 //! for.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{
@@ -19,16 +19,62 @@ use crate::devices::Bus;
 use crate::error::Error;
 use crate::guest::abi::{self, percpu as pc};
 use crate::guest::kernel;
-use crate::hyperv::{self, Partition};
 use crate::kick;
 use crate::layout;
 use crate::metrics::VmMetrics;
 use crate::timer::Timers;
 use crate::vcpu::{Runner, Vcpu};
+use hv_enlightenments::accel::IrqchipMode;
+use hv_enlightenments::cpuid::{CpuidBuilder, CpuidPlan, Enlightenments};
+use hv_enlightenments::msr::{Partition, PartitionConfig, Vp};
+use lapic::{Clock, LocalApic, Topology};
 
 /// IA32_TSC_DEADLINE: filtered in the userspace-irqchip mode so that a
-/// guest write exits instead of reaching KVM (which has no LAPIC here).
+/// guest access exits to the userspace APIC instead of reaching KVM.
 pub const MSR_TSC_DEADLINE: u32 = 0x6E0;
+/// IA32_APIC_BASE: filtered likewise (KVM would answer it itself).
+pub const MSR_APIC_BASE: u32 = 0x1B;
+
+/// The enlightenments this VMM serves in the userspace-irqchip mode.
+pub fn served_enlightenments() -> Enlightenments {
+    Enlightenments::APIC_ACCESS
+        | Enlightenments::PV_TLB_FLUSH
+        | Enlightenments::PV_IPI
+        | Enlightenments::XMM_HYPERCALL_INPUT
+        | Enlightenments::RELAXED_TIMING
+        | Enlightenments::TIME_REF_COUNT
+}
+
+/// The Hyper-V CPUID plan for `vcpus` vCPUs on this host.
+pub fn cpuid_plan(vcpus: u32, irqchip: IrqchipMode) -> Result<CpuidPlan, Error> {
+    let probe = ipiv::HostProbe::run();
+    CpuidBuilder::new(vcpus)
+        .enlightenments(served_enlightenments())
+        .irqchip(irqchip)
+        .host(probe.accel)
+        .force_x2apic(true)
+        .build()
+        .map_err(|e| Error::Memory(format!("Hyper-V CPUID policy: {e}")))
+}
+
+/// Host monotonic time for the APICs, from VM creation.
+#[derive(Debug)]
+pub struct HostClock {
+    start: Instant,
+    tsc_khz: u64,
+}
+
+impl Clock for HostClock {
+    fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    /// The guest TSC starts near 0 when the vCPUs are created (KVM
+    /// synchronizes new vCPUs' TSCs to 0), which is close to `start`.
+    fn tsc_to_ns(&self, tsc: u64) -> u64 {
+        ((u128::from(tsc) * 1_000_000) / u128::from(self.tsc_khz.max(1))) as u64
+    }
+}
 /// Stack size of a vCPU thread.
 const VCPU_STACK: usize = 256 * 1024;
 
@@ -108,6 +154,10 @@ pub struct Machine {
     pub vcpus: Vec<Vcpu>,
     /// Whether the Hyper-V enlightenments are on.
     pub hyperv: bool,
+    /// Whether lazy EOI is offered (APIC_ACCESS_RECOMMENDED published).
+    pub lazy_eoi: bool,
+    /// The APICs' clock.
+    pub clock: Arc<HostClock>,
     /// How TLB flushes are done.
     pub flush: FlushMethod,
     /// Port I/O devices.
@@ -117,6 +167,7 @@ pub struct Machine {
     /// APIC timers.
     pub timers: Timers,
     partition: Mutex<Partition>,
+    topology: RwLock<Topology>,
     stub: Vec<u8>,
     stop: AtomicBool,
     end: Mutex<Option<Result<u64, Error>>>,
@@ -133,6 +184,21 @@ impl Machine {
     /// The partition-wide Hyper-V state.
     pub fn partition(&self) -> MutexGuard<'_, Partition> {
         self.partition.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The APIC topology (destination resolution).
+    pub fn topology(&self) -> RwLockReadGuard<'_, Topology> {
+        self.topology.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The APIC topology, for updates.
+    pub fn topology_mut(&self) -> RwLockWriteGuard<'_, Topology> {
+        self.topology.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The partition reference time (100 ns units since VM creation).
+    pub fn reference_time(&self) -> u64 {
+        self.clock.now_ns() / 100
     }
 
     /// Fills the guest's hypercall page with the trapping stub (ignored
@@ -170,11 +236,22 @@ impl Machine {
     pub fn report(&self, vcpu: u32, code: u32, rdi: u64, rsi: u64) {
         match code {
             abi::REPORT_DONE if rdi == 0 => self.finish(Ok(rsi)),
-            abi::REPORT_DONE => self.finish(Err(Error::ScenarioFailed {
-                vcpu,
-                code: rdi,
-                detail: rsi,
-            })),
+            abi::REPORT_DONE => {
+                let last_value = {
+                    let k = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+                    k.values
+                        .iter()
+                        .rev()
+                        .find(|v| v.0 == vcpu)
+                        .map(|v| (v.1, v.2))
+                };
+                self.finish(Err(Error::ScenarioFailed {
+                    vcpu,
+                    code: rdi,
+                    detail: rsi,
+                    last_value,
+                }))
+            }
             abi::REPORT_MARK_START => {
                 let m = self.metrics();
                 let mut k = self.marks.lock().unwrap_or_else(|e| e.into_inner());
@@ -267,12 +344,13 @@ impl Vm {
         mem.write_obj(u64::from(config.vcpus), GuestAddress(abi::shared::VCPUS))
             .map_err(mem_err)?;
 
-        let hv_leaves = if config.hyperv {
-            hyperv::cpuid_leaves(config.vcpus)
-        } else {
-            Vec::new()
-        };
-        let base_cpuid = cpuid::base_table(&kvm, &hv_leaves)?;
+        let plan = cpuid_plan(config.vcpus, IrqchipMode::User)?;
+        let mut base_cpuid = cpuid::base_table(&kvm)?;
+        if config.hyperv {
+            plan.cpuid.apply_to_kvm_entries(&mut base_cpuid);
+        }
+        let table = ipiv::PidTable::new(config.vcpus - 1)
+            .map_err(|e| Error::Memory(format!("PID table: {e}")))?;
         let io_ports = [abi::HYPERCALL_PORT];
         let mut vcpu_fds = Vec::with_capacity(config.vcpus as usize);
         for i in 0..config.vcpus {
@@ -304,15 +382,47 @@ impl Vm {
             vcpu_fds.push(vfd);
         }
 
+        let tsc_khz = vcpu_fds
+            .first()
+            .and_then(|v| v.get_tsc_khz().ok())
+            .map_or(1_000_000, u64::from);
+        let clock = Arc::new(HostClock {
+            start: Instant::now(),
+            tsc_khz,
+        });
+        let mut topology = Topology::new();
+        let mut vcpus = Vec::with_capacity(config.vcpus as usize);
+        for i in 0..config.vcpus {
+            let apic = LocalApic::new(lapic::Config::new(i), clock.clone())
+                .map_err(|e| Error::Memory(format!("vCPU {i} local APIC: {e}")))?;
+            topology
+                .add(i as usize, apic.identity())
+                .map_err(|e| Error::Memory(format!("vCPU {i} APIC topology: {e}")))?;
+            let vp = if config.hyperv {
+                Some(
+                    Vp::new(i, plan.privileges())
+                        .map_err(|e| Error::Memory(format!("vCPU {i} VP state: {e}")))?,
+                )
+            } else {
+                None
+            };
+            let posted = table
+                .register(i)
+                .map_err(|e| Error::Memory(format!("vCPU {i} PID entry: {e}")))?;
+            vcpus.push(Vcpu::new(i, apic, vp, posted));
+        }
         let machine = Arc::new(Machine {
             mem,
-            vcpus: (0..config.vcpus).map(Vcpu::new).collect(),
+            vcpus,
             hyperv: config.hyperv,
+            lazy_eoi: config.hyperv && plan.lazy_eoi(),
+            clock,
             flush: config.flush,
             pio: Bus::default(),
             mmio: Bus::default(),
             timers: Timers::default(),
-            partition: Mutex::new(Partition::default()),
+            partition: Mutex::new(Partition::new(PartitionConfig::from(&plan))),
+            topology: RwLock::new(topology),
             stub: kernel::hypercall_stub()?,
             stop: AtomicBool::new(false),
             end: Mutex::new(None),
@@ -358,7 +468,8 @@ impl Vm {
                 let tm = &timer_m;
                 tm.timers.run(
                     || tm.stopping(),
-                    |i, now| tm.vcpus.get(i).and_then(|v| v.timer_fire(now)),
+                    || tm.clock.now_ns(),
+                    |i| tm.vcpus.get(i).and_then(|v| v.timer_fire()),
                 )
             })
             .map_err(|err| Error::Thread {
@@ -457,8 +568,8 @@ impl Vm {
 }
 
 /// Userspace MSR exits for invalid, unknown and filtered MSRs, and a filter
-/// that denies the Hyper-V synthetic range and IA32_TSC_DEADLINE so that
-/// they exit to the VMM.
+/// that denies the Hyper-V synthetic range, IA32_TSC_DEADLINE and
+/// IA32_APIC_BASE so that they exit to the VMM.
 fn enable_user_msrs(fd: &VmFd) -> Result<(), Error> {
     let cap = kvm_enable_cap {
         cap: KVM_CAP_X86_USER_SPACE_MSR,
@@ -482,6 +593,8 @@ fn enable_user_msrs(fd: &VmFd) -> Result<(), Error> {
     let deny = vec![0u8; count.div_ceil(8) as usize];
     let deny_one = [0u8; 1];
     let rw = MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE;
+    // The x2APIC range needs no filter: without an in-kernel APIC KVM
+    // answers those MSRs with a userspace exit (reason INVAL).
     fd.set_msr_filter(
         MsrFilterDefaultAction::ALLOW,
         &[
@@ -494,6 +607,12 @@ fn enable_user_msrs(fd: &VmFd) -> Result<(), Error> {
             MsrFilterRange {
                 flags: rw,
                 base: MSR_TSC_DEADLINE,
+                msr_count: 1,
+                bitmap: &deny_one,
+            },
+            MsrFilterRange {
+                flags: rw,
+                base: MSR_APIC_BASE,
                 msr_count: 1,
                 bitmap: &deny_one,
             },

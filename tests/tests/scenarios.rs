@@ -32,7 +32,13 @@ fn all_at(vcpus: u32) {
         match s {
             Scenario::Broadcast(IpiMode::PvFast | IpiMode::PvEx) if vcpus > 1 => {
                 assert_eq!(f.sender_exits_per_op, 1.0, "{}: {f:?}", s.name());
-                assert_eq!(t.eoi_msr, 0, "{}: lazy EOI on the targets", s.name());
+                // Targets complete lazily, except when an exit (a kick
+                // racing with the entry) withdrew the bit first.
+                assert!(
+                    t.eoi_msr * 10 <= t.eoi_lazy,
+                    "{}: lazy EOI on the targets: {t:?}",
+                    s.name()
+                );
             }
             Scenario::Broadcast(IpiMode::Native) if vcpus > 1 => {
                 assert!(

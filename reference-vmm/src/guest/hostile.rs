@@ -11,9 +11,9 @@ use super::asm::{Error, assemble};
 use super::kernel::HV_FAST;
 use super::scenarios::failure;
 use super::user::*;
-use crate::hyperv::{code, status};
 use crate::layout::{HYPERCALL_PAGE, USER_CODE};
 use crate::vm::Program;
+use hv_enlightenments::hypercall::{CallCode, HvStatus};
 
 /// Input pages of the cases (inside the user code area, after the code).
 pub const INPUT_BASE: u64 = USER_CODE + 0x2000;
@@ -82,15 +82,15 @@ fn hc_mem(control: u64, offset: u64, input: Vec<u64>) -> Action {
     }
 }
 
-fn st(s: u16) -> u64 {
-    u64::from(s)
+fn st(s: HvStatus) -> u64 {
+    u64::from(s.0)
 }
 
 /// The cases, in order. They run on vCPU 0, whose VP index is 0.
 pub fn cases() -> Vec<Case> {
-    let ipi = u64::from(code::SEND_IPI);
-    let ipi_ex = u64::from(code::SEND_IPI_EX);
-    let list = u64::from(code::FLUSH_LIST);
+    let ipi = u64::from(CallCode::SEND_SYNTHETIC_CLUSTER_IPI.0);
+    let ipi_ex = u64::from(CallCode::SEND_SYNTHETIC_CLUSTER_IPI_EX.0);
+    let list = u64::from(CallCode::FLUSH_VIRTUAL_ADDRESS_LIST.0);
     let v = u64::from(abi::VEC_WAKE);
     let rep = |n: u64| n << 32;
     let rep_start = |n: u64| n << 48;
@@ -99,72 +99,74 @@ pub fn cases() -> Vec<Case> {
         Case {
             name: "valid fast IPI to self",
             action: hc(ipi | HV_FAST, v, 1),
-            expect: st(status::SUCCESS),
+            expect: st(HvStatus::SUCCESS),
         },
         Case {
             name: "reserved control bit 27",
             action: hc(ipi | HV_FAST | (1 << 27), v, 1),
-            expect: st(status::INVALID_HYPERCALL_INPUT),
+            expect: st(HvStatus::INVALID_HYPERCALL_INPUT),
         },
         Case {
             name: "reserved control bit 63",
             action: hc(ipi | HV_FAST | (1 << 63), v, 1),
-            expect: st(status::INVALID_HYPERCALL_INPUT),
+            expect: st(HvStatus::INVALID_HYPERCALL_INPUT),
         },
         Case {
             name: "unknown call code",
             action: hc(0x99 | HV_FAST, 0, 0),
-            expect: st(status::INVALID_HYPERCALL_CODE),
+            expect: st(HvStatus::INVALID_HYPERCALL_CODE),
         },
         Case {
             name: "rep count on a simple call",
             action: hc(ipi | HV_FAST | rep(1), v, 1),
-            expect: st(status::INVALID_HYPERCALL_INPUT),
+            expect: st(HvStatus::INVALID_HYPERCALL_INPUT),
         },
         Case {
             name: "rep call with rep count 0",
             action: hc_mem(list, 0, vec![0, 0, 1, 0]),
-            expect: st(status::INVALID_HYPERCALL_INPUT),
+            expect: st(HvStatus::INVALID_HYPERCALL_INPUT),
         },
         Case {
             name: "rep start beyond 0",
             action: hc_mem(list | rep(2) | rep_start(1), 0, vec![0, 0, 1, 0, 0]),
-            expect: st(status::INVALID_HYPERCALL_INPUT),
+            expect: st(HvStatus::INVALID_HYPERCALL_INPUT),
         },
         Case {
             name: "Ex bank count != popcount(mask)",
             action: hc_mem(ipi_ex | var(2), 0, vec![v, 0, 1, 1]),
-            expect: st(status::INVALID_HYPERCALL_INPUT),
+            expect: st(HvStatus::INVALID_HYPERCALL_INPUT),
         },
         Case {
             name: "misaligned input GPA",
             action: hc_mem(ipi, 4, vec![0, 0, 0]),
-            expect: st(status::INVALID_ALIGNMENT),
+            expect: st(HvStatus::INVALID_ALIGNMENT),
         },
+        // hv-enlightenments checks "fits in one page" before alignment and
+        // answers INVALID_HYPERCALL_INPUT, as openvmm's hv1_hypercall does.
         Case {
             name: "input straddling a page",
             action: hc_mem(ipi, 0xFF8, vec![]),
-            expect: st(status::INVALID_ALIGNMENT),
+            expect: st(HvStatus::INVALID_HYPERCALL_INPUT),
         },
         Case {
             name: "input GPA outside guest memory",
             action: hc(ipi, NOT_RAM, 0),
-            expect: st(status::INVALID_HYPERCALL_INPUT),
+            expect: st(HvStatus::INVALID_HYPERCALL_INPUT),
         },
         Case {
             name: "VP index out of range (fast mask)",
             action: hc(ipi | HV_FAST, v, 1 << 63),
-            expect: st(status::SUCCESS),
+            expect: st(HvStatus::SUCCESS),
         },
         Case {
             name: "VP index out of range (Ex bank 63)",
             action: hc_mem(ipi_ex | var(1), 0, vec![v, 0, 1 << 63, u64::MAX]),
-            expect: st(status::SUCCESS),
+            expect: st(HvStatus::SUCCESS),
         },
         Case {
             name: "vector below 16",
             action: hc(ipi | HV_FAST, 15, 1),
-            expect: st(status::INVALID_HYPERCALL_INPUT),
+            expect: st(HvStatus::INVALID_HYPERCALL_INPUT),
         },
         Case {
             name: "hypercall at CPL3",
@@ -192,8 +194,8 @@ pub fn cases() -> Vec<Case> {
             expect: GP,
         },
         Case {
-            name: "MSR without privilege: TIME_REF_COUNT",
-            action: Action::Rdmsr(HV_X64_MSR_TIME_REF_COUNT),
+            name: "MSR without privilege: REFERENCE_TSC",
+            action: Action::Rdmsr(HV_X64_MSR_REFERENCE_TSC),
             expect: GP,
         },
         Case {
@@ -239,7 +241,7 @@ pub fn cases() -> Vec<Case> {
         Case {
             name: "valid fast IPI after re-enable",
             action: hc(ipi | HV_FAST, v, 1),
-            expect: st(status::SUCCESS),
+            expect: st(HvStatus::SUCCESS),
         },
     ]
 }
@@ -284,7 +286,10 @@ pub fn program() -> Result<Program, Error> {
                 a.lea(rax, ptr(after))?;
                 a.mov(pcpu(pc::FIXUP), rax)?;
                 a.mov(r15, rsp)?;
-                a.mov(rcx, u64::from(code::SEND_IPI) | HV_FAST)?;
+                a.mov(
+                    rcx,
+                    u64::from(CallCode::SEND_SYNTHETIC_CLUSTER_IPI.0) | HV_FAST,
+                )?;
                 a.mov(edx, u32::from(abi::VEC_WAKE))?;
                 a.mov(r8d, 1)?;
                 a.mov(rax, HYPERCALL_PAGE)?;

@@ -14,6 +14,14 @@ use super::abi::{self, percpu as pc, shared};
 use super::asm::{Assembled, Error, assemble};
 use crate::layout::{HYPERCALL_PAGE, KERNEL_CODE, TLB_TEST_VA, USER_CODE};
 
+/// IA32_APIC_BASE.
+pub const MSR_APIC_BASE: u32 = 0x1B;
+/// IA32_APIC_BASE global enable.
+const APIC_BASE_EN: u32 = 1 << 11;
+/// IA32_APIC_BASE x2APIC mode.
+const APIC_BASE_EXTD: u32 = 1 << 10;
+/// x2APIC spurious-interrupt vector register (bit 8: software enable).
+pub const X2APIC_SVR: u32 = 0x80F;
 /// x2APIC EOI register.
 pub const X2APIC_EOI: u32 = 0x80B;
 /// x2APIC ICR.
@@ -61,6 +69,15 @@ pub fn build() -> Result<Kernel, Error> {
     // ---- entry: RDI = vCPU index, GS base = this vCPU's variables.
     a.set_label(&mut entry)?;
     a.mov(gs(pc::CPU), rdi)?;
+    // x2APIC on (IA32_APIC_BASE EN | EXTD), then software-enable it (SVR).
+    a.mov(ecx, MSR_APIC_BASE)?;
+    a.rdmsr()?;
+    a.or(eax, APIC_BASE_EN | APIC_BASE_EXTD)?;
+    a.wrmsr()?;
+    a.mov(ecx, X2APIC_SVR)?;
+    a.mov(eax, 0x1FF)?;
+    a.xor(edx, edx)?;
+    a.wrmsr()?;
     let mut nohv = a.create_label();
     a.cmp(qword_ptr(shared::HV_ENABLED), 0)?;
     a.je(nohv)?;

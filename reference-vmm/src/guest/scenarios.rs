@@ -10,12 +10,12 @@ use super::asm::{Error, assemble};
 use super::kernel::{HV_FAST, HVCALL_SEND_IPI, X2APIC_ICR};
 use super::user::*;
 use crate::boot::{PTE_P, PTE_U, PTE_W};
-use crate::hyperv::code;
 use crate::layout::{
     PERCPU_BASE, PERCPU_SIZE, PERCPU_VARS, PT_TEST, TLB_PAGE_A, TLB_PAGE_B, TLB_TEST_VA, USER_CODE,
     percpu,
 };
 use crate::vm::Program;
+use hv_enlightenments::hypercall::CallCode;
 
 /// Failure codes reported by scenarios.
 pub mod failure {
@@ -209,7 +209,7 @@ fn send_broadcast(
             data.extend(words_at(shared::HC_INPUT, &w));
             a.mov(
                 rdi,
-                u64::from(code::SEND_IPI_EX) | ((banks.len() as u64) << 17),
+                u64::from(CallCode::SEND_SYNTHETIC_CLUSTER_IPI_EX.0) | ((banks.len() as u64) << 17),
             )?;
             a.mov(rsi, shared::HC_INPUT)?;
             a.xor(edx, edx)?;
@@ -426,7 +426,7 @@ pub fn tlb_shootdown(
                 let (ctl, words) = if vcpus <= 64 {
                     let mask = others.iter().fold(0u64, |m, &t| m | (1 << t));
                     (
-                        u64::from(code::FLUSH_LIST) | (1 << 32),
+                        u64::from(CallCode::FLUSH_VIRTUAL_ADDRESS_LIST.0) | (1 << 32),
                         vec![0, 0, mask, gva],
                     )
                 } else {
@@ -435,7 +435,9 @@ pub fn tlb_shootdown(
                     w.extend(&banks);
                     w.push(gva);
                     (
-                        u64::from(code::FLUSH_LIST_EX) | ((banks.len() as u64) << 17) | (1 << 32),
+                        u64::from(CallCode::FLUSH_VIRTUAL_ADDRESS_LIST_EX.0)
+                            | ((banks.len() as u64) << 17)
+                            | (1 << 32),
                         w,
                     )
                 };
