@@ -26,11 +26,13 @@ pub enum Scenario {
     Cpl3Loop,
     /// Null system calls (CPL3 -> CPL0 -> CPL3).
     SyscallLoop,
+    /// Bare MMIO exits from CPL3.
+    MmioExitLoop,
 }
 
 impl Scenario {
     /// Every named scenario, enlightened ones after their native twin.
-    pub const ALL: [Scenario; 12] = [
+    pub const ALL: [Scenario; 13] = [
         Scenario::PingPong(IpiMode::Native),
         Scenario::PingPong(IpiMode::PvFast),
         Scenario::Broadcast(IpiMode::Native),
@@ -43,6 +45,7 @@ impl Scenario {
         Scenario::Timer(EoiMode::Lazy),
         Scenario::Cpl3Loop,
         Scenario::SyscallLoop,
+        Scenario::MmioExitLoop,
     ];
 
     /// The scenario's name.
@@ -61,6 +64,7 @@ impl Scenario {
             Scenario::Timer(EoiMode::Lazy) => "timer-lazy-eoi",
             Scenario::Cpl3Loop => "cpl3-loop",
             Scenario::SyscallLoop => "syscall-loop",
+            Scenario::MmioExitLoop => "mmio-exit-loop",
         }
     }
 
@@ -112,6 +116,7 @@ impl Scenario {
             Scenario::Timer(_) => 200,
             Scenario::Cpl3Loop => 100_000_000,
             Scenario::SyscallLoop => 1000,
+            Scenario::MmioExitLoop => 10_000,
         }
     }
 
@@ -126,6 +131,7 @@ impl Scenario {
             Scenario::Timer(m) => scenarios::timer_eoi(ops, 1_000_000, m),
             Scenario::Cpl3Loop => scenarios::cpl3_loop(ops),
             Scenario::SyscallLoop => scenarios::syscall_loop(ops),
+            Scenario::MmioExitLoop => scenarios::mmio_exit_loop(ops),
         }
     }
 }

@@ -6,7 +6,7 @@
 use hv_enlightenments::msr::*;
 use iced_x86::code_asm::*;
 
-use super::abi::{self, percpu as pc, shared};
+use super::abi::{self, percpu as pc};
 use super::asm::{Error, assemble};
 use super::kernel::HV_FAST;
 use super::scenarios::failure;
@@ -320,7 +320,6 @@ pub fn program() -> Result<Program, Error> {
     a.mov(rax, cases.len() as u64)?;
     done(&mut a, rax)?;
     idle_responder(&mut a, &mut resp)?;
-    let _ = shared::READY;
     Ok(Program {
         user_code: assemble(&mut a, USER_CODE, &[])?.code,
         shared: data,

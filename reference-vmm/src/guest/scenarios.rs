@@ -270,6 +270,29 @@ pub fn cpl3_loop(iters: u64) -> Result<Program, Error> {
     finish(a, vec![])
 }
 
+/// A guest-physical address outside RAM that no device claims: a write
+/// there is a bare MMIO exit round trip.
+pub const NULL_MMIO: u64 = 0x3000_1000;
+
+/// `iters` CPL3 writes to [`NULL_MMIO`] between the marks: the cost of one
+/// exit to the VMM and back (CPL3 runs natively, KVM decodes the write).
+pub fn mmio_exit_loop(iters: u64) -> Result<Program, Error> {
+    let mut a = CodeAssembler::new(64)?;
+    let mut resp = a.create_label();
+    prologue(&mut a, resp)?;
+    mark_start(&mut a, iters)?;
+    a.mov(rbx, iters)?;
+    let mut l = a.create_label();
+    a.set_label(&mut l)?;
+    a.mov(dword_ptr(NULL_MMIO), eax)?;
+    a.dec(rbx)?;
+    a.jnz(l)?;
+    mark_end(&mut a)?;
+    done(&mut a, rbx)?;
+    idle_responder(&mut a, &mut resp)?;
+    finish(a, vec![])
+}
+
 /// `iters` null system calls (CPL3 -> CPL0 -> CPL3) between the marks:
 /// the cost of the (possibly emulated) CPL0 path.
 pub fn syscall_loop(iters: u64) -> Result<Program, Error> {
