@@ -453,6 +453,14 @@ impl Vm {
     /// reports DONE, a vCPU fails, or the timeout expires.
     pub fn run(mut self, program: &Program) -> Result<RunReport, Error> {
         let m = Arc::clone(&self.machine);
+        if program.user_code.len() as u64 > layout::USER_CODE_SIZE {
+            return Err(Error::Memory(format!(
+                "guest program of {} bytes does not fit the {} bytes at {:#x}",
+                program.user_code.len(),
+                layout::USER_CODE_SIZE,
+                layout::USER_CODE
+            )));
+        }
         m.mem
             .write_slice(&program.user_code, GuestAddress(layout::USER_CODE))
             .map_err(mem_err)?;

@@ -123,3 +123,18 @@ fn x2apic_288_vcpus() {
     assert_eq!(flush.sender_exits_per_op, 1.0);
     run(Scenario::PingPong(IpiMode::PvFast), 288);
 }
+
+#[test]
+fn pv_paths_at_1024_vcpus() {
+    if !kvm_available("pv_paths_at_1024_vcpus") {
+        return;
+    }
+    // The largest VM: 16 banks in every Ex set; 1022 halted vCPUs that the
+    // PV flush must not wake.
+    let ex = run(Scenario::Broadcast(IpiMode::PvEx), 1024);
+    assert_eq!(ex.sender_exits_per_op, 1.0);
+    assert_eq!(ex.metrics.total.ipis_posted, 1023 * ex.ops);
+    let flush = run(Scenario::Shootdown(FlushMode::Pv), 1024);
+    assert_eq!(flush.metrics.total.wakeups, 0);
+    assert_eq!(flush.metrics.total.flush_deferred, 1022 * flush.ops);
+}

@@ -41,6 +41,17 @@ pub enum Action {
         /// Words placed at the input page.
         input: Vec<u64>,
     },
+    /// A fast hypercall whose input continues in XMM0 (low, high).
+    HypercallXmm {
+        /// Control word.
+        control: u64,
+        /// RDX.
+        rdx: u64,
+        /// R8.
+        r8: u64,
+        /// XMM0 low and high quadwords.
+        xmm0: (u64, u64),
+    },
     /// `wrmsr` at CPL0.
     Wrmsr(u32, u64),
     /// `rdmsr` at CPL0.
@@ -169,6 +180,26 @@ pub fn cases() -> Vec<Case> {
             expect: st(HvStatus::INVALID_HYPERCALL_INPUT),
         },
         Case {
+            name: "fast XMM Ex IPI to self (bank 0 in XMM0)",
+            action: Action::HypercallXmm {
+                control: ipi_ex | HV_FAST | var(1),
+                rdx: v,
+                r8: 0,
+                xmm0: (1, 1),
+            },
+            expect: st(HvStatus::SUCCESS),
+        },
+        Case {
+            name: "fast XMM Ex IPI, bank count beyond the mask",
+            action: Action::HypercallXmm {
+                control: ipi_ex | HV_FAST | var(2),
+                rdx: v,
+                r8: 0,
+                xmm0: (1, 1),
+            },
+            expect: st(HvStatus::INVALID_HYPERCALL_INPUT),
+        },
+        Case {
             name: "hypercall at CPL3",
             action: Action::UserHypercall,
             expect: 6,
@@ -269,6 +300,23 @@ pub fn program() -> Result<Program, Error> {
                 }
                 a.mov(rdi, *control)?;
                 a.mov(rsi, if *rdx_in_page { page + d } else { *d })?;
+                a.mov(rdx, *r)?;
+                sys(&mut a, abi::SYS_HYPERCALL)?;
+            }
+            Action::HypercallXmm {
+                control,
+                rdx: d,
+                r8: r,
+                xmm0: (lo, hi),
+            } => {
+                // XMM registers survive the int3 system call untouched.
+                a.mov(rax, *lo)?;
+                a.movq(xmm0, rax)?;
+                a.mov(rax, *hi)?;
+                a.movq(xmm1, rax)?;
+                a.punpcklqdq(xmm0, xmm1)?;
+                a.mov(rdi, *control)?;
+                a.mov(rsi, *d)?;
                 a.mov(rdx, *r)?;
                 sys(&mut a, abi::SYS_HYPERCALL)?;
             }

@@ -504,18 +504,24 @@ pub fn tlb_shootdown(
     mark_end(&mut a)?;
     a.dec(r13)?;
     // Every halted reader must see the final page once it runs again.
-    for h in (running + 1)..vcpus {
-        let mut w = a.create_label();
-        a.mov(rbx, h)?;
+    if running + 1 < vcpus {
+        let mut top = a.create_label();
+        let mut wait = a.create_label();
+        a.mov(rbx, running + 1)?;
+        a.set_label(&mut top)?;
         send_one(&mut a, IpiMode::Native, rbx, abi::VEC_WAKE)?;
-        a.mov(r15, var(h, pc::WAKE_COUNT))?;
-        a.set_label(&mut w)?;
-        a.cmp(qword_ptr(r15), 0)?;
+        var_addr(&mut a, rbx, pc::WAKE_COUNT)?;
+        a.mov(r15, rax)?;
+        a.set_label(&mut wait)?;
         a.pause()?;
-        a.je(w)?;
-        a.mov(rax, var(h, pc::SEEN_VAL))?;
+        a.cmp(qword_ptr(r15), 0)?;
+        a.je(wait)?;
+        var_addr(&mut a, rbx, pc::SEEN_VAL)?;
         a.mov(rax, qword_ptr(rax))?;
-        expect_marker(&mut a, r13, h)?;
+        expect_marker_reg(&mut a, r13, rbx)?;
+        a.inc(rbx)?;
+        a.cmp(rbx, vcpus as i32)?;
+        a.jb(top)?;
     }
     if mode == FlushMode::Native && !others.is_empty() {
         check_counts(&mut a, &others, pc::FLUSH_COUNT, iters)?;
@@ -547,11 +553,21 @@ pub fn tlb_shootdown(
 }
 
 /// Fails with STALE (detail `who`) unless RAX holds the marker expected
-/// for iteration `iter` (B when odd, A when even).
+/// for iteration `iter` (B when odd, A when even). Clobbers RCX, R12.
 fn expect_marker(
     a: &mut CodeAssembler,
     iter: AsmRegister64,
     who: u64,
+) -> Result<(), iced_x86::IcedError> {
+    a.mov(r12, who)?;
+    expect_marker_reg(a, iter, r12)
+}
+
+/// As [`expect_marker`], with the vCPU in a register. Clobbers RCX.
+fn expect_marker_reg(
+    a: &mut CodeAssembler,
+    iter: AsmRegister64,
+    who: AsmRegister64,
 ) -> Result<(), iced_x86::IcedError> {
     let mut even = a.create_label();
     let mut cmp = a.create_label();
