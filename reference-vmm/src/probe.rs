@@ -1,18 +1,12 @@
 //! `probe`: what this host's KVM offers for the enlightenments and APIC
-//! acceleration, read from KVM capabilities and module parameters.
+//! acceleration: KVM capabilities, then ipiv's probe of module parameters
+//! and CPUID with the APICv/AVIC inhibits that apply.
 
 use std::fmt::Write;
 
 use kvm_ioctls::{Cap, Kvm};
 
 use crate::error::Error;
-
-/// Reads a KVM module parameter; `None` when absent.
-fn param(module: &str, name: &str) -> Option<String> {
-    std::fs::read_to_string(format!("/sys/module/{module}/parameters/{name}"))
-        .ok()
-        .map(|s| s.trim().to_string())
-}
 
 /// Capabilities by number that kvm-ioctls has no name for.
 const RAW_CAPS: [(&str, u64); 8] = [
@@ -49,19 +43,6 @@ pub fn report() -> Result<String, Error> {
         ("KVM_CAP_SIGNAL_MSI", Cap::SignalMsi),
     ] {
         let _ = writeln!(s, "{name:<28} {}", kvm.check_extension_int(cap));
-    }
-    for (m, p) in [
-        ("kvm_intel", "enable_apicv"),
-        ("kvm_intel", "enable_ipiv"),
-        ("kvm_amd", "avic"),
-        ("kvm_amd", "force_avic"),
-    ] {
-        let _ = writeln!(
-            s,
-            "{:<28} {}",
-            format!("{m}.{p}"),
-            param(m, p).unwrap_or_else(|| "unknown (not loaded)".into())
-        );
     }
     let host = ipiv::HostProbe::run();
     let _ = writeln!(s, "\n{host}");

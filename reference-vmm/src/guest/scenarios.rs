@@ -293,6 +293,43 @@ pub fn mmio_exit_loop(iters: u64) -> Result<Program, Error> {
     finish(a, vec![])
 }
 
+/// A program that never reports: vCPU 0 spins at CPL3 (for the VMM's
+/// bounded wait).
+pub fn spin_forever() -> Result<Program, Error> {
+    let mut a = CodeAssembler::new(64)?;
+    let mut resp = a.create_label();
+    prologue(&mut a, resp)?;
+    a.nop()?;
+    let mut l = a.create_label();
+    a.set_label(&mut l)?;
+    a.pause()?;
+    a.jmp(l)?;
+    idle_responder(&mut a, &mut resp)?;
+    finish(a, vec![])
+}
+
+/// A program whose vCPU 0 executes `ud2` at CPL3 with no fixup: a fatal
+/// guest exception. Returns the program and the address of the `ud2`.
+pub fn fault_ud2() -> Result<(Program, u64), Error> {
+    let mut a = CodeAssembler::new(64)?;
+    let mut resp = a.create_label();
+    let mut at = a.create_label();
+    prologue(&mut a, resp)?;
+    a.nop()?;
+    a.set_label(&mut at)?;
+    a.ud2()?;
+    idle_responder(&mut a, &mut resp)?;
+    let r = assemble(&mut a, USER_CODE, &[at])?;
+    let ud2 = r.labels.first().copied().unwrap_or(0);
+    Ok((
+        Program {
+            user_code: r.code,
+            shared: vec![],
+        },
+        ud2,
+    ))
+}
+
 /// `iters` null system calls (CPL3 -> CPL0 -> CPL3) between the marks:
 /// the cost of the (possibly emulated) CPL0 path.
 pub fn syscall_loop(iters: u64) -> Result<Program, Error> {
