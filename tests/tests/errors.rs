@@ -1,0 +1,61 @@
+//! Runs that must end with a clear error instead of a hang: a guest that
+//! never reports (bounded wait), a fatal guest exception (vCPU, vector and
+//! RIP named).
+
+use std::time::{Duration, Instant};
+
+use hv_tests::kvm_available;
+use reference_vmm::Error;
+use reference_vmm::guest::scenarios;
+use reference_vmm::vm::{FlushMethod, Vm, VmConfig};
+
+fn vm(vcpus: u32, timeout: Duration) -> Vm {
+    Vm::new(VmConfig {
+        vcpus,
+        hyperv: true,
+        timeout,
+        flush: FlushMethod::Sregs,
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn silent_guest_times_out_with_vcpu_states() {
+    if !kvm_available("silent_guest_times_out_with_vcpu_states") {
+        return;
+    }
+    let program = scenarios::spin_forever().unwrap_or_else(|e| panic!("{e}"));
+    let start = Instant::now();
+    match vm(4, Duration::from_secs(2)).run(&program) {
+        Err(e @ Error::Timeout { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("DONE report"), "{msg}");
+            assert!(
+                msg.contains("vCPU 0: InGuest"),
+                "vCPU 0 was spinning: {msg}"
+            );
+            assert!(msg.contains("vCPU 3: Halted"), "vCPU 3 was halted: {msg}");
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "the stop took too long"
+    );
+}
+
+#[test]
+fn guest_exception_names_vcpu_vector_and_rip() {
+    if !kvm_available("guest_exception_names_vcpu_vector_and_rip") {
+        return;
+    }
+    let (program, ud2) = scenarios::fault_ud2().unwrap_or_else(|e| panic!("{e}"));
+    match vm(2, Duration::from_secs(30)).run(&program) {
+        Err(Error::Guest { vcpu, reason, rip }) => {
+            assert_eq!(vcpu, 0);
+            assert!(reason.contains("vector 6"), "{reason}");
+            assert_eq!(rip, ud2);
+        }
+        other => panic!("expected a guest exception, got {other:?}"),
+    }
+}
