@@ -1130,3 +1130,15 @@ fn local_apic_can_move_between_threads() {
     assert_send_sync::<LocalApic>();
     assert_send_sync::<Topology>();
 }
+
+#[test]
+fn spurious_vector_and_outcome_helpers() {
+    let (mut a, _) = new_apic(1);
+    assert_eq!(a.spurious_vector(), 0xFF);
+    let out = mmio_write(&mut a, SVR, SVR_ENABLE | 0x2F);
+    assert!(!out.is_gp());
+    assert!(matches!(out.effect(), Some(Effect::Topology(id)) if id.software_enabled));
+    assert_eq!(a.spurious_vector(), 0x2F);
+    assert!(a.write_msr(0x1234, 0).is_gp());
+    assert_eq!(Outcome::Done.effect(), None);
+}
