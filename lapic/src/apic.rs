@@ -290,6 +290,14 @@ impl LocalApic {
         &self.tmr
     }
 
+    /// SVR bits 7:0: the vector to inject when an interrupt the VMM
+    /// committed to is no longer deliverable at injection time (SDM 10.9);
+    /// it is never entered in the ISR.
+    pub fn spurious_vector(&self) -> u8 {
+        // The mask keeps 8 bits.
+        (self.svr & VECTOR_MASK) as u8
+    }
+
     /// The value of one LVT register.
     pub fn lvt(&self, lvt: Lvt) -> u32 {
         self.lvt[lvt as usize]

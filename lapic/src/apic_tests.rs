@@ -1040,3 +1040,105 @@ fn physical_and_logical_broadcast_x2apic() {
     let out = vm.apics[0].write_msr(X2_ICR, 0x0000_0013_0000_4054);
     assert_eq!(vm.apply(0, out).iter().collect::<Vec<_>>(), vec![19]);
 }
+
+#[test]
+fn timer_arithmetic_saturates_at_the_bounds() {
+    let mut c = Config::new(1);
+    c.bus_cycle_ns = MAX_BUS_CYCLE_NS;
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let mut a = LocalApic::new(c, clock.clone()).unwrap();
+    let _ = mmio_write(&mut a, SVR, SVR_ENABLE | 0xFF);
+    let _ = mmio_write(&mut a, LVT_TIMER, 0x30 | 1 << 17);
+    let _ = mmio_write(&mut a, TIMER_DIVIDE, 0xA); // 128, the largest divisor
+    let longest = u64::from(u32::MAX) * 128 * MAX_BUS_CYCLE_NS;
+    assert_eq!(
+        mmio_write(&mut a, TIMER_INITIAL, u32::MAX),
+        Outcome::Effect(Effect::Timer(Some(longest)))
+    );
+    assert_eq!(mmio_read(&a, TIMER_CURRENT), u32::MAX);
+    // A clock at the end of time saturates instead of wrapping.
+    clock.set(u64::MAX - 1);
+    let _ = mmio_write(&mut a, TIMER_INITIAL, u32::MAX);
+    assert_eq!(a.next_deadline(), Some(u64::MAX));
+    clock.set(u64::MAX);
+    let p = a.poll_timer();
+    assert!(p.expired);
+    assert_eq!(p.next_deadline, Some(u64::MAX));
+    // TSC deadline at the largest value.
+    let _ = mmio_write(&mut a, LVT_TIMER, 0x30 | 2 << 17);
+    assert_eq!(
+        a.write_msr(MSR_TSC_DEADLINE, u64::MAX),
+        Outcome::Effect(Effect::Timer(Some(u64::MAX)))
+    );
+}
+
+#[test]
+fn cmci_lvt_only_when_configured() {
+    let mut c = Config::new(1);
+    c.cmci = false;
+    let clock = Arc::new(ManualClock::new(0));
+    let mut a = LocalApic::new(c, clock.clone()).unwrap();
+    assert_eq!(mmio_read(&a, LVR), 0x14 | (5 << 16));
+    assert_eq!(mmio_read(&a, LVT_CMCI), 0);
+    assert_eq!(a.local_interrupt(Lvt::Cmci), Delivery::Ignored);
+    assert_ne!(
+        a.write_msr(MSR_APIC_BASE, a.apic_base() | APIC_BASE_EXTD),
+        Outcome::Gp
+    );
+    assert_eq!(a.read_msr(0x82F), MsrRead::Gp);
+    assert_eq!(a.write_msr(0x82F, u64::from(LVT_MASKED)), Outcome::Gp);
+    let (b, _) = enabled_x2apic(2);
+    assert_eq!(value(b.read_msr(0x82F)), u64::from(LVT_MASKED));
+}
+
+#[test]
+fn init_and_startup_ipis_through_the_icr() {
+    let mut vm = Vm::new(2, false);
+    let _ = mmio_write(&mut vm.apics[0], ICR_HIGH, 1 << 24);
+    // INIT assert, level-triggered, to APIC 1.
+    let Outcome::Effect(Effect::SendIpi(ipi)) = mmio_write(&mut vm.apics[0], ICR_LOW, 0xC500)
+    else {
+        panic!("no IPI")
+    };
+    let mut t = VcpuSet::new();
+    assert_eq!(vm.topo.resolve_ipi(0, &ipi, &mut t), 1);
+    assert_eq!(vm.apics[1].deliver(&ipi.interrupt()), Delivery::Init);
+    // INIT de-assert is ignored.
+    let Outcome::Effect(Effect::SendIpi(ipi)) = mmio_write(&mut vm.apics[0], ICR_LOW, 0x8500)
+    else {
+        panic!("no IPI")
+    };
+    assert_eq!(vm.apics[1].deliver(&ipi.interrupt()), Delivery::Ignored);
+    // SIPI with start page 0x9A.
+    let Outcome::Effect(Effect::SendIpi(ipi)) = mmio_write(&mut vm.apics[0], ICR_LOW, 0x469A)
+    else {
+        panic!("no IPI")
+    };
+    assert_eq!(
+        vm.apics[1].deliver(&ipi.interrupt()),
+        Delivery::StartUp(0x9A)
+    );
+    // The VMM resets the target on INIT; the topology follows.
+    let id = vm.apics[1].init_reset();
+    vm.topo.update(1, id).unwrap();
+    assert!(!vm.topo.identity(1).unwrap().software_enabled);
+}
+
+#[test]
+fn local_apic_can_move_between_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<LocalApic>();
+    assert_send_sync::<Topology>();
+}
+
+#[test]
+fn spurious_vector_and_outcome_helpers() {
+    let (mut a, _) = new_apic(1);
+    assert_eq!(a.spurious_vector(), 0xFF);
+    let out = mmio_write(&mut a, SVR, SVR_ENABLE | 0x2F);
+    assert!(!out.is_gp());
+    assert!(matches!(out.effect(), Some(Effect::Topology(id)) if id.software_enabled));
+    assert_eq!(a.spurious_vector(), 0x2F);
+    assert!(a.write_msr(0x1234, 0).is_gp());
+    assert_eq!(Outcome::Done.effect(), None);
+}

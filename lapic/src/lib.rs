@@ -82,3 +82,8 @@ pub use state::{IdFormat, LAPIC_STATE_SIZE};
 pub use timer::{Clock, ManualClock, TimerMode};
 pub use topology::{ApicIdentity, MAX_APIC_ID, MAX_VCPUS, Topology, VcpuSet};
 pub use vector::VectorBitmap;
+
+/// Runs the README's example as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -16,6 +16,21 @@ pub enum Outcome {
     Effect(Effect),
 }
 
+impl Outcome {
+    /// Whether the access must fault with #GP(0).
+    pub fn is_gp(&self) -> bool {
+        matches!(self, Outcome::Gp)
+    }
+
+    /// The effect to apply, if any.
+    pub fn effect(&self) -> Option<Effect> {
+        match self {
+            Outcome::Effect(e) => Some(*e),
+            _ => None,
+        }
+    }
+}
+
 /// A consequence of an access that reaches outside the APIC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Effect {
