@@ -136,5 +136,7 @@ fn pv_paths_at_1024_vcpus() {
     assert_eq!(ex.metrics.total.ipis_posted, 1023 * ex.ops);
     let flush = run(Scenario::Shootdown(FlushMode::Pv), 1024);
     assert_eq!(flush.metrics.total.wakeups, 0);
-    assert_eq!(flush.metrics.total.flush_deferred, 1022 * flush.ops);
+    // Every halted target is deferred; the running reader may be too, when
+    // the request finds it outside guest mode.
+    assert!(flush.metrics.total.flush_deferred >= 1022 * flush.ops);
 }
