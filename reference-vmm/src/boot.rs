@@ -210,3 +210,62 @@ pub fn entry_regs(index: u64, entry: u64, vcpus: u64) -> kvm_regs {
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::Bytes;
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), layout_size())]).unwrap()
+    }
+
+    fn layout_size() -> usize {
+        crate::layout::memory_size(2) as usize
+    }
+
+    #[test]
+    fn tss_descriptor_and_io_bitmap() {
+        let m = mem();
+        write_gdt_tss(&m, 1, &[0xE0]).unwrap();
+        let base = percpu(1);
+        let lo: u64 = m.read_obj(GuestAddress(base + u64::from(SEL_TSS))).unwrap();
+        let tss = base + TSS_OFFSET;
+        // Base bits 23:0 and 31:24, limit, type 9 present.
+        assert_eq!((lo >> 16) & 0xFF_FFFF, tss & 0xFF_FFFF);
+        assert_eq!(lo >> 56, (tss >> 24) & 0xFF);
+        assert_eq!(lo & 0xFFFF, TSS_LIMIT);
+        assert_eq!((lo >> 40) & 0xFF, 0x89);
+        let rsp0: u64 = m.read_obj(GuestAddress(tss + 4)).unwrap();
+        assert_eq!(rsp0, percpu(1) + PERCPU_KSTACK_TOP);
+        // Port 0xE0 allowed, 0xE1 denied, terminator set.
+        let byte: u8 = m.read_obj(GuestAddress(tss + TSS_SIZE + 0xE0 / 8)).unwrap();
+        assert_eq!(byte, 0xFE);
+        let term: u8 = m.read_obj(GuestAddress(tss + TSS_LIMIT)).unwrap();
+        assert_eq!(term, 0xFF);
+    }
+
+    #[test]
+    fn page_tables_map_user_pages_and_the_test_window() {
+        let m = mem();
+        write_page_tables(&m).unwrap();
+        let pde: u64 = m.read_obj(GuestAddress(PD_LOW + 8)).unwrap();
+        assert_eq!(pde, (1 << 21) | PTE_P | PTE_W | PTE_U | PTE_PS);
+        let pte: u64 = m.read_obj(GuestAddress(PT_TEST)).unwrap();
+        assert_eq!(pte & !0xFFF, TLB_PAGE_A);
+    }
+
+    #[test]
+    fn idt_gate_dpl() {
+        let m = mem();
+        let mut h = [0x1_2345_6789u64; 256];
+        h[3] = 0xFFFF_8000_0000_1000;
+        write_idt(&m, &h, &[3]).unwrap();
+        let g3: u64 = m.read_obj(GuestAddress(IDT + 3 * 16)).unwrap();
+        let g3_hi: u64 = m.read_obj(GuestAddress(IDT + 3 * 16 + 8)).unwrap();
+        assert_eq!((g3 >> 40) & 0xFF, 0xEE, "present, DPL 3, interrupt gate");
+        assert_eq!(g3_hi, 0xFFFF_8000);
+        let g4: u64 = m.read_obj(GuestAddress(IDT + 4 * 16)).unwrap();
+        assert_eq!((g4 >> 40) & 0xFF, 0x8E);
+    }
+}

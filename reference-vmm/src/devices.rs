@@ -71,3 +71,46 @@ impl Bus {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Reg(Mutex<Vec<(u64, u8)>>);
+
+    impl BusDevice for Reg {
+        fn read(&self, offset: u64, data: &mut [u8]) {
+            data.fill(offset as u8);
+        }
+        fn write(&self, offset: u64, data: &[u8]) {
+            self.0.lock().unwrap().push((offset, data[0]));
+        }
+    }
+
+    #[test]
+    fn dispatch_by_range_and_refuse_overlaps() {
+        let mut bus = Bus::default();
+        let dev = Arc::new(Reg::default());
+        bus.insert(0x3F8, 8, dev.clone()).unwrap();
+        assert!(
+            bus.insert(0x3FF, 1, dev.clone()).is_err(),
+            "overlaps the end"
+        );
+        assert!(
+            bus.insert(0x3F0, 9, dev.clone()).is_err(),
+            "overlaps the start"
+        );
+        assert!(bus.insert(0x400, 0, dev.clone()).is_err(), "empty range");
+        assert!(bus.insert(u64::MAX, 2, dev.clone()).is_err(), "wraps");
+        bus.insert(0x400, 1, dev.clone()).unwrap();
+        let mut b = [0u8; 1];
+        assert!(bus.read(0x3FA, &mut b));
+        assert_eq!(b[0], 2);
+        assert!(!bus.read(0x3F7, &mut b), "one below the range");
+        assert!(!bus.read(0x401, &mut b), "one past the range");
+        assert!(bus.write(0x3FF, &[7]));
+        assert_eq!(*dev.0.lock().unwrap(), vec![(7, 7)]);
+    }
+}

@@ -191,3 +191,32 @@ impl VcpuMetrics {
 pub fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_difference_and_table() {
+        let a = VcpuMetrics::default();
+        let b = VcpuMetrics::default();
+        bump(&a.exits);
+        let before = VmMetrics::from_vcpus(vec![a.snapshot(), b.snapshot()]);
+        bump(&a.exits);
+        bump(&b.kicks);
+        a.count_status(3);
+        a.count_status(0);
+        let after = VmMetrics::from_vcpus(vec![a.snapshot(), b.snapshot()]);
+        let d = after.since(&before);
+        assert_eq!(d.total.exits, 1);
+        assert_eq!(d.total.kicks, 1);
+        assert_eq!(d.total.hypercalls_ok, 1);
+        assert_eq!(d.total.hypercalls_failed, 1);
+        assert_eq!(d.total.hc_status_invalid_input, 1);
+        let t = d.table(8);
+        assert!(t.contains("kicks"));
+        assert!(!t.contains("wakeups"), "zero rows are left out:\n{t}");
+        let json = serde_json::to_string(&d).unwrap();
+        assert!(json.contains("\"kicks\":1"));
+    }
+}
