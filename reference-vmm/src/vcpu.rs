@@ -10,7 +10,7 @@ use hv_enlightenments::hypercall::{self, Hypercall, HypercallRegs, HypercallResu
 use hv_enlightenments::msr::{self as hvmsr, MsrAction, MsrOutcome, MsrScope};
 use ipiv::{HaltCheck, Notify, PendingVectors, PostedVcpu, RunState};
 use kvm_bindings::{kvm_interrupt, kvm_regs};
-use kvm_ioctls::{VcpuExit, VcpuFd};
+use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 use lapic::{DeliveryMode, Effect, Interrupt, LocalApic, Outcome, VcpuSet};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -267,6 +267,11 @@ impl<'a> Runner<'a> {
             ));
             s.alive = true;
         }
+        // KVM copies the registers into kvm_run at every exit: the
+        // hypercall and report paths read them there instead of paying
+        // for KVM_GET_REGS/KVM_GET_SREGS.
+        self.fd.set_sync_valid_reg(SyncReg::Register);
+        self.fd.set_sync_valid_reg(SyncReg::SystemRegister);
         let r = self.run_loop();
         let mut s = self.me.lock();
         s.alive = false;
@@ -305,7 +310,7 @@ impl<'a> Runner<'a> {
                     self.port_out(port, value)?;
                 }
                 Exit::Report(code) => {
-                    let regs = self.regs()?;
+                    let regs = self.fd.sync_regs().regs;
                     self.m.report(self.me.index, code, regs.rdi, regs.rsi);
                 }
                 Exit::Fatal(reason) => {
@@ -571,8 +576,8 @@ impl<'a> Runner<'a> {
         let idx = self.me.index;
         let metrics = &self.me.metrics;
         bump(&metrics.hypercalls);
-        let mut regs = self.regs()?;
-        let sregs = self.fd.get_sregs().map_err(kvm_err(idx, "KVM_GET_SREGS"))?;
+        let sync = self.fd.sync_regs();
+        let (regs, sregs) = (sync.regs, sync.sregs);
         let enabled = self.m.hyperv && self.m.partition().hypercalls_enabled();
         // KVM kvm_hv_hypercall: a Hyper-V hypercall at CPL != 0, or while
         // the hypercall page is off, raises #UD.
@@ -611,10 +616,11 @@ impl<'a> Runner<'a> {
             Ok(call) => self.execute(&call)?,
         };
         metrics.count_status(result.status.0);
-        regs.rax = result.encode();
-        self.fd
-            .set_regs(&regs)
-            .map_err(kvm_err(idx, "KVM_SET_REGS"))
+        // Only RAX changes; KVM loads the synced registers before it
+        // completes the port write (and moves RIP past it).
+        self.fd.sync_regs_mut().regs.rax = result.encode();
+        self.fd.set_sync_dirty_reg(SyncReg::Register);
+        Ok(())
     }
 
     fn execute(&self, call: &Hypercall) -> Result<HypercallResult, Error> {
