@@ -22,8 +22,10 @@ use crate::vm::{FlushMethod, Machine};
 
 vmm_sys_util::ioctl_iow_nr!(KVM_INTERRUPT, kvm_bindings::KVMIO, 0x86, kvm_interrupt);
 
-/// How long a halted vCPU sleeps before it re-checks for a stop request.
-const HALT_SLICE: Duration = Duration::from_millis(50);
+/// How long a halted vCPU sleeps before it re-checks for a stop request
+/// on its own (a stop also wakes it): long, so that a thousand halted
+/// vCPUs cost the host nothing.
+const HALT_SLICE: Duration = Duration::from_secs(1);
 /// How long a flushing vCPU waits for a target to leave guest mode.
 pub const FLUSH_WAIT: Duration = Duration::from_secs(10);
 /// #UD vector.
