@@ -37,6 +37,8 @@ pub const PTE_W: u64 = 1 << 1;
 pub const PTE_U: u64 = 1 << 2;
 /// Large page (in a PDE).
 pub const PTE_PS: u64 = 1 << 7;
+/// Cache disable.
+pub const PTE_PCD: u64 = 1 << 4;
 
 /// CR0: PE | MP | ET | NE | WP | PG.
 const CR0_LONG: u64 = 0x8005_0033;
@@ -48,7 +50,8 @@ pub const CR4_PGE: u64 = 1 << 7;
 const EFER_LONG: u64 = (1 << 0) | (1 << 8) | (1 << 10);
 
 /// Writes the shared page tables: 0..1 GiB identity-mapped with 2 MiB
-/// user pages, plus the 4 KiB TLB test window mapping [`TLB_PAGE_A`].
+/// user pages, the 4 KiB TLB test window mapping [`TLB_PAGE_A`], and the
+/// xAPIC MMIO page.
 pub fn write_page_tables(mem: &GuestMemoryMmap) -> Result<(), vm_memory::GuestMemoryError> {
     let flags = PTE_P | PTE_W | PTE_U;
     mem.write_obj(PDPT | flags, GuestAddress(PML4))?;
@@ -58,6 +61,14 @@ pub fn write_page_tables(mem: &GuestMemoryMmap) -> Result<(), vm_memory::GuestMe
         mem.write_obj((i << 21) | flags | PTE_PS, GuestAddress(PD_LOW + i * 8))?;
     }
     mem.write_obj(PT_TEST | flags, GuestAddress(PD_TEST))?;
+    // 3..4 GiB: only the 2 MiB page holding the xAPIC MMIO page.
+    mem.write_obj(PD_APIC | flags, GuestAddress(PDPT + 3 * 8))?;
+    let apic_2m = XAPIC_MMIO & !0x1F_FFFF;
+    let slot = (apic_2m >> 21) & 511;
+    mem.write_obj(
+        apic_2m | flags | PTE_PS | PTE_PCD,
+        GuestAddress(PD_APIC + slot * 8),
+    )?;
     mem.write_obj(TLB_PAGE_A | flags, GuestAddress(PT_TEST))?;
     Ok(())
 }

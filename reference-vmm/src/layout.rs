@@ -14,14 +14,19 @@ pub const PD_LOW: u64 = 0x3000;
 pub const PD_TEST: u64 = 0x4000;
 /// Page table with 4 KiB pages for the TLB test window at [`TLB_TEST_VA`].
 pub const PT_TEST: u64 = 0x5000;
+/// Page directory for 3..4 GiB: maps the xAPIC MMIO page (2 MiB page,
+/// uncached) for guests that stay in xAPIC mode.
+pub const PD_APIC: u64 = 0xF000;
+/// xAPIC MMIO base (identity-mapped through [`PD_APIC`]).
+pub const XAPIC_MMIO: u64 = 0xFEE0_0000;
 /// Interrupt descriptor table (256 gates of 16 bytes).
 pub const IDT: u64 = 0x6000;
 /// Where the guest kernel puts its hypercall page.
 pub const HYPERCALL_PAGE: u64 = 0x7000;
 /// Shared data of the guest kernel (scenario parameters and results).
 pub const SHARED: u64 = 0x8000;
-/// Size of [`SHARED`].
-pub const SHARED_SIZE: u64 = 0x8000;
+/// Size of [`SHARED`] (its last page holds [`PD_APIC`]).
+pub const SHARED_SIZE: u64 = 0x7000;
 /// Guest kernel code.
 pub const KERNEL_CODE: u64 = 0x10000;
 /// Size reserved for the kernel code.

@@ -32,10 +32,12 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every named scenario, enlightened ones after their native twin.
-    pub const ALL: [Scenario; 13] = [
+    pub const ALL: [Scenario; 15] = [
         Scenario::PingPong(IpiMode::Native),
         Scenario::PingPong(IpiMode::PvFast),
+        Scenario::PingPong(IpiMode::Xapic),
         Scenario::Broadcast(IpiMode::Native),
+        Scenario::Broadcast(IpiMode::Xapic),
         Scenario::Broadcast(IpiMode::PvFast),
         Scenario::Broadcast(IpiMode::PvEx),
         Scenario::Shootdown(FlushMode::Native),
@@ -52,10 +54,12 @@ impl Scenario {
     pub fn name(&self) -> &'static str {
         match self {
             Scenario::PingPong(IpiMode::Native) => "pingpong-x2apic",
+            Scenario::PingPong(IpiMode::Xapic) => "pingpong-xapic",
             Scenario::PingPong(_) => "pingpong-pv",
             Scenario::Broadcast(IpiMode::Native) => "broadcast-x2apic",
             Scenario::Broadcast(IpiMode::PvFast) => "broadcast-pv-fast",
             Scenario::Broadcast(IpiMode::PvEx) => "broadcast-pv-ex",
+            Scenario::Broadcast(IpiMode::Xapic) => "broadcast-xapic",
             Scenario::Shootdown(FlushMode::Native) => "shootdown-ipi",
             Scenario::Shootdown(FlushMode::Pv) => "shootdown-pv",
             Scenario::Shootdown(FlushMode::None) => "shootdown-none",
@@ -90,7 +94,14 @@ impl Scenario {
 
     /// Whether the scenario can run on `vcpus` vCPUs.
     pub fn supports(&self, vcpus: u32) -> bool {
-        !matches!(self, Scenario::Broadcast(IpiMode::PvFast) if vcpus > 64)
+        match self {
+            Scenario::Broadcast(IpiMode::PvFast) => vcpus <= 64,
+            // xAPIC IDs are 8 bits wide (0xFF is the broadcast ID).
+            Scenario::PingPong(IpiMode::Xapic) | Scenario::Broadcast(IpiMode::Xapic) => {
+                vcpus <= 255
+            }
+            _ => true,
+        }
     }
 
     /// Operations run for `vcpus` vCPUs (fewer when many vCPUs share a

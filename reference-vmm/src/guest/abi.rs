@@ -104,15 +104,17 @@ pub mod shared {
     pub const ACKS: u64 = SHARED + 24;
     /// Generation counter published by the driver.
     pub const GEN: u64 = SHARED + 32;
-    /// How IPIs are sent from interrupt handlers: 0 x2APIC ICR, 1 PV IPI.
+    /// How IPIs are sent from interrupt handlers: 0 x2APIC ICR, 1 PV IPI,
+    /// 2 xAPIC ICR through MMIO.
     pub const IPI_MODE: u64 = SHARED + 40;
     /// How interrupts are completed: 0 x2APIC EOI, 1 synthetic EOI MSR,
-    /// 2 lazy EOI (VP assist page) with synthetic EOI fallback.
+    /// 2 lazy EOI (VP assist page) with synthetic EOI fallback, 3 xAPIC
+    /// EOI through MMIO.
     pub const EOI_MODE: u64 = SHARED + 48;
     /// Non-zero: VEC_IPI handlers on vCPUs other than 0 reply with VEC_PONG.
     pub const PONG: u64 = SHARED + 56;
-    /// Scratch for scenario parameters.
-    pub const PARAM: u64 = SHARED + 64;
+    /// Non-zero: keep the local APIC in xAPIC mode (MMIO) at start.
+    pub const XAPIC: u64 = SHARED + 64;
     /// A page-aligned hypercall input page.
     pub const HC_INPUT: u64 = SHARED + 0x1000;
     /// A page-aligned hypercall output page.
@@ -127,6 +129,8 @@ pub mod eoi_mode {
     pub const SYNTHETIC: u64 = 1;
     /// Lazy EOI through the VP assist page, else HV_X64_MSR_EOI.
     pub const LAZY: u64 = 2;
+    /// xAPIC EOI register through MMIO.
+    pub const XAPIC: u64 = 3;
 }
 
 /// The GUEST_OS_ID the built-in kernel writes (open-source, Linux-like

@@ -12,7 +12,7 @@ use iced_x86::code_asm::*;
 
 use super::abi::{self, percpu as pc, shared};
 use super::asm::{Assembled, Error, assemble};
-use crate::layout::{HYPERCALL_PAGE, KERNEL_CODE, TLB_TEST_VA, USER_CODE};
+use crate::layout::{HYPERCALL_PAGE, KERNEL_CODE, TLB_TEST_VA, USER_CODE, XAPIC_MMIO};
 
 /// IA32_APIC_BASE.
 pub const MSR_APIC_BASE: u32 = 0x1B;
@@ -24,6 +24,14 @@ const APIC_BASE_EXTD: u32 = 1 << 10;
 pub const X2APIC_SVR: u32 = 0x80F;
 /// x2APIC EOI register.
 pub const X2APIC_EOI: u32 = 0x80B;
+/// xAPIC register offsets (SDM Vol. 3 Table 11-1).
+pub const XAPIC_EOI_OFFSET: u64 = 0xB0;
+/// xAPIC spurious-interrupt vector register.
+pub const XAPIC_SVR_OFFSET: u64 = 0xF0;
+/// xAPIC ICR low (writing it sends).
+pub const XAPIC_ICR_LOW_OFFSET: u64 = 0x300;
+/// xAPIC ICR high (destination in bits 31:24).
+pub const XAPIC_ICR_HIGH_OFFSET: u64 = 0x310;
 /// x2APIC ICR.
 pub const X2APIC_ICR: u32 = 0x830;
 /// Hypercall code of HvCallSendSyntheticClusterIpi.
@@ -69,15 +77,27 @@ pub fn build() -> Result<Kernel, Error> {
     // ---- entry: RDI = vCPU index, GS base = this vCPU's variables.
     a.set_label(&mut entry)?;
     a.mov(gs(pc::CPU), rdi)?;
-    // x2APIC on (IA32_APIC_BASE EN | EXTD), then software-enable it (SVR).
-    a.mov(ecx, MSR_APIC_BASE)?;
-    a.rdmsr()?;
-    a.or(eax, APIC_BASE_EN | APIC_BASE_EXTD)?;
-    a.wrmsr()?;
-    a.mov(ecx, X2APIC_SVR)?;
-    a.mov(eax, 0x1FF)?;
-    a.xor(edx, edx)?;
-    a.wrmsr()?;
+    // x2APIC on (IA32_APIC_BASE EN | EXTD), then software-enable it (SVR);
+    // or, when asked, stay in xAPIC mode and enable it through MMIO.
+    {
+        let mut x2 = a.create_label();
+        let mut apic_done = a.create_label();
+        a.cmp(qword_ptr(shared::XAPIC), 0)?;
+        a.je(x2)?;
+        a.mov(rax, XAPIC_MMIO + XAPIC_SVR_OFFSET)?;
+        a.mov(dword_ptr(rax), 0x1FF)?;
+        a.jmp(apic_done)?;
+        a.set_label(&mut x2)?;
+        a.mov(ecx, MSR_APIC_BASE)?;
+        a.rdmsr()?;
+        a.or(eax, APIC_BASE_EN | APIC_BASE_EXTD)?;
+        a.wrmsr()?;
+        a.mov(ecx, X2APIC_SVR)?;
+        a.mov(eax, 0x1FF)?;
+        a.xor(edx, edx)?;
+        a.wrmsr()?;
+        a.set_label(&mut apic_done)?;
+    }
     let mut nohv = a.create_label();
     a.cmp(qword_ptr(shared::HV_ENABLED), 0)?;
     a.je(nohv)?;
@@ -145,7 +165,14 @@ pub fn build() -> Result<Kernel, Error> {
         let mut msr = a.create_label();
         let mut write = a.create_label();
         let mut done = a.create_label();
+        let mut not_xapic = a.create_label();
         a.mov(rax, qword_ptr(shared::EOI_MODE))?;
+        a.cmp(rax, abi::eoi_mode::XAPIC as i32)?;
+        a.jne(not_xapic)?;
+        a.mov(rcx, XAPIC_MMIO + XAPIC_EOI_OFFSET)?;
+        a.mov(dword_ptr(rcx), 0)?;
+        a.ret()?;
+        a.set_label(&mut not_xapic)?;
         a.cmp(rax, abi::eoi_mode::LAZY as i32)?;
         a.jne(msr)?;
         a.mov(rcx, gs(pc::ASSIST))?;
@@ -169,6 +196,16 @@ pub fn build() -> Result<Kernel, Error> {
     a.set_label(&mut send_ipi)?;
     {
         let mut pv = a.create_label();
+        let mut not_xapic = a.create_label();
+        a.cmp(qword_ptr(shared::IPI_MODE), 2)?;
+        a.jne(not_xapic)?;
+        a.mov(rcx, XAPIC_MMIO)?;
+        a.mov(eax, edi)?;
+        a.shl(eax, 24)?;
+        a.mov(dword_ptr(rcx + XAPIC_ICR_HIGH_OFFSET), eax)?;
+        a.mov(dword_ptr(rcx + XAPIC_ICR_LOW_OFFSET), esi)?;
+        a.ret()?;
+        a.set_label(&mut not_xapic)?;
         a.cmp(qword_ptr(shared::IPI_MODE), 0)?;
         a.jne(pv)?;
         a.mov(ecx, X2APIC_ICR)?;

@@ -7,12 +7,14 @@ use iced_x86::code_asm::*;
 
 use super::abi::{self, eoi_mode, percpu as pc, shared};
 use super::asm::{Error, assemble};
-use super::kernel::{HV_FAST, HVCALL_SEND_IPI, X2APIC_ICR};
+use super::kernel::{
+    HV_FAST, HVCALL_SEND_IPI, X2APIC_ICR, XAPIC_ICR_HIGH_OFFSET, XAPIC_ICR_LOW_OFFSET,
+};
 use super::user::*;
 use crate::boot::{PTE_P, PTE_U, PTE_W};
 use crate::layout::{
     PERCPU_BASE, PERCPU_SIZE, PERCPU_VARS, PT_TEST, TLB_PAGE_A, TLB_PAGE_B, TLB_TEST_VA, USER_CODE,
-    percpu,
+    XAPIC_MMIO, percpu,
 };
 use crate::vm::Program;
 use hv_enlightenments::hypercall::CallCode;
@@ -47,6 +49,32 @@ pub enum IpiMode {
     PvFast,
     /// HvCallSendSyntheticClusterIpiEx with a sparse VP set in memory.
     PvEx,
+    /// One xAPIC ICR write (MMIO, straight from CPL3) per target; the
+    /// APIC stays in xAPIC mode (at most 255 vCPUs).
+    Xapic,
+}
+
+impl IpiMode {
+    /// Whether the mode uses the Hyper-V hypercalls.
+    pub fn pv(self) -> bool {
+        matches!(self, IpiMode::PvFast | IpiMode::PvEx)
+    }
+
+    /// The guest-kernel settings for this mode: IPI_MODE, EOI_MODE and
+    /// XAPIC (interrupt handlers complete lazily when enlightened, as a
+    /// Linux guest does with APIC_ACCESS_RECOMMENDED).
+    fn kernel_settings(self) -> Vec<(u64, u64)> {
+        let (ipi, eoi, xapic) = match self {
+            IpiMode::Native => (0, eoi_mode::X2APIC, 0),
+            IpiMode::PvFast | IpiMode::PvEx => (1, eoi_mode::LAZY, 0),
+            IpiMode::Xapic => (2, eoi_mode::XAPIC, 1),
+        };
+        vec![
+            (shared::IPI_MODE, ipi),
+            (shared::EOI_MODE, eoi),
+            (shared::XAPIC, xapic),
+        ]
+    }
 }
 
 /// How interrupts are completed.
@@ -69,16 +97,6 @@ pub enum FlushMode {
     Pv,
     /// Change the PTE and do not flush at all (to observe staleness).
     None,
-}
-
-/// Interrupt completion of the IPI scenarios: lazy EOI when enlightened
-/// (what a Linux guest does with APIC_ACCESS_RECOMMENDED), else x2APIC.
-fn eoi_for(enlightened: bool) -> u64 {
-    if enlightened {
-        eoi_mode::LAZY
-    } else {
-        eoi_mode::X2APIC
-    }
 }
 
 fn var(cpu: u64, off: u64) -> u64 {
@@ -134,6 +152,13 @@ fn send_one(
             sys(a, abi::SYS_HYPERCALL)?;
             check_rax_zero(a, failure::HC_STATUS)
         }
+        IpiMode::Xapic => {
+            a.mov(rcx, XAPIC_MMIO)?;
+            a.mov(rax, target)?;
+            a.shl(eax, 24)?;
+            a.mov(dword_ptr(rcx + XAPIC_ICR_HIGH_OFFSET), eax)?;
+            a.mov(dword_ptr(rcx + XAPIC_ICR_LOW_OFFSET), u32::from(vector))
+        }
     }
 }
 
@@ -183,13 +208,13 @@ fn send_broadcast(
 ) -> Result<(), iced_x86::IcedError> {
     let targets = broadcast_targets(vcpus);
     match mode {
-        IpiMode::Native => {
+        IpiMode::Native | IpiMode::Xapic => {
             let first = targets[0];
             let last = targets[targets.len() - 1];
             let mut top = a.create_label();
             a.mov(r12, first)?;
             a.set_label(&mut top)?;
-            send_one(a, IpiMode::Native, r12, vector)?;
+            send_one(a, mode, r12, vector)?;
             a.inc(r12)?;
             a.cmp(r12, last as i32)?;
             a.jbe(top)
@@ -356,7 +381,7 @@ pub fn ipi_pingpong(vcpus: u64, iters: u64, mode: IpiMode) -> Result<Program, Er
     let mut a = CodeAssembler::new(64)?;
     let mut resp = a.create_label();
     let target = if vcpus > 1 { 1 } else { 0 };
-    let pv = mode != IpiMode::Native;
+    let pv = mode.pv();
     prologue(&mut a, resp)?;
     mark_start(&mut a, iters)?;
     a.mov(r13, 1u64)?;
@@ -366,7 +391,7 @@ pub fn ipi_pingpong(vcpus: u64, iters: u64, mode: IpiMode) -> Result<Program, Er
     // The Ex form is for large sets; a single target uses the fast form.
     send_one(
         &mut a,
-        if pv { IpiMode::PvFast } else { IpiMode::Native },
+        if pv { IpiMode::PvFast } else { mode },
         rbx,
         abi::VEC_IPI,
     )?;
@@ -386,14 +411,9 @@ pub fn ipi_pingpong(vcpus: u64, iters: u64, mode: IpiMode) -> Result<Program, Er
     }
     done(&mut a, r13)?;
     idle_responder(&mut a, &mut resp)?;
-    finish(
-        a,
-        vec![
-            (shared::PONG, 1),
-            (shared::IPI_MODE, u64::from(pv)),
-            (shared::EOI_MODE, eoi_for(pv)),
-        ],
-    )
+    let mut settings = mode.kernel_settings();
+    settings.push((shared::PONG, 1));
+    finish(a, settings)
 }
 
 /// Broadcast IPI from vCPU 0 to every other vCPU, `iters` times; every
@@ -419,9 +439,7 @@ pub fn broadcast_ipi(vcpus: u64, iters: u64, mode: IpiMode) -> Result<Program, E
     check_counts(&mut a, &targets, pc::IPI_COUNT, iters)?;
     done(&mut a, r13)?;
     idle_responder(&mut a, &mut resp)?;
-    let pv = mode != IpiMode::Native;
-    data.push((shared::IPI_MODE, u64::from(pv)));
-    data.push((shared::EOI_MODE, eoi_for(pv)));
+    data.extend(mode.kernel_settings());
     finish(a, data)
 }
 
