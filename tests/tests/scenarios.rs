@@ -47,6 +47,15 @@ fn all_at(vcpus: u32) {
                     s.name()
                 );
             }
+            Scenario::Broadcast(IpiMode::Xapic) if vcpus > 1 => {
+                // ICR high and ICR low: two MMIO exits per target.
+                assert!(
+                    f.sender_exits_per_op >= f64::from(2 * (vcpus - 1)),
+                    "{}: {f:?}",
+                    s.name()
+                );
+                assert!(t.exit_mmio > 0);
+            }
             Scenario::Shootdown(FlushMode::Pv) => {
                 assert_eq!(t.wakeups, 0, "PV flush woke a halted vCPU: {t:?}");
                 if vcpus > 2 {
