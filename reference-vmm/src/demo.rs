@@ -38,11 +38,16 @@ pub fn plan(vcpus: u32) -> Vec<(&'static str, Scenario, Scenario)> {
     } else {
         IpiMode::PvEx
     };
-    vec![
+    let mut plan = vec![
         (
             "IPI ping-pong (round trip)",
             Scenario::PingPong(IpiMode::Native),
             Scenario::PingPong(IpiMode::PvFast),
+        ),
+        (
+            "xAPIC ping-pong, synthetic ICR",
+            Scenario::PingPong(IpiMode::Xapic),
+            Scenario::PingPong(IpiMode::SyntheticIcr),
         ),
         (
             "broadcast IPI, PV fast form",
@@ -69,7 +74,9 @@ pub fn plan(vcpus: u32) -> Vec<(&'static str, Scenario, Scenario)> {
             Scenario::Timer(EoiMode::X2apic),
             Scenario::Timer(EoiMode::Lazy),
         ),
-    ]
+    ];
+    plan.retain(|(_, off, on)| off.supports(vcpus) && on.supports(vcpus));
+    plan
 }
 
 /// Runs the demo, printing progress on stderr.
@@ -106,7 +113,7 @@ impl Demo {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "{} vCPUs, per operation; off = Hyper-V enlightenments off (x2APIC ICR/EOI, IPI shootdown), on = enlightened",
+            "{} vCPUs, per operation; off = no Hyper-V (x2APIC or xAPIC ICR and EOI, IPI shootdown), on = enlightened",
             self.vcpus
         );
         let _ = writeln!(

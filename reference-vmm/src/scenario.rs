@@ -32,10 +32,11 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every named scenario, enlightened ones after their native twin.
-    pub const ALL: [Scenario; 15] = [
+    pub const ALL: [Scenario; 16] = [
         Scenario::PingPong(IpiMode::Native),
         Scenario::PingPong(IpiMode::PvFast),
         Scenario::PingPong(IpiMode::Xapic),
+        Scenario::PingPong(IpiMode::SyntheticIcr),
         Scenario::Broadcast(IpiMode::Native),
         Scenario::Broadcast(IpiMode::Xapic),
         Scenario::Broadcast(IpiMode::PvFast),
@@ -55,11 +56,13 @@ impl Scenario {
         match self {
             Scenario::PingPong(IpiMode::Native) => "pingpong-x2apic",
             Scenario::PingPong(IpiMode::Xapic) => "pingpong-xapic",
+            Scenario::PingPong(IpiMode::SyntheticIcr) => "pingpong-synthetic-icr",
             Scenario::PingPong(_) => "pingpong-pv",
             Scenario::Broadcast(IpiMode::Native) => "broadcast-x2apic",
             Scenario::Broadcast(IpiMode::PvFast) => "broadcast-pv-fast",
             Scenario::Broadcast(IpiMode::PvEx) => "broadcast-pv-ex",
             Scenario::Broadcast(IpiMode::Xapic) => "broadcast-xapic",
+            Scenario::Broadcast(IpiMode::SyntheticIcr) => "broadcast-synthetic-icr",
             Scenario::Shootdown(FlushMode::Native) => "shootdown-ipi",
             Scenario::Shootdown(FlushMode::Pv) => "shootdown-pv",
             Scenario::Shootdown(FlushMode::None) => "shootdown-none",
@@ -83,13 +86,12 @@ impl Scenario {
 
     /// Whether the scenario needs the Hyper-V enlightenments.
     pub fn hyperv(&self) -> bool {
-        matches!(
-            self,
-            Scenario::PingPong(IpiMode::PvFast | IpiMode::PvEx)
-                | Scenario::Broadcast(IpiMode::PvFast | IpiMode::PvEx)
-                | Scenario::Shootdown(FlushMode::Pv)
-                | Scenario::Timer(EoiMode::Synthetic | EoiMode::Lazy)
-        )
+        match self {
+            Scenario::PingPong(m) | Scenario::Broadcast(m) => m.enlightened(),
+            Scenario::Shootdown(m) => *m == FlushMode::Pv,
+            Scenario::Timer(m) => *m != EoiMode::X2apic,
+            _ => false,
+        }
     }
 
     /// Whether the scenario can run on `vcpus` vCPUs.
@@ -97,9 +99,8 @@ impl Scenario {
         match self {
             Scenario::Broadcast(IpiMode::PvFast) => vcpus <= 64,
             // xAPIC IDs are 8 bits wide (0xFF is the broadcast ID).
-            Scenario::PingPong(IpiMode::Xapic) | Scenario::Broadcast(IpiMode::Xapic) => {
-                vcpus <= 255
-            }
+            Scenario::PingPong(IpiMode::Xapic | IpiMode::SyntheticIcr)
+            | Scenario::Broadcast(IpiMode::Xapic | IpiMode::SyntheticIcr) => vcpus <= 255,
             _ => true,
         }
     }

@@ -105,7 +105,7 @@ pub mod shared {
     /// Generation counter published by the driver.
     pub const GEN: u64 = SHARED + 32;
     /// How IPIs are sent from interrupt handlers: 0 x2APIC ICR, 1 PV IPI,
-    /// 2 xAPIC ICR through MMIO.
+    /// 2 xAPIC ICR through MMIO, 3 HV_X64_MSR_ICR (xAPIC layout).
     pub const IPI_MODE: u64 = SHARED + 40;
     /// How interrupts are completed: 0 x2APIC EOI, 1 synthetic EOI MSR,
     /// 2 lazy EOI (VP assist page) with synthetic EOI fallback, 3 xAPIC

@@ -5,8 +5,8 @@
 //! guest CPL0 code each instruction costs microseconds.
 
 use hv_enlightenments::msr::{
-    HV_X64_MSR_EOI, HV_X64_MSR_GUEST_OS_ID, HV_X64_MSR_HYPERCALL, HV_X64_MSR_VP_ASSIST_PAGE,
-    HV_X64_MSR_VP_INDEX,
+    HV_X64_MSR_EOI, HV_X64_MSR_GUEST_OS_ID, HV_X64_MSR_HYPERCALL, HV_X64_MSR_ICR,
+    HV_X64_MSR_VP_ASSIST_PAGE, HV_X64_MSR_VP_INDEX,
 };
 use iced_x86::code_asm::*;
 
@@ -206,6 +206,17 @@ pub fn build() -> Result<Kernel, Error> {
         a.mov(dword_ptr(rcx + XAPIC_ICR_LOW_OFFSET), esi)?;
         a.ret()?;
         a.set_label(&mut not_xapic)?;
+        let mut not_synthetic = a.create_label();
+        a.cmp(qword_ptr(shared::IPI_MODE), 3)?;
+        a.jne(not_synthetic)?;
+        // HV_X64_MSR_ICR in xAPIC mode: destination in bits 63:56.
+        a.mov(ecx, HV_X64_MSR_ICR)?;
+        a.mov(eax, esi)?;
+        a.mov(edx, edi)?;
+        a.shl(edx, 24)?;
+        a.wrmsr()?;
+        a.ret()?;
+        a.set_label(&mut not_synthetic)?;
         a.cmp(qword_ptr(shared::IPI_MODE), 0)?;
         a.jne(pv)?;
         a.mov(ecx, X2APIC_ICR)?;

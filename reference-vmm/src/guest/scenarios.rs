@@ -3,6 +3,7 @@
 //! hundreds of vCPUs cost little on a small host). Each scenario checks
 //! its own result in guest memory and reports through the report address.
 
+use hv_enlightenments::msr::HV_X64_MSR_ICR;
 use iced_x86::code_asm::*;
 
 use super::abi::{self, eoi_mode, percpu as pc, shared};
@@ -52,12 +53,24 @@ pub enum IpiMode {
     /// One xAPIC ICR write (MMIO, straight from CPL3) per target; the
     /// APIC stays in xAPIC mode (at most 255 vCPUs).
     Xapic,
+    /// One HV_X64_MSR_ICR write per target with the APIC in xAPIC mode
+    /// (destination in bits 63:56), lazy EOI: what Linux does in xAPIC
+    /// mode when APIC_ACCESS_RECOMMENDED is set.
+    SyntheticIcr,
 }
 
 impl IpiMode {
     /// Whether the mode uses the Hyper-V hypercalls.
     pub fn pv(self) -> bool {
         matches!(self, IpiMode::PvFast | IpiMode::PvEx)
+    }
+
+    /// Whether the mode needs the Hyper-V enlightenments.
+    pub fn enlightened(self) -> bool {
+        matches!(
+            self,
+            IpiMode::PvFast | IpiMode::PvEx | IpiMode::SyntheticIcr
+        )
     }
 
     /// The guest-kernel settings for this mode: IPI_MODE, EOI_MODE and
@@ -68,6 +81,7 @@ impl IpiMode {
             IpiMode::Native => (0, eoi_mode::X2APIC, 0),
             IpiMode::PvFast | IpiMode::PvEx => (1, eoi_mode::LAZY, 0),
             IpiMode::Xapic => (2, eoi_mode::XAPIC, 1),
+            IpiMode::SyntheticIcr => (3, eoi_mode::LAZY, 1),
         };
         vec![
             (shared::IPI_MODE, ipi),
@@ -152,6 +166,14 @@ fn send_one(
             sys(a, abi::SYS_HYPERCALL)?;
             check_rax_zero(a, failure::HC_STATUS)
         }
+        IpiMode::SyntheticIcr => {
+            a.mov(rsi, target)?;
+            a.shl(rsi, 56)?;
+            a.or(rsi, i32::from(vector))?;
+            a.mov(edi, HV_X64_MSR_ICR)?;
+            sys(a, abi::SYS_WRMSR)?;
+            check_rax_zero(a, failure::PRIV_FAULT)
+        }
         IpiMode::Xapic => {
             a.mov(rcx, XAPIC_MMIO)?;
             a.mov(rax, target)?;
@@ -208,7 +230,7 @@ fn send_broadcast(
 ) -> Result<(), iced_x86::IcedError> {
     let targets = broadcast_targets(vcpus);
     match mode {
-        IpiMode::Native | IpiMode::Xapic => {
+        IpiMode::Native | IpiMode::Xapic | IpiMode::SyntheticIcr => {
             let first = targets[0];
             let last = targets[targets.len() - 1];
             let mut top = a.create_label();
