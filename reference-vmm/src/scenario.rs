@@ -32,13 +32,14 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every named scenario, enlightened ones after their native twin.
-    pub const ALL: [Scenario; 16] = [
+    pub const ALL: [Scenario; 17] = [
         Scenario::PingPong(IpiMode::Native),
         Scenario::PingPong(IpiMode::PvFast),
         Scenario::PingPong(IpiMode::Xapic),
         Scenario::PingPong(IpiMode::SyntheticIcr),
         Scenario::Broadcast(IpiMode::Native),
         Scenario::Broadcast(IpiMode::Xapic),
+        Scenario::Broadcast(IpiMode::SyntheticIcr),
         Scenario::Broadcast(IpiMode::PvFast),
         Scenario::Broadcast(IpiMode::PvEx),
         Scenario::Shootdown(FlushMode::Native),
