@@ -86,6 +86,8 @@ counters!(
         hc_status_invalid_alignment,
         /// Hypercalls answered with another error status.
         hc_status_other,
+        /// Fast hypercalls whose input continued in XMM registers.
+        hc_xmm_input,
         /// HvCallSendSyntheticClusterIpi(Ex) calls.
         hc_send_ipi,
         /// HvCallFlushVirtualAddress{Space,List}(Ex) calls.

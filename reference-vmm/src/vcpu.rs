@@ -604,6 +604,7 @@ impl<'a> Runner<'a> {
             ..Default::default()
         };
         if hregs.control().uses_xmm_input() {
+            bump(&metrics.hc_xmm_input);
             let fpu = self.fd.get_fpu().map_err(kvm_err(idx, "KVM_GET_FPU"))?;
             for (d, s) in hregs
                 .xmm

@@ -3,10 +3,17 @@
 use iced_x86::BlockEncoderOptions;
 use iced_x86::code_asm::{CodeAssembler, CodeLabel};
 
-/// Errors of guest code assembly.
+/// Errors of guest program construction.
 #[derive(Debug, thiserror::Error)]
-#[error("assembling guest code: {0}")]
-pub struct Error(#[from] pub iced_x86::IcedError);
+pub enum Error {
+    /// The assembler refused the code.
+    #[error("assembling guest code: {0}")]
+    Asm(#[from] iced_x86::IcedError),
+    /// hv-enlightenments' encoder could not build a hypercall the program
+    /// needs.
+    #[error("building a guest hypercall: {0}")]
+    Encode(#[from] hv_enlightenments::hypercall::EncodeError),
+}
 
 /// Assembled code and the addresses of the labels asked for.
 pub struct Assembled {

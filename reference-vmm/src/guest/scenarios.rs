@@ -3,6 +3,10 @@
 //! hundreds of vCPUs cost little on a small host). Each scenario checks
 //! its own result in guest memory and reports through the report address.
 
+use hv_enlightenments::hypercall::{
+    EncodeOptions, EncodedCall, FlushFlags, FlushRequest, GvaRange, HV_PAGE_SIZE,
+    Targets as EncTargets, encode_flush, encode_send_ipi,
+};
 use hv_enlightenments::msr::HV_X64_MSR_ICR;
 use iced_x86::code_asm::*;
 
@@ -184,6 +188,53 @@ fn send_one(
     }
 }
 
+/// What the built-in guest tells the encoder it may use: the leaves this
+/// VMM publishes (XMM input; Ex forms once a VP index is 64 or more).
+fn encode_options(vcpus: u64) -> EncodeOptions {
+    EncodeOptions {
+        ex_processor_masks: vcpus > 64,
+        xmm_input: true,
+    }
+}
+
+/// Emits a hypercall built by hv-enlightenments' guest-side encoder: its
+/// memory input goes to the shared input page, XMM input into XMM0..,
+/// then the system call; expects RAX = `expect`.
+fn emit_encoded(
+    a: &mut CodeAssembler,
+    call: &EncodedCall,
+    page: &[u8; HV_PAGE_SIZE],
+    expect: u64,
+    data: &mut Vec<(u64, u64)>,
+) -> Result<(), iced_x86::IcedError> {
+    for (i, w) in page[..call.input_len].chunks_exact(8).enumerate() {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        data.push((shared::HC_INPUT + 8 * i as u64, u64::from_le_bytes(b)));
+    }
+    let xmms = [xmm0, xmm1, xmm2, xmm3, xmm4, xmm5];
+    for (x, v) in xmms.iter().zip(call.xmm.iter()).take(call.xmm_used) {
+        a.mov(rax, *v as u64)?;
+        a.movq(*x, rax)?;
+        a.mov(rax, (*v >> 64) as u64)?;
+        a.movq(xmm7, rax)?;
+        a.punpcklqdq(*x, xmm7)?;
+    }
+    a.mov(rdi, call.rcx())?;
+    a.mov(rsi, call.rdx)?;
+    a.mov(rdx, call.r8)?;
+    sys(a, abi::SYS_HYPERCALL)?;
+    let mut ok = a.create_label();
+    a.mov(rcx, expect)?;
+    a.cmp(rax, rcx)?;
+    a.je(ok)?;
+    a.mov(rsi, rax)?;
+    a.mov(rdi, failure::HC_STATUS)?;
+    report(a, abi::REPORT_DONE)?;
+    a.set_label(&mut ok)?;
+    a.nop()
+}
+
 /// Targets of a broadcast: every vCPU but the driver, or the driver
 /// itself on a 1-vCPU VM.
 fn broadcast_targets(vcpus: u64) -> Vec<u64> {
@@ -242,12 +293,21 @@ fn send_broadcast(
             a.jbe(top)
         }
         IpiMode::PvFast => {
-            let mask = targets.iter().fold(0u64, |m, &t| m | (1 << (t % 64)));
-            a.mov(rdi, HVCALL_SEND_IPI | HV_FAST)?;
-            a.mov(esi, u32::from(vector))?;
-            a.mov(rdx, mask)?;
-            sys(a, abi::SYS_HYPERCALL)?;
-            check_rax_zero(a, failure::HC_STATUS)
+            // The encoder picks the cheapest form (fast RDX/R8 when every
+            // target is below VP 64).
+            let vps: Vec<u32> = targets.iter().map(|&t| t as u32).collect();
+            let mut page = [0u8; HV_PAGE_SIZE];
+            match encode_send_ipi(
+                EncTargets::new(&vps),
+                vector,
+                encode_options(vcpus),
+                &mut page,
+                shared::HC_INPUT,
+            ) {
+                Ok(call) => emit_encoded(a, &call, &page, 0, data),
+                // Nothing the encoder can send: the native path, as Linux.
+                Err(_) => send_broadcast(a, IpiMode::Native, vcpus, vector, data),
+            }
         }
         IpiMode::PvEx => {
             let (valid, banks) = vpset(&targets);
@@ -522,39 +582,30 @@ pub fn tlb_shootdown(
                 spin_until(&mut a, shared::ACKS, r14)?;
             }
             FlushMode::Pv => {
-                let gva = TLB_TEST_VA;
-                let (ctl, words) = if vcpus <= 64 {
-                    let mask = others.iter().fold(0u64, |m, &t| m | (1 << t));
-                    (
-                        u64::from(CallCode::FLUSH_VIRTUAL_ADDRESS_LIST.0) | (1 << 32),
-                        vec![0, 0, mask, gva],
-                    )
-                } else {
-                    let (valid, banks) = vpset(&others);
-                    let mut w = vec![0, 0, 0, valid];
-                    w.extend(&banks);
-                    w.push(gva);
-                    (
-                        u64::from(CallCode::FLUSH_VIRTUAL_ADDRESS_LIST_EX.0)
-                            | ((banks.len() as u64) << 17)
-                            | (1 << 32),
-                        w,
-                    )
+                // hv-enlightenments' guest-side encoder builds the call the
+                // way Linux's hyperv_flush_tlb_multi does: the list form
+                // (fast through XMM when it fits), Ex beyond VP 63.
+                let vps: Vec<u32> = others.iter().map(|&t| t as u32).collect();
+                let ranges = [GvaRange::new(TLB_TEST_VA, 0)];
+                let request = FlushRequest {
+                    address_space: crate::layout::PML4,
+                    flags: FlushFlags::empty(),
+                    ranges: &ranges,
                 };
-                data.extend(words_at(shared::HC_INPUT, &words));
-                a.mov(rdi, ctl)?;
-                a.mov(rsi, shared::HC_INPUT)?;
-                a.xor(edx, edx)?;
-                sys(&mut a, abi::SYS_HYPERCALL)?;
-                // Expect SUCCESS with one rep completed.
-                a.mov(rcx, 1u64 << 32)?;
-                a.cmp(rax, rcx)?;
-                let mut ok = a.create_label();
-                a.je(ok)?;
-                a.mov(rsi, rax)?;
-                a.mov(rdi, failure::HC_STATUS)?;
-                report(&mut a, abi::REPORT_DONE)?;
-                a.set_label(&mut ok)?;
+                let mut page = [0u8; HV_PAGE_SIZE];
+                match encode_flush(
+                    EncTargets::new(&vps),
+                    request,
+                    encode_options(vcpus),
+                    &mut page,
+                    shared::HC_INPUT,
+                ) {
+                    Ok(call) => {
+                        let reps = u64::from(call.control.rep_count());
+                        emit_encoded(&mut a, &call, &page, reps << 32, &mut data)?;
+                    }
+                    Err(e) => return Err(Error::Encode(e)),
+                }
             }
             FlushMode::None => {}
         }
