@@ -40,6 +40,9 @@ pub const SYS_HYPERCALL: u32 = 2;
 pub const SYS_HALT: u32 = 3;
 /// System call: `invlpg [RDI]`.
 pub const SYS_INVLPG: u32 = 4;
+/// System call: `call RDI` at CPL0 (for probing what the host can run
+/// there); returns RAX of the callee.
+pub const SYS_CALL0: u32 = 5;
 
 /// Vector of the IPI used by ping, broadcast and shootdown requests.
 pub const VEC_IPI: u8 = 0xF0;

@@ -326,6 +326,9 @@ pub fn build() -> Result<Kernel, Error> {
         a.je(l_rdmsr)?;
         a.cmp(eax, abi::SYS_INVLPG)?;
         a.je(l_invlpg)?;
+        let mut l_call0 = a.create_label();
+        a.cmp(eax, abi::SYS_CALL0)?;
+        a.je(l_call0)?;
         a.mov(rax, -1i64)?;
         a.jmp(ret)?;
 
@@ -370,6 +373,12 @@ pub fn build() -> Result<Kernel, Error> {
         a.invlpg(byte_ptr(rdi))?;
         a.xor(eax, eax)?;
         a.jmp(ret)?;
+
+        a.set_label(&mut l_call0)?;
+        a.lea(rax, ptr(fault))?;
+        a.mov(gs(pc::FIXUP), rax)?;
+        a.call(rdi)?;
+        a.jmp(ok)?;
 
         a.set_label(&mut ok)?;
         a.mov(gs(pc::FIXUP), 0)?;

@@ -437,6 +437,32 @@ pub fn fault_ud2() -> Result<(Program, u64), Error> {
     ))
 }
 
+/// A program whose vCPU 0 runs `lock cmpxchg16b` at CPL0 (through the
+/// kernel's SYS_CALL0) and reports DONE if it returns. Hosts that emulate
+/// guest CPL0 code may be unable to emulate it: the run must then end with
+/// an emulation-failure error instead of hanging.
+pub fn cpl0_cmpxchg16b() -> Result<Program, Error> {
+    let mut a = CodeAssembler::new(64)?;
+    let mut resp = a.create_label();
+    let mut func = a.create_label();
+    prologue(&mut a, resp)?;
+    a.lea(rdi, ptr(func))?;
+    sys(&mut a, abi::SYS_CALL0)?;
+    done(&mut a, rax)?;
+    // The callee (runs at CPL0): compare-exchange 16 aligned bytes.
+    a.set_label(&mut func)?;
+    a.mov(r8, shared::HC_OUTPUT)?;
+    a.xor(eax, eax)?;
+    a.xor(edx, edx)?;
+    a.xor(ebx, ebx)?;
+    a.xor(ecx, ecx)?;
+    a.lock().cmpxchg16b(xmmword_ptr(r8))?;
+    a.xor(eax, eax)?;
+    a.ret()?;
+    idle_responder(&mut a, &mut resp)?;
+    finish(a, vec![])
+}
+
 /// `iters` null system calls (CPL3 -> CPL0 -> CPL3) between the marks:
 /// the cost of the (possibly emulated) CPL0 path.
 pub fn syscall_loop(iters: u64) -> Result<Program, Error> {
