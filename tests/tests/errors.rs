@@ -59,3 +59,24 @@ fn guest_exception_names_vcpu_vector_and_rip() {
         other => panic!("expected a guest exception, got {other:?}"),
     }
 }
+
+#[test]
+fn cpl0_instruction_the_host_cannot_emulate_ends_cleanly() {
+    if !kvm_available("cpl0_instruction_the_host_cannot_emulate_ends_cleanly") {
+        return;
+    }
+    // Where guest CPL0 runs natively this simply completes; where KVM
+    // emulates CPL0 and cannot emulate the instruction, the run must end
+    // with an error naming the vCPU, the emulation failure and the RIP.
+    let program = scenarios::cpl0_cmpxchg16b().unwrap_or_else(|e| panic!("{e}"));
+    match vm(2, Duration::from_secs(30)).run(&program) {
+        Ok(_) => eprintln!("lock cmpxchg16b ran at CPL0 on this host"),
+        Err(Error::Guest { vcpu, reason, rip }) => {
+            assert_eq!(vcpu, 0);
+            assert!(reason.contains("emulation failure"), "{reason}");
+            assert!(rip > reference_vmm::layout::USER_CODE, "RIP {rip:#x}");
+            eprintln!("vCPU {vcpu}: {reason} at {rip:#x}");
+        }
+        Err(e) => panic!("expected completion or an emulation failure, got {e}"),
+    }
+}
