@@ -2,6 +2,8 @@
 //! leaves replaced by the Hyper-V ones while Hyper-V is on) with per-vCPU
 //! APIC IDs.
 
+use hv_enlightenments::accel::IrqchipMode;
+use hv_enlightenments::cpuid::{CpuidBuilder, CpuidPlan, Enlightenments};
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, kvm_cpuid_entry2};
 use kvm_ioctls::Kvm;
 
@@ -22,6 +24,9 @@ pub enum Error {
     /// Too many entries.
     #[error("CPUID table too large: {0:?}")]
     Table(vmm_sys_util::fam::Error),
+    /// hv-enlightenments' policy refused the configuration.
+    #[error("Hyper-V CPUID policy: {0}")]
+    Policy(hv_enlightenments::cpuid::Error),
 }
 
 /// KVM's supported CPUID with x2APIC and the hypervisor bit set and
@@ -55,4 +60,26 @@ pub fn for_vcpu(base: &[kvm_cpuid_entry2], apic_id: u32) -> Result<CpuId, Error>
         }
     }
     CpuId::from_entries(&v).map_err(Error::Table)
+}
+
+/// The enlightenments this VMM serves in the userspace-irqchip mode.
+pub fn served_enlightenments() -> Enlightenments {
+    Enlightenments::APIC_ACCESS
+        | Enlightenments::PV_TLB_FLUSH
+        | Enlightenments::PV_IPI
+        | Enlightenments::XMM_HYPERCALL_INPUT
+        | Enlightenments::RELAXED_TIMING
+        | Enlightenments::TIME_REF_COUNT
+}
+
+/// The Hyper-V CPUID plan for `vcpus` vCPUs on this host.
+pub fn cpuid_plan(vcpus: u32, irqchip: IrqchipMode) -> Result<CpuidPlan, Error> {
+    let probe = ipiv::HostProbe::run();
+    CpuidBuilder::new(vcpus)
+        .enlightenments(served_enlightenments())
+        .irqchip(irqchip)
+        .host(probe.accel)
+        .force_x2apic(true)
+        .build()
+        .map_err(Error::Policy)
 }

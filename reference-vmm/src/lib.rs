@@ -24,14 +24,19 @@
 //! ```
 
 pub mod boot;
+pub mod clock;
 pub mod cpuid;
 pub mod demo;
 pub mod devices;
 pub mod error;
+pub mod flush;
 pub mod guest;
+pub mod hypercall;
+pub mod irq;
 pub mod kick;
 pub mod layout;
 pub mod metrics;
+pub mod msr;
 pub mod probe;
 pub mod scenario;
 pub mod timer;

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use hv_enlightenments::accel::IrqchipMode;
 use reference_vmm::scenario::{self, RunOptions, Scenario};
-use reference_vmm::vm::{self, FlushMethod};
+use reference_vmm::vm::FlushMethod;
 use reference_vmm::{demo, probe};
 
 #[derive(Parser)]
@@ -179,7 +179,7 @@ fn run(cmd: Command) -> Result<(), String> {
                 Irqchip::User => IrqchipMode::User,
                 Irqchip::Kernel => IrqchipMode::Kernel,
             };
-            let plan = vm::cpuid_plan(vcpus, mode).map_err(|e| e.to_string())?;
+            let plan = reference_vmm::cpuid::cpuid_plan(vcpus, mode).map_err(|e| e.to_string())?;
             for l in plan.cpuid.entries() {
                 println!(
                     "{:#010x}: eax={:#010x} ebx={:#010x} ecx={:#010x} edx={:#010x}",

@@ -1,23 +1,28 @@
 //! A vCPU: the state other threads share with it (local APIC, Hyper-V VP
 //! state, pending flush, kick target), its posted-interrupt descriptor and
-//! run state (ipiv), and its run loop.
+//! run state (ipiv), and its run loop: entry preparation (flush, posted
+//! vectors, injection, lazy EOI), exit dispatch and HLT. MSR exits are
+//! routed by [`crate::msr`], hypercalls by [`crate::hypercall`], APIC
+//! effects by [`crate::irq`].
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use hv_enlightenments::hypercall::{self, Hypercall, HypercallRegs, HypercallResult};
-use hv_enlightenments::msr::{self as hvmsr, MsrAction, MsrOutcome, MsrScope};
-use ipiv::{HaltCheck, Notify, PendingVectors, PostedVcpu, RunState};
+use hv_enlightenments::msr as hvmsr;
+use ipiv::{HaltCheck, Notify, PostedVcpu, RunState};
 use kvm_bindings::{kvm_interrupt, kvm_regs};
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
-use lapic::{DeliveryMode, Effect, Interrupt, LocalApic, Outcome, VcpuSet};
+use lapic::LocalApic;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::error::Error;
+use crate::flush::flush_guest_tlb;
 use crate::guest::abi;
+use crate::irq::{apply_apic_outcome, complete_lazy_eoi, deliver_posted};
 use crate::kick::KickTarget;
 use crate::metrics::{VcpuMetrics, bump};
+use crate::msr::{msr_read, msr_write};
 use crate::vm::{FlushMethod, Machine};
 
 vmm_sys_util::ioctl_iow_nr!(KVM_INTERRUPT, kvm_bindings::KVMIO, 0x86, kvm_interrupt);
@@ -28,12 +33,6 @@ vmm_sys_util::ioctl_iow_nr!(KVM_INTERRUPT, kvm_bindings::KVMIO, 0x86, kvm_interr
 const HALT_SLICE: Duration = Duration::from_secs(1);
 /// How long a flushing vCPU waits for a target to leave guest mode.
 pub const FLUSH_WAIT: Duration = Duration::from_secs(10);
-/// #UD vector.
-const UD_VECTOR: u8 = 6;
-/// Lowest vector a fixed interrupt may carry (SDM 10.5.2).
-const FIRST_LEGAL_VECTOR: u8 = 16;
-/// Size of the XMM hypercall input (TLFS 3.7.2): XMM0..XMM5.
-const XMM_INPUT_REGS: usize = 6;
 
 /// State of a vCPU that other threads read and change, behind its lock.
 pub struct State {
@@ -132,7 +131,7 @@ impl Vcpu {
 
     /// After the APIC's IRR changed under the lock (timer, INIT-class
     /// deliveries): kick or wake according to the run state.
-    fn notify_apic_locked(&self, s: &mut State) {
+    pub(crate) fn notify_apic_locked(&self, s: &mut State) {
         if s.apic.pending().is_none() {
             return;
         }
@@ -235,22 +234,15 @@ enum Exit {
     Fatal(String),
 }
 
-fn kvm_err(vcpu: u32, op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+pub(crate) fn kvm_err(vcpu: u32, op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
     move |err| Error::VcpuKvm { vcpu, op, err }
-}
-
-/// Moves posted vectors into the APIC's IRR.
-fn deliver_posted(s: &mut State, pending: PendingVectors) {
-    for v in pending.iter() {
-        let _ = s.apic.deliver(&Interrupt::fixed(v));
-    }
 }
 
 /// The run loop of one vCPU thread.
 pub struct Runner<'a> {
-    m: &'a Machine,
-    me: &'a Vcpu,
-    fd: VcpuFd,
+    pub(crate) m: &'a Machine,
+    pub(crate) me: &'a Vcpu,
+    pub(crate) fd: VcpuFd,
 }
 
 impl<'a> Runner<'a> {
@@ -571,269 +563,5 @@ impl<'a> Runner<'a> {
         self.fd
             .get_regs()
             .map_err(kvm_err(self.me.index, "KVM_GET_REGS"))
-    }
-
-    /// The hypercall trap: CPL and enable checks, decode, execute, RAX.
-    fn hypercall(&mut self) -> Result<(), Error> {
-        let idx = self.me.index;
-        let metrics = &self.me.metrics;
-        bump(&metrics.hypercalls);
-        let sync = self.fd.sync_regs();
-        let (regs, sregs) = (sync.regs, sync.sregs);
-        let enabled = self.m.hyperv && self.m.partition().hypercalls_enabled();
-        // KVM kvm_hv_hypercall: a Hyper-V hypercall at CPL != 0, or while
-        // the hypercall page is off, raises #UD.
-        if sregs.ss.dpl != 0 || !enabled {
-            bump(&metrics.hypercalls_ud);
-            let mut ev = self
-                .fd
-                .get_vcpu_events()
-                .map_err(kvm_err(idx, "KVM_GET_VCPU_EVENTS"))?;
-            ev.exception.injected = 1;
-            ev.exception.nr = UD_VECTOR;
-            ev.exception.has_error_code = 0;
-            return self
-                .fd
-                .set_vcpu_events(&ev)
-                .map_err(kvm_err(idx, "KVM_SET_VCPU_EVENTS"));
-        }
-        let mut hregs = HypercallRegs {
-            rcx: regs.rcx,
-            rdx: regs.rdx,
-            r8: regs.r8,
-            ..Default::default()
-        };
-        if hregs.control().uses_xmm_input() {
-            bump(&metrics.hc_xmm_input);
-            let fpu = self.fd.get_fpu().map_err(kvm_err(idx, "KVM_GET_FPU"))?;
-            for (d, s) in hregs
-                .xmm
-                .iter_mut()
-                .zip(fpu.xmm.iter().take(XMM_INPUT_REGS))
-            {
-                *d = u128::from_le_bytes(*s);
-            }
-        }
-        let result = match hypercall::decode(&hregs, &self.m.mem) {
-            Err(status) => HypercallResult::from(status),
-            Ok(call) => self.execute(&call)?,
-        };
-        metrics.count_status(result.status.0);
-        // Only RAX changes; KVM loads the synced registers before it
-        // completes the port write (and moves RIP past it).
-        self.fd.sync_regs_mut().regs.rax = result.encode();
-        self.fd.set_sync_dirty_reg(SyncReg::Register);
-        Ok(())
-    }
-
-    fn execute(&self, call: &Hypercall) -> Result<HypercallResult, Error> {
-        let metrics = &self.me.metrics;
-        let n = self.m.vcpus.len() as u32;
-        match call {
-            Hypercall::SendIpi(ipi) => {
-                bump(&metrics.hc_send_ipi);
-                for vp in ipi.targets.iter_present(n) {
-                    if let Some(t) = self.m.vcpus.get(vp as usize) {
-                        t.post(ipi.vector);
-                        bump(&metrics.ipis_posted);
-                    }
-                }
-            }
-            Hypercall::Flush(f) => {
-                bump(&metrics.hc_flush);
-                let mut wait = Vec::new();
-                for vp in f.targets.iter_present(n) {
-                    if let Some(t) = self.m.vcpus.get(vp as usize) {
-                        if t.request_flush(metrics) {
-                            wait.push(t);
-                        }
-                    }
-                }
-                for t in wait {
-                    t.wait_flushed(FLUSH_WAIT)?;
-                }
-            }
-            Hypercall::NotifyLongSpinWait { .. } => std::thread::yield_now(),
-        }
-        Ok(call.completed())
-    }
-}
-
-/// After an exit: if lazy EOI was armed, read and clear `apic_assist`
-/// bit 0 and let lapic complete the EOI the guest skipped.
-fn complete_lazy_eoi(m: &Machine, me: &Vcpu, s: &mut State) {
-    if !s.apic.lazy_eoi_armed() {
-        return;
-    }
-    let page = s.vp.as_ref().and_then(|vp| vp.vp_assist_page());
-    let cleared = match page.map(|p| (p, m.mem.read_obj::<u32>(GuestAddress(p)))) {
-        Some((p, Ok(v))) => {
-            if v & 1 != 0 {
-                let _ = m.mem.write_obj(v & !1, GuestAddress(p));
-            }
-            v & 1 == 0
-        }
-        _ => false,
-    };
-    if s.apic.complete_lazy_eoi(cleared).is_some() {
-        bump(&me.metrics.eoi_lazy);
-    }
-}
-
-/// Flushes the vCPU's guest TLB: KVM_SET_SREGS with CR4.PGE toggled and
-/// then restored. A changed CR4 makes KVM reset the vCPU's MMU context
-/// (x86.c `__set_sregs_common`: `mmu_reset_needed` ->
-/// `kvm_mmu_reset_context`); the next entry loads a new root, which syncs
-/// shadow page tables and flushes the current context (mmu.c
-/// `kvm_mmu_load`). An unchanged CR3/CR4 resets nothing, hence the toggle.
-/// Must run on the vCPU's own thread while it is outside KVM_RUN.
-pub fn flush_guest_tlb(fd: &VcpuFd) -> Result<(), kvm_ioctls::Error> {
-    let sregs = fd.get_sregs()?;
-    let mut toggled = sregs;
-    toggled.cr4 ^= crate::boot::CR4_PGE;
-    fd.set_sregs(&toggled)?;
-    fd.set_sregs(&sregs)
-}
-
-/// Which counter an MSR exit goes to.
-fn count_msr(me: &Vcpu, index: u32) {
-    if hvmsr::scope(index).is_some()
-        || (hvmsr::HV_X64_MSR_RANGE_START..hvmsr::HV_X64_MSR_RANGE_END).contains(&index)
-    {
-        bump(&me.metrics.msr_synthetic);
-    } else if lapic::handles_msr(index) {
-        bump(&me.metrics.msr_x2apic);
-    } else {
-        bump(&me.metrics.msr_other);
-    }
-}
-
-/// RDMSR from the guest. `None`: #GP.
-fn msr_read(m: &Machine, me: &Vcpu, index: u32) -> Option<u64> {
-    count_msr(me, index);
-    let s = me.lock();
-    let outcome = match (hvmsr::scope(index), &s.vp) {
-        (Some(MsrScope::Partition), Some(_)) => m.partition().read(index, &|| m.reference_time()),
-        (Some(MsrScope::Vp), Some(vp)) => vp.read(index),
-        _ if lapic::handles_msr(index) => {
-            return match s.apic.read_msr(index) {
-                lapic::MsrRead::Value(v) => Some(v),
-                lapic::MsrRead::Gp => None,
-            };
-        }
-        _ => {
-            log::debug!("vCPU {}: rdmsr {index:#x} -> #GP", me.index);
-            return None;
-        }
-    };
-    match outcome {
-        MsrOutcome::Value(v) => Some(v),
-        MsrOutcome::Apic(_) => match s.apic.read_msr(index) {
-            lapic::MsrRead::Value(v) => Some(v),
-            lapic::MsrRead::Gp => None,
-        },
-        MsrOutcome::Done | MsrOutcome::Action(_) => Some(0),
-        MsrOutcome::InjectGp => None,
-    }
-}
-
-/// WRMSR from the guest. `false`: #GP.
-fn msr_write(m: &Machine, me: &Vcpu, index: u32, value: u64) -> bool {
-    count_msr(me, index);
-    let outcome = {
-        let mut s = me.lock();
-        match hvmsr::scope(index) {
-            Some(MsrScope::Partition) if s.vp.is_some() => m.partition().write(index, value),
-            Some(MsrScope::Vp) => match s.vp.as_mut() {
-                Some(vp) => vp.write(index, value),
-                None => MsrOutcome::InjectGp,
-            },
-            _ if lapic::handles_msr(index) => {
-                let o = s.apic.write_msr(index, value);
-                drop(s);
-                return apply_apic_outcome(m, me, o);
-            }
-            _ => {
-                log::debug!("vCPU {}: wrmsr {index:#x} <- {value:#x} -> #GP", me.index);
-                MsrOutcome::InjectGp
-            }
-        }
-    };
-    match outcome {
-        MsrOutcome::Done | MsrOutcome::Value(_) => true,
-        MsrOutcome::InjectGp => false,
-        MsrOutcome::Apic(_) => {
-            // EOI/ICR/TPR aliases: lapic serves them under their own index.
-            let o = me.lock().apic.write_msr(index, value);
-            apply_apic_outcome(m, me, o)
-        }
-        MsrOutcome::Action(a) => {
-            apply_msr_action(m, me, a);
-            true
-        }
-    }
-}
-
-fn apply_msr_action(m: &Machine, me: &Vcpu, a: MsrAction) {
-    let zero_page = |gpa: u64| {
-        if m.mem.write_slice(&[0u8; 4096], GuestAddress(gpa)).is_err() {
-            log::warn!("vCPU {}: page {gpa:#x} is not guest RAM", me.index);
-        }
-    };
-    match a {
-        MsrAction::WriteHypercallPage { gpa } => m.write_hypercall_page(gpa),
-        MsrAction::VpAssistPage { gpa: Some(gpa) } => {
-            // Zero `apic_assist` (offset 0), as KVM does on enable.
-            let _ = m.mem.write_obj(0u32, GuestAddress(gpa));
-        }
-        MsrAction::SynicMessagePage { gpa: Some(gpa) }
-        | MsrAction::SynicEventFlagsPage { gpa: Some(gpa) } => zero_page(gpa),
-        MsrAction::AutoEoiChanged { old, new } => {
-            log::debug!("vCPU {}: AutoEOI use {old} -> {new}", me.index)
-        }
-        other => log::debug!("vCPU {}: MSR action {other:?}", me.index),
-    }
-}
-
-/// Applies what lapic asked for after a register write. `false`: #GP.
-pub fn apply_apic_outcome(m: &Machine, me: &Vcpu, o: Outcome) -> bool {
-    match o {
-        Outcome::Done => true,
-        Outcome::Gp => false,
-        Outcome::Effect(e) => {
-            match e {
-                Effect::SendIpi(ipi) => {
-                    let mut targets = VcpuSet::new();
-                    m.topology()
-                        .resolve_ipi(me.index as usize, &ipi, &mut targets);
-                    let irq = ipi.interrupt();
-                    let fixed = matches!(
-                        irq.delivery_mode,
-                        DeliveryMode::Fixed | DeliveryMode::LowestPriority
-                    ) && irq.vector >= FIRST_LEGAL_VECTOR;
-                    for t in targets.iter() {
-                        let Some(tv) = m.vcpus.get(t) else { continue };
-                        bump(&me.metrics.ipis_posted);
-                        if fixed {
-                            tv.post(irq.vector);
-                        } else {
-                            let mut s = tv.lock();
-                            let _ = s.apic.deliver(&irq);
-                            tv.notify_apic_locked(&mut s);
-                        }
-                    }
-                }
-                Effect::SelfDelivered(_) => {}
-                Effect::Eoi(_) => bump(&me.metrics.eoi_msr),
-                Effect::Timer(Some(deadline)) => m.timers.arm(me.index as usize, deadline),
-                Effect::Timer(None) => {}
-                Effect::Topology(id) => {
-                    if let Err(e) = m.topology_mut().update(me.index as usize, id) {
-                        log::warn!("vCPU {}: topology update: {e}", me.index);
-                    }
-                }
-            }
-            true
-        }
     }
 }

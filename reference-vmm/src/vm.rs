@@ -14,7 +14,8 @@ use kvm_ioctls::{Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlag
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::boot;
-use crate::cpuid;
+use crate::clock::HostClock;
+use crate::cpuid::{self, cpuid_plan};
 use crate::devices::Bus;
 use crate::error::Error;
 use crate::guest::abi::{self, percpu as pc};
@@ -25,7 +26,6 @@ use crate::metrics::VmMetrics;
 use crate::timer::Timers;
 use crate::vcpu::{Runner, Vcpu};
 use hv_enlightenments::accel::IrqchipMode;
-use hv_enlightenments::cpuid::{CpuidBuilder, CpuidPlan, Enlightenments};
 use hv_enlightenments::msr::{Partition, PartitionConfig, Vp};
 use lapic::{Clock, LocalApic, Topology};
 
@@ -35,46 +35,6 @@ pub const MSR_TSC_DEADLINE: u32 = 0x6E0;
 /// IA32_APIC_BASE: filtered likewise (KVM would answer it itself).
 pub const MSR_APIC_BASE: u32 = 0x1B;
 
-/// The enlightenments this VMM serves in the userspace-irqchip mode.
-pub fn served_enlightenments() -> Enlightenments {
-    Enlightenments::APIC_ACCESS
-        | Enlightenments::PV_TLB_FLUSH
-        | Enlightenments::PV_IPI
-        | Enlightenments::XMM_HYPERCALL_INPUT
-        | Enlightenments::RELAXED_TIMING
-        | Enlightenments::TIME_REF_COUNT
-}
-
-/// The Hyper-V CPUID plan for `vcpus` vCPUs on this host.
-pub fn cpuid_plan(vcpus: u32, irqchip: IrqchipMode) -> Result<CpuidPlan, Error> {
-    let probe = ipiv::HostProbe::run();
-    CpuidBuilder::new(vcpus)
-        .enlightenments(served_enlightenments())
-        .irqchip(irqchip)
-        .host(probe.accel)
-        .force_x2apic(true)
-        .build()
-        .map_err(|e| Error::Memory(format!("Hyper-V CPUID policy: {e}")))
-}
-
-/// Host monotonic time for the APICs, from VM creation.
-#[derive(Debug)]
-pub struct HostClock {
-    start: Instant,
-    tsc_khz: u64,
-}
-
-impl Clock for HostClock {
-    fn now_ns(&self) -> u64 {
-        self.start.elapsed().as_nanos() as u64
-    }
-
-    /// The guest TSC starts near 0 when the vCPUs are created (KVM
-    /// synchronizes new vCPUs' TSCs to 0), which is close to `start`.
-    fn tsc_to_ns(&self, tsc: u64) -> u64 {
-        ((u128::from(tsc) * 1_000_000) / u128::from(self.tsc_khz.max(1))) as u64
-    }
-}
 /// Stack size of a vCPU thread.
 const VCPU_STACK: usize = 256 * 1024;
 
@@ -386,10 +346,7 @@ impl Vm {
             .first()
             .and_then(|v| v.get_tsc_khz().ok())
             .map_or(1_000_000, u64::from);
-        let clock = Arc::new(HostClock {
-            start: Instant::now(),
-            tsc_khz,
-        });
+        let clock = Arc::new(HostClock::new(tsc_khz));
         let mut topology = Topology::new();
         let mut vcpus = Vec::with_capacity(config.vcpus as usize);
         for i in 0..config.vcpus {

@@ -1,0 +1,104 @@
+//! The hypercall trap: the hypercall page's port write lands here. The
+//! registers come from kvm_run's synced copy; CPL and the hypercall page's
+//! state are checked, hv-enlightenments decodes, the VMM executes (PV IPI
+//! through ipiv, PV TLB flush through flush requests) and RAX goes back
+//! through the dirty-register mask.
+
+use hv_enlightenments::hypercall::{self, Hypercall, HypercallRegs, HypercallResult};
+use kvm_ioctls::SyncReg;
+
+use crate::error::Error;
+use crate::metrics::bump;
+use crate::vcpu::{FLUSH_WAIT, Runner, kvm_err};
+
+/// #UD vector.
+const UD_VECTOR: u8 = 6;
+/// Size of the XMM hypercall input (TLFS 3.7.2): XMM0..XMM5.
+const XMM_INPUT_REGS: usize = 6;
+
+impl Runner<'_> {
+    /// The hypercall trap: CPL and enable checks, decode, execute, RAX.
+    pub(crate) fn hypercall(&mut self) -> Result<(), Error> {
+        let idx = self.me.index;
+        let metrics = &self.me.metrics;
+        bump(&metrics.hypercalls);
+        let sync = self.fd.sync_regs();
+        let (regs, sregs) = (sync.regs, sync.sregs);
+        let enabled = self.m.hyperv && self.m.partition().hypercalls_enabled();
+        // KVM kvm_hv_hypercall: a Hyper-V hypercall at CPL != 0, or while
+        // the hypercall page is off, raises #UD.
+        if sregs.ss.dpl != 0 || !enabled {
+            bump(&metrics.hypercalls_ud);
+            let mut ev = self
+                .fd
+                .get_vcpu_events()
+                .map_err(kvm_err(idx, "KVM_GET_VCPU_EVENTS"))?;
+            ev.exception.injected = 1;
+            ev.exception.nr = UD_VECTOR;
+            ev.exception.has_error_code = 0;
+            return self
+                .fd
+                .set_vcpu_events(&ev)
+                .map_err(kvm_err(idx, "KVM_SET_VCPU_EVENTS"));
+        }
+        let mut hregs = HypercallRegs {
+            rcx: regs.rcx,
+            rdx: regs.rdx,
+            r8: regs.r8,
+            ..Default::default()
+        };
+        if hregs.control().uses_xmm_input() {
+            bump(&metrics.hc_xmm_input);
+            let fpu = self.fd.get_fpu().map_err(kvm_err(idx, "KVM_GET_FPU"))?;
+            for (d, s) in hregs
+                .xmm
+                .iter_mut()
+                .zip(fpu.xmm.iter().take(XMM_INPUT_REGS))
+            {
+                *d = u128::from_le_bytes(*s);
+            }
+        }
+        let result = match hypercall::decode(&hregs, &self.m.mem) {
+            Err(status) => HypercallResult::from(status),
+            Ok(call) => self.execute(&call)?,
+        };
+        metrics.count_status(result.status.0);
+        // Only RAX changes; KVM loads the synced registers before it
+        // completes the port write (and moves RIP past it).
+        self.fd.sync_regs_mut().regs.rax = result.encode();
+        self.fd.set_sync_dirty_reg(SyncReg::Register);
+        Ok(())
+    }
+
+    fn execute(&self, call: &Hypercall) -> Result<HypercallResult, Error> {
+        let metrics = &self.me.metrics;
+        let n = self.m.vcpus.len() as u32;
+        match call {
+            Hypercall::SendIpi(ipi) => {
+                bump(&metrics.hc_send_ipi);
+                for vp in ipi.targets.iter_present(n) {
+                    if let Some(t) = self.m.vcpus.get(vp as usize) {
+                        t.post(ipi.vector);
+                        bump(&metrics.ipis_posted);
+                    }
+                }
+            }
+            Hypercall::Flush(f) => {
+                bump(&metrics.hc_flush);
+                let mut wait = Vec::new();
+                for vp in f.targets.iter_present(n) {
+                    if let Some(t) = self.m.vcpus.get(vp as usize) {
+                        if t.request_flush(metrics) {
+                            wait.push(t);
+                        }
+                    }
+                }
+                for t in wait {
+                    t.wait_flushed(FLUSH_WAIT)?;
+                }
+            }
+            Hypercall::NotifyLongSpinWait { .. } => std::thread::yield_now(),
+        }
+        Ok(call.completed())
+    }
+}

@@ -1,0 +1,85 @@
+//! Interrupt plumbing between the vCPUs and their local APICs: posted
+//! vectors into the IRR, lazy EOI completion, and what lapic asks for after
+//! a register write (IPI routing through ipiv, timers, topology).
+
+use ipiv::PendingVectors;
+use lapic::{DeliveryMode, Effect, Interrupt, Outcome, VcpuSet};
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::metrics::bump;
+use crate::vcpu::{State, Vcpu};
+use crate::vm::Machine;
+
+/// Lowest vector a fixed interrupt may carry (SDM 10.5.2).
+const FIRST_LEGAL_VECTOR: u8 = 16;
+
+/// Moves posted vectors into the APIC's IRR.
+pub fn deliver_posted(s: &mut State, pending: PendingVectors) {
+    for v in pending.iter() {
+        let _ = s.apic.deliver(&Interrupt::fixed(v));
+    }
+}
+
+/// After an exit: if lazy EOI was armed, read and clear `apic_assist`
+/// bit 0 and let lapic complete the EOI the guest skipped.
+pub fn complete_lazy_eoi(m: &Machine, me: &Vcpu, s: &mut State) {
+    if !s.apic.lazy_eoi_armed() {
+        return;
+    }
+    let page = s.vp.as_ref().and_then(|vp| vp.vp_assist_page());
+    let cleared = match page.map(|p| (p, m.mem.read_obj::<u32>(GuestAddress(p)))) {
+        Some((p, Ok(v))) => {
+            if v & 1 != 0 {
+                let _ = m.mem.write_obj(v & !1, GuestAddress(p));
+            }
+            v & 1 == 0
+        }
+        _ => false,
+    };
+    if s.apic.complete_lazy_eoi(cleared).is_some() {
+        bump(&me.metrics.eoi_lazy);
+    }
+}
+
+/// Applies what lapic asked for after a register write. `false`: #GP.
+pub fn apply_apic_outcome(m: &Machine, me: &Vcpu, o: Outcome) -> bool {
+    match o {
+        Outcome::Done => true,
+        Outcome::Gp => false,
+        Outcome::Effect(e) => {
+            match e {
+                Effect::SendIpi(ipi) => {
+                    let mut targets = VcpuSet::new();
+                    m.topology()
+                        .resolve_ipi(me.index as usize, &ipi, &mut targets);
+                    let irq = ipi.interrupt();
+                    let fixed = matches!(
+                        irq.delivery_mode,
+                        DeliveryMode::Fixed | DeliveryMode::LowestPriority
+                    ) && irq.vector >= FIRST_LEGAL_VECTOR;
+                    for t in targets.iter() {
+                        let Some(tv) = m.vcpus.get(t) else { continue };
+                        bump(&me.metrics.ipis_posted);
+                        if fixed {
+                            tv.post(irq.vector);
+                        } else {
+                            let mut s = tv.lock();
+                            let _ = s.apic.deliver(&irq);
+                            tv.notify_apic_locked(&mut s);
+                        }
+                    }
+                }
+                Effect::SelfDelivered(_) => {}
+                Effect::Eoi(_) => bump(&me.metrics.eoi_msr),
+                Effect::Timer(Some(deadline)) => m.timers.arm(me.index as usize, deadline),
+                Effect::Timer(None) => {}
+                Effect::Topology(id) => {
+                    if let Err(e) = m.topology_mut().update(me.index as usize, id) {
+                        log::warn!("vCPU {}: topology update: {e}", me.index);
+                    }
+                }
+            }
+            true
+        }
+    }
+}
