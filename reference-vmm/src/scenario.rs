@@ -28,11 +28,13 @@ pub enum Scenario {
     SyscallLoop,
     /// Bare MMIO exits from CPL3.
     MmioExitLoop,
+    /// Bare port I/O exits from CPL3.
+    PioExitLoop,
 }
 
 impl Scenario {
     /// Every named scenario, enlightened ones after their native twin.
-    pub const ALL: [Scenario; 17] = [
+    pub const ALL: [Scenario; 18] = [
         Scenario::PingPong(IpiMode::Native),
         Scenario::PingPong(IpiMode::PvFast),
         Scenario::PingPong(IpiMode::Xapic),
@@ -50,6 +52,7 @@ impl Scenario {
         Scenario::Cpl3Loop,
         Scenario::SyscallLoop,
         Scenario::MmioExitLoop,
+        Scenario::PioExitLoop,
     ];
 
     /// The scenario's name.
@@ -73,6 +76,7 @@ impl Scenario {
             Scenario::Cpl3Loop => "cpl3-loop",
             Scenario::SyscallLoop => "syscall-loop",
             Scenario::MmioExitLoop => "mmio-exit-loop",
+            Scenario::PioExitLoop => "pio-exit-loop",
         }
     }
 
@@ -129,7 +133,7 @@ impl Scenario {
             Scenario::Timer(_) => 200,
             Scenario::Cpl3Loop => 100_000_000,
             Scenario::SyscallLoop => 1000,
-            Scenario::MmioExitLoop => 10_000,
+            Scenario::MmioExitLoop | Scenario::PioExitLoop => 10_000,
         }
     }
 
@@ -145,6 +149,7 @@ impl Scenario {
             Scenario::Cpl3Loop => scenarios::cpl3_loop(ops),
             Scenario::SyscallLoop => scenarios::syscall_loop(ops),
             Scenario::MmioExitLoop => scenarios::mmio_exit_loop(ops),
+            Scenario::PioExitLoop => scenarios::pio_exit_loop(ops),
         }
     }
 }

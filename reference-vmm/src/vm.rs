@@ -311,7 +311,7 @@ impl Vm {
         }
         let table = ipiv::PidTable::new(config.vcpus - 1)
             .map_err(|e| Error::Memory(format!("PID table: {e}")))?;
-        let io_ports = [abi::HYPERCALL_PORT];
+        let io_ports = [abi::HYPERCALL_PORT, abi::NULL_PORT];
         let mut vcpu_fds = Vec::with_capacity(config.vcpus as usize);
         for i in 0..config.vcpus {
             let vi = u64::from(i);

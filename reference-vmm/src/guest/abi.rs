@@ -10,6 +10,9 @@ pub const HYPERCALL_PORT: u16 = 0xE0;
 /// arguments. MMIO rather than a port so that it works from CPL3 without
 /// any I/O permission.
 pub const REPORT_MMIO: u64 = 0x3000_0000;
+/// A port no device claims, open to CPL3 through the TSS I/O bitmap: a
+/// byte write there is a bare port I/O exit round trip.
+pub const NULL_PORT: u16 = 0xE3;
 /// The guest kernel's fatal-exception path: EAX = vector, RDX = RIP,
 /// RSI = error code.
 pub const PANIC_PORT: u16 = 0xE2;

@@ -463,6 +463,25 @@ pub fn cpl0_cmpxchg16b() -> Result<Program, Error> {
     finish(a, vec![])
 }
 
+/// `iters` CPL3 byte writes to [`abi::NULL_PORT`] between the marks: one
+/// port I/O exit round trip each (no instruction decoding needed).
+pub fn pio_exit_loop(iters: u64) -> Result<Program, Error> {
+    let mut a = CodeAssembler::new(64)?;
+    let mut resp = a.create_label();
+    prologue(&mut a, resp)?;
+    mark_start(&mut a, iters)?;
+    a.mov(rbx, iters)?;
+    let mut l = a.create_label();
+    a.set_label(&mut l)?;
+    a.out(u32::from(abi::NULL_PORT), al)?;
+    a.dec(rbx)?;
+    a.jnz(l)?;
+    mark_end(&mut a)?;
+    done(&mut a, rbx)?;
+    idle_responder(&mut a, &mut resp)?;
+    finish(a, vec![])
+}
+
 /// `iters` null system calls (CPL3 -> CPL0 -> CPL3) between the marks:
 /// the cost of the (possibly emulated) CPL0 path.
 pub fn syscall_loop(iters: u64) -> Result<Program, Error> {
