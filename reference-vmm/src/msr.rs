@@ -31,6 +31,9 @@ pub fn msr_read(m: &Machine, me: &Vcpu, index: u32) -> Option<u64> {
     let outcome = match (hvmsr::scope(index), &s.vp) {
         (Some(MsrScope::Partition), Some(_)) => m.partition().read(index, &|| m.reference_time()),
         (Some(MsrScope::Vp), Some(vp)) => vp.read(index),
+        // Hyper-V off: the synthetic MSRs (the EOI/ICR/TPR aliases that
+        // lapic would serve included) do not exist.
+        (Some(_), None) => return None,
         _ if lapic::handles_msr(index) => {
             return match s.apic.read_msr(index) {
                 lapic::MsrRead::Value(v) => Some(v),
@@ -59,7 +62,10 @@ pub fn msr_write(m: &Machine, me: &Vcpu, index: u32, value: u64) -> bool {
     let outcome = {
         let mut s = me.lock();
         match hvmsr::scope(index) {
-            Some(MsrScope::Partition) if s.vp.is_some() => m.partition().write(index, value),
+            Some(MsrScope::Partition) => match s.vp {
+                Some(_) => m.partition().write(index, value),
+                None => MsrOutcome::InjectGp,
+            },
             Some(MsrScope::Vp) => match s.vp.as_mut() {
                 Some(vp) => vp.write(index, value),
                 None => MsrOutcome::InjectGp,

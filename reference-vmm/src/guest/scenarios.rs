@@ -482,6 +482,19 @@ pub fn pio_exit_loop(iters: u64) -> Result<Program, Error> {
     finish(a, vec![])
 }
 
+/// vCPU 0 reads MSR `msr` through the kernel and reports DONE with what
+/// came back (the value, or bit 63 | vector on a fault).
+pub fn rdmsr_program(msr: u32) -> Result<Program, Error> {
+    let mut a = CodeAssembler::new(64)?;
+    let mut resp = a.create_label();
+    prologue(&mut a, resp)?;
+    a.mov(edi, msr)?;
+    sys(&mut a, abi::SYS_RDMSR)?;
+    done(&mut a, rax)?;
+    idle_responder(&mut a, &mut resp)?;
+    finish(a, vec![])
+}
+
 /// `iters` null system calls (CPL3 -> CPL0 -> CPL3) between the marks:
 /// the cost of the (possibly emulated) CPL0 path.
 pub fn syscall_loop(iters: u64) -> Result<Program, Error> {
