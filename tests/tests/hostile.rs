@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
+use hv_enlightenments::msr::{HV_X64_MSR_TPR, HV_X64_MSR_VP_INDEX};
 use hv_tests::kvm_available;
-use reference_vmm::guest::hostile;
+use reference_vmm::guest::{hostile, scenarios};
 use reference_vmm::vm::{FlushMethod, Vm, VmConfig};
 
 #[test]
@@ -35,4 +36,24 @@ fn hostile_guest_gets_statuses_and_faults() {
     assert_eq!(r.values.len(), cases.len());
     let m = &r.metrics.total;
     assert!(m.hypercalls_failed >= 10, "{m:?}");
+}
+
+#[test]
+fn synthetic_msrs_do_not_exist_with_hyperv_off() {
+    if !kvm_available("synthetic_msrs_do_not_exist_with_hyperv_off") {
+        return;
+    }
+    // Neither the per-VP MSRs nor the APIC aliases that lapic could serve.
+    for msr in [HV_X64_MSR_VP_INDEX, HV_X64_MSR_TPR] {
+        let vm = Vm::new(VmConfig {
+            vcpus: 1,
+            hyperv: false,
+            timeout: Duration::from_secs(30),
+            flush: FlushMethod::Sregs,
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let program = scenarios::rdmsr_program(msr).unwrap_or_else(|e| panic!("{e}"));
+        let r = vm.run(&program).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.detail, hostile::GP, "rdmsr {msr:#x} with Hyper-V off");
+    }
 }
