@@ -359,22 +359,32 @@ fn finish(mut a: CodeAssembler, shared: Vec<(u64, u64)>) -> Result<Program, Erro
     })
 }
 
-/// A CPL3 loop of `iters` `dec; jnz` iterations between the marks: shows
-/// whether CPL3 guest code runs natively.
-pub fn cpl3_loop(iters: u64) -> Result<Program, Error> {
+/// vCPU 0 runs `body` `iters` times between the marks (RBX counts down),
+/// then reports DONE with the final count; the other vCPUs idle.
+fn counted_loop(
+    iters: u64,
+    body: impl Fn(&mut CodeAssembler) -> Result<(), iced_x86::IcedError>,
+) -> Result<Program, Error> {
     let mut a = CodeAssembler::new(64)?;
     let mut resp = a.create_label();
     prologue(&mut a, resp)?;
     mark_start(&mut a, iters)?;
-    a.mov(rcx, iters)?;
+    a.mov(rbx, iters)?;
     let mut l = a.create_label();
     a.set_label(&mut l)?;
-    a.dec(rcx)?;
+    body(&mut a)?;
+    a.dec(rbx)?;
     a.jnz(l)?;
     mark_end(&mut a)?;
-    done(&mut a, rcx)?;
+    done(&mut a, rbx)?;
     idle_responder(&mut a, &mut resp)?;
     finish(a, vec![])
+}
+
+/// A CPL3 loop of `iters` `dec; jnz` iterations between the marks: shows
+/// whether CPL3 guest code runs natively.
+pub fn cpl3_loop(iters: u64) -> Result<Program, Error> {
+    counted_loop(iters, |_| Ok(()))
 }
 
 /// A guest-physical address outside RAM that no device claims: a write
@@ -384,20 +394,7 @@ pub const NULL_MMIO: u64 = 0x3000_1000;
 /// `iters` CPL3 writes to [`NULL_MMIO`] between the marks: the cost of one
 /// exit to the VMM and back (CPL3 runs natively, KVM decodes the write).
 pub fn mmio_exit_loop(iters: u64) -> Result<Program, Error> {
-    let mut a = CodeAssembler::new(64)?;
-    let mut resp = a.create_label();
-    prologue(&mut a, resp)?;
-    mark_start(&mut a, iters)?;
-    a.mov(rbx, iters)?;
-    let mut l = a.create_label();
-    a.set_label(&mut l)?;
-    a.mov(dword_ptr(NULL_MMIO), eax)?;
-    a.dec(rbx)?;
-    a.jnz(l)?;
-    mark_end(&mut a)?;
-    done(&mut a, rbx)?;
-    idle_responder(&mut a, &mut resp)?;
-    finish(a, vec![])
+    counted_loop(iters, |a| a.mov(dword_ptr(NULL_MMIO), eax))
 }
 
 /// A program that never reports: vCPU 0 spins at CPL3 (for the VMM's
@@ -466,20 +463,7 @@ pub fn cpl0_cmpxchg16b() -> Result<Program, Error> {
 /// `iters` CPL3 byte writes to [`abi::NULL_PORT`] between the marks: one
 /// port I/O exit round trip each (no instruction decoding needed).
 pub fn pio_exit_loop(iters: u64) -> Result<Program, Error> {
-    let mut a = CodeAssembler::new(64)?;
-    let mut resp = a.create_label();
-    prologue(&mut a, resp)?;
-    mark_start(&mut a, iters)?;
-    a.mov(rbx, iters)?;
-    let mut l = a.create_label();
-    a.set_label(&mut l)?;
-    a.out(u32::from(abi::NULL_PORT), al)?;
-    a.dec(rbx)?;
-    a.jnz(l)?;
-    mark_end(&mut a)?;
-    done(&mut a, rbx)?;
-    idle_responder(&mut a, &mut resp)?;
-    finish(a, vec![])
+    counted_loop(iters, |a| a.out(u32::from(abi::NULL_PORT), al))
 }
 
 /// vCPU 0 reads MSR `msr` through the kernel and reports DONE with what
@@ -498,21 +482,10 @@ pub fn rdmsr_program(msr: u32) -> Result<Program, Error> {
 /// `iters` null system calls (CPL3 -> CPL0 -> CPL3) between the marks:
 /// the cost of the (possibly emulated) CPL0 path.
 pub fn syscall_loop(iters: u64) -> Result<Program, Error> {
-    let mut a = CodeAssembler::new(64)?;
-    let mut resp = a.create_label();
-    prologue(&mut a, resp)?;
-    mark_start(&mut a, iters)?;
-    a.mov(rbx, iters)?;
-    let mut l = a.create_label();
-    a.set_label(&mut l)?;
-    a.mov(eax, 99)?;
-    a.int3()?;
-    a.dec(rbx)?;
-    a.jnz(l)?;
-    mark_end(&mut a)?;
-    done(&mut a, rbx)?;
-    idle_responder(&mut a, &mut resp)?;
-    finish(a, vec![])
+    counted_loop(iters, |a| {
+        a.mov(eax, 99)?;
+        a.int3()
+    })
 }
 
 /// IPI ping-pong between vCPU 0 and vCPU 1 (or vCPU 0 with itself on a
