@@ -36,6 +36,8 @@ pub fn complete_lazy_eoi(m: &Machine, me: &Vcpu, s: &mut State) {
         }
         _ => false,
     };
+    // lapic never arms lazy EOI for a level-triggered vector (KVM's rule),
+    // so there is no IOAPIC to tell here (and this vCPU's lock is held).
     if s.apic.complete_lazy_eoi(cleared).is_some() {
         bump(&me.metrics.eoi_lazy);
     }
@@ -64,13 +66,22 @@ pub fn apply_apic_outcome(m: &Machine, me: &Vcpu, o: Outcome) -> bool {
                             tv.post(irq.vector);
                         } else {
                             let mut s = tv.lock();
-                            let _ = s.apic.deliver(&irq);
-                            tv.notify_apic_locked(&mut s);
+                            let d = s.apic.deliver(&irq);
+                            if m.user_mp {
+                                crate::mp::latch(tv, &mut s, d);
+                            } else {
+                                tv.notify_apic_locked(&mut s);
+                            }
                         }
                     }
                 }
                 Effect::SelfDelivered(_) => {}
-                Effect::Eoi(_) => bump(&me.metrics.eoi_msr),
+                Effect::Eoi(e) => {
+                    bump(&me.metrics.eoi_msr);
+                    if e.notify_ioapic {
+                        m.broadcast_eoi(e.vector);
+                    }
+                }
                 Effect::Timer(Some(deadline)) => m.timers.arm(me.index as usize, deadline),
                 Effect::Timer(None) => {}
                 Effect::Topology(id) => {

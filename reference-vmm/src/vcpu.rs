@@ -31,6 +31,8 @@ vmm_sys_util::ioctl_iow_nr!(KVM_INTERRUPT, kvm_bindings::KVMIO, 0x86, kvm_interr
 /// on its own (a stop also wakes it): long, so that a thousand halted
 /// vCPUs cost the host nothing.
 const HALT_SLICE: Duration = Duration::from_secs(1);
+/// `kvm_run.internal.suberror` of an instruction emulation failure.
+const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
 /// How long a flushing vCPU waits for a target to leave guest mode.
 pub const FLUSH_WAIT: Duration = Duration::from_secs(10);
 
@@ -50,6 +52,8 @@ pub struct State {
     pub kick: Option<KickTarget>,
     /// A halted vCPU was told to wake up.
     pub woken: bool,
+    /// INIT/SIPI state (used where the VMM runs that protocol).
+    pub mp: crate::mp::MpEvents,
 }
 
 /// A vCPU as seen by every thread.
@@ -83,6 +87,7 @@ impl Vcpu {
                 alive: false,
                 kick: None,
                 woken: false,
+                mp: crate::mp::MpEvents::default(),
             }),
             cond: Condvar::new(),
             metrics: VcpuMetrics::default(),
@@ -140,6 +145,25 @@ impl Vcpu {
             RunState::Halted => self.wake_locked(s),
             RunState::OutsideGuest => {}
         }
+    }
+
+    /// After an INIT or SIPI was latched under the lock: kick the vCPU out
+    /// of guest mode, or wake it from HLT or wait-for-SIPI.
+    pub(crate) fn notify_mp_locked(&self, s: &mut State) {
+        if self.run_state() == RunState::InGuest {
+            self.kick_locked(s);
+        } else {
+            self.wake_locked(s);
+        }
+    }
+
+    /// Blocks until woken (or for a slice, to re-check a stop request).
+    pub(crate) fn wait_event<'g>(&self, mut s: MutexGuard<'g, State>) -> MutexGuard<'g, State> {
+        s.woken = false;
+        self.cond
+            .wait_timeout(s, HALT_SLICE)
+            .unwrap_or_else(|e| e.into_inner())
+            .0
     }
 
     /// Posts a fixed interrupt through the posted-interrupt descriptor.
@@ -282,6 +306,9 @@ impl<'a> Runner<'a> {
     fn run_loop(&mut self) -> Result<(), Error> {
         loop {
             if self.m.stopping() {
+                return Ok(());
+            }
+            if self.m.user_mp && !self.accept_mp_events()? {
                 return Ok(());
             }
             self.prepare_entry()?;
@@ -431,7 +458,7 @@ impl<'a> Runner<'a> {
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 bump(&me.metrics.exit_mmio);
-                if addr == abi::REPORT_MMIO {
+                if addr == abi::REPORT_MMIO && !m.external {
                     let mut b = [0u8; 4];
                     let n = data.len().min(4);
                     b[..n].copy_from_slice(&data[..n]);
@@ -489,10 +516,15 @@ impl<'a> Runner<'a> {
                     _ => "internal error",
                 };
                 let n = (internal.ndata as usize).min(internal.data.len());
+                let data = internal.data[..n].to_vec();
+                let insn = if internal.suberror == KVM_INTERNAL_ERROR_EMULATION {
+                    crate::fault::describe_instruction(&self.fd, &self.m.mem, &data)
+                } else {
+                    String::new()
+                };
                 Exit::Fatal(format!(
-                    "KVM_EXIT_INTERNAL_ERROR: {what} (suberror {}, data {:x?})",
+                    "KVM_EXIT_INTERNAL_ERROR: {what} (suberror {}, data {data:x?}){insn}",
                     internal.suberror,
-                    &internal.data[..n]
                 ))
             }
             Ok(VcpuExit::FailEntry(reason, cpu)) => Exit::Fatal(format!(
@@ -516,7 +548,7 @@ impl<'a> Runner<'a> {
         let desc = me.posted.descriptor();
         let mut s = me.lock();
         loop {
-            if self.m.stopping() || s.apic.pending().is_some() {
+            if self.m.stopping() || s.apic.pending().is_some() || s.mp.pending() {
                 break;
             }
             s.woken = false;
@@ -525,7 +557,7 @@ impl<'a> Runner<'a> {
                 deliver_posted(&mut s, posted);
                 continue;
             }
-            while !s.woken && !self.m.stopping() {
+            while !s.woken && !self.m.stopping() && !s.mp.pending() {
                 s = me
                     .cond
                     .wait_timeout(s, HALT_SLICE)
@@ -539,8 +571,10 @@ impl<'a> Runner<'a> {
 
     fn port_out(&mut self, port: u16, value: u32) -> Result<(), Error> {
         match port {
-            abi::HYPERCALL_PORT => self.hypercall(),
-            abi::PANIC_PORT => {
+            // External guests: the hypercall port exists only with
+            // Hyper-V on; the panic port not at all.
+            abi::HYPERCALL_PORT if !self.m.external || self.m.hyperv => self.hypercall(),
+            abi::PANIC_PORT if !self.m.external => {
                 let regs = self.regs()?;
                 Err(Error::Guest {
                     vcpu: self.me.index,

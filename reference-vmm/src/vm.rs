@@ -16,6 +16,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestM
 use crate::boot;
 use crate::clock::HostClock;
 use crate::cpuid::{self, cpuid_plan};
+use hv_enlightenments::cpuid::CpuidPlan;
 use crate::devices::Bus;
 use crate::error::Error;
 use crate::guest::abi::{self, percpu as pc};
@@ -72,6 +73,21 @@ pub struct Program {
     pub shared: Vec<(u64, u64)>,
 }
 
+/// How an external guest stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestExit {
+    /// It wrote `status` to the isa-debug-exit port (the process exit
+    /// code is `status >> 1`, as with QEMU's isa-debug-exit).
+    DebugExit(u32),
+    /// It powered off (ACPI S5).
+    PowerOff,
+    /// It reset the machine (port 0xCF9, keyboard controller or triple
+    /// fault is reported as an error instead).
+    Reset,
+    /// The console showed the text the run waited for.
+    ConsoleMatched(String),
+}
+
 /// The measured phase of a run, between the guest's MARK_START and
 /// MARK_END reports.
 #[derive(Debug, Clone)]
@@ -126,6 +142,17 @@ pub struct Machine {
     pub mmio: Bus,
     /// APIC timers.
     pub timers: Timers,
+    /// An external guest (a kernel loaded from a file) rather than the
+    /// built-in one: no report MMIO address, no panic port, unknown ports
+    /// and MMIO read all-ones and ignore writes.
+    pub external: bool,
+    /// The VMM runs the INIT/SIPI protocol ([`crate::mp`]): external guests
+    /// in the userspace-irqchip mode.
+    pub user_mp: bool,
+    /// Where EOIs of level-triggered vectors go (the IOAPIC).
+    eoi_hook: Option<EoiHook>,
+    /// How an external guest stopped.
+    pub(crate) guest_exit: Mutex<Option<GuestExit>>,
     partition: Mutex<Partition>,
     topology: RwLock<Topology>,
     stub: Vec<u8>,
@@ -135,7 +162,18 @@ pub struct Machine {
     marks: Mutex<Marks>,
 }
 
+/// Receives the vector of every EOI the local APICs broadcast (SDM Vol. 3
+/// 10.8.5: level-triggered vectors, unless SVR suppresses it).
+pub type EoiHook = Box<dyn Fn(u8) + Send + Sync>;
+
 impl Machine {
+    /// Tells the IOAPIC that a level-triggered `vector` was completed.
+    pub fn broadcast_eoi(&self, vector: u8) {
+        if let Some(h) = &self.eoi_hook {
+            h(vector);
+        }
+    }
+
     /// Whether the run is ending.
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Acquire)
@@ -233,12 +271,12 @@ impl Machine {
 
 /// A VM ready to run one program.
 pub struct Vm {
-    config: VmConfig,
-    _kvm: Kvm,
-    _fd: VmFd,
-    vcpu_fds: Vec<VcpuFd>,
-    machine: Arc<Machine>,
-    entry: u64,
+    pub(crate) config: VmConfig,
+    pub(crate) _kvm: Kvm,
+    pub(crate) _fd: VmFd,
+    pub(crate) vcpu_fds: Vec<VcpuFd>,
+    pub(crate) machine: Arc<Machine>,
+    pub(crate) entry: u64,
 }
 
 fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
@@ -252,46 +290,14 @@ fn mem_err(e: impl std::fmt::Display) -> Error {
 impl Vm {
     /// Creates the VM, its memory and vCPUs and loads the guest kernel.
     pub fn new(config: VmConfig) -> Result<Self, Error> {
-        kick::install_handler()?;
-        let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
-        let max = kvm.get_max_vcpus() as u32;
-        if config.vcpus == 0 || config.vcpus > max {
-            return Err(Error::TooManyVcpus {
-                requested: config.vcpus,
-                max,
-            });
-        }
-        let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-        fd.set_tss_address(0xFFFB_D000)
-            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        enable_user_msrs(&fd)?;
-
         let size = layout::memory_size(u64::from(config.vcpus)).max(4 << 20);
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)])
-            .map_err(mem_err)?;
-        for (slot, region) in mem.iter().enumerate() {
-            let host = region
-                .get_host_address(vm_memory::MemoryRegionAddress(0))
-                .map_err(mem_err)?;
-            let r = kvm_userspace_memory_region {
-                slot: slot as u32,
-                guest_phys_addr: region.start_addr().0,
-                memory_size: region.len(),
-                userspace_addr: host as u64,
-                flags: 0,
-            };
-            // SAFETY: the region is a live mmap owned by `mem`, which the
-            // Machine keeps for as long as the VM fd (and so the slot)
-            // exists.
-            unsafe { fd.set_user_memory_region(r) }
-                .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
-        }
-
+        let c = Common::open(config.vcpus, config.hyperv, size, IrqchipMode::User)?;
+        let mem = &c.mem;
         let k = kernel::build()?;
         mem.write_slice(&k.code, GuestAddress(layout::KERNEL_CODE))
             .map_err(mem_err)?;
-        boot::write_page_tables(&mem).map_err(mem_err)?;
-        boot::write_idt(&mem, &k.idt, &[abi::VEC_SYSCALL]).map_err(mem_err)?;
+        boot::write_page_tables(mem).map_err(mem_err)?;
+        boot::write_idt(mem, &k.idt, &[abi::VEC_SYSCALL]).map_err(mem_err)?;
         mem.write_obj(0xA0A0_A0A0_A0A0_A0A0u64, GuestAddress(layout::TLB_PAGE_A))
             .map_err(mem_err)?;
         mem.write_obj(0xB0B0_B0B0_B0B0_B0B0u64, GuestAddress(layout::TLB_PAGE_B))
@@ -304,18 +310,11 @@ impl Vm {
         mem.write_obj(u64::from(config.vcpus), GuestAddress(abi::shared::VCPUS))
             .map_err(mem_err)?;
 
-        let plan = cpuid_plan(config.vcpus, IrqchipMode::User)?;
-        let mut base_cpuid = cpuid::base_table(&kvm)?;
-        if config.hyperv {
-            plan.cpuid.apply_to_kvm_entries(&mut base_cpuid);
-        }
-        let table = ipiv::PidTable::new(config.vcpus - 1)
-            .map_err(|e| Error::Memory(format!("PID table: {e}")))?;
         let io_ports = [abi::HYPERCALL_PORT, abi::NULL_PORT];
         let mut vcpu_fds = Vec::with_capacity(config.vcpus as usize);
         for i in 0..config.vcpus {
             let vi = u64::from(i);
-            boot::write_gdt_tss(&mem, vi, &io_ports).map_err(mem_err)?;
+            boot::write_gdt_tss(mem, vi, &io_ports).map_err(mem_err)?;
             let vars = layout::percpu(vi) + layout::PERCPU_VARS;
             for (off, v) in [
                 (pc::CPU, vi),
@@ -326,14 +325,8 @@ impl Vm {
                 mem.write_obj(v, GuestAddress(vars + off))
                     .map_err(mem_err)?;
             }
-            let vfd = fd.create_vcpu(vi).map_err(|err| Error::VcpuKvm {
-                vcpu: i,
-                op: "KVM_CREATE_VCPU",
-                err,
-            })?;
+            let vfd = c.create_vcpu(i)?;
             let verr = |op| move |err| Error::VcpuKvm { vcpu: i, op, err };
-            vfd.set_cpuid2(&cpuid::for_vcpu(&base_cpuid, i)?)
-                .map_err(verr("KVM_SET_CPUID2"))?;
             let sregs = vfd.get_sregs().map_err(verr("KVM_GET_SREGS"))?;
             vfd.set_sregs(&boot::long_mode_sregs(sregs, vi))
                 .map_err(verr("KVM_SET_SREGS"))?;
@@ -341,55 +334,21 @@ impl Vm {
                 .map_err(verr("KVM_SET_REGS"))?;
             vcpu_fds.push(vfd);
         }
-
-        let tsc_khz = vcpu_fds
-            .first()
-            .and_then(|v| v.get_tsc_khz().ok())
-            .map_or(1_000_000, u64::from);
-        let clock = Arc::new(HostClock::new(tsc_khz));
-        let mut topology = Topology::new();
-        let mut vcpus = Vec::with_capacity(config.vcpus as usize);
-        for i in 0..config.vcpus {
-            let apic = LocalApic::new(lapic::Config::new(i), clock.clone())
-                .map_err(|e| Error::Memory(format!("vCPU {i} local APIC: {e}")))?;
-            topology
-                .add(i as usize, apic.identity())
-                .map_err(|e| Error::Memory(format!("vCPU {i} APIC topology: {e}")))?;
-            let vp = if config.hyperv {
-                Some(
-                    Vp::new(i, plan.privileges())
-                        .map_err(|e| Error::Memory(format!("vCPU {i} VP state: {e}")))?,
-                )
-            } else {
-                None
-            };
-            let posted = table
-                .register(i)
-                .map_err(|e| Error::Memory(format!("vCPU {i} PID entry: {e}")))?;
-            vcpus.push(Vcpu::new(i, apic, vp, posted));
-        }
-        let machine = Arc::new(Machine {
-            mem,
-            vcpus,
-            hyperv: config.hyperv,
-            lazy_eoi: config.hyperv && plan.lazy_eoi(),
-            clock,
-            flush: config.flush,
-            pio: Bus::default(),
-            mmio: Bus::default(),
-            timers: Timers::default(),
-            partition: Mutex::new(Partition::new(PartitionConfig::from(&plan))),
-            topology: RwLock::new(topology),
-            stub: kernel::hypercall_stub()?,
-            stop: AtomicBool::new(false),
-            end: Mutex::new(None),
-            end_cond: Condvar::new(),
-            marks: Mutex::new(Marks::default()),
-        });
+        let machine = c.machine(
+            &vcpu_fds,
+            MachineOptions {
+                flush: config.flush,
+                pio: Bus::default(),
+                mmio: Bus::default(),
+                external: false,
+                user_mp: false,
+                eoi_hook: None,
+            },
+        )?;
         Ok(Self {
             config,
-            _kvm: kvm,
-            _fd: fd,
+            _kvm: c.kvm,
+            _fd: c.fd,
             vcpu_fds,
             machine,
             entry: k.entry,
@@ -424,6 +383,43 @@ impl Vm {
         for &(a, v) in &program.shared {
             m.mem.write_obj(v, GuestAddress(a)).map_err(mem_err)?;
         }
+        let (result, wall) = self.run_threads("the guest's DONE report");
+        let detail = result?;
+        let metrics = m.metrics();
+        let marks = std::mem::take(&mut *m.marks.lock().unwrap_or_else(|e| e.into_inner()));
+        let measured = match (marks.start, marks.end) {
+            (Some((t0, m0, ops)), Some((t1, m1, who))) => {
+                // The MARK_END exit itself is not part of the measurement.
+                let mut d = m1.since(&m0);
+                if let Some(v) = d.vcpus.get_mut(who as usize) {
+                    v.exits = v.exits.saturating_sub(1);
+                    v.exit_mmio = v.exit_mmio.saturating_sub(1);
+                }
+                let metrics = VmMetrics::from_vcpus(d.vcpus);
+                Some(Measured {
+                    ops,
+                    elapsed: t1.saturating_duration_since(t0),
+                    metrics,
+                })
+            }
+            _ => None,
+        };
+        Ok(RunReport {
+            detail,
+            measured,
+            metrics,
+            wall,
+            values: marks.values,
+        })
+    }
+}
+
+impl Vm {
+    /// Runs the APIC timer thread and one thread per vCPU until the run
+    /// ends (a `finish`, a vCPU failure or the timeout, which is reported
+    /// as waiting for `what`), then stops and joins them all.
+    pub(crate) fn run_threads(&mut self, what: &str) -> (Result<u64, Error>, Duration) {
+        let m = Arc::clone(&self.machine);
         let start = Instant::now();
         let timer_m = Arc::clone(&m);
         let timer = std::thread::Builder::new()
@@ -436,13 +432,22 @@ impl Vm {
                     || tm.clock.now_ns(),
                     |i| tm.vcpus.get(i).and_then(|v| v.timer_fire()),
                 )
-            })
-            .map_err(|err| Error::Thread {
-                vcpu: u32::MAX,
-                err,
-            })?;
+            });
+        let timer = match timer {
+            Ok(t) => Some(t),
+            Err(err) => {
+                m.finish(Err(Error::Thread {
+                    vcpu: u32::MAX,
+                    err,
+                }));
+                None
+            }
+        };
         let mut threads = Vec::new();
         for (i, fd) in self.vcpu_fds.drain(..).enumerate() {
+            if m.stopping() {
+                break;
+            }
             let vm = Arc::clone(&m);
             let t = std::thread::Builder::new()
                 .name(format!("vcpu{i}"))
@@ -472,7 +477,7 @@ impl Vm {
             while e.is_none() {
                 let left = self.config.timeout.saturating_sub(start.elapsed());
                 if left.is_zero() {
-                    let mut what = String::from("the guest's DONE report; vCPU states:");
+                    let mut what = format!("{what}; vCPU states:");
                     for v in m.vcpus.iter().take(16) {
                         what.push_str("\n  ");
                         what.push_str(&v.describe());
@@ -494,7 +499,9 @@ impl Vm {
         for t in threads {
             let _ = t.join();
         }
-        let _ = timer.join();
+        if let Some(t) = timer {
+            let _ = t.join();
+        }
         let wall = start.elapsed();
         let result = m
             .end
@@ -502,33 +509,166 @@ impl Vm {
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .unwrap_or(Ok(0));
-        let detail = result?;
-        let metrics = m.metrics();
-        let marks = std::mem::take(&mut *m.marks.lock().unwrap_or_else(|e| e.into_inner()));
-        let measured = match (marks.start, marks.end) {
-            (Some((t0, m0, ops)), Some((t1, m1, who))) => {
-                // The MARK_END exit itself is not part of the measurement.
-                let mut d = m1.since(&m0);
-                if let Some(v) = d.vcpus.get_mut(who as usize) {
-                    v.exits = v.exits.saturating_sub(1);
-                    v.exit_mmio = v.exit_mmio.saturating_sub(1);
-                }
-                let metrics = VmMetrics::from_vcpus(d.vcpus);
-                Some(Measured {
-                    ops,
-                    elapsed: t1.saturating_duration_since(t0),
-                    metrics,
-                })
-            }
-            _ => None,
-        };
-        Ok(RunReport {
-            detail,
-            measured,
-            metrics,
-            wall,
-            values: marks.values,
+        (result, wall)
+    }
+}
+
+/// What both kinds of VM (built-in guest, external kernel) share: the KVM
+/// VM with its userspace MSR exits and filter, guest RAM at GPA 0, the
+/// Hyper-V CPUID plan and the CPUID table every vCPU gets.
+pub(crate) struct Common {
+    pub(crate) kvm: Kvm,
+    pub(crate) fd: VmFd,
+    pub(crate) mem: GuestMemoryMmap,
+    pub(crate) plan: CpuidPlan,
+    base_cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
+    vcpus: u32,
+    hyperv: bool,
+}
+
+/// The parts of a [`Machine`] that differ between the kinds of VM.
+pub(crate) struct MachineOptions {
+    pub(crate) flush: FlushMethod,
+    pub(crate) pio: Bus,
+    pub(crate) mmio: Bus,
+    pub(crate) external: bool,
+    pub(crate) user_mp: bool,
+    pub(crate) eoi_hook: Option<EoiHook>,
+}
+
+impl Common {
+    /// Opens KVM and creates the VM with `mem_size` bytes of RAM at 0.
+    pub(crate) fn open(
+        vcpus: u32,
+        hyperv: bool,
+        mem_size: u64,
+        irqchip: IrqchipMode,
+    ) -> Result<Self, Error> {
+        kick::install_handler()?;
+        let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
+        let max = kvm.get_max_vcpus() as u32;
+        if vcpus == 0 || vcpus > max {
+            return Err(Error::TooManyVcpus {
+                requested: vcpus,
+                max,
+            });
+        }
+        let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        fd.set_tss_address(0xFFFB_D000)
+            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        enable_user_msrs(&fd)?;
+
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_size as usize)])
+            .map_err(mem_err)?;
+        for (slot, region) in mem.iter().enumerate() {
+            let host = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .map_err(mem_err)?;
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+                flags: 0,
+            };
+            // SAFETY: the region is a live mmap owned by `mem`, which the
+            // Machine keeps for as long as the VM fd (and so the slot)
+            // exists.
+            unsafe { fd.set_user_memory_region(r) }
+                .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+        let plan = cpuid_plan(vcpus, irqchip)?;
+        let mut base_cpuid = cpuid::base_table(&kvm)?;
+        if hyperv {
+            plan.cpuid.apply_to_kvm_entries(&mut base_cpuid);
+        }
+        Ok(Self {
+            kvm,
+            fd,
+            mem,
+            plan,
+            base_cpuid,
+            vcpus,
+            hyperv,
         })
+    }
+
+    /// Creates vCPU `i` with its CPUID table.
+    pub(crate) fn create_vcpu(&self, i: u32) -> Result<VcpuFd, Error> {
+        let vfd = self
+            .fd
+            .create_vcpu(u64::from(i))
+            .map_err(|err| Error::VcpuKvm {
+                vcpu: i,
+                op: "KVM_CREATE_VCPU",
+                err,
+            })?;
+        vfd.set_cpuid2(&cpuid::for_vcpu(&self.base_cpuid, i)?)
+            .map_err(|err| Error::VcpuKvm {
+                vcpu: i,
+                op: "KVM_SET_CPUID2",
+                err,
+            })?;
+        Ok(vfd)
+    }
+
+    /// The shared machine state: APICs, VP state, posted-interrupt entries.
+    pub(crate) fn machine(
+        &self,
+        vcpu_fds: &[VcpuFd],
+        o: MachineOptions,
+    ) -> Result<Arc<Machine>, Error> {
+        let n = self.vcpus;
+        let table = ipiv::PidTable::new(n - 1)
+            .map_err(|e| Error::Memory(format!("PID table: {e}")))?;
+        let tsc_khz = vcpu_fds
+            .first()
+            .and_then(|v| v.get_tsc_khz().ok())
+            .map_or(1_000_000, u64::from);
+        let clock = Arc::new(HostClock::new(tsc_khz));
+        let mut topology = Topology::new();
+        let mut vcpus = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let apic = LocalApic::new(lapic::Config::new(i), clock.clone())
+                .map_err(|e| Error::Memory(format!("vCPU {i} local APIC: {e}")))?;
+            topology
+                .add(i as usize, apic.identity())
+                .map_err(|e| Error::Memory(format!("vCPU {i} APIC topology: {e}")))?;
+            let vp = if self.hyperv {
+                Some(
+                    Vp::new(i, self.plan.privileges())
+                        .map_err(|e| Error::Memory(format!("vCPU {i} VP state: {e}")))?,
+                )
+            } else {
+                None
+            };
+            let posted = table
+                .register(i)
+                .map_err(|e| Error::Memory(format!("vCPU {i} PID entry: {e}")))?;
+            vcpus.push(Vcpu::new(i, apic, vp, posted));
+        }
+        Ok(Arc::new(Machine {
+            mem: self.mem.clone(),
+            vcpus,
+            hyperv: self.hyperv,
+            lazy_eoi: self.hyperv && self.plan.lazy_eoi(),
+            clock,
+            flush: o.flush,
+            pio: o.pio,
+            mmio: o.mmio,
+            timers: Timers::default(),
+            external: o.external,
+            user_mp: o.user_mp,
+            eoi_hook: o.eoi_hook,
+            guest_exit: Mutex::new(None),
+            partition: Mutex::new(Partition::new(PartitionConfig::from(&self.plan))),
+            topology: RwLock::new(topology),
+            stub: kernel::hypercall_stub()?,
+            stop: AtomicBool::new(false),
+            end: Mutex::new(None),
+            end_cond: Condvar::new(),
+            marks: Mutex::new(Marks::default()),
+        }))
     }
 }
 

@@ -1,0 +1,226 @@
+//! Multiprocessor start-up in the userspace-irqchip mode: INIT and
+//! STARTUP IPIs (SDM Vol. 3 8.4, "MP initialization"), matched to KVM's
+//! `kvm_apic_accept_events` and `kvm_vcpu_deliver_sipi_vector`.
+//!
+//! The local APIC only says `Delivery::Init` / `Delivery::StartUp(v)`; the
+//! VMM latches them on the target (like KVM's `pending_events`) and kicks
+//! or wakes it. The target's own thread then acts on them before its next
+//! entry: INIT resets its APIC and puts it into wait-for-SIPI, where its
+//! thread blocks on its condition variable and costs nothing; a SIPI that
+//! finds it waiting starts it in real mode at `vector << 12`. A SIPI that
+//! finds it running is dropped, as on hardware.
+//!
+//! In the kernel-irqchip mode KVM does all of this itself (application
+//! processors are created `KVM_MP_STATE_UNINITIALIZED`), so none of this
+//! module is used there.
+
+use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
+use lapic::Delivery;
+
+use crate::error::Error;
+use crate::vcpu::{Runner, State, Vcpu, kvm_err};
+
+/// Where a vCPU is in the INIT/SIPI protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MpState {
+    /// Runs guest code.
+    #[default]
+    Runnable,
+    /// After INIT (or at creation, for an external guest's application
+    /// processors): waits for a STARTUP IPI.
+    WaitForSipi,
+}
+
+/// INIT/SIPI state of one vCPU, kept under its lock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MpEvents {
+    /// Where the vCPU is.
+    pub state: MpState,
+    /// An INIT arrived and was not yet acted on.
+    pub init_pending: bool,
+    /// A STARTUP IPI arrived with this vector and was not yet acted on.
+    pub sipi_pending: Option<u8>,
+}
+
+impl MpEvents {
+    /// Whether the vCPU thread has something to act on.
+    pub fn pending(&self) -> bool {
+        self.init_pending || self.sipi_pending.is_some()
+    }
+}
+
+/// CR0 after INIT: CD | NW | ET (SDM Vol. 3 Table 10-1).
+const CR0_INIT: u64 = 0x6000_0010;
+/// RFLAGS after INIT: only the reserved bit 1.
+const RFLAGS_INIT: u64 = 0x2;
+/// Real-mode segment limit.
+const REAL_MODE_LIMIT: u32 = 0xFFFF;
+/// Code segment type after INIT: execute/read, accessed.
+const TYPE_CODE: u8 = 0xB;
+/// Data segment type after INIT: read/write, accessed.
+const TYPE_DATA: u8 = 0x3;
+/// System segment types after INIT: LDT and 16-bit busy TSS.
+const TYPE_LDT: u8 = 0x2;
+const TYPE_TSS: u8 = 0xB;
+
+/// Latches an INIT or STARTUP delivery on `target` (its lock held as `s`)
+/// and makes its thread look. Other deliveries go to the usual
+/// kick-or-wake path. Used only where the VMM runs the INIT/SIPI protocol
+/// (external guests in the userspace-irqchip mode).
+pub fn latch(target: &Vcpu, s: &mut State, d: Delivery) {
+    match d {
+        Delivery::Init => s.mp.init_pending = true,
+        // KVM `__apic_accept_irq`: the SIPI is latched whatever the state;
+        // it is dropped later unless the vCPU waits for it.
+        Delivery::StartUp(v) => s.mp.sipi_pending = Some(v),
+        _ => {
+            target.notify_apic_locked(s);
+            return;
+        }
+    }
+    target.notify_mp_locked(s);
+}
+
+fn real_mode_segment(selector: u16, base: u64, type_: u8, s: u8) -> kvm_segment {
+    kvm_segment {
+        base,
+        limit: REAL_MODE_LIMIT,
+        selector,
+        type_,
+        present: 1,
+        dpl: 0,
+        db: 0,
+        s,
+        l: 0,
+        g: 0,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+/// The special registers a STARTUP IPI with `vector` gives: the INIT state
+/// (real mode, paging and protection off) with CS.selector = vector << 8
+/// and CS.base = vector << 12 (KVM `kvm_vcpu_deliver_sipi_vector`).
+pub fn sipi_sregs(mut sregs: kvm_sregs, vector: u8) -> kvm_sregs {
+    let data = real_mode_segment(0, 0, TYPE_DATA, 1);
+    sregs.cs = real_mode_segment(
+        u16::from(vector) << 8,
+        u64::from(vector) << 12,
+        TYPE_CODE,
+        1,
+    );
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.ldt = real_mode_segment(0, 0, TYPE_LDT, 0);
+    sregs.tr = real_mode_segment(0, 0, TYPE_TSS, 0);
+    sregs.gdt.base = 0;
+    sregs.gdt.limit = REAL_MODE_LIMIT as u16;
+    sregs.idt.base = 0;
+    sregs.idt.limit = REAL_MODE_LIMIT as u16;
+    sregs.cr0 = CR0_INIT;
+    sregs.cr2 = 0;
+    sregs.cr3 = 0;
+    sregs.cr4 = 0;
+    sregs.efer = 0;
+    // Leave apic_base to the VMM's APIC (it is filtered to userspace).
+    sregs.interrupt_bitmap = [0; 4];
+    sregs
+}
+
+/// The general registers at the SIPI entry: IP = 0, RFLAGS reset value.
+pub fn sipi_regs() -> kvm_regs {
+    kvm_regs {
+        rip: 0,
+        rflags: RFLAGS_INIT,
+        ..Default::default()
+    }
+}
+
+impl Runner<'_> {
+    /// Acts on latched INIT/SIPI events and blocks while the vCPU waits for
+    /// a SIPI. Returns `false` when the machine is stopping.
+    pub(crate) fn accept_mp_events(&mut self) -> Result<bool, Error> {
+        let me = self.me;
+        let mut s = me.lock();
+        loop {
+            if self.m.stopping() {
+                return Ok(false);
+            }
+            if s.mp.init_pending {
+                // KVM: INIT resets the vCPU; an application processor (and,
+                // with no firmware to run here, the BSP too) then waits for
+                // a SIPI. Pending fixed interrupts are gone with the reset.
+                s.mp.init_pending = false;
+                s.mp.state = MpState::WaitForSipi;
+                let id = s.apic.init_reset();
+                if let Err(e) = self.m.topology_mut().update(me.index as usize, id) {
+                    log::warn!("vCPU {}: topology update after INIT: {e}", me.index);
+                }
+                log::debug!("vCPU {}: INIT, waiting for SIPI", me.index);
+            }
+            if let Some(v) = s.mp.sipi_pending.take() {
+                if s.mp.state == MpState::WaitForSipi {
+                    s.mp.state = MpState::Runnable;
+                    drop(s);
+                    log::debug!("vCPU {}: SIPI vector {v:#x}", me.index);
+                    return self.start_at_sipi(v).map(|()| true);
+                }
+                log::debug!("vCPU {}: SIPI {v:#x} while running: dropped", me.index);
+            }
+            if s.mp.state == MpState::Runnable {
+                return Ok(true);
+            }
+            s = me.wait_event(s);
+        }
+    }
+
+    fn start_at_sipi(&mut self, vector: u8) -> Result<(), Error> {
+        let idx = self.me.index;
+        let sregs = self
+            .fd
+            .get_sregs()
+            .map_err(kvm_err(idx, "KVM_GET_SREGS"))?;
+        self.fd
+            .set_sregs(&sipi_sregs(sregs, vector))
+            .map_err(kvm_err(idx, "KVM_SET_SREGS (SIPI)"))?;
+        self.fd
+            .set_regs(&sipi_regs())
+            .map_err(kvm_err(idx, "KVM_SET_REGS (SIPI)"))?;
+        // The synced copies in kvm_run are stale now.
+        self.fd.get_kvm_run().kvm_dirty_regs = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sipi_state_matches_the_sdm() {
+        let s = sipi_sregs(kvm_sregs::default(), 0x9A);
+        assert_eq!(s.cs.selector, 0x9A00);
+        assert_eq!(s.cs.base, 0x9A000);
+        assert_eq!(s.cs.limit, 0xFFFF);
+        assert_eq!(s.cr0 & 1, 0, "protection off");
+        assert_eq!(s.cr0 & (1 << 31), 0, "paging off");
+        assert_eq!(s.efer, 0);
+        assert_eq!(s.ss.base, 0);
+        assert_eq!(s.ss.db, 0, "16-bit stack");
+        assert_eq!(sipi_regs().rip, 0);
+        let s = sipi_sregs(kvm_sregs::default(), 0xFF);
+        assert_eq!(s.cs.base, 0xFF000, "the highest start page");
+    }
+
+    #[test]
+    fn events_pending() {
+        let mut e = MpEvents::default();
+        assert!(!e.pending());
+        e.sipi_pending = Some(1);
+        assert!(e.pending());
+    }
+}
