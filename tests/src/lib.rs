@@ -1,4 +1,7 @@
-//! Helpers for the workspace integration tests.
+//! Helpers for the workspace integration tests, and the multiboot test
+//! kernels they boot ([`mbkernel`]).
+
+pub mod mbkernel;
 
 /// Whether tests that need `/dev/kvm` may run.
 ///
