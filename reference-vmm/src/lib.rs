@@ -35,6 +35,7 @@ pub mod hypercall;
 pub mod irq;
 pub mod kick;
 pub mod layout;
+pub mod loader;
 pub mod metrics;
 pub mod msr;
 pub mod probe;
