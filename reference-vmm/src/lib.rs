@@ -36,6 +36,7 @@ pub mod hypercall;
 pub mod irq;
 pub mod kick;
 pub mod layout;
+pub mod loader;
 pub mod metrics;
 pub mod mp;
 pub mod msr;
