@@ -37,6 +37,7 @@ pub mod kick;
 pub mod layout;
 pub mod metrics;
 pub mod msr;
+pub mod platform;
 pub mod probe;
 pub mod scenario;
 pub mod timer;
