@@ -40,6 +40,7 @@ pub mod loader;
 pub mod metrics;
 pub mod mp;
 pub mod msr;
+pub mod platform;
 pub mod probe;
 pub mod scenario;
 pub mod timer;
