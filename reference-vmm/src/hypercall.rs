@@ -78,7 +78,13 @@ impl Runner<'_> {
                 bump(&metrics.hc_send_ipi);
                 for vp in ipi.targets.iter_present(n) {
                     if let Some(t) = self.m.vcpus.get(vp as usize) {
-                        t.post(ipi.vector);
+                        if self.m.kernel.is_some() {
+                            // One KVM_SIGNAL_MSI per target (APIC ID = VP
+                            // index); KVM kicks or wakes it.
+                            crate::kirq::send_fixed(self.m, t.index, ipi.vector);
+                        } else {
+                            t.post(ipi.vector);
+                        }
                         bump(&metrics.ipis_posted);
                     }
                 }

@@ -10,12 +10,14 @@
 //! use reference_vmm::guest::scenarios::IpiMode;
 //! use reference_vmm::scenario::{self, RunOptions, Scenario};
 //! use reference_vmm::vm::FlushMethod;
+//! use hv_enlightenments::accel::IrqchipMode;
 //!
 //! // Broadcast IPIs by PV hypercall on an 8-vCPU VM.
 //! let opts = RunOptions {
 //!     vcpus: 8,
 //!     timeout: Duration::from_secs(60),
 //!     flush: FlushMethod::Sregs,
+//!     irqchip: IrqchipMode::User,
 //! };
 //! let (_report, figures) = scenario::run(Scenario::Broadcast(IpiMode::PvFast), opts)?;
 //! assert_eq!(figures.sender_exits_per_op, 1.0);
@@ -35,6 +37,8 @@ pub mod guest;
 pub mod hypercall;
 pub mod irq;
 pub mod kick;
+pub mod kirq;
+pub mod kvm_stats;
 pub mod layout;
 pub mod loader;
 pub mod metrics;

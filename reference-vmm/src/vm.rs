@@ -7,8 +7,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLock
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{
-    KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_FILTER, KVM_MSR_EXIT_REASON_INVAL,
-    KVM_MSR_EXIT_REASON_UNKNOWN, kvm_enable_cap, kvm_userspace_memory_region,
+    KVM_CAP_BINARY_STATS_FD, KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_FILTER,
+    KVM_MSR_EXIT_REASON_INVAL, KVM_MSR_EXIT_REASON_UNKNOWN, kvm_enable_cap,
+    kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -22,6 +23,8 @@ use crate::error::Error;
 use crate::guest::abi::{self, percpu as pc};
 use crate::guest::kernel;
 use crate::kick;
+use crate::kirq::{self, KernelIrqchip};
+use crate::kvm_stats::{KvmVmCounters, StatsReader};
 use crate::layout;
 use crate::metrics::VmMetrics;
 use crate::timer::Timers;
@@ -50,6 +53,9 @@ pub struct VmConfig {
     pub timeout: Duration,
     /// How a vCPU's guest TLB is flushed on request.
     pub flush: FlushMethod,
+    /// Where the local APICs live: the VMM (`User`) or KVM (`Kernel`, a
+    /// split irqchip; see [`crate::kirq`]).
+    pub irqchip: IrqchipMode,
 }
 
 /// How the VMM flushes a vCPU's guest TLB before its next entry.
@@ -98,6 +104,12 @@ pub struct Measured {
     pub elapsed: Duration,
     /// Counters accumulated between the marks.
     pub metrics: VmMetrics,
+    /// KVM's own counters between the marks (kernel irqchip with
+    /// KVM_CAP_BINARY_STATS_FD only).
+    pub kvm: Option<KvmVmCounters>,
+    /// Interrupts the guest's EOI routine completed lazily between the
+    /// marks, as the guest counted them (all vCPUs).
+    pub guest_lazy_eois: u64,
 }
 
 /// What a run produced.
@@ -120,6 +132,9 @@ struct Marks {
     start: Option<(Instant, VmMetrics, u64)>,
     end: Option<(Instant, VmMetrics, u32)>,
     values: Vec<(u32, u64, u64)>,
+    /// KVM counters and guest lazy-EOI count at MARK_START / MARK_END.
+    kstart: Option<(Option<KvmVmCounters>, u64)>,
+    kend: Option<(Option<KvmVmCounters>, u64)>,
 }
 
 /// State shared by every vCPU thread of a VM.
@@ -153,6 +168,10 @@ pub struct Machine {
     eoi_hook: Option<EoiHook>,
     /// How an external guest stopped.
     pub(crate) guest_exit: Mutex<Option<GuestExit>>,
+    /// Where the local APICs live.
+    pub irqchip: IrqchipMode,
+    /// The kernel-irqchip state (`None` in the userspace-irqchip mode).
+    pub kernel: Option<KernelIrqchip>,
     partition: Mutex<Partition>,
     topology: RwLock<Topology>,
     stub: Vec<u8>,
@@ -230,6 +249,18 @@ impl Machine {
         }
     }
 
+    /// KVM's counters (kernel irqchip) and the guest's lazy-EOI count.
+    fn extra_counters(&self) -> (Option<KvmVmCounters>, u64) {
+        let kvm = self.kernel.as_ref().and_then(KernelIrqchip::counters);
+        let lazy = (0..self.vcpus.len() as u64)
+            .filter_map(|i| {
+                let a = layout::percpu(i) + layout::PERCPU_VARS + pc::LAZY_EOIS;
+                self.mem.read_obj::<u64>(GuestAddress(a)).ok()
+            })
+            .sum();
+        (kvm, lazy)
+    }
+
     /// Handles a write to the report address.
     pub fn report(&self, vcpu: u32, code: u32, rdi: u64, rsi: u64) {
         match code {
@@ -252,13 +283,17 @@ impl Machine {
             }
             abi::REPORT_MARK_START => {
                 let m = self.metrics();
+                let extra = self.extra_counters();
                 let mut k = self.marks.lock().unwrap_or_else(|e| e.into_inner());
                 k.start = Some((Instant::now(), m, rdi));
+                k.kstart = Some(extra);
             }
             abi::REPORT_MARK_END => {
                 let m = self.metrics();
+                let extra = self.extra_counters();
                 let mut k = self.marks.lock().unwrap_or_else(|e| e.into_inner());
                 k.end = Some((Instant::now(), m, vcpu));
+                k.kend = Some(extra);
             }
             _ => {
                 log::debug!("vCPU {vcpu}: value {rdi:#x} = {rsi:#x}");
@@ -273,7 +308,7 @@ impl Machine {
 pub struct Vm {
     pub(crate) config: VmConfig,
     pub(crate) _kvm: Kvm,
-    pub(crate) _fd: VmFd,
+    pub(crate) _fd: Arc<VmFd>,
     pub(crate) vcpu_fds: Vec<VcpuFd>,
     pub(crate) machine: Arc<Machine>,
     pub(crate) entry: u64,
@@ -291,8 +326,8 @@ impl Vm {
     /// Creates the VM, its memory and vCPUs and loads the guest kernel.
     pub fn new(config: VmConfig) -> Result<Self, Error> {
         let size = layout::memory_size(u64::from(config.vcpus)).max(4 << 20);
-        let c = Common::open(config.vcpus, config.hyperv, size, IrqchipMode::User)?;
-        let mem = &c.mem;
+        let mut c = Common::open(config.vcpus, config.hyperv, size, config.irqchip)?;
+        let mem = &c.mem.clone();
         let k = kernel::build()?;
         mem.write_slice(&k.code, GuestAddress(layout::KERNEL_CODE))
             .map_err(mem_err)?;
@@ -332,6 +367,11 @@ impl Vm {
                 .map_err(verr("KVM_SET_SREGS"))?;
             vfd.set_regs(&boot::entry_regs(vi, k.entry, u64::from(config.vcpus)))
                 .map_err(verr("KVM_SET_REGS"))?;
+            if c.irqchip == IrqchipMode::Kernel {
+                // Every built-in vCPU starts at the kernel entry, not in
+                // KVM's wait-for-SIPI.
+                kirq::make_runnable(&vfd, i)?;
+            }
             vcpu_fds.push(vfd);
         }
         let machine = c.machine(
@@ -396,10 +436,19 @@ impl Vm {
                     v.exit_mmio = v.exit_mmio.saturating_sub(1);
                 }
                 let metrics = VmMetrics::from_vcpus(d.vcpus);
+                let (kvm, guest_lazy_eois) = match (marks.kstart, marks.kend) {
+                    (Some((k0, l0)), Some((k1, l1))) => (
+                        k0.zip(k1).map(|(k0, k1)| k1.since(&k0)),
+                        l1.saturating_sub(l0),
+                    ),
+                    _ => (None, 0),
+                };
                 Some(Measured {
                     ops,
                     elapsed: t1.saturating_duration_since(t0),
                     metrics,
+                    kvm,
+                    guest_lazy_eois,
                 })
             }
             _ => None,
@@ -518,12 +567,16 @@ impl Vm {
 /// Hyper-V CPUID plan and the CPUID table every vCPU gets.
 pub(crate) struct Common {
     pub(crate) kvm: Kvm,
-    pub(crate) fd: VmFd,
+    pub(crate) fd: Arc<VmFd>,
     pub(crate) mem: GuestMemoryMmap,
     pub(crate) plan: CpuidPlan,
+    pub(crate) irqchip: IrqchipMode,
     base_cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
     vcpus: u32,
     hyperv: bool,
+    /// Whether KVM's per-vCPU statistics can be read (kernel irqchip).
+    stats_cap: bool,
+    stats: Vec<StatsReader>,
 }
 
 /// The parts of a [`Machine`] that differ between the kinds of VM.
@@ -556,7 +609,11 @@ impl Common {
         let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         fd.set_tss_address(0xFFFB_D000)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        enable_user_msrs(&fd)?;
+        let kernel_irqchip = irqchip == IrqchipMode::Kernel;
+        if kernel_irqchip {
+            kirq::setup_vm(&fd)?;
+        }
+        enable_user_msrs(&fd, irqchip)?;
 
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_size as usize)])
             .map_err(mem_err)?;
@@ -579,22 +636,30 @@ impl Common {
         }
         let plan = cpuid_plan(vcpus, irqchip)?;
         let mut base_cpuid = cpuid::base_table(&kvm)?;
+        if kernel_irqchip && kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
+            cpuid::offer_tsc_deadline(&mut base_cpuid);
+        }
+        let stats_cap =
+            kernel_irqchip && kvm.check_extension_raw(KVM_CAP_BINARY_STATS_FD.into()) > 0;
         if hyperv {
             plan.cpuid.apply_to_kvm_entries(&mut base_cpuid);
         }
         Ok(Self {
             kvm,
-            fd,
+            fd: Arc::new(fd),
             mem,
             plan,
+            irqchip,
             base_cpuid,
             vcpus,
             hyperv,
+            stats_cap,
+            stats: Vec::new(),
         })
     }
 
     /// Creates vCPU `i` with its CPUID table.
-    pub(crate) fn create_vcpu(&self, i: u32) -> Result<VcpuFd, Error> {
+    pub(crate) fn create_vcpu(&mut self, i: u32) -> Result<VcpuFd, Error> {
         let vfd = self
             .fd
             .create_vcpu(u64::from(i))
@@ -609,12 +674,18 @@ impl Common {
                 op: "KVM_SET_CPUID2",
                 err,
             })?;
+        if self.stats_cap {
+            match StatsReader::open(&vfd) {
+                Ok(r) => self.stats.push(r),
+                Err(e) => log::warn!("vCPU {i}: no KVM statistics: {e}"),
+            }
+        }
         Ok(vfd)
     }
 
     /// The shared machine state: APICs, VP state, posted-interrupt entries.
     pub(crate) fn machine(
-        &self,
+        &mut self,
         vcpu_fds: &[VcpuFd],
         o: MachineOptions,
     ) -> Result<Arc<Machine>, Error> {
@@ -647,6 +718,15 @@ impl Common {
                 .map_err(|e| Error::Memory(format!("vCPU {i} PID entry: {e}")))?;
             vcpus.push(Vcpu::new(i, apic, vp, posted));
         }
+        let mut stats = std::mem::take(&mut self.stats);
+        // Statistics for every vCPU or for none (sums must be comparable).
+        if stats.len() != n as usize {
+            stats.clear();
+        }
+        let kernel = (self.irqchip == IrqchipMode::Kernel).then(|| KernelIrqchip {
+            vm: Arc::clone(&self.fd),
+            stats,
+        });
         Ok(Arc::new(Machine {
             mem: self.mem.clone(),
             vcpus,
@@ -661,6 +741,8 @@ impl Common {
             user_mp: o.user_mp,
             eoi_hook: o.eoi_hook,
             guest_exit: Mutex::new(None),
+            irqchip: self.irqchip,
+            kernel,
             partition: Mutex::new(Partition::new(PartitionConfig::from(&self.plan))),
             topology: RwLock::new(topology),
             stub: kernel::hypercall_stub()?,
@@ -673,9 +755,10 @@ impl Common {
 }
 
 /// Userspace MSR exits for invalid, unknown and filtered MSRs, and a filter
-/// that denies the Hyper-V synthetic range, IA32_TSC_DEADLINE and
-/// IA32_APIC_BASE so that they exit to the VMM.
-fn enable_user_msrs(fd: &VmFd) -> Result<(), Error> {
+/// that denies the Hyper-V synthetic range and, with the userspace
+/// irqchip, IA32_TSC_DEADLINE and IA32_APIC_BASE so that they exit to the
+/// VMM (KVM's in-kernel LAPIC serves those two itself).
+fn enable_user_msrs(fd: &VmFd, irqchip: IrqchipMode) -> Result<(), Error> {
     let cap = kvm_enable_cap {
         cap: KVM_CAP_X86_USER_SPACE_MSR,
         args: [
@@ -700,28 +783,30 @@ fn enable_user_msrs(fd: &VmFd) -> Result<(), Error> {
     let rw = MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE;
     // The x2APIC range needs no filter: without an in-kernel APIC KVM
     // answers those MSRs with a userspace exit (reason INVAL).
-    fd.set_msr_filter(
-        MsrFilterDefaultAction::ALLOW,
-        &[
-            MsrFilterRange {
-                flags: rw,
-                base: hv_enlightenments::msr::HV_X64_MSR_RANGE_START,
-                msr_count: count,
-                bitmap: &deny,
-            },
-            MsrFilterRange {
-                flags: rw,
-                base: MSR_TSC_DEADLINE,
-                msr_count: 1,
-                bitmap: &deny_one,
-            },
-            MsrFilterRange {
-                flags: rw,
-                base: MSR_APIC_BASE,
-                msr_count: 1,
-                bitmap: &deny_one,
-            },
-        ],
-    )
-    .map_err(kvm_err("KVM_X86_SET_MSR_FILTER"))
+    let ranges = [
+        MsrFilterRange {
+            flags: rw,
+            base: hv_enlightenments::msr::HV_X64_MSR_RANGE_START,
+            msr_count: count,
+            bitmap: &deny,
+        },
+        MsrFilterRange {
+            flags: rw,
+            base: MSR_TSC_DEADLINE,
+            msr_count: 1,
+            bitmap: &deny_one,
+        },
+        MsrFilterRange {
+            flags: rw,
+            base: MSR_APIC_BASE,
+            msr_count: 1,
+            bitmap: &deny_one,
+        },
+    ];
+    let n = match irqchip {
+        IrqchipMode::User => ranges.len(),
+        IrqchipMode::Kernel => 1,
+    };
+    fd.set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges[..n])
+        .map_err(kvm_err("KVM_X86_SET_MSR_FILTER"))
 }
