@@ -75,6 +75,22 @@ pub enum Error {
         /// The vCPU's last VALUE report `(tag, value)`, if any.
         last_value: Option<(u64, u64)>,
     },
+    /// A kernel, initrd or module file could not be read.
+    #[error("reading the {what} {}: {err}", path.display())]
+    File {
+        /// Which file.
+        what: &'static str,
+        /// Its path.
+        path: std::path::PathBuf,
+        /// The error.
+        err: std::io::Error,
+    },
+    /// The kernel could not be loaded (not a bootable image, does not fit).
+    #[error("loading the kernel: {0}")]
+    Load(#[from] crate::loader::Error),
+    /// The platform devices could not be set up.
+    #[error(transparent)]
+    Platform(#[from] crate::platform::Error),
     /// A bounded wait expired.
     #[error("timed out after {waited:?} waiting for {what}")]
     Timeout {

@@ -31,6 +31,7 @@ pub mod cpuid;
 pub mod demo;
 pub mod devices;
 pub mod error;
+pub mod external;
 pub mod fault;
 pub mod flush;
 pub mod guest;

@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use hv_enlightenments::accel::IrqchipMode;
 use reference_vmm::scenario::{self, RunOptions, Scenario};
 use reference_vmm::vm::FlushMethod;
+use reference_vmm::platform::console::Console;
+use reference_vmm::vm::{ExternalConfig, GuestExit, Vm};
 use reference_vmm::{demo, probe};
 
 #[derive(Parser)]
@@ -89,6 +91,52 @@ enum Command {
     },
     /// Print what the host's KVM offers.
     Probe,
+    /// Boot an external kernel (multiboot v1, Linux vmlinux through PVH,
+    /// or bzImage); its serial output goes to stdout. Exit code: the
+    /// guest's isa-debug-exit code (status >> 1), 0 on power off, reset or
+    /// `--until` match, 1 with a message on a failure or timeout.
+    Boot(BootArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(clap::Args)]
+struct BootArgs {
+    /// Kernel image.
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Kernel command line.
+    #[arg(long, default_value = "")]
+    cmdline: String,
+    /// Initial ramdisk (Linux).
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Multiboot module: FILE or FILE,STRING (repeatable).
+    #[arg(long = "module")]
+    modules: Vec<String>,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// RAM in MiB (at most 3072).
+    #[arg(long, default_value_t = 256)]
+    mem: u64,
+    /// Where the local APICs live.
+    #[arg(long, value_enum, default_value_t = Irqchip::User)]
+    irqchip: Irqchip,
+    /// Publish and serve the Hyper-V enlightenments.
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    hyperv: OnOff,
+    /// Bound on the run, in seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    /// Stop successfully once the serial console shows this text (at the
+    /// end of its line).
+    #[arg(long)]
+    until: Option<String>,
 }
 
 fn write_json(path: &PathBuf, v: &impl serde::Serialize) -> Result<(), String> {
@@ -108,13 +156,60 @@ impl From<Irqchip> for IrqchipMode {
 fn main() -> ExitCode {
     env_logger::init();
     let cli = Cli::parse();
-    match run(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
+    let r = match cli.command {
+        Command::Boot(args) => boot(args),
+        other => run(other).map(|()| ExitCode::SUCCESS),
+    };
+    match r {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn boot(a: BootArgs) -> Result<ExitCode, String> {
+    let modules = a
+        .modules
+        .iter()
+        .map(|m| match m.split_once(',') {
+            Some((path, string)) => (PathBuf::from(path), string.to_string()),
+            None => (PathBuf::from(m), m.clone()),
+        })
+        .collect();
+    let vm = Vm::new_external(ExternalConfig {
+        vcpus: a.vcpus,
+        mem_size: a.mem.saturating_mul(1 << 20),
+        irqchip: a.irqchip.into(),
+        hyperv: matches!(a.hyperv, OnOff::On),
+        kernel: a.kernel,
+        cmdline: a.cmdline,
+        initrd: a.initrd,
+        modules,
+        timeout: Duration::from_secs(a.timeout),
+        console: Console::new(true),
+        until: a.until,
+    })
+    .map_err(|e| e.to_string())?;
+    let r = vm.boot().map_err(|e| e.to_string())?;
+    let code = match &r.exit {
+        GuestExit::DebugExit(status) => {
+            eprintln!(
+                "guest debug exit: status {status:#x}, code {} ({:?} kernel, {:.1?})",
+                status >> 1,
+                r.kind,
+                r.wall
+            );
+            // As QEMU's isa-debug-exit: the process exits with status >> 1.
+            (status >> 1) as u8
+        }
+        other => {
+            eprintln!("guest stopped: {other:?} ({:?} kernel, {:.1?})", r.kind, r.wall);
+            0
+        }
+    };
+    Ok(ExitCode::from(code))
 }
 
 fn run(cmd: Command) -> Result<(), String> {
@@ -216,6 +311,7 @@ fn run(cmd: Command) -> Result<(), String> {
             println!("{}", plan.decisions);
             Ok(())
         }
+        Command::Boot(args) => boot(args).map(|_| ()),
         Command::Probe => {
             print!("{}", probe::report().map_err(|e| e.to_string())?);
             Ok(())

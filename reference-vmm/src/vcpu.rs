@@ -253,6 +253,7 @@ enum Exit {
     Io {
         port: u16,
         value: u32,
+        size: usize,
     },
     Hlt,
     Report(u32),
@@ -333,9 +334,9 @@ impl<'a> Runner<'a> {
                     bump(&self.me.metrics.exit_hlt);
                     self.halt();
                 }
-                Exit::Io { port, value } => {
+                Exit::Io { port, value, size } => {
                     bump(&self.me.metrics.exit_io);
-                    self.port_out(port, value)?;
+                    self.port_out(port, value, size)?;
                 }
                 Exit::Report(code) => {
                     let regs = self.fd.sync_regs().regs;
@@ -467,6 +468,7 @@ impl<'a> Runner<'a> {
                 Exit::Io {
                     port,
                     value: u32::from_le_bytes(b),
+                    size: n,
                 }
             }
             Ok(VcpuExit::IoIn(port, data)) => {
@@ -538,6 +540,12 @@ impl<'a> Runner<'a> {
                 Exit::Handled
             }
             Ok(VcpuExit::Hlt) => Exit::Hlt,
+            // Split irqchip: KVM's LAPIC completed a level-triggered vector
+            // routed from the userspace IOAPIC.
+            Ok(VcpuExit::IoapicEoi(vector)) => {
+                m.broadcast_eoi(vector);
+                Exit::Handled
+            }
             Ok(VcpuExit::IrqWindowOpen) => {
                 bump(&me.metrics.exit_irq_window);
                 Exit::Handled
@@ -609,7 +617,7 @@ impl<'a> Runner<'a> {
         }
     }
 
-    fn port_out(&mut self, port: u16, value: u32) -> Result<(), Error> {
+    fn port_out(&mut self, port: u16, value: u32, size: usize) -> Result<(), Error> {
         match port {
             // External guests: the hypercall port exists only with
             // Hyper-V on; the panic port not at all.
@@ -627,7 +635,10 @@ impl<'a> Runner<'a> {
                 })
             }
             _ => {
-                self.m.pio.write(u64::from(port), &value.to_le_bytes());
+                // Devices see the access size the guest used (a 16-bit
+                // fw_cfg selector write is not a 32-bit one).
+                let b = value.to_le_bytes();
+                self.m.pio.write(u64::from(port), &b[..size.min(b.len())]);
                 Ok(())
             }
         }

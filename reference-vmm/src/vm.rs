@@ -19,6 +19,7 @@ use crate::clock::HostClock;
 use crate::cpuid::{self, cpuid_plan};
 use hv_enlightenments::cpuid::CpuidPlan;
 use crate::devices::Bus;
+pub use crate::external::{BootReport, ExternalConfig};
 use crate::error::Error;
 use crate::guest::abi::{self, percpu as pc};
 use crate::guest::kernel;
@@ -312,6 +313,8 @@ pub struct Vm {
     pub(crate) vcpu_fds: Vec<VcpuFd>,
     pub(crate) machine: Arc<Machine>,
     pub(crate) entry: u64,
+    /// Platform devices and loader facts of an external guest.
+    pub(crate) external: Option<Box<crate::external::External>>,
 }
 
 fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
@@ -392,6 +395,7 @@ impl Vm {
             vcpu_fds,
             machine,
             entry: k.entry,
+            external: None,
         })
     }
 
