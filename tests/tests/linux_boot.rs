@@ -146,3 +146,11 @@ fn linux_sees_the_published_hyperv_leaves_user_irqchip() {
         IrqchipMode::User,
     );
 }
+
+#[test]
+fn linux_sees_the_published_hyperv_leaves_kernel_irqchip() {
+    boot_linux(
+        "linux_sees_the_published_hyperv_leaves_kernel_irqchip",
+        IrqchipMode::Kernel,
+    );
+}

@@ -222,3 +222,58 @@ fn unemulatable_instruction_is_a_clear_error() {
         other => panic!("expected a vCPU failure, got {other:?}\nconsole:\n{console}"),
     }
 }
+
+#[test]
+fn kernel_irqchip_1_vcpu() {
+    smp(
+        "kernel_irqchip_1_vcpu",
+        1,
+        IrqchipMode::Kernel,
+        Apic::X2apic,
+        Target::AllButSelf,
+    );
+}
+
+#[test]
+fn kernel_irqchip_2_vcpus_x2apic_each_id() {
+    smp(
+        "kernel_irqchip_2_vcpus_x2apic_each_id",
+        2,
+        IrqchipMode::Kernel,
+        Apic::X2apic,
+        Target::EachApicId,
+    );
+}
+
+#[test]
+fn kernel_irqchip_2_vcpus_xapic_shorthand() {
+    smp(
+        "kernel_irqchip_2_vcpus_xapic_shorthand",
+        2,
+        IrqchipMode::Kernel,
+        Apic::Xapic,
+        Target::AllButSelf,
+    );
+}
+
+#[test]
+fn kernel_irqchip_4_vcpus_x2apic_shorthand() {
+    smp(
+        "kernel_irqchip_4_vcpus_x2apic_shorthand",
+        4,
+        IrqchipMode::Kernel,
+        Apic::X2apic,
+        Target::AllButSelf,
+    );
+}
+
+#[test]
+fn kernel_irqchip_4_vcpus_xapic_each_id() {
+    smp(
+        "kernel_irqchip_4_vcpus_xapic_each_id",
+        4,
+        IrqchipMode::Kernel,
+        Apic::Xapic,
+        Target::EachApicId,
+    );
+}
