@@ -122,6 +122,8 @@ mod tests {
     fn input_is_readable() {
         let (_, _, _, s) = setup();
         assert_eq!(s.enqueue_input(b"ok"), 2);
+        // The FIFO holds 64 bytes: one past it is refused.
+        assert_eq!(s.enqueue_input(&[b'z'; 63]), 62);
         let mut b = [0u8];
         s.read(0, &mut b);
         assert_eq!(b[0], b'o');
