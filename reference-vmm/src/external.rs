@@ -294,7 +294,8 @@ impl Vm {
                     .name("console-until".into())
                     .spawn(move || {
                         while !wm.stopping() {
-                            if console.wait_for(&text, UNTIL_SLICE) && line_complete(&console, &text)
+                            if console.wait_for(&text, UNTIL_SLICE)
+                                && line_complete(&console, &text)
                             {
                                 wm.guest_stopped(GuestExit::ConsoleMatched(text));
                                 break;

@@ -8,9 +8,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use hv_enlightenments::accel::IrqchipMode;
+use reference_vmm::platform::console::Console;
 use reference_vmm::scenario::{self, RunOptions, Scenario};
 use reference_vmm::vm::FlushMethod;
-use reference_vmm::platform::console::Console;
 use reference_vmm::vm::{ExternalConfig, GuestExit, Vm};
 use reference_vmm::{demo, probe};
 
@@ -205,7 +205,10 @@ fn boot(a: BootArgs) -> Result<ExitCode, String> {
             (status >> 1) as u8
         }
         other => {
-            eprintln!("guest stopped: {other:?} ({:?} kernel, {:.1?})", r.kind, r.wall);
+            eprintln!(
+                "guest stopped: {other:?} ({:?} kernel, {:.1?})",
+                r.kind, r.wall
+            );
             0
         }
     };

@@ -180,10 +180,7 @@ impl Runner<'_> {
 
     fn start_at_sipi(&mut self, vector: u8) -> Result<(), Error> {
         let idx = self.me.index;
-        let sregs = self
-            .fd
-            .get_sregs()
-            .map_err(kvm_err(idx, "KVM_GET_SREGS"))?;
+        let sregs = self.fd.get_sregs().map_err(kvm_err(idx, "KVM_GET_SREGS"))?;
         self.fd
             .set_sregs(&sipi_sregs(sregs, vector))
             .map_err(kvm_err(idx, "KVM_SET_SREGS (SIPI)"))?;

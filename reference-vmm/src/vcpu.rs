@@ -237,10 +237,13 @@ impl Vcpu {
     /// A one-line description for timeout reports.
     pub fn describe(&self) -> String {
         let s = self.lock();
+        let state = match s.mp.state {
+            crate::mp::MpState::WaitForSipi => "WaitForSipi".to_string(),
+            crate::mp::MpState::Runnable => format!("{:?}", self.run_state()),
+        };
         format!(
-            "vCPU {}: {:?}, APIC pending {:?}, ISR top {:?}, exits {}",
+            "vCPU {}: {state}, APIC pending {:?}, ISR top {:?}, exits {}",
             self.index,
-            self.run_state(),
             s.apic.pending(),
             s.apic.isr().highest(),
             self.metrics.exits.load(Ordering::Relaxed)

@@ -17,10 +17,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestM
 use crate::boot;
 use crate::clock::HostClock;
 use crate::cpuid::{self, cpuid_plan};
-use hv_enlightenments::cpuid::CpuidPlan;
 use crate::devices::Bus;
-pub use crate::external::{BootReport, ExternalConfig};
 use crate::error::Error;
+pub use crate::external::{BootReport, ExternalConfig};
 use crate::guest::abi::{self, percpu as pc};
 use crate::guest::kernel;
 use crate::kick;
@@ -31,6 +30,7 @@ use crate::metrics::VmMetrics;
 use crate::timer::Timers;
 use crate::vcpu::{Runner, Vcpu};
 use hv_enlightenments::accel::IrqchipMode;
+use hv_enlightenments::cpuid::CpuidPlan;
 use hv_enlightenments::msr::{Partition, PartitionConfig, Vp};
 use lapic::{Clock, LocalApic, Topology};
 
@@ -694,8 +694,8 @@ impl Common {
         o: MachineOptions,
     ) -> Result<Arc<Machine>, Error> {
         let n = self.vcpus;
-        let table = ipiv::PidTable::new(n - 1)
-            .map_err(|e| Error::Memory(format!("PID table: {e}")))?;
+        let table =
+            ipiv::PidTable::new(n - 1).map_err(|e| Error::Memory(format!("PID table: {e}")))?;
         let tsc_khz = vcpu_fds
             .first()
             .and_then(|v| v.get_tsc_khz().ok())

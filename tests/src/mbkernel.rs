@@ -19,8 +19,8 @@
 //!    prints the result line and writes its exit code to the
 //!    isa-debug-exit port 0xF4.
 
-use iced_x86::{BlockEncoderOptions, IcedError};
 use iced_x86::code_asm::*;
+use iced_x86::{BlockEncoderOptions, IcedError};
 
 /// Where the image is loaded (1 MiB).
 pub const LOAD_ADDR: u32 = 0x10_0000;
@@ -90,6 +90,14 @@ const FW_CFG_DATA: u16 = 0x511;
 /// fw_cfg item: number of CPUs (u16, little endian).
 const FW_CFG_NB_CPUS: u16 = 0x05;
 const DEBUG_EXIT: u16 = 0xF4;
+/// ACPI PM1a control register (the FADT's).
+const PM1A_CNT: u16 = 0x604;
+/// PM1a_CNT: SLP_EN (bit 13) with SLP_TYP 5 (bits 12:10), the DSDT's \\_S5.
+const PM1_SLP_S5: u16 = (1 << 13) | (5 << 10);
+/// Reset control register.
+const RESET_PORT: u16 = 0xCF9;
+/// Reset control: RST_CPU (bit 2) with SYS_RST (bit 1).
+const RESET_CPU: u16 = 0x6;
 /// A port nothing claims: a write is a bare exit, used as a delay.
 const DELAY_PORT: u16 = 0x80;
 /// Bound of the BSP's wait for the APs, in delay-port writes.
@@ -147,6 +155,14 @@ pub enum Flavor {
     /// instruction emulator cannot run it where CPL0 is emulated, and
     /// elsewhere it ends in a triple fault. Either must be a clear error.
     BadInstruction,
+    /// Prints [`BOOT_LINE`], then halts with interrupts off for good: only
+    /// the VMM's timeout ends the run.
+    Hang,
+    /// Prints [`BOOT_LINE`], then powers off through ACPI PM1a_CNT
+    /// (SLP_TYP 5 of \\_S5 with SLP_EN).
+    PowerOff,
+    /// Prints [`BOOT_LINE`], then resets through port 0xCF9.
+    Reset,
 }
 
 fn strings() -> (Vec<u8>, [u32; 8]) {
@@ -195,7 +211,10 @@ fn trampoline(ap32: u32) -> Vec<u8> {
     ]);
     t.extend_from_slice(&ap32.to_le_bytes());
     t.extend_from_slice(&SEL_CODE.to_le_bytes());
-    assert!(t.len() <= usize::from(T_GDT), "trampoline code overlaps its GDT");
+    assert!(
+        t.len() <= usize::from(T_GDT),
+        "trampoline code overlaps its GDT"
+    );
     t.resize(usize::from(T_GDT), 0x90);
     for d in [0u64, 0x00CF_9A00_0000_FFFF, 0x00CF_9200_0000_FFFF] {
         t.extend_from_slice(&d.to_le_bytes());
@@ -304,6 +323,27 @@ fn code(flavor: Flavor, s: &[u32; 8]) -> Result<(Vec<u8>, u32), IcedError> {
         Flavor::BadInstruction => {
             a.int3()?;
             emit_exit(&mut a, EXIT_RAN_ON)?;
+        }
+        Flavor::PowerOff | Flavor::Reset => {
+            let (port, value) = match flavor {
+                Flavor::PowerOff => (PM1A_CNT, PM1_SLP_S5),
+                _ => (RESET_PORT, RESET_CPU),
+            };
+            a.mov(dx, u32::from(port))?;
+            a.mov(ax, u32::from(value))?;
+            if port == RESET_PORT {
+                a.out(dx, al)?;
+            } else {
+                a.out(dx, ax)?;
+            }
+            emit_exit(&mut a, EXIT_RAN_ON)?;
+        }
+        Flavor::Hang => {
+            let mut halt = a.create_label();
+            a.set_label(&mut halt)?;
+            a.cli()?;
+            a.hlt()?;
+            a.jmp(halt)?;
         }
         Flavor::Smp {
             apic,
@@ -464,11 +504,18 @@ pub fn build(flavor: Flavor) -> Result<Vec<u8>, String> {
     let mut seg = Vec::new();
     seg.extend_from_slice(&MB_MAGIC.to_le_bytes());
     seg.extend_from_slice(&MB_FLAGS.to_le_bytes());
-    seg.extend_from_slice(&0u32.wrapping_sub(MB_MAGIC.wrapping_add(MB_FLAGS)).to_le_bytes());
+    seg.extend_from_slice(
+        &0u32
+            .wrapping_sub(MB_MAGIC.wrapping_add(MB_FLAGS))
+            .to_le_bytes(),
+    );
     seg.resize((CODE - LOAD_ADDR) as usize, 0);
     seg.extend_from_slice(&code);
     if seg.len() > (TRAMP_IMAGE - LOAD_ADDR) as usize {
-        return Err(format!("test kernel code of {} bytes too large", code.len()));
+        return Err(format!(
+            "test kernel code of {} bytes too large",
+            code.len()
+        ));
     }
     seg.resize((TRAMP_IMAGE - LOAD_ADDR) as usize, 0);
     seg.extend_from_slice(&tramp);
@@ -559,6 +606,9 @@ mod tests {
                 exit_code: 3,
             },
             Flavor::BadInstruction,
+            Flavor::Hang,
+            Flavor::PowerOff,
+            Flavor::Reset,
         ] {
             let f = build(flavor).unwrap();
             assert_eq!(&f[..4], b"\x7fELF");

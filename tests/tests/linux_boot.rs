@@ -79,7 +79,10 @@ fn boot_linux(test: &str, irqchip: IrqchipMode) {
     // When the first line appears (for the timings printed below).
     let first = {
         let c = console.clone();
-        std::thread::spawn(move || c.wait_for("Linux version", TIMEOUT).then(|| start.elapsed()))
+        std::thread::spawn(move || {
+            c.wait_for("Linux version", TIMEOUT)
+                .then(|| start.elapsed())
+        })
     };
     let r = Vm::new_external(ExternalConfig {
         vcpus: VCPUS,

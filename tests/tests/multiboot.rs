@@ -153,7 +153,11 @@ fn failing_kernel_reports_its_exit_code() {
     .unwrap_or_else(|e| panic!("{e}"));
     let (r, console) = boot(test, &image, 2, IrqchipMode::User);
     let report = r.unwrap_or_else(|e| panic!("{e}\nconsole:\n{console}"));
-    assert_eq!(report.exit, GuestExit::DebugExit((0x2A << 1) | 1), "{console}");
+    assert_eq!(
+        report.exit,
+        GuestExit::DebugExit((0x2A << 1) | 1),
+        "{console}"
+    );
 }
 
 #[test]
@@ -276,4 +280,60 @@ fn kernel_irqchip_4_vcpus_xapic_each_id() {
         Apic::Xapic,
         Target::EachApicId,
     );
+}
+
+#[test]
+fn power_off_and_reset_stop_the_vm() {
+    let test = "power_off_and_reset_stop_the_vm";
+    if !kvm_available(test) {
+        return;
+    }
+    for (flavor, want) in [
+        (Flavor::PowerOff, GuestExit::PowerOff),
+        (Flavor::Reset, GuestExit::Reset),
+    ] {
+        let image = mbkernel::build(flavor).unwrap_or_else(|e| panic!("{e}"));
+        let (r, console) = boot(test, &image, 2, IrqchipMode::User);
+        let report = r.unwrap_or_else(|e| panic!("{flavor:?}: {e}\nconsole:\n{console}"));
+        assert_eq!(report.exit, want, "{console}");
+    }
+}
+
+#[test]
+fn a_hung_guest_ends_at_the_timeout() {
+    let test = "a_hung_guest_ends_at_the_timeout";
+    if !kvm_available(test) {
+        return;
+    }
+    let path = kernel_file(
+        test,
+        &mbkernel::build(Flavor::Hang).unwrap_or_else(|e| panic!("{e}")),
+    );
+    let start = Instant::now();
+    let r = Vm::new_external(ExternalConfig {
+        vcpus: 2,
+        mem_size: MEM,
+        irqchip: IrqchipMode::User,
+        hyperv: true,
+        kernel: path.clone(),
+        cmdline: String::new(),
+        initrd: None,
+        modules: Vec::new(),
+        timeout: Duration::from_secs(1),
+        console: Console::default(),
+        until: None,
+    })
+    .and_then(Vm::boot);
+    let _ = std::fs::remove_file(path);
+    match r {
+        Err(e @ Error::Timeout { .. }) => {
+            let msg = e.to_string();
+            // The BSP halted with interrupts off; the AP never got a SIPI
+            // and waits for one without running.
+            assert!(msg.contains("vCPU 0: Halted"), "{msg}");
+            assert!(msg.contains("vCPU 1: WaitForSipi"), "{msg}");
+        }
+        other => panic!("expected the timeout, got {other:?}"),
+    }
+    assert!(start.elapsed() < Duration::from_secs(10), "bounded");
 }
