@@ -338,7 +338,7 @@ pub(super) fn load_bzimage(
     let payload = kernel
         .len()
         .checked_sub(setup_size)
-        .filter(|&n| n > 0)
+        .filter(|&n| n as u64 > STARTUP_64_OFFSET)
         .ok_or(Error::Truncated("bzImage protected-mode code"))? as u64;
     // syssize: the protected-mode code's size in 16-byte units (boot.rst).
     if payload < u64::from(hdr.syssize) * 16 {
