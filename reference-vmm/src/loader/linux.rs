@@ -233,12 +233,13 @@ pub(super) fn load_pvh(
     let mut kernel_end = 0;
     let mut entry_loaded = false;
     for phdr in elf64_phdrs(kernel)? {
-        // linux-loader copies PT_LOAD segments with a file size to p_paddr.
-        if phdr.p_type.get() != PT_LOAD || phdr.p_filesz.get() == 0 {
+        // linux-loader copies PT_LOAD segments with a file size to p_paddr;
+        // the kernel also owns the memory of bss-only ones.
+        let len = phdr.p_memsz.get().max(phdr.p_filesz.get());
+        if phdr.p_type.get() != PT_LOAD || len == 0 {
             continue;
         }
         let paddr = phdr.p_paddr.get();
-        let len = phdr.p_memsz.get().max(phdr.p_filesz.get());
         let end = check_placement("kernel segment", paddr, len, ram)?;
         kernel_end = kernel_end.max(end);
         entry_loaded |= (paddr..end).contains(&entry);
@@ -338,7 +339,7 @@ pub(super) fn load_bzimage(
     let payload = kernel
         .len()
         .checked_sub(setup_size)
-        .filter(|&n| n > 0)
+        .filter(|&n| n as u64 > STARTUP_64_OFFSET)
         .ok_or(Error::Truncated("bzImage protected-mode code"))? as u64;
     // syssize: the protected-mode code's size in 16-byte units (boot.rst).
     if payload < u64::from(hdr.syssize) * 16 {

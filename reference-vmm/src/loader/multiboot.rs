@@ -87,12 +87,10 @@ pub(super) fn find_header(kernel: &[u8]) -> Result<Option<Header>, Error> {
         let Some(base) = window.get(offset..offset + BASE_HEADER_LEN) else {
             break;
         };
-        let word = |i: usize| {
-            let mut b = [0u8; 4];
-            b.copy_from_slice(&base[i * 4..i * 4 + 4]);
-            u32::from_le_bytes(b)
+        let Ok(words) = <[U32; 3]>::read_from_bytes(base) else {
+            break;
         };
-        let (magic, flags, checksum) = (word(0), word(1), word(2));
+        let (magic, flags, checksum) = (words[0].get(), words[1].get(), words[2].get());
         if magic != HEADER_MAGIC {
             continue;
         }
