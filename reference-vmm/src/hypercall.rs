@@ -15,6 +15,14 @@ use crate::vcpu::{FLUSH_WAIT, Runner, kvm_err};
 const UD_VECTOR: u8 = 6;
 /// Size of the XMM hypercall input (TLFS 3.7.2): XMM0..XMM5.
 const XMM_INPUT_REGS: usize = 6;
+/// EFER.LMA: long mode active.
+const EFER_LMA: u64 = 1 << 10;
+
+/// Joins the high and low 32-bit halves of a 32-bit-mode hypercall register
+/// pair (TLFS 3.6: EDX:EAX, EBX:ECX, EDI:ESI).
+fn pair(high: u64, low: u64) -> u64 {
+    (high << 32) | (low & 0xFFFF_FFFF)
+}
 
 impl Runner<'_> {
     /// The hypercall trap: CPL and enable checks, decode, execute, RAX.
@@ -41,11 +49,24 @@ impl Runner<'_> {
                 .set_vcpu_events(&ev)
                 .map_err(kvm_err(idx, "KVM_SET_VCPU_EVENTS"));
         }
-        let mut hregs = HypercallRegs {
-            rcx: regs.rcx,
-            rdx: regs.rdx,
-            r8: regs.r8,
-            ..Default::default()
+        // KVM kvm_hv_hypercall: 64-bit mode (EFER.LMA and CS.L) uses RCX,
+        // RDX, R8; otherwise control, input and output come in register
+        // pairs and the result goes back in EDX:EAX.
+        let long_mode = sregs.efer & EFER_LMA != 0 && sregs.cs.l != 0;
+        let mut hregs = if long_mode {
+            HypercallRegs {
+                rcx: regs.rcx,
+                rdx: regs.rdx,
+                r8: regs.r8,
+                ..Default::default()
+            }
+        } else {
+            HypercallRegs {
+                rcx: pair(regs.rdx, regs.rax),
+                rdx: pair(regs.rbx, regs.rcx),
+                r8: pair(regs.rdi, regs.rsi),
+                ..Default::default()
+            }
         };
         if hregs.control().uses_xmm_input() {
             bump(&metrics.hc_xmm_input);
@@ -63,9 +84,17 @@ impl Runner<'_> {
             Ok(call) => self.execute(&call)?,
         };
         metrics.count_status(result.status.0);
-        // Only RAX changes; KVM loads the synced registers before it
-        // completes the port write (and moves RIP past it).
-        self.fd.sync_regs_mut().regs.rax = result.encode();
+        // Only RAX (EDX:EAX in 32-bit mode) changes; KVM loads the synced
+        // registers before it completes the port write (and moves RIP past
+        // it).
+        let value = result.encode();
+        let out = &mut self.fd.sync_regs_mut().regs;
+        if long_mode {
+            out.rax = value;
+        } else {
+            out.rax = value & 0xFFFF_FFFF;
+            out.rdx = value >> 32;
+        }
         self.fd.set_sync_dirty_reg(SyncReg::Register);
         Ok(())
     }

@@ -90,6 +90,19 @@ const FW_CFG_DATA: u16 = 0x511;
 /// fw_cfg item: number of CPUs (u16, little endian).
 const FW_CFG_NB_CPUS: u16 = 0x05;
 const DEBUG_EXIT: u16 = 0xF4;
+/// Hyper-V synthetic MSRs (TLFS).
+const HV_MSR_GUEST_OS_ID: u32 = 0x4000_0000;
+const HV_MSR_HYPERCALL: u32 = 0x4000_0001;
+/// A non-zero guest OS ID (high half: an open-source OS type).
+const GUEST_OS_ID_HIGH: u32 = 0x8100_0000;
+/// Where the hypercall page goes (free space in the segment).
+const HYPERCALL_PAGE: u32 = LOAD_ADDR + 0x7000;
+/// HvCallNotifyLongSpinWait.
+const HVCALL_NOTIFY_LONG_SPIN_WAIT: u32 = 0x0008;
+/// A code no Hyper-V version defines.
+const HVCALL_UNKNOWN: u32 = 0x7FFF;
+/// Control word: fast call.
+const HV_HYPERCALL_FAST: u32 = 1 << 16;
 /// ACPI PM1a control register (the FADT's).
 const PM1A_CNT: u16 = 0x604;
 /// PM1a_CNT: SLP_EN (bit 13) with SLP_TYP 5 (bits 12:10), the DSDT's \\_S5.
@@ -163,10 +176,20 @@ pub enum Flavor {
     PowerOff,
     /// Prints [`BOOT_LINE`], then resets through port 0xCF9.
     Reset,
+    /// Enables the Hyper-V hypercall page the way Linux does (GUEST_OS_ID,
+    /// then HYPERCALL), makes two fast hypercalls with the 32-bit ABI
+    /// (control in EDX:EAX, result in EDX:EAX): NotifyLongSpinWait and an
+    /// unknown code, prints [`HYPERCALL_PREFIX`] with both statuses and
+    /// exits with code 0.
+    Hypercall,
 }
 
-fn strings() -> (Vec<u8>, [u32; 8]) {
-    let items: [&[u8]; 8] = [
+/// Prefix of the [`Flavor::Hypercall`] result line:
+/// `mbkernel: hypercall status=<spin wait> <unknown code>`.
+pub const HYPERCALL_PREFIX: &str = "mbkernel: hypercall status=";
+
+fn strings() -> (Vec<u8>, [u32; 10]) {
+    let items: [&[u8]; 10] = [
         b"mbkernel: boot\n\0",
         b"mbkernel: ok cpus=\0",
         b" started=\0",
@@ -175,9 +198,11 @@ fn strings() -> (Vec<u8>, [u32; 8]) {
         b"\n\0",
         b"mbkernel: error: not every AP started, started=\0",
         b"mbkernel: error: bad multiboot magic\n\0",
+        b"mbkernel: hypercall status=\0",
+        b" \0",
     ];
     let mut blob = Vec::new();
-    let mut at = [0u32; 8];
+    let mut at = [0u32; 10];
     for (i, s) in items.iter().enumerate() {
         at[i] = STRINGS + blob.len() as u32;
         blob.extend_from_slice(s);
@@ -192,6 +217,8 @@ const S_CMDLINE: usize = 4;
 const S_NL: usize = 5;
 const S_AP_ERR: usize = 6;
 const S_MAGIC_ERR: usize = 7;
+const S_HC: usize = 8;
+const S_SPACE: usize = 9;
 
 /// The 16-bit trampoline, run from [`TRAMPOLINE`] with CS.base =
 /// TRAMPOLINE, IP = 0: load its GDT, set CR0.PE, far-jump to `ap32`.
@@ -306,7 +333,7 @@ fn emit_exit(a: &mut CodeAssembler, code: u8) -> Result<(), IcedError> {
     Ok(())
 }
 
-fn code(flavor: Flavor, s: &[u32; 8]) -> Result<(Vec<u8>, u32), IcedError> {
+fn code(flavor: Flavor, s: &[u32; 10]) -> Result<(Vec<u8>, u32), IcedError> {
     let mut a = CodeAssembler::new(32)?;
     let mut puts = a.create_label();
     let mut putdec = a.create_label();
@@ -337,6 +364,36 @@ fn code(flavor: Flavor, s: &[u32; 8]) -> Result<(Vec<u8>, u32), IcedError> {
                 a.out(dx, ax)?;
             }
             emit_exit(&mut a, EXIT_RAN_ON)?;
+        }
+        Flavor::Hypercall => {
+            // Linux hyperv_init: GUEST_OS_ID first, then the page.
+            a.mov(ecx, HV_MSR_GUEST_OS_ID)?;
+            a.mov(eax, 1)?;
+            a.mov(edx, GUEST_OS_ID_HIGH)?;
+            a.wrmsr()?;
+            a.mov(ecx, HV_MSR_HYPERCALL)?;
+            a.mov(eax, HYPERCALL_PAGE | 1)?;
+            a.xor(edx, edx)?;
+            a.wrmsr()?;
+            a.mov(esi, s[S_HC])?;
+            a.call(puts)?;
+            for code in [HVCALL_NOTIFY_LONG_SPIN_WAIT, HVCALL_UNKNOWN] {
+                a.xor(edx, edx)?;
+                a.mov(eax, code | HV_HYPERCALL_FAST)?;
+                a.xor(ebx, ebx)?;
+                a.mov(ecx, 1)?;
+                a.xor(edi, edi)?;
+                a.xor(esi, esi)?;
+                a.mov(ebp, HYPERCALL_PAGE)?;
+                a.call(ebp)?;
+                a.movzx(eax, ax)?;
+                a.call(putdec)?;
+                a.mov(esi, s[S_SPACE])?;
+                a.call(puts)?;
+            }
+            a.mov(esi, s[S_NL])?;
+            a.call(puts)?;
+            emit_exit(&mut a, 0)?;
         }
         Flavor::Hang => {
             let mut halt = a.create_label();
@@ -609,6 +666,7 @@ mod tests {
             Flavor::Hang,
             Flavor::PowerOff,
             Flavor::Reset,
+            Flavor::Hypercall,
         ] {
             let f = build(flavor).unwrap();
             assert_eq!(&f[..4], b"\x7fELF");

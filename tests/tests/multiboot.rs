@@ -337,3 +337,25 @@ fn a_hung_guest_ends_at_the_timeout() {
     }
     assert!(start.elapsed() < Duration::from_secs(10), "bounded");
 }
+
+/// The hypercall page works for a guest that is not the built-in one, and
+/// in 32-bit protected mode (register-pair ABI), in both irqchip modes.
+#[test]
+fn hypercalls_from_a_32_bit_guest() {
+    let test = "hypercalls_from_a_32_bit_guest";
+    if !kvm_available(test) {
+        return;
+    }
+    let image = mbkernel::build(Flavor::Hypercall).unwrap_or_else(|e| panic!("{e}"));
+    for irqchip in [IrqchipMode::User, IrqchipMode::Kernel] {
+        let (r, console) = boot(test, &image, 1, irqchip);
+        let report = r.unwrap_or_else(|e| panic!("{irqchip:?}: {e}\nconsole:\n{console}"));
+        assert_eq!(report.exit, GuestExit::DebugExit(1), "{console}");
+        // NotifyLongSpinWait succeeds (0); an unknown code is
+        // HV_STATUS_INVALID_HYPERCALL_CODE (2).
+        assert!(
+            console.contains(&format!("{}0 2 ", mbkernel::HYPERCALL_PREFIX)),
+            "{irqchip:?}: {console}"
+        );
+    }
+}
