@@ -39,10 +39,12 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use hv_enlightenments::accel::IrqchipMode;
+use kvm_bindings::{KVM_IRQ_ROUTING_MSI, KvmIrqRouting, kvm_irq_routing_entry};
+use kvm_ioctls::VmFd;
 
 use crate::devices::Bus;
 use crate::error::Error;
@@ -50,6 +52,7 @@ use crate::loader::{self, KernelKind, LoadOptions};
 use crate::metrics::VmMetrics;
 use crate::mp::MpState;
 use crate::platform::console::Console;
+use crate::platform::ioapic::{NUM_PINS, RouteListener};
 use crate::platform::lines::{MsiSink, StopReason, VmStop};
 use crate::platform::{Platform, PlatformConfig};
 use crate::vcpu::kvm_err;
@@ -153,6 +156,42 @@ fn line_complete(console: &Console, text: &str) -> bool {
     false
 }
 
+/// Kernel irqchip: mirrors the IOAPIC's routes into KVM's GSI routing (GSI
+/// = pin, within the routes the split irqchip reserves), so that KVM's LAPIC
+/// knows which vectors are level-triggered IOAPIC ones and reports their
+/// EOIs with `KVM_EXIT_IOAPIC_EOI` (KVM `kvm_scan_ioapic_routes`).
+fn mirror_routes(fd: Arc<VmFd>) -> RouteListener {
+    let routes: Mutex<[Option<(u64, u32)>; NUM_PINS]> = Mutex::new([None; NUM_PINS]);
+    Box::new(move |pin, route| {
+        let mut r = routes.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(slot) = r.get_mut(pin) else { return };
+        *slot = route;
+        let entries: Vec<kvm_irq_routing_entry> = r
+            .iter()
+            .enumerate()
+            .filter_map(|(gsi, rt)| {
+                let (address, data) = (*rt)?;
+                let msi = crate::kirq::kvm_msi_for(address, data);
+                let mut e = kvm_irq_routing_entry {
+                    gsi: gsi as u32,
+                    type_: KVM_IRQ_ROUTING_MSI,
+                    ..Default::default()
+                };
+                e.u.msi.address_lo = msi.address_lo;
+                e.u.msi.address_hi = msi.address_hi;
+                e.u.msi.data = msi.data;
+                Some(e)
+            })
+            .collect();
+        let set = KvmIrqRouting::from_entries(&entries)
+            .map_err(|e| format!("{e:?}"))
+            .and_then(|t| fd.set_gsi_routing(&t).map_err(|e| e.to_string()));
+        if let Err(e) = set {
+            log::warn!("KVM_SET_GSI_ROUTING for IOAPIC pin {pin}: {e}");
+        }
+    })
+}
+
 fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, Error> {
     std::fs::read(path).map_err(|err| Error::File {
         what,
@@ -238,6 +277,9 @@ impl Vm {
         }
         let user_mp = cfg.irqchip == IrqchipMode::User;
         let ioapic = platform.ioapic().clone();
+        if cfg.irqchip == IrqchipMode::Kernel {
+            ioapic.set_route_listener(mirror_routes(Arc::clone(&c.fd)));
+        }
         let machine = c.machine(
             &vcpu_fds,
             MachineOptions {

@@ -66,6 +66,32 @@ const V_MAGIC: u32 = VARS;
 const V_MBI: u32 = VARS + 4;
 const V_CPUS: u32 = VARS + 8;
 const V_STARTED: u32 = VARS + 12;
+/// Interrupts counted by the [`Flavor::LevelIrq`] handler.
+const V_IRQS: u32 = VARS + 16;
+/// IDTR image (limit, base).
+const V_IDTR: u32 = VARS + 0x20;
+/// The handler's register save area (eax, ecx, edx, return address).
+const V_SAVE: u32 = VARS + 0x30;
+/// EFLAGS.IF.
+const EFLAGS_IF: u32 = 1 << 9;
+/// The IDT of [`Flavor::LevelIrq`] (gates up to [`LEVEL_VECTOR`]).
+const IDT_BASE: u32 = VARS + 0x400;
+/// The interrupt handler's code (assembled on its own).
+const HANDLER: u32 = LOAD_ADDR + 0x4800;
+/// Vector of the level-triggered COM1 interrupt.
+const LEVEL_VECTOR: u32 = 0x40;
+/// COM1 IOAPIC pin (ISA IRQ 4).
+const COM1_PIN: u32 = 4;
+const IOAPIC_SEL: u32 = 0xFEC0_0000;
+const IOAPIC_WIN: u32 = 0xFEC0_0010;
+/// Redirection entry: level-triggered (bit 15), fixed, physical, unmasked.
+const RTE_LEVEL: u32 = 1 << 15;
+/// UART interrupt enable register and its THR-empty bit.
+const COM1_IER: u16 = COM1 + 1;
+/// UART interrupt identification register.
+const COM1_IIR: u16 = COM1 + 2;
+const IER_THRE: u32 = 1 << 1;
+const X2APIC_EOI: u32 = 0x80B;
 /// Scratch buffer for decimal numbers (16 bytes).
 const V_NUMBUF: u32 = VARS + 0x100;
 /// Top of the BSP's stack.
@@ -182,14 +208,23 @@ pub enum Flavor {
     /// unknown code, prints [`HYPERCALL_PREFIX`] with both statuses and
     /// exits with code 0.
     Hypercall,
+    /// Routes COM1's IOAPIC pin level-triggered to an x2APIC vector whose
+    /// handler counts and EOIs, makes COM1 interrupt twice (THRE interrupt,
+    /// two bytes written), prints [`LEVEL_PREFIX`] with the count and exits
+    /// with code 0. The second interrupt only arrives if the EOI of the
+    /// first reached the IOAPIC (remote IRR cleared).
+    LevelIrq,
 }
+
+/// Prefix of the [`Flavor::LevelIrq`] result line: `mbkernel: level irqs=N`.
+pub const LEVEL_PREFIX: &str = "mbkernel: level irqs=";
 
 /// Prefix of the [`Flavor::Hypercall`] result line:
 /// `mbkernel: hypercall status=<spin wait> <unknown code>`.
 pub const HYPERCALL_PREFIX: &str = "mbkernel: hypercall status=";
 
-fn strings() -> (Vec<u8>, [u32; 10]) {
-    let items: [&[u8]; 10] = [
+fn strings() -> (Vec<u8>, [u32; 11]) {
+    let items: [&[u8]; 11] = [
         b"mbkernel: boot\n\0",
         b"mbkernel: ok cpus=\0",
         b" started=\0",
@@ -200,9 +235,10 @@ fn strings() -> (Vec<u8>, [u32; 10]) {
         b"mbkernel: error: bad multiboot magic\n\0",
         b"mbkernel: hypercall status=\0",
         b" \0",
+        b"\nmbkernel: level irqs=\0",
     ];
     let mut blob = Vec::new();
-    let mut at = [0u32; 10];
+    let mut at = [0u32; 11];
     for (i, s) in items.iter().enumerate() {
         at[i] = STRINGS + blob.len() as u32;
         blob.extend_from_slice(s);
@@ -219,6 +255,7 @@ const S_AP_ERR: usize = 6;
 const S_MAGIC_ERR: usize = 7;
 const S_HC: usize = 8;
 const S_SPACE: usize = 9;
+const S_LEVEL: usize = 10;
 
 /// The 16-bit trampoline, run from [`TRAMPOLINE`] with CS.base =
 /// TRAMPOLINE, IP = 0: load its GDT, set CR0.PE, far-jump to `ap32`.
@@ -333,7 +370,7 @@ fn emit_exit(a: &mut CodeAssembler, code: u8) -> Result<(), IcedError> {
     Ok(())
 }
 
-fn code(flavor: Flavor, s: &[u32; 10]) -> Result<(Vec<u8>, u32), IcedError> {
+fn code(flavor: Flavor, s: &[u32; 11]) -> Result<(Vec<u8>, u32), IcedError> {
     let mut a = CodeAssembler::new(32)?;
     let mut puts = a.create_label();
     let mut putdec = a.create_label();
@@ -391,6 +428,67 @@ fn code(flavor: Flavor, s: &[u32; 10]) -> Result<(Vec<u8>, u32), IcedError> {
                 a.mov(esi, s[S_SPACE])?;
                 a.call(puts)?;
             }
+            a.mov(esi, s[S_NL])?;
+            a.call(puts)?;
+            emit_exit(&mut a, 0)?;
+        }
+        Flavor::LevelIrq => {
+            // x2APIC on.
+            a.mov(ecx, MSR_APIC_BASE)?;
+            a.rdmsr()?;
+            a.or(eax, APIC_BASE_EN_EXTD)?;
+            a.wrmsr()?;
+            a.mov(ecx, X2APIC_SVR)?;
+            a.mov(eax, SVR_ENABLE)?;
+            a.xor(edx, edx)?;
+            a.wrmsr()?;
+            // IDT gate for the vector: 32-bit interrupt gate, this CS.
+            a.mov(ax, cs)?;
+            a.movzx(eax, ax)?;
+            a.shl(eax, 16)?;
+            a.or(eax, HANDLER & 0xFFFF)?;
+            a.mov(dword_ptr(IDT_BASE + LEVEL_VECTOR * 8), eax)?;
+            a.mov(
+                dword_ptr(IDT_BASE + LEVEL_VECTOR * 8 + 4),
+                (HANDLER & 0xFFFF_0000) | 0x8E00,
+            )?;
+            a.mov(word_ptr(V_IDTR), (LEVEL_VECTOR + 1) * 8 - 1)?;
+            a.mov(dword_ptr(V_IDTR + 2), IDT_BASE)?;
+            a.lidt(ptr(V_IDTR))?;
+            // IOAPIC: pin 4 -> vector, level-triggered, APIC ID 0.
+            a.mov(dword_ptr(IOAPIC_SEL), 0x10 + 2 * COM1_PIN + 1)?;
+            a.mov(dword_ptr(IOAPIC_WIN), 0)?;
+            a.mov(dword_ptr(IOAPIC_SEL), 0x10 + 2 * COM1_PIN)?;
+            a.mov(dword_ptr(IOAPIC_WIN), LEVEL_VECTOR | RTE_LEVEL)?;
+            // COM1 interrupts on THR empty; two bytes, two interrupts.
+            a.mov(dx, u32::from(COM1_IER))?;
+            a.mov(al, IER_THRE)?;
+            a.out(dx, al)?;
+            for (byte, want) in [(b'a', 1u32), (b'b', 2)] {
+                let mut wait = a.create_label();
+                let mut got = a.create_label();
+                a.mov(dx, u32::from(COM1))?;
+                a.mov(al, u32::from(byte))?;
+                a.out(dx, al)?;
+                a.mov(ecx, AP_WAIT_ITERATIONS / 10)?;
+                a.set_label(&mut wait)?;
+                a.cmp(dword_ptr(V_IRQS), want)?;
+                a.jae(got)?;
+                // Interrupts on around one exit per iteration.
+                a.sti()?;
+                a.out(DELAY_PORT as u32, al)?;
+                a.cli()?;
+                a.dec(ecx)?;
+                a.jnz(wait)?;
+                a.set_label(&mut got)?;
+            }
+            a.mov(dx, u32::from(COM1_IER))?;
+            a.xor(al, al)?;
+            a.out(dx, al)?;
+            a.mov(esi, s[S_LEVEL])?;
+            a.call(puts)?;
+            a.mov(eax, dword_ptr(V_IRQS))?;
+            a.call(putdec)?;
             a.mov(esi, s[S_NL])?;
             a.call(puts)?;
             emit_exit(&mut a, 0)?;
@@ -576,9 +674,43 @@ pub fn build(flavor: Flavor) -> Result<Vec<u8>, String> {
     }
     seg.resize((TRAMP_IMAGE - LOAD_ADDR) as usize, 0);
     seg.extend_from_slice(&tramp);
+    seg.resize((HANDLER - LOAD_ADDR) as usize, 0);
+    seg.extend_from_slice(&handler().map_err(|e| e.to_string())?);
+    if seg.len() > (STRINGS - LOAD_ADDR) as usize {
+        return Err("interrupt handler too large".into());
+    }
     seg.resize((STRINGS - LOAD_ADDR) as usize, 0);
     seg.extend_from_slice(&blob);
     Ok(elf32(&seg, CODE))
+}
+
+/// The [`Flavor::LevelIrq`] interrupt handler at [`HANDLER`]: count, EOI
+/// through the x2APIC EOI register, return.
+fn handler() -> Result<Vec<u8>, IcedError> {
+    let mut a = CodeAssembler::new(32)?;
+    a.mov(dword_ptr(V_SAVE), eax)?;
+    a.mov(dword_ptr(V_SAVE + 4), ecx)?;
+    a.mov(dword_ptr(V_SAVE + 8), edx)?;
+    a.inc(dword_ptr(V_IRQS))?;
+    // Reading IIR acknowledges the UART's THR-empty interrupt (16550).
+    a.mov(dx, u32::from(COM1_IIR))?;
+    a.in_(al, dx)?;
+    a.mov(ecx, X2APIC_EOI)?;
+    a.xor(eax, eax)?;
+    a.xor(edx, edx)?;
+    a.wrmsr()?;
+    a.mov(edx, dword_ptr(V_SAVE + 8))?;
+    a.mov(ecx, dword_ptr(V_SAVE + 4))?;
+    // No `iretd`: hosts that emulate CPL0 may not emulate it. Return by
+    // hand with interrupts left off (the interrupted loop turns them on).
+    a.pop(eax)?;
+    a.mov(dword_ptr(V_SAVE + 12), eax)?;
+    a.pop(eax)?;
+    a.and(dword_ptr(esp), !EFLAGS_IF)?;
+    a.mov(eax, dword_ptr(V_SAVE))?;
+    a.popfd()?;
+    a.jmp(dword_ptr(V_SAVE + 12))?;
+    a.assemble(u64::from(HANDLER))
 }
 
 /// An ELF32 executable with one loadable segment at [`LOAD_ADDR`].
@@ -667,6 +799,7 @@ mod tests {
             Flavor::PowerOff,
             Flavor::Reset,
             Flavor::Hypercall,
+            Flavor::LevelIrq,
         ] {
             let f = build(flavor).unwrap();
             assert_eq!(&f[..4], b"\x7fELF");

@@ -359,3 +359,25 @@ fn hypercalls_from_a_32_bit_guest() {
         );
     }
 }
+
+/// A level-triggered IOAPIC interrupt is completed by the guest's EOI: the
+/// EOI reaches the IOAPIC (remote IRR cleared), so the next one arrives.
+/// Userspace irqchip: lapic's EOI broadcast; kernel irqchip: the IOAPIC
+/// routes mirrored into KVM's GSI routing make KVM report the EOI.
+#[test]
+fn level_triggered_eoi_reaches_the_ioapic() {
+    let test = "level_triggered_eoi_reaches_the_ioapic";
+    if !kvm_available(test) {
+        return;
+    }
+    let image = mbkernel::build(Flavor::LevelIrq).unwrap_or_else(|e| panic!("{e}"));
+    for irqchip in [IrqchipMode::User, IrqchipMode::Kernel] {
+        let (r, console) = boot(test, &image, 1, irqchip);
+        let report = r.unwrap_or_else(|e| panic!("{irqchip:?}: {e}\nconsole:\n{console}"));
+        assert_eq!(report.exit, GuestExit::DebugExit(1), "{console}");
+        assert!(
+            console.contains(&format!("{}2\n", mbkernel::LEVEL_PREFIX)),
+            "{irqchip:?}: {console}"
+        );
+    }
+}
