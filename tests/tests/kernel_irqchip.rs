@@ -1,0 +1,188 @@
+//! The kernel-irqchip mode on real KVM: every built-in scenario with KVM's
+//! in-kernel local APIC, the synthetic EOI/ICR replay, PV IPI by
+//! KVM_SIGNAL_MSI up to x2APIC IDs above 255, and PV TLB flushes of
+//! vCPUs halted inside KVM_RUN.
+
+use std::time::Duration;
+
+use hv_enlightenments::accel::IrqchipMode;
+use hv_tests::kvm_available;
+use reference_vmm::guest::hostile;
+use reference_vmm::guest::scenarios::{EoiMode, FlushMode, IpiMode};
+use reference_vmm::scenario::{self, Figures, RunOptions, Scenario};
+use reference_vmm::vm::{FlushMethod, Vm, VmConfig};
+
+fn run(s: Scenario, vcpus: u32) -> Figures {
+    let opts = RunOptions {
+        vcpus,
+        timeout: Duration::from_secs(60),
+        flush: FlushMethod::Sregs,
+        irqchip: IrqchipMode::Kernel,
+    };
+    match scenario::run(s, opts) {
+        Ok((_, f)) => f,
+        Err(e) => panic!("{} on {vcpus} vCPUs, kernel irqchip: {e}", s.name()),
+    }
+}
+
+/// Every scenario the kernel mode supports completes (each checks its own
+/// result in the guest), and nothing the VMM no longer serves reaches it.
+fn all_at(vcpus: u32) {
+    for s in Scenario::ALL {
+        if !s.supports(vcpus) || !s.supports_irqchip(IrqchipMode::Kernel) {
+            continue;
+        }
+        let f = run(s, vcpus);
+        let t = &f.metrics.total;
+        assert_eq!(f.irqchip, "kernel");
+        // KVM serves the APIC and HLT: no APIC MSR exit, no HLT exit, no
+        // userspace injection.
+        assert_eq!(t.msr_x2apic, 0, "{}: {t:?}", s.name());
+        assert_eq!(t.exit_hlt, 0, "{}: {t:?}", s.name());
+        assert_eq!(t.injections, 0, "{}: {t:?}", s.name());
+        assert_eq!(t.wakeups, 0, "{}: {t:?}", s.name());
+        assert!(f.unobserved.contains(&"wakeups_per_op"));
+        if let Some(k) = &f.kvm {
+            assert!(
+                k.total.get("exits").is_some(),
+                "KVM statistics without exits: {k:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn kernel_scenarios_on_2_vcpus() {
+    if !kvm_available("kernel_scenarios_on_2_vcpus") {
+        return;
+    }
+    all_at(2);
+}
+
+#[test]
+fn kernel_scenarios_on_8_vcpus() {
+    if !kvm_available("kernel_scenarios_on_8_vcpus") {
+        return;
+    }
+    all_at(8);
+}
+
+#[test]
+fn pv_broadcast_costs_one_sender_exit() {
+    if !kvm_available("pv_broadcast_costs_one_sender_exit") {
+        return;
+    }
+    for mode in [IpiMode::PvFast, IpiMode::PvEx] {
+        let f = run(Scenario::Broadcast(mode), 8);
+        assert_eq!(f.sender_exits_per_op, 1.0, "{f:?}");
+        assert_eq!(f.metrics.total.hc_send_ipi, f.ops);
+        assert_eq!(f.metrics.total.ipis_posted, 7 * f.ops);
+        // The MSIs went through KVM, not through the VMM's kicks.
+        assert_eq!(f.metrics.total.kicks, 0);
+    }
+    // Native x2APIC ICR writes never leave the kernel.
+    let native = run(Scenario::Broadcast(IpiMode::Native), 8);
+    assert_eq!(native.sender_exits_per_op, 0.0, "{native:?}");
+}
+
+#[test]
+fn synthetic_eoi_is_replayed_on_the_kernel_apic() {
+    if !kvm_available("synthetic_eoi_is_replayed_on_the_kernel_apic") {
+        return;
+    }
+    // Periodic timer interrupts completed only through HV_X64_MSR_EOI: if
+    // the replayed x2APIC EOI did not reach KVM's APIC, the timer vector
+    // would stay in service and no second interrupt would be delivered.
+    let f = run(Scenario::Timer(EoiMode::Synthetic), 1);
+    let t = &f.metrics.total;
+    assert_eq!(t.eoi_msr, f.ops, "{t:?}");
+    assert_eq!(t.msr_synthetic, f.ops, "{t:?}");
+    if let Some(k) = &f.kvm {
+        // KVM injected every one of them.
+        assert!(
+            k.total.get("irq_injections").unwrap_or(f.ops) >= f.ops,
+            "{k:?}"
+        );
+    }
+}
+
+#[test]
+fn xapic_synthetic_icr_and_eoi() {
+    if !kvm_available("xapic_synthetic_icr_and_eoi") {
+        return;
+    }
+    // xAPIC guests: HV_X64_MSR_ICR (destination in bits 63:56) becomes an
+    // MSI; the synthetic EOI goes through KVM_GET/SET_LAPIC. Both sides'
+    // counts are checked by the guest.
+    let p = run(Scenario::PingPong(IpiMode::SyntheticIcr), 2);
+    let t = &p.metrics.total;
+    assert_eq!(t.ipis_posted, 2 * p.ops, "{t:?}");
+    assert!(t.eoi_msr + p.metrics.total.eoi_lazy >= 2 * p.ops, "{t:?}");
+    let b = run(Scenario::Broadcast(IpiMode::SyntheticIcr), 8);
+    assert_eq!(b.sender_exits_per_op, 7.0, "one MSR exit per target: {b:?}");
+    assert_eq!(b.metrics.total.ipis_posted, 7 * b.ops);
+}
+
+#[test]
+fn pv_flush_kicks_and_flushes_halted_targets() {
+    if !kvm_available("pv_flush_kicks_and_flushes_halted_targets") {
+        return;
+    }
+    // Same guest as tlb_flush.rs: vCPU 1 reads the page, vCPUs 2..7 are
+    // halted. With the kernel irqchip a halted vCPU sits inside KVM_RUN,
+    // so it is kicked out and flushed before the hypercall returns; the
+    // guest checks each sees the new page when it runs again.
+    let f = run(Scenario::Shootdown(FlushMode::Pv), 8);
+    let v = &f.metrics.vcpus;
+    for (i, c) in v.iter().enumerate().skip(1) {
+        assert!(
+            c.flushes_done >= f.ops,
+            "vCPU {i} flushed during the measured phase: {c:?}"
+        );
+        assert!(c.kicks >= f.ops, "vCPU {i} was kicked: {c:?}");
+    }
+    let t = &f.metrics.total;
+    assert_eq!(t.flush_deferred, 0, "{t:?}");
+    assert_eq!(t.wakeups, 0, "{t:?}");
+    assert_eq!(f.sender_exits_per_op, 1.0);
+}
+
+#[test]
+fn pv_ipi_reaches_vp_indices_above_255() {
+    if !kvm_available("pv_ipi_reaches_vp_indices_above_255") {
+        return;
+    }
+    // 300 vCPUs: the Ex form's VP set spans 5 banks; each target gets a
+    // KVM_SIGNAL_MSI with its 32-bit x2APIC ID (ID bits 31:8 in
+    // address_hi). The guest checks every target counted every IPI.
+    let f = run(Scenario::Broadcast(IpiMode::PvEx), 300);
+    assert_eq!(f.sender_exits_per_op, 1.0);
+    assert_eq!(f.metrics.total.ipis_posted, 299 * f.ops);
+    for i in [255usize, 256, 299] {
+        assert!(
+            f.metrics.vcpus[i].msr_synthetic > 0 || f.metrics.vcpus[i].exits > 0,
+            "vCPU {i} handled the IPI: {:?}",
+            f.metrics.vcpus[i]
+        );
+    }
+}
+
+#[test]
+fn hostile_guest_with_kernel_irqchip() {
+    if !kvm_available("hostile_guest_with_kernel_irqchip") {
+        return;
+    }
+    let vm = Vm::new(VmConfig {
+        vcpus: 2,
+        hyperv: true,
+        timeout: Duration::from_secs(60),
+        flush: FlushMethod::Sregs,
+        irqchip: IrqchipMode::Kernel,
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let program = hostile::program().unwrap_or_else(|e| panic!("{e}"));
+    let r = vm
+        .run(&program)
+        .unwrap_or_else(|e| panic!("hostile run: {e}"));
+    assert_eq!(r.detail, hostile::cases().len() as u64);
+}
