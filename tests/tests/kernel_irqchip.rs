@@ -11,6 +11,7 @@ use reference_vmm::guest::hostile;
 use reference_vmm::guest::scenarios::{EoiMode, FlushMode, IpiMode};
 use reference_vmm::scenario::{self, Figures, RunOptions, Scenario};
 use reference_vmm::vm::{FlushMethod, Vm, VmConfig};
+use reference_vmm::{irq, kirq};
 
 fn run(s: Scenario, vcpus: u32) -> Figures {
     let opts = RunOptions {
@@ -185,4 +186,38 @@ fn hostile_guest_with_kernel_irqchip() {
         .run(&program)
         .unwrap_or_else(|e| panic!("hostile run: {e}"));
     assert_eq!(r.detail, hostile::cases().len() as u64);
+}
+
+#[test]
+fn deliver_msi_in_user_mode_resolves_destinations() {
+    if !kvm_available("deliver_msi_in_user_mode_resolves_destinations") {
+        return;
+    }
+    // No vCPU runs: a fixed MSI lands in the target's posted-interrupt
+    // descriptor, where the vCPU would pick it up at its next entry.
+    let vm = Vm::new(VmConfig {
+        vcpus: 8,
+        hyperv: false,
+        timeout: Duration::from_secs(10),
+        flush: FlushMethod::Sregs,
+        irqchip: IrqchipMode::User,
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let m = vm.machine();
+    let pending = |v: u8| -> Vec<usize> {
+        (0..8)
+            .filter(|&i| m.vcpus[i].posted.descriptor().is_pending(v))
+            .collect()
+    };
+    irq::deliver_msi(m, kirq::msi_address(5), 0x41);
+    assert_eq!(pending(0x41), vec![5]);
+    // Broadcast destination from an MSI: every APIC.
+    irq::deliver_msi(m, kirq::msi_address(0xFF), 0x42);
+    assert_eq!(pending(0x42), (0..8).collect::<Vec<_>>());
+    // A destination no APIC has: nobody.
+    irq::deliver_msi(m, kirq::msi_address(300), 0x43);
+    assert!(pending(0x43).is_empty());
+    // Vectors below 16 are not posted.
+    irq::deliver_msi(m, kirq::msi_address(1), 0x0F);
+    assert!(pending(0x0F).is_empty());
 }
