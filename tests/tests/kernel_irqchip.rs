@@ -96,8 +96,10 @@ fn synthetic_eoi_is_replayed_on_the_kernel_apic() {
     // would stay in service and no second interrupt would be delivered.
     let f = run(Scenario::Timer(EoiMode::Synthetic), 1);
     let t = &f.metrics.total;
-    assert_eq!(t.eoi_msr, f.ops, "{t:?}");
-    assert_eq!(t.msr_synthetic, f.ops, "{t:?}");
+    // (A periodic tick may land between the last counted one and
+    // MARK_END on a loaded host.)
+    assert!(t.eoi_msr >= f.ops, "{t:?}");
+    assert_eq!(t.msr_synthetic, t.eoi_msr, "{t:?}");
     if let Some(k) = &f.kvm {
         // KVM injected every one of them.
         assert!(
@@ -245,7 +247,8 @@ fn lazy_eoi_is_counted_the_same_by_guest_and_vmm() {
     // depends on the host (this one: never lazily, see the README).
     let k = run(Scenario::Timer(EoiMode::Lazy), 1);
     let lazy = (k.eoi_lazy_per_op * k.ops as f64).round() as u64;
-    assert_eq!(lazy + k.metrics.total.eoi_msr, k.ops, "{k:?}");
+    let completed = lazy + k.metrics.total.eoi_msr;
+    assert!((k.ops..=k.ops + 2).contains(&completed), "{k:?}");
     eprintln!(
         "kernel irqchip: {lazy} of {} timer EOIs completed lazily",
         k.ops
