@@ -110,7 +110,11 @@ impl Runner<'_> {
                         if self.m.kernel.is_some() {
                             // One KVM_SIGNAL_MSI per target (APIC ID = VP
                             // index); KVM kicks or wakes it.
-                            crate::kirq::send_fixed(self.m, t.index, ipi.vector);
+                            crate::irq::deliver_msi(
+                                self.m,
+                                crate::kirq::msi_address(t.index),
+                                u32::from(ipi.vector),
+                            );
                         } else {
                             t.post(ipi.vector);
                         }

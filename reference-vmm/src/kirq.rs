@@ -31,7 +31,6 @@ use crate::kvm_stats::{KvmVmCounters, StatsReader};
 use crate::metrics::bump;
 use crate::msr::{apply_msr_action, count_msr};
 use crate::vcpu::{Runner, kvm_err};
-use crate::vm::Machine;
 
 /// IOAPIC pins whose GSI routes the split irqchip reserves (KVM api.rst,
 /// KVM_CAP_SPLIT_IRQCHIP: "the number of pins of the userspace IOAPIC").
@@ -442,17 +441,6 @@ impl Runner<'_> {
         }
         Ok(())
     }
-}
-
-/// Sends `vector` to x2APIC ID `apic_id` (fixed, physical, edge).
-pub fn send_fixed(m: &Machine, apic_id: u32, vector: u8) -> bool {
-    m.kernel.as_ref().is_some_and(|k| {
-        signal_msi(
-            k,
-            msi_address(apic_id),
-            msi_data(vector, DeliveryMode::Fixed),
-        )
-    })
 }
 
 #[cfg(test)]

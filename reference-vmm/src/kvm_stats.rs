@@ -108,8 +108,11 @@ pub fn parse_descriptors(
         let base = i
             .checked_mul(stride)
             .ok_or(Error::Malformed("descriptor offset"))?;
+        let end = base
+            .checked_add(stride)
+            .ok_or(Error::Malformed("descriptor offset"))?;
         let d = block
-            .get(base..base + stride)
+            .get(base..end)
             .ok_or(Error::Malformed("descriptor past the block"))?;
         let size = u16_at(d, 6).ok_or(Error::Malformed("descriptor"))?;
         let offset = u32_at(d, 8).ok_or(Error::Malformed("descriptor"))?;
