@@ -91,6 +91,10 @@ pub enum Error {
     /// The platform devices could not be set up.
     #[error(transparent)]
     Platform(#[from] crate::platform::Error),
+    /// An API used out of order (e.g. `boot` on a VM for the built-in
+    /// guest).
+    #[error("{0}")]
+    Usage(&'static str),
     /// A bounded wait expired.
     #[error("timed out after {waited:?} waiting for {what}")]
     Timeout {

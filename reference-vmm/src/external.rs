@@ -323,9 +323,7 @@ impl Vm {
     /// shows the awaited text, a vCPU fails or the timeout expires.
     pub fn boot(mut self) -> Result<BootReport, Error> {
         let Some(ext) = self.external.take() else {
-            return Err(Error::Memory(
-                "boot() needs a VM made by Vm::new_external".into(),
-            ));
+            return Err(Error::Usage("Vm::boot needs a VM made by Vm::new_external"));
         };
         let m = Arc::clone(&self.machine);
         let watcher = match ext.until.clone() {
@@ -363,7 +361,7 @@ impl Vm {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
-            .ok_or_else(|| Error::Memory("the run ended without a stop reason".into()))?;
+            .ok_or(Error::Usage("the run ended without a stop reason"))?;
         Ok(BootReport {
             exit,
             kind: ext.kind,

@@ -381,3 +381,23 @@ fn level_triggered_eoi_reaches_the_ioapic() {
         );
     }
 }
+
+#[test]
+fn boot_needs_an_external_vm() {
+    let test = "boot_needs_an_external_vm";
+    if !kvm_available(test) {
+        return;
+    }
+    let vm = Vm::new(reference_vmm::vm::VmConfig {
+        vcpus: 1,
+        hyperv: true,
+        timeout: TIMEOUT,
+        flush: reference_vmm::vm::FlushMethod::Sregs,
+        irqchip: IrqchipMode::User,
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    match vm.boot() {
+        Err(e @ Error::Usage(_)) => assert!(e.to_string().contains("new_external"), "{e}"),
+        other => panic!("expected a usage error, got {other:?}"),
+    }
+}
