@@ -190,6 +190,15 @@ pub enum Flavor {
         /// Written to port 0xF4 at the end.
         exit_code: u8,
     },
+    /// As [`Flavor::Smp`] with exit code 0, but once every AP has started
+    /// and halted, INIT resets them and a new SIPI starts them again: the
+    /// result line's `started` counts both rounds (2 * (n - 1)).
+    Restart {
+        /// APIC access.
+        apic: Apic,
+        /// IPI addressing.
+        target: Target,
+    },
     /// Prints [`BOOT_LINE`], then runs `int3` at CPL0 with no IDT: KVM's
     /// instruction emulator cannot run it where CPL0 is emulated, and
     /// elsewhere it ends in a triple fault. Either must be a clear error.
@@ -500,11 +509,16 @@ fn code(flavor: Flavor, s: &[u32; 11]) -> Result<(Vec<u8>, u32), IcedError> {
             a.hlt()?;
             a.jmp(halt)?;
         }
-        Flavor::Smp {
-            apic,
-            target,
-            exit_code,
-        } => {
+        Flavor::Smp { .. } | Flavor::Restart { .. } => {
+            let (apic, target, exit_code, rounds) = match flavor {
+                Flavor::Smp {
+                    apic,
+                    target,
+                    exit_code,
+                } => (apic, target, exit_code, 1),
+                Flavor::Restart { apic, target } => (apic, target, 0, 2),
+                _ => unreachable!("matched above"),
+            };
             let mut fail_magic = a.create_label();
             let mut fail_ap = a.create_label();
             let mut fail_cpus = a.create_label();
@@ -541,41 +555,48 @@ fn code(flavor: Flavor, s: &[u32; 11]) -> Result<(Vec<u8>, u32), IcedError> {
                 }
                 Apic::Xapic => a.mov(dword_ptr(XAPIC_SVR), SVR_ENABLE)?,
             }
-            // INIT, then STARTUP twice (SDM Vol. 3 8.4.4.1).
+            // INIT, then STARTUP twice (SDM Vol. 3 8.4.4.1); for a restart,
+            // again once the APs have halted.
             let vector = TRAMPOLINE >> 12;
             let mut all_up = a.create_label();
             a.cmp(dword_ptr(V_CPUS), 1)?;
             a.jbe(all_up)?;
-            for icr in [ICR_INIT, ICR_STARTUP | vector, ICR_STARTUP | vector] {
-                match target {
-                    Target::AllButSelf => {
-                        a.xor(edx, edx)?;
-                        emit_icr(&mut a, apic, icr | ICR_ALL_BUT_SELF)?;
-                    }
-                    Target::EachApicId => {
-                        let mut each = a.create_label();
-                        a.mov(ebp, 1)?;
-                        a.set_label(&mut each)?;
-                        a.mov(edx, ebp)?;
-                        emit_icr(&mut a, apic, icr)?;
-                        a.inc(ebp)?;
-                        a.cmp(ebp, dword_ptr(V_CPUS))?;
-                        a.jb(each)?;
+            for round in 1..=rounds {
+                for icr in [ICR_INIT, ICR_STARTUP | vector, ICR_STARTUP | vector] {
+                    match target {
+                        Target::AllButSelf => {
+                            a.xor(edx, edx)?;
+                            emit_icr(&mut a, apic, icr | ICR_ALL_BUT_SELF)?;
+                        }
+                        Target::EachApicId => {
+                            let mut each = a.create_label();
+                            a.mov(ebp, 1)?;
+                            a.set_label(&mut each)?;
+                            a.mov(edx, ebp)?;
+                            emit_icr(&mut a, apic, icr)?;
+                            a.inc(ebp)?;
+                            a.cmp(ebp, dword_ptr(V_CPUS))?;
+                            a.jb(each)?;
+                        }
                     }
                 }
+                // Bounded wait for every AP (counted `round` times).
+                let mut wait = a.create_label();
+                let mut done = a.create_label();
+                a.mov(ebp, dword_ptr(V_CPUS))?;
+                a.dec(ebp)?;
+                a.imul_3(ebp, ebp, round)?;
+                a.mov(ecx, AP_WAIT_ITERATIONS)?;
+                a.set_label(&mut wait)?;
+                a.cmp(dword_ptr(V_STARTED), ebp)?;
+                a.jae(done)?;
+                a.out(DELAY_PORT as u32, al)?;
+                a.dec(ecx)?;
+                a.jnz(wait)?;
+                a.jmp(fail_ap)?;
+                a.set_label(&mut done)?;
+                a.nop()?;
             }
-            // Bounded wait for every AP.
-            let mut wait = a.create_label();
-            a.mov(ebp, dword_ptr(V_CPUS))?;
-            a.dec(ebp)?;
-            a.mov(ecx, AP_WAIT_ITERATIONS)?;
-            a.set_label(&mut wait)?;
-            a.cmp(dword_ptr(V_STARTED), ebp)?;
-            a.jae(all_up)?;
-            a.out(DELAY_PORT as u32, al)?;
-            a.dec(ecx)?;
-            a.jnz(wait)?;
-            a.jmp(fail_ap)?;
             a.set_label(&mut all_up)?;
             // The boot loader's facts.
             a.cmp(dword_ptr(V_MAGIC), MB_BOOT_MAGIC)?;
@@ -800,6 +821,10 @@ mod tests {
             Flavor::Reset,
             Flavor::Hypercall,
             Flavor::LevelIrq,
+            Flavor::Restart {
+                apic: Apic::Xapic,
+                target: Target::AllButSelf,
+            },
         ] {
             let f = build(flavor).unwrap();
             assert_eq!(&f[..4], b"\x7fELF");

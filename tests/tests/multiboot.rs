@@ -401,3 +401,31 @@ fn boot_needs_an_external_vm() {
         other => panic!("expected a usage error, got {other:?}"),
     }
 }
+
+/// INIT resets a running (halted) AP to wait-for-SIPI and a new SIPI
+/// starts it again, in both irqchip modes.
+#[test]
+fn init_restarts_halted_aps() {
+    let test = "init_restarts_halted_aps";
+    if !kvm_available(test) {
+        return;
+    }
+    for (irqchip, apic, target) in [
+        (IrqchipMode::User, Apic::X2apic, Target::EachApicId),
+        (IrqchipMode::User, Apic::Xapic, Target::AllButSelf),
+        (IrqchipMode::Kernel, Apic::X2apic, Target::AllButSelf),
+    ] {
+        let image =
+            mbkernel::build(Flavor::Restart { apic, target }).unwrap_or_else(|e| panic!("{e}"));
+        let (r, console) = boot(test, &image, 3, irqchip);
+        let report = r.unwrap_or_else(|e| panic!("{irqchip:?}: {e}\nconsole:\n{console}"));
+        assert_eq!(
+            report.exit,
+            GuestExit::DebugExit(1),
+            "{irqchip:?}: {console}"
+        );
+        let res = mbkernel::parse_result(&console)
+            .unwrap_or_else(|| panic!("no result line in the console:\n{console}"));
+        assert_eq!(res.started, 4, "two rounds of 2 APs: {console}");
+    }
+}
