@@ -3,7 +3,7 @@
 //! APIC IDs.
 
 use hv_enlightenments::accel::IrqchipMode;
-use hv_enlightenments::cpuid::{CpuidBuilder, CpuidPlan, Enlightenments};
+use hv_enlightenments::cpuid::{CpuidBuilder, CpuidPlan, Enlightenments, Frequencies};
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, kvm_cpuid_entry2};
 use kvm_ioctls::Kvm;
 
@@ -62,9 +62,11 @@ pub fn for_vcpu(base: &[kvm_cpuid_entry2], apic_id: u32) -> Result<CpuId, Error>
     CpuId::from_entries(&v).map_err(Error::Table)
 }
 
-/// The enlightenments this VMM serves in the userspace-irqchip mode.
+/// The enlightenments this VMM serves in the userspace-irqchip mode (the
+/// frequency MSRs only when frequencies are configured).
 pub fn served_enlightenments() -> Enlightenments {
     Enlightenments::APIC_ACCESS
+        | Enlightenments::FREQUENCY_MSRS
         | Enlightenments::PV_TLB_FLUSH
         | Enlightenments::PV_IPI
         | Enlightenments::XMM_HYPERCALL_INPUT
@@ -72,16 +74,62 @@ pub fn served_enlightenments() -> Enlightenments {
         | Enlightenments::TIME_REF_COUNT
 }
 
-/// The Hyper-V CPUID plan for `vcpus` vCPUs on this host.
-pub fn cpuid_plan(vcpus: u32, irqchip: IrqchipMode) -> Result<CpuidPlan, Error> {
+/// Nanoseconds per second.
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// KVM's in-kernel APIC timer frequency: one count per APIC bus cycle of
+/// `APIC_BUS_CYCLE_NS_DEFAULT` = 1 ns (arch/x86/kvm/lapic.h), i.e. 1 GHz
+/// with divide-by-1. The VMM does not change it with
+/// KVM_CAP_X86_APIC_BUS_CYCLES_NS.
+pub const KVM_APIC_TIMER_HZ: u64 = NS_PER_SEC;
+
+/// The frequency the local APIC timer counts at with divide-by-1: the
+/// bus cycle of the lapic crate's default [`lapic::Config`] (the one the
+/// VMM's APICs use) or KVM's in-kernel APIC bus.
+pub fn apic_timer_hz(irqchip: IrqchipMode) -> u64 {
+    match irqchip {
+        IrqchipMode::User => NS_PER_SEC / lapic::Config::new(0).bus_cycle_ns.max(1),
+        IrqchipMode::Kernel => KVM_APIC_TIMER_HZ,
+    }
+}
+
+/// What the frequency MSRs serve for a guest TSC of `tsc_khz` (KVM_GET_TSC_KHZ)
+/// kHz: `None` (the MSRs stay unpublished) when the TSC frequency is
+/// unknown or 0.
+pub fn frequencies(irqchip: IrqchipMode, tsc_khz: Option<u32>) -> Option<Frequencies> {
+    let tsc_khz = tsc_khz.filter(|&k| k != 0)?;
+    Some(Frequencies {
+        tsc_hz: u64::from(tsc_khz) * 1000,
+        apic_hz: apic_timer_hz(irqchip),
+    })
+}
+
+/// The guest TSC frequency KVM gives a new vCPU on this host
+/// (KVM_GET_TSC_KHZ on a throwaway VM), or `None` when it cannot be read.
+pub fn host_tsc_khz() -> Option<u32> {
+    let kvm = Kvm::new().ok()?;
+    let vm = kvm.create_vm().ok()?;
+    let vcpu = vm.create_vcpu(0).ok()?;
+    vcpu.get_tsc_khz().ok().filter(|&k| k != 0)
+}
+
+/// The Hyper-V CPUID plan for `vcpus` vCPUs on this host; with
+/// `frequencies`, the frequency MSRs are published and serve them.
+pub fn cpuid_plan(
+    vcpus: u32,
+    irqchip: IrqchipMode,
+    frequencies: Option<Frequencies>,
+) -> Result<CpuidPlan, Error> {
     let probe = ipiv::HostProbe::run();
-    CpuidBuilder::new(vcpus)
+    let mut b = CpuidBuilder::new(vcpus)
         .enlightenments(served_enlightenments())
         .irqchip(irqchip)
         .host(probe.accel)
-        .force_x2apic(true)
-        .build()
-        .map_err(Error::Policy)
+        .force_x2apic(true);
+    if let Some(f) = frequencies {
+        b = b.frequencies(f);
+    }
+    b.build().map_err(Error::Policy)
 }
 
 /// Offers the TSC-deadline timer (CPUID.1:ECX bit 24): for the

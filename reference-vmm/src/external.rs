@@ -280,17 +280,14 @@ impl Vm {
         if cfg.irqchip == IrqchipMode::Kernel {
             ioapic.set_route_listener(mirror_routes(Arc::clone(&c.fd)));
         }
-        let machine = c.machine(
-            &vcpu_fds,
-            MachineOptions {
-                flush: FlushMethod::Sregs,
-                pio,
-                mmio,
-                external: true,
-                user_mp,
-                eoi_hook: Some(Box::new(move |vector| ioapic.end_of_interrupt(vector))),
-            },
-        )?;
+        let machine = c.machine(MachineOptions {
+            flush: FlushMethod::Sregs,
+            pio,
+            mmio,
+            external: true,
+            user_mp,
+            eoi_hook: Some(Box::new(move |vector| ioapic.end_of_interrupt(vector))),
+        })?;
         if user_mp {
             for v in machine.vcpus.iter().skip(1) {
                 v.lock().mp.state = MpState::WaitForSipi;

@@ -303,12 +303,23 @@ fn run(cmd: Command) -> Result<(), String> {
         }
         Command::Cpuid { vcpus, irqchip } => {
             let mode = IrqchipMode::from(irqchip);
-            let plan = reference_vmm::cpuid::cpuid_plan(vcpus, mode).map_err(|e| e.to_string())?;
+            use reference_vmm::cpuid;
+            // What a VM would get: the guest TSC frequency KVM gives a vCPU.
+            let freq = cpuid::frequencies(mode, cpuid::host_tsc_khz());
+            let plan = cpuid::cpuid_plan(vcpus, mode, freq).map_err(|e| e.to_string())?;
             for l in plan.cpuid.entries() {
                 println!(
                     "{:#010x}: eax={:#010x} ebx={:#010x} ecx={:#010x} edx={:#010x}",
                     l.function, l.eax, l.ebx, l.ecx, l.edx
                 );
+            }
+            println!();
+            match freq {
+                Some(f) => println!(
+                    "frequency MSRs: TSC {} Hz, APIC timer {} Hz",
+                    f.tsc_hz, f.apic_hz
+                ),
+                None => println!("frequency MSRs: none (KVM_GET_TSC_KHZ unreadable)"),
             }
             println!();
             println!("{}", plan.decisions);

@@ -173,6 +173,8 @@ pub struct Machine {
     pub irqchip: IrqchipMode,
     /// The kernel-irqchip state (`None` in the userspace-irqchip mode).
     pub kernel: Option<KernelIrqchip>,
+    /// The Hyper-V CPUID plan the vCPUs got (`None`: Hyper-V off).
+    plan: Option<CpuidPlan>,
     partition: Mutex<Partition>,
     topology: RwLock<Topology>,
     stub: Vec<u8>,
@@ -197,6 +199,12 @@ impl Machine {
     /// Whether the run is ending.
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Acquire)
+    }
+
+    /// The Hyper-V CPUID plan published to the guest, with the values the
+    /// frequency MSRs serve (`None`: Hyper-V off).
+    pub fn cpuid_plan(&self) -> Option<&CpuidPlan> {
+        self.plan.as_ref()
     }
 
     /// The partition-wide Hyper-V state.
@@ -377,17 +385,14 @@ impl Vm {
             }
             vcpu_fds.push(vfd);
         }
-        let machine = c.machine(
-            &vcpu_fds,
-            MachineOptions {
-                flush: config.flush,
-                pio: Bus::default(),
-                mmio: Bus::default(),
-                external: false,
-                user_mp: false,
-                eoi_hook: None,
-            },
-        )?;
+        let machine = c.machine(MachineOptions {
+            flush: config.flush,
+            pio: Bus::default(),
+            mmio: Bus::default(),
+            external: false,
+            user_mp: false,
+            eoi_hook: None,
+        })?;
         Ok(Self {
             config,
             _kvm: c.kvm,
@@ -402,6 +407,12 @@ impl Vm {
     /// The shared machine state (for inspection after a run).
     pub fn machine(&self) -> &Arc<Machine> {
         &self.machine
+    }
+
+    /// The Hyper-V CPUID plan the vCPUs got (`None`: Hyper-V off); see
+    /// [`Machine::cpuid_plan`].
+    pub fn cpuid_plan(&self) -> Option<&CpuidPlan> {
+        self.machine.cpuid_plan()
     }
 
     /// The guest kernel's entry point.
@@ -576,6 +587,10 @@ pub(crate) struct Common {
     pub(crate) plan: CpuidPlan,
     pub(crate) irqchip: IrqchipMode,
     base_cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
+    /// vCPU 0, created early to read the guest TSC frequency.
+    first_vcpu: Option<VcpuFd>,
+    /// The guest TSC frequency (KVM_GET_TSC_KHZ), if KVM reported one.
+    tsc_khz: Option<u32>,
     vcpus: u32,
     hyperv: bool,
     /// Whether KVM's per-vCPU statistics can be read (kernel irqchip).
@@ -638,7 +653,22 @@ impl Common {
             unsafe { fd.set_user_memory_region(r) }
                 .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
-        let plan = cpuid_plan(vcpus, irqchip)?;
+        // The frequency MSRs need the guest TSC frequency before any vCPU
+        // gets its CPUID: read it from vCPU 0, created here (its CPUID is
+        // set in `create_vcpu`).
+        let first = fd.create_vcpu(0).map_err(|err| Error::VcpuKvm {
+            vcpu: 0,
+            op: "KVM_CREATE_VCPU",
+            err,
+        })?;
+        let tsc_khz = match first.get_tsc_khz() {
+            Ok(k) if k != 0 => Some(k),
+            r => {
+                log::warn!("KVM_GET_TSC_KHZ: {r:?}: no frequency MSRs");
+                None
+            }
+        };
+        let plan = cpuid_plan(vcpus, irqchip, cpuid::frequencies(irqchip, tsc_khz))?;
         let mut base_cpuid = cpuid::base_table(&kvm)?;
         if kernel_irqchip && kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
             cpuid::offer_tsc_deadline(&mut base_cpuid);
@@ -655,6 +685,8 @@ impl Common {
             plan,
             irqchip,
             base_cpuid,
+            first_vcpu: Some(first),
+            tsc_khz,
             vcpus,
             hyperv,
             stats_cap,
@@ -662,16 +694,20 @@ impl Common {
         })
     }
 
-    /// Creates vCPU `i` with its CPUID table.
+    /// Creates vCPU `i` (vCPU 0 exists already) with its CPUID table.
     pub(crate) fn create_vcpu(&mut self, i: u32) -> Result<VcpuFd, Error> {
-        let vfd = self
-            .fd
-            .create_vcpu(u64::from(i))
-            .map_err(|err| Error::VcpuKvm {
-                vcpu: i,
-                op: "KVM_CREATE_VCPU",
-                err,
-            })?;
+        let early = if i == 0 { self.first_vcpu.take() } else { None };
+        let vfd = match early {
+            Some(v) => v,
+            None => self
+                .fd
+                .create_vcpu(u64::from(i))
+                .map_err(|err| Error::VcpuKvm {
+                    vcpu: i,
+                    op: "KVM_CREATE_VCPU",
+                    err,
+                })?,
+        };
         vfd.set_cpuid2(&cpuid::for_vcpu(&self.base_cpuid, i)?)
             .map_err(|err| Error::VcpuKvm {
                 vcpu: i,
@@ -688,18 +724,11 @@ impl Common {
     }
 
     /// The shared machine state: APICs, VP state, posted-interrupt entries.
-    pub(crate) fn machine(
-        &mut self,
-        vcpu_fds: &[VcpuFd],
-        o: MachineOptions,
-    ) -> Result<Arc<Machine>, Error> {
+    pub(crate) fn machine(&mut self, o: MachineOptions) -> Result<Arc<Machine>, Error> {
         let n = self.vcpus;
         let table =
             ipiv::PidTable::new(n - 1).map_err(|e| Error::Memory(format!("PID table: {e}")))?;
-        let tsc_khz = vcpu_fds
-            .first()
-            .and_then(|v| v.get_tsc_khz().ok())
-            .map_or(1_000_000, u64::from);
+        let tsc_khz = self.tsc_khz.map_or(1_000_000, u64::from);
         let clock = Arc::new(HostClock::new(tsc_khz));
         let mut topology = Topology::new();
         let mut vcpus = Vec::with_capacity(n as usize);
@@ -747,6 +776,7 @@ impl Common {
             guest_exit: Mutex::new(None),
             irqchip: self.irqchip,
             kernel,
+            plan: self.hyperv.then_some(self.plan),
             partition: Mutex::new(Partition::new(PartitionConfig::from(&self.plan))),
             topology: RwLock::new(topology),
             stub: kernel::hypercall_stub()?,

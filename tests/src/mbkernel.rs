@@ -68,6 +68,10 @@ const V_CPUS: u32 = VARS + 8;
 const V_STARTED: u32 = VARS + 12;
 /// Interrupts counted by the [`Flavor::LevelIrq`] handler.
 const V_IRQS: u32 = VARS + 16;
+/// #GPs counted by the [`Flavor::FrequencyMsrs`] handler.
+const V_GPS: u32 = VARS + 20;
+/// Where [`Flavor::FrequencyMsrs`] keeps an MSR's value (low, high).
+const V_MSR: u32 = VARS + 24;
 /// IDTR image (limit, base).
 const V_IDTR: u32 = VARS + 0x20;
 /// The handler's register save area (eax, ecx, edx, return address).
@@ -78,6 +82,15 @@ const EFLAGS_IF: u32 = 1 << 9;
 const IDT_BASE: u32 = VARS + 0x400;
 /// The interrupt handler's code (assembled on its own).
 const HANDLER: u32 = LOAD_ADDR + 0x4800;
+/// The #GP handler of [`Flavor::FrequencyMsrs`].
+const GP_HANDLER: u32 = LOAD_ADDR + 0x4C00;
+/// #GP.
+const GP_VECTOR: u32 = 13;
+/// Length of RDMSR (0F 32), which the #GP handler skips.
+const RDMSR_LEN: u32 = 2;
+/// Hyper-V frequency MSRs (TLFS).
+const HV_MSR_TSC_FREQUENCY: u32 = 0x4000_0022;
+const HV_MSR_APIC_FREQUENCY: u32 = 0x4000_0023;
 /// Vector of the level-triggered COM1 interrupt.
 const LEVEL_VECTOR: u32 = 0x40;
 /// COM1 IOAPIC pin (ISA IRQ 4).
@@ -223,7 +236,16 @@ pub enum Flavor {
     /// with code 0. The second interrupt only arrives if the EOI of the
     /// first reached the IOAPIC (remote IRR cleared).
     LevelIrq,
+    /// Installs a #GP handler that counts the fault and skips the faulting
+    /// RDMSR, reads HV_X64_MSR_TSC_FREQUENCY and HV_X64_MSR_APIC_FREQUENCY,
+    /// prints [`FREQ_PREFIX`] with each MSR's fault count and value and
+    /// exits with code 0 (see [`parse_freq`]).
+    FrequencyMsrs,
 }
+
+/// Prefix of the [`Flavor::FrequencyMsrs`] result line:
+/// `mbkernel: freq tsc=<faults> <high> <low> apic=<faults> <high> <low>`.
+pub const FREQ_PREFIX: &str = "mbkernel: freq tsc=";
 
 /// Prefix of the [`Flavor::LevelIrq`] result line: `mbkernel: level irqs=N`.
 pub const LEVEL_PREFIX: &str = "mbkernel: level irqs=";
@@ -232,8 +254,8 @@ pub const LEVEL_PREFIX: &str = "mbkernel: level irqs=";
 /// `mbkernel: hypercall status=<spin wait> <unknown code>`.
 pub const HYPERCALL_PREFIX: &str = "mbkernel: hypercall status=";
 
-fn strings() -> (Vec<u8>, [u32; 11]) {
-    let items: [&[u8]; 11] = [
+fn strings() -> (Vec<u8>, [u32; 13]) {
+    let items: [&[u8]; 13] = [
         b"mbkernel: boot\n\0",
         b"mbkernel: ok cpus=\0",
         b" started=\0",
@@ -245,9 +267,11 @@ fn strings() -> (Vec<u8>, [u32; 11]) {
         b"mbkernel: hypercall status=\0",
         b" \0",
         b"\nmbkernel: level irqs=\0",
+        b"mbkernel: freq tsc=\0",
+        b" apic=\0",
     ];
     let mut blob = Vec::new();
-    let mut at = [0u32; 11];
+    let mut at = [0u32; 13];
     for (i, s) in items.iter().enumerate() {
         at[i] = STRINGS + blob.len() as u32;
         blob.extend_from_slice(s);
@@ -265,6 +289,8 @@ const S_MAGIC_ERR: usize = 7;
 const S_HC: usize = 8;
 const S_SPACE: usize = 9;
 const S_LEVEL: usize = 10;
+const S_FREQ: usize = 11;
+const S_APIC: usize = 12;
 
 /// The 16-bit trampoline, run from [`TRAMPOLINE`] with CS.base =
 /// TRAMPOLINE, IP = 0: load its GDT, set CR0.PE, far-jump to `ap32`.
@@ -379,7 +405,7 @@ fn emit_exit(a: &mut CodeAssembler, code: u8) -> Result<(), IcedError> {
     Ok(())
 }
 
-fn code(flavor: Flavor, s: &[u32; 11]) -> Result<(Vec<u8>, u32), IcedError> {
+fn code(flavor: Flavor, s: &[u32; 13]) -> Result<(Vec<u8>, u32), IcedError> {
     let mut a = CodeAssembler::new(32)?;
     let mut puts = a.create_label();
     let mut putdec = a.create_label();
@@ -498,6 +524,48 @@ fn code(flavor: Flavor, s: &[u32; 11]) -> Result<(Vec<u8>, u32), IcedError> {
             a.call(puts)?;
             a.mov(eax, dword_ptr(V_IRQS))?;
             a.call(putdec)?;
+            a.mov(esi, s[S_NL])?;
+            a.call(puts)?;
+            emit_exit(&mut a, 0)?;
+        }
+        Flavor::FrequencyMsrs => {
+            // IDT gate 13: 32-bit interrupt gate to the #GP handler.
+            a.mov(ax, cs)?;
+            a.movzx(eax, ax)?;
+            a.shl(eax, 16)?;
+            a.or(eax, GP_HANDLER & 0xFFFF)?;
+            a.mov(dword_ptr(IDT_BASE + GP_VECTOR * 8), eax)?;
+            a.mov(
+                dword_ptr(IDT_BASE + GP_VECTOR * 8 + 4),
+                (GP_HANDLER & 0xFFFF_0000) | 0x8E00,
+            )?;
+            a.mov(word_ptr(V_IDTR), (GP_VECTOR + 1) * 8 - 1)?;
+            a.mov(dword_ptr(V_IDTR + 2), IDT_BASE)?;
+            a.lidt(ptr(V_IDTR))?;
+            for (i, msr) in [HV_MSR_TSC_FREQUENCY, HV_MSR_APIC_FREQUENCY]
+                .into_iter()
+                .enumerate()
+            {
+                a.mov(dword_ptr(V_GPS), 0)?;
+                a.mov(ecx, msr)?;
+                a.xor(eax, eax)?;
+                a.xor(edx, edx)?;
+                a.rdmsr()?;
+                a.mov(dword_ptr(V_MSR), eax)?;
+                a.mov(dword_ptr(V_MSR + 4), edx)?;
+                a.mov(esi, s[if i == 0 { S_FREQ } else { S_APIC }])?;
+                a.call(puts)?;
+                a.mov(eax, dword_ptr(V_GPS))?;
+                a.call(putdec)?;
+                a.mov(esi, s[S_SPACE])?;
+                a.call(puts)?;
+                a.mov(eax, dword_ptr(V_MSR + 4))?;
+                a.call(putdec)?;
+                a.mov(esi, s[S_SPACE])?;
+                a.call(puts)?;
+                a.mov(eax, dword_ptr(V_MSR))?;
+                a.call(putdec)?;
+            }
             a.mov(esi, s[S_NL])?;
             a.call(puts)?;
             emit_exit(&mut a, 0)?;
@@ -697,8 +765,13 @@ pub fn build(flavor: Flavor) -> Result<Vec<u8>, String> {
     seg.extend_from_slice(&tramp);
     seg.resize((HANDLER - LOAD_ADDR) as usize, 0);
     seg.extend_from_slice(&handler().map_err(|e| e.to_string())?);
-    if seg.len() > (STRINGS - LOAD_ADDR) as usize {
+    if seg.len() > (GP_HANDLER - LOAD_ADDR) as usize {
         return Err("interrupt handler too large".into());
+    }
+    seg.resize((GP_HANDLER - LOAD_ADDR) as usize, 0);
+    seg.extend_from_slice(&gp_handler().map_err(|e| e.to_string())?);
+    if seg.len() > (STRINGS - LOAD_ADDR) as usize {
+        return Err("#GP handler too large".into());
     }
     seg.resize((STRINGS - LOAD_ADDR) as usize, 0);
     seg.extend_from_slice(&blob);
@@ -732,6 +805,52 @@ fn handler() -> Result<Vec<u8>, IcedError> {
     a.popfd()?;
     a.jmp(dword_ptr(V_SAVE + 12))?;
     a.assemble(u64::from(HANDLER))
+}
+
+/// The [`Flavor::FrequencyMsrs`] #GP handler at [`GP_HANDLER`]: count the
+/// fault and return past the RDMSR that raised it.
+fn gp_handler() -> Result<Vec<u8>, IcedError> {
+    let mut a = CodeAssembler::new(32)?;
+    a.mov(dword_ptr(V_SAVE), eax)?;
+    a.inc(dword_ptr(V_GPS))?;
+    // Frame: error code, EIP, CS, EFLAGS. As in `handler`, no `iretd`.
+    a.pop(eax)?;
+    a.pop(eax)?;
+    a.add(eax, RDMSR_LEN)?;
+    a.mov(dword_ptr(V_SAVE + 12), eax)?;
+    a.pop(eax)?;
+    a.mov(eax, dword_ptr(V_SAVE))?;
+    a.popfd()?;
+    a.jmp(dword_ptr(V_SAVE + 12))?;
+    a.assemble(u64::from(GP_HANDLER))
+}
+
+/// One MSR read by [`Flavor::FrequencyMsrs`]: the value, or `None` when it
+/// raised #GP.
+pub type MsrRead = Option<u64>;
+
+/// Parses the [`Flavor::FrequencyMsrs`] line: `(TSC frequency, APIC
+/// frequency)` reads, or `None` without a well-formed line.
+pub fn parse_freq(console: &str) -> Option<(MsrRead, MsrRead)> {
+    let line = console
+        .lines()
+        .find_map(|l| l.trim_end_matches('\r').strip_prefix(FREQ_PREFIX))?;
+    let (tsc, apic) = line.split_once(" apic=")?;
+    let read = |f: &str| -> Option<MsrRead> {
+        let v: Vec<u64> = f
+            .split(' ')
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        match v.as_slice() {
+            [0, hi, lo] if *hi <= u64::from(u32::MAX) && *lo <= u64::from(u32::MAX) => {
+                Some(Some((hi << 32) | lo))
+            }
+            [1, 0, 0] => Some(None),
+            _ => None,
+        }
+    };
+    Some((read(tsc)?, read(apic)?))
 }
 
 /// An ELF32 executable with one loadable segment at [`LOAD_ADDR`].
@@ -821,6 +940,7 @@ mod tests {
             Flavor::Reset,
             Flavor::Hypercall,
             Flavor::LevelIrq,
+            Flavor::FrequencyMsrs,
             Flavor::Restart {
                 apic: Apic::Xapic,
                 target: Target::AllButSelf,
@@ -864,5 +984,21 @@ mod tests {
             }
         );
         assert_eq!(parse_result("mbkernel: boot\n"), None);
+    }
+
+    #[test]
+    fn parses_the_freq_line() {
+        assert_eq!(
+            parse_freq("mbkernel: freq tsc=0 0 2300000000 apic=0 1 5\n"),
+            Some((Some(2_300_000_000), Some((1 << 32) | 5)))
+        );
+        assert_eq!(
+            parse_freq("mbkernel: freq tsc=1 0 0 apic=1 0 0\n"),
+            Some((None, None))
+        );
+        // A fault that left a value, or two faults, is no valid read.
+        assert_eq!(parse_freq("mbkernel: freq tsc=1 0 7 apic=1 0 0\n"), None);
+        assert_eq!(parse_freq("mbkernel: freq tsc=2 0 0 apic=1 0 0\n"), None);
+        assert_eq!(parse_freq("mbkernel: boot\n"), None);
     }
 }

@@ -1,6 +1,7 @@
 //! A real Linux guest: Debian's cloud kernel (`scripts/fetch-guest-kernel`)
-//! booted through its PVH entry with 2 vCPUs must detect Hyper-V and print
-//! exactly the privileges, hints and misc features the VMM publishes.
+//! booted through its PVH entry with 2 vCPUs must detect Hyper-V, print
+//! exactly the privileges, hints and misc features the VMM published to it,
+//! and take its APIC timer period from HV_X64_MSR_APIC_FREQUENCY.
 //!
 //! Where KVM emulates guest CPL0 (see PLATFORM.md) the kernel gets that far
 //! in tens of seconds and later dies on an instruction the emulator lacks;
@@ -13,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use hv_enlightenments::accel::IrqchipMode;
 use hv_tests::kvm_available;
-use reference_vmm::cpuid::cpuid_plan;
 use reference_vmm::platform::console::Console;
 use reference_vmm::vm::{ExternalConfig, GuestExit, Vm};
 
@@ -26,6 +26,11 @@ const CMDLINE: &str =
     "console=ttyS0 earlyprintk=serial,ttyS0,115200 nokaslr mitigations=off panic=-1";
 const DETECTED: &str = "Hypervisor detected: Microsoft Hyper-V";
 const PRIVILEGES: &str = "Hyper-V: privilege flags low ";
+/// Printed by `ms_hyperv_init_platform` right after reading
+/// HV_X64_MSR_APIC_FREQUENCY: the frequency divided by HZ, in hex.
+const LAPIC_FREQUENCY: &str = "Hyper-V: LAPIC Timer Frequency: 0x";
+/// CONFIG_HZ of Debian's kernels (CONFIG_HZ_250).
+const GUEST_HZ: u64 = 250;
 
 /// Runs `scripts/fetch-guest-kernel` (it caches) and returns the vmlinux.
 fn fetch_kernel() -> PathBuf {
@@ -64,6 +69,14 @@ fn parse_privileges(console: &str) -> Option<[u32; 4]> {
     Some(out)
 }
 
+/// The value of Linux's `Hyper-V: LAPIC Timer Frequency: %#x` line.
+fn parse_lapic_period(console: &str) -> Option<u64> {
+    console.lines().find_map(|l| {
+        let at = l.find(LAPIC_FREQUENCY)?;
+        u64::from_str_radix(l[at + LAPIC_FREQUENCY.len()..].trim(), 16).ok()
+    })
+}
+
 fn tail(s: &str, lines: usize) -> String {
     let v: Vec<&str> = s.lines().collect();
     v[v.len().saturating_sub(lines)..].join("\n")
@@ -84,7 +97,7 @@ fn boot_linux(test: &str, irqchip: IrqchipMode) {
                 .then(|| start.elapsed())
         })
     };
-    let r = Vm::new_external(ExternalConfig {
+    let vm = Vm::new_external(ExternalConfig {
         vcpus: VCPUS,
         mem_size: MEM,
         irqchip,
@@ -95,9 +108,15 @@ fn boot_linux(test: &str, irqchip: IrqchipMode) {
         modules: Vec::new(),
         timeout: TIMEOUT,
         console: console.clone(),
-        until: Some(PRIVILEGES.into()),
+        // Printed after the privilege line, in the same function.
+        until: Some(LAPIC_FREQUENCY.into()),
     })
-    .and_then(Vm::boot);
+    .unwrap_or_else(|e| panic!("{test}: VM creation failed: {e}"));
+    // What the vCPUs were given, not a recomputation.
+    let plan = *vm
+        .cpuid_plan()
+        .unwrap_or_else(|| panic!("{test}: Hyper-V is on but no plan was published"));
+    let r = vm.boot();
     let text = console.contents();
     let report = r.unwrap_or_else(|e| {
         panic!(
@@ -120,7 +139,6 @@ fn boot_linux(test: &str, irqchip: IrqchipMode) {
     let seen = parse_privileges(&text)
         .unwrap_or_else(|| panic!("unparsable privilege line:\n{}", tail(&text, 30)));
 
-    let plan = cpuid_plan(VCPUS, irqchip).unwrap_or_else(|e| panic!("{e}"));
     let leaf = |f: u32| {
         plan.cpuid
             .entries()
@@ -135,6 +153,22 @@ fn boot_linux(test: &str, irqchip: IrqchipMode) {
         seen, published,
         "Linux saw [low, high, hints, misc] = {seen:#x?}, the VMM published {published:#x?}"
     );
+
+    let f = plan
+        .frequencies
+        .unwrap_or_else(|| panic!("{test}: no frequency MSRs published"));
+    assert_eq!(f.apic_hz, reference_vmm::cpuid::apic_timer_hz(irqchip));
+    let period = parse_lapic_period(&text)
+        .unwrap_or_else(|| panic!("no LAPIC timer frequency line:\n{}", tail(&text, 30)));
+    eprintln!(
+        "{test}: TSC {} Hz, APIC {} Hz published; Linux's APIC timer period {period:#x}",
+        f.tsc_hz, f.apic_hz
+    );
+    assert_eq!(
+        period,
+        f.apic_hz / GUEST_HZ,
+        "Linux's APIC timer period must be HV_X64_MSR_APIC_FREQUENCY / HZ"
+    );
 }
 
 #[test]
@@ -145,6 +179,14 @@ fn parses_the_privilege_line() {
         Some([0x2e7f, 0x3b8030, 0x64e24, 0xbed7b2])
     );
     assert_eq!(parse_privileges("Hyper-V: privilege flags low 0x1\n"), None);
+    assert_eq!(
+        parse_lapic_period("[    0.000000] Hyper-V: LAPIC Timer Frequency: 0x3d0900\n"),
+        Some(0x3d0900)
+    );
+    assert_eq!(
+        parse_lapic_period("Hyper-V: LAPIC Timer Frequency: \n"),
+        None
+    );
 }
 
 #[test]
