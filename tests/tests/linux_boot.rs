@@ -1,7 +1,8 @@
 //! A real Linux guest: Debian's cloud kernel (`scripts/fetch-guest-kernel`)
 //! booted through its PVH entry with 2 vCPUs must detect Hyper-V, print
 //! exactly the privileges, hints and misc features the VMM published to it,
-//! and take its APIC timer period from HV_X64_MSR_APIC_FREQUENCY.
+//! and take its APIC timer period from HV_X64_MSR_APIC_FREQUENCY and its TSC
+//! frequency from HV_X64_MSR_TSC_FREQUENCY.
 //!
 //! Where KVM emulates guest CPL0 (see PLATFORM.md) the kernel gets that far
 //! in tens of seconds and later dies on an instruction the emulator lacks;
@@ -31,6 +32,9 @@ const PRIVILEGES: &str = "Hyper-V: privilege flags low ";
 const LAPIC_FREQUENCY: &str = "Hyper-V: LAPIC Timer Frequency: 0x";
 /// CONFIG_HZ of Debian's kernels (CONFIG_HZ_250).
 const GUEST_HZ: u64 = 250;
+/// The end of `tsc_early_init`'s `tsc: Detected %lu.%03lu MHz processor`,
+/// printed soon after the Hyper-V lines.
+const TSC_DETECTED: &str = "MHz processor";
 
 /// Runs `scripts/fetch-guest-kernel` (it caches) and returns the vmlinux.
 fn fetch_kernel() -> PathBuf {
@@ -108,8 +112,8 @@ fn boot_linux(test: &str, irqchip: IrqchipMode) {
         modules: Vec::new(),
         timeout: TIMEOUT,
         console: console.clone(),
-        // Printed after the privilege line, in the same function.
-        until: Some(LAPIC_FREQUENCY.into()),
+        // Printed after the Hyper-V lines.
+        until: Some(TSC_DETECTED.into()),
     })
     .unwrap_or_else(|e| panic!("{test}: VM creation failed: {e}"));
     // What the vCPUs were given, not a recomputation.
@@ -168,6 +172,18 @@ fn boot_linux(test: &str, irqchip: IrqchipMode) {
         period,
         f.apic_hz / GUEST_HZ,
         "Linux's APIC timer period must be HV_X64_MSR_APIC_FREQUENCY / HZ"
+    );
+    // hv_get_tsc_khz(): HV_X64_MSR_TSC_FREQUENCY / 1000, no calibration.
+    let khz = f.tsc_hz / 1000;
+    let detected = format!(
+        "tsc: Detected {}.{:03} MHz processor",
+        khz / 1000,
+        khz % 1000
+    );
+    assert!(
+        text.contains(&detected),
+        "expected {detected:?}:\n{}",
+        tail(&text, 30)
     );
 }
 
