@@ -9,7 +9,7 @@
 //! the run therefore stops as soon as the lines are seen, and a guest that
 //! dies first fails the test with the console tail and the vCPU error.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -30,8 +30,6 @@ const PRIVILEGES: &str = "Hyper-V: privilege flags low ";
 /// Printed by `ms_hyperv_init_platform` right after reading
 /// HV_X64_MSR_APIC_FREQUENCY: the frequency divided by HZ, in hex.
 const LAPIC_FREQUENCY: &str = "Hyper-V: LAPIC Timer Frequency: 0x";
-/// CONFIG_HZ of Debian's kernels (CONFIG_HZ_250).
-const GUEST_HZ: u64 = 250;
 /// The end of `tsc_early_init`'s `tsc: Detected %lu.%03lu MHz processor`,
 /// printed soon after the Hyper-V lines.
 const TSC_DETECTED: &str = "MHz processor";
@@ -55,6 +53,23 @@ fn fetch_kernel() -> PathBuf {
     let path = PathBuf::from(path.lines().last().unwrap_or_default());
     assert!(path.is_file(), "no vmlinux at {}", path.display());
     path
+}
+
+/// `CONFIG_HZ` of the fetched kernel, from the `config-*` file
+/// `scripts/fetch-guest-kernel` caches beside the vmlinux.
+fn kernel_hz(vmlinux: &Path) -> u64 {
+    let name = vmlinux
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinux-"))
+        .unwrap_or_else(|| panic!("unexpected vmlinux name {}", vmlinux.display()));
+    let config = vmlinux.with_file_name(format!("config-{name}"));
+    let text =
+        std::fs::read_to_string(&config).unwrap_or_else(|e| panic!("{}: {e}", config.display()));
+    text.lines()
+        .find_map(|l| l.strip_prefix("CONFIG_HZ="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no CONFIG_HZ in {}", config.display()))
 }
 
 /// The four values of Linux's
@@ -170,7 +185,7 @@ fn boot_linux(test: &str, irqchip: IrqchipMode) {
     );
     assert_eq!(
         period,
-        f.apic_hz / GUEST_HZ,
+        f.apic_hz / kernel_hz(&kernel),
         "Linux's APIC timer period must be HV_X64_MSR_APIC_FREQUENCY / HZ"
     );
     // hv_get_tsc_khz(): HV_X64_MSR_TSC_FREQUENCY / 1000, no calibration.
