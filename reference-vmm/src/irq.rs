@@ -64,21 +64,7 @@ pub fn apply_apic_outcome(m: &Machine, me: &Vcpu, o: Outcome) -> bool {
                         irq.delivery_mode,
                         DeliveryMode::Fixed | DeliveryMode::LowestPriority
                     ) && irq.vector >= FIRST_LEGAL_VECTOR;
-                    for t in targets.iter() {
-                        let Some(tv) = m.vcpus.get(t) else { continue };
-                        bump(&me.metrics.ipis_posted);
-                        if fixed {
-                            tv.post(irq.vector);
-                        } else {
-                            let mut s = tv.lock();
-                            let d = s.apic.deliver(&irq);
-                            if m.user_mp {
-                                crate::mp::latch(tv, &mut s, d);
-                            } else {
-                                tv.notify_apic_locked(&mut s);
-                            }
-                        }
-                    }
+                    deliver_to(m, &targets, &irq, fixed, || bump(&me.metrics.ipis_posted));
                 }
                 Effect::SelfDelivered(_) => {}
                 Effect::Eoi(e) => {
@@ -138,13 +124,29 @@ pub fn deliver_msi(m: &Machine, address: u64, data: u32) {
         DeliveryMode::Fixed | DeliveryMode::LowestPriority
     ) && irq.vector >= FIRST_LEGAL_VECTOR
         && irq.trigger_mode == TriggerMode::Edge;
+    deliver_to(m, &targets, &irq, fixed, || {});
+}
+
+/// Delivers `irq` to every vCPU in `targets` (userspace irqchip), calling
+/// `each` once per existing target. `posted`: a fixed edge vector, which
+/// goes through the posted-interrupt path; anything else is delivered to
+/// the lapic under the target's lock (INIT and SIPI latched for the MP
+/// protocol when the VMM runs it).
+fn deliver_to(
+    m: &Machine,
+    targets: &VcpuSet,
+    irq: &Interrupt,
+    posted: bool,
+    mut each: impl FnMut(),
+) {
     for t in targets.iter() {
         let Some(tv) = m.vcpus.get(t) else { continue };
-        if fixed {
+        each();
+        if posted {
             tv.post(irq.vector);
         } else {
             let mut s = tv.lock();
-            let d = s.apic.deliver(&irq);
+            let d = s.apic.deliver(irq);
             if m.user_mp {
                 crate::mp::latch(tv, &mut s, d);
             } else {

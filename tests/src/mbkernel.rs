@@ -394,6 +394,24 @@ fn emit_icr(a: &mut CodeAssembler, apic: Apic, low: u32) -> Result<(), IcedError
 }
 
 /// Writes `code` to the debug-exit port, then halts for good.
+/// Loads an IDT at `IDT_BASE` whose last gate, `vector`, is a 32-bit
+/// interrupt gate to `handler` in the current code segment.
+fn emit_idt_gate(a: &mut CodeAssembler, vector: u32, handler: u32) -> Result<(), IcedError> {
+    a.mov(ax, cs)?;
+    a.movzx(eax, ax)?;
+    a.shl(eax, 16)?;
+    a.or(eax, handler & 0xFFFF)?;
+    a.mov(dword_ptr(IDT_BASE + vector * 8), eax)?;
+    a.mov(
+        dword_ptr(IDT_BASE + vector * 8 + 4),
+        (handler & 0xFFFF_0000) | 0x8E00,
+    )?;
+    a.mov(word_ptr(V_IDTR), (vector + 1) * 8 - 1)?;
+    a.mov(dword_ptr(V_IDTR + 2), IDT_BASE)?;
+    a.lidt(ptr(V_IDTR))?;
+    Ok(())
+}
+
 fn emit_exit(a: &mut CodeAssembler, code: u8) -> Result<(), IcedError> {
     let mut halt = a.create_label();
     a.mov(eax, u32::from(code))?;
@@ -478,18 +496,7 @@ fn code(flavor: Flavor, s: &[u32; 13]) -> Result<(Vec<u8>, u32), IcedError> {
             a.xor(edx, edx)?;
             a.wrmsr()?;
             // IDT gate for the vector: 32-bit interrupt gate, this CS.
-            a.mov(ax, cs)?;
-            a.movzx(eax, ax)?;
-            a.shl(eax, 16)?;
-            a.or(eax, HANDLER & 0xFFFF)?;
-            a.mov(dword_ptr(IDT_BASE + LEVEL_VECTOR * 8), eax)?;
-            a.mov(
-                dword_ptr(IDT_BASE + LEVEL_VECTOR * 8 + 4),
-                (HANDLER & 0xFFFF_0000) | 0x8E00,
-            )?;
-            a.mov(word_ptr(V_IDTR), (LEVEL_VECTOR + 1) * 8 - 1)?;
-            a.mov(dword_ptr(V_IDTR + 2), IDT_BASE)?;
-            a.lidt(ptr(V_IDTR))?;
+            emit_idt_gate(&mut a, LEVEL_VECTOR, HANDLER)?;
             // IOAPIC: pin 4 -> vector, level-triggered, APIC ID 0.
             a.mov(dword_ptr(IOAPIC_SEL), 0x10 + 2 * COM1_PIN + 1)?;
             a.mov(dword_ptr(IOAPIC_WIN), 0)?;
@@ -530,18 +537,7 @@ fn code(flavor: Flavor, s: &[u32; 13]) -> Result<(Vec<u8>, u32), IcedError> {
         }
         Flavor::FrequencyMsrs => {
             // IDT gate 13: 32-bit interrupt gate to the #GP handler.
-            a.mov(ax, cs)?;
-            a.movzx(eax, ax)?;
-            a.shl(eax, 16)?;
-            a.or(eax, GP_HANDLER & 0xFFFF)?;
-            a.mov(dword_ptr(IDT_BASE + GP_VECTOR * 8), eax)?;
-            a.mov(
-                dword_ptr(IDT_BASE + GP_VECTOR * 8 + 4),
-                (GP_HANDLER & 0xFFFF_0000) | 0x8E00,
-            )?;
-            a.mov(word_ptr(V_IDTR), (GP_VECTOR + 1) * 8 - 1)?;
-            a.mov(dword_ptr(V_IDTR + 2), IDT_BASE)?;
-            a.lidt(ptr(V_IDTR))?;
+            emit_idt_gate(&mut a, GP_VECTOR, GP_HANDLER)?;
             for (i, msr) in [HV_MSR_TSC_FREQUENCY, HV_MSR_APIC_FREQUENCY]
                 .into_iter()
                 .enumerate()
