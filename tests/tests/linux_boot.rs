@@ -121,7 +121,7 @@ fn boot_linux(test: &str, irqchip: IrqchipMode) {
         mem_size: MEM,
         irqchip,
         hyperv: true,
-        kernel,
+        kernel: kernel.clone(),
         cmdline: CMDLINE.into(),
         initrd: None,
         modules: Vec::new(),
