@@ -7,6 +7,7 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
+//! use hv_enlightenments::accel::IrqchipMode;
 //! use reference_vmm::guest::scenarios::IpiMode;
 //! use reference_vmm::scenario::{self, RunOptions, Scenario};
 //! use reference_vmm::vm::FlushMethod;
@@ -16,6 +17,7 @@
 //!     vcpus: 8,
 //!     timeout: Duration::from_secs(60),
 //!     flush: FlushMethod::Sregs,
+//!     irqchip: IrqchipMode::User,
 //! };
 //! let (_report, figures) = scenario::run(Scenario::Broadcast(IpiMode::PvFast), opts)?;
 //! assert_eq!(figures.sender_exits_per_op, 1.0);
@@ -23,6 +25,7 @@
 //! # Ok::<(), reference_vmm::Error>(())
 //! ```
 
+pub mod bench;
 pub mod boot;
 pub mod clock;
 pub mod cpuid;
@@ -30,6 +33,7 @@ pub mod demo;
 pub mod devices;
 pub mod error;
 pub mod flush;
+pub mod goal;
 pub mod guest;
 pub mod hypercall;
 pub mod irq;

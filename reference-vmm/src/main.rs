@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use hv_enlightenments::accel::IrqchipMode;
 use reference_vmm::scenario::{self, RunOptions, Scenario};
 use reference_vmm::vm::FlushMethod;
-use reference_vmm::{demo, probe};
+use reference_vmm::{bench, demo, probe};
 
 #[derive(Parser)]
 #[command(
@@ -22,7 +22,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, Debug, ValueEnum)]
 enum Irqchip {
     /// Local APIC in the VMM (userspace).
     User,
@@ -70,6 +70,41 @@ enum Command {
         #[arg(long, default_value_t = 120)]
         timeout: u64,
     },
+    /// Benchmark every operation with the enlightenments off and on, user
+    /// and kernel irqchip, interleaved and repeated; write a markdown
+    /// table, JSON and a scaling plot.
+    Bench {
+        /// Operations (pingpong, broadcast, shootdown, timer,
+        /// null-hypercall, ex64); all when not given.
+        #[arg(long = "scenario", value_name = "NAME", num_args = 1..)]
+        scenarios: Vec<String>,
+        /// vCPU counts for every operation, comma-separated (each
+        /// operation's defaults when not given: 1,2,8,64,256,1024 for
+        /// broadcast and shootdown).
+        #[arg(long, value_delimiter = ',')]
+        vcpus: Option<Vec<u32>>,
+        /// Irqchip modes, comma-separated.
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Irqchip::User, Irqchip::Kernel])]
+        irqchip: Vec<Irqchip>,
+        /// Repetitions of every run.
+        #[arg(long, default_value_t = 5)]
+        reps: u32,
+        /// Operations per run, for every scenario.
+        #[arg(long)]
+        ops: Option<u64>,
+        /// A tenth of the operations per run (for tests).
+        #[arg(long)]
+        quick: bool,
+        /// Directory for bench.md, bench.json and scaling.png.
+        #[arg(long, default_value = "bench-results")]
+        out: PathBuf,
+        /// Also write the JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Bound on each run, in seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
     /// List the scenarios.
     List,
     /// Print the Hyper-V CPUID leaves the guest gets.
@@ -83,6 +118,13 @@ enum Command {
     },
     /// Print what the host's KVM offers.
     Probe,
+}
+
+fn mode(m: Irqchip) -> IrqchipMode {
+    match m {
+        Irqchip::User => IrqchipMode::User,
+        Irqchip::Kernel => IrqchipMode::Kernel,
+    }
 }
 
 fn write_json(path: &PathBuf, v: &impl serde::Serialize) -> Result<(), String> {
@@ -143,6 +185,7 @@ fn run(cmd: Command) -> Result<(), String> {
                     vcpus,
                     timeout: Duration::from_secs(timeout),
                     flush,
+                    irqchip: IrqchipMode::User,
                 },
             )
             .map_err(|e| e.to_string())?;
@@ -164,6 +207,66 @@ fn run(cmd: Command) -> Result<(), String> {
             }
             Ok(())
         }
+        Command::Bench {
+            scenarios,
+            vcpus,
+            irqchip,
+            reps,
+            ops,
+            quick,
+            out,
+            json,
+            timeout,
+        } => {
+            let mut cfg = bench::Config::default_set();
+            if !scenarios.is_empty() {
+                cfg.ops = scenarios
+                    .iter()
+                    .map(|n| {
+                        bench::Op::by_name(n).ok_or_else(|| {
+                            let names: Vec<&str> =
+                                bench::Op::ALL.iter().map(|o| o.name()).collect();
+                            format!("unknown bench scenario {n} (one of {})", names.join(", "))
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            cfg.vcpus = vcpus;
+            cfg.irqchips = irqchip.iter().map(|&m| mode(m)).collect();
+            cfg.reps = reps.max(1);
+            cfg.ops_override = ops;
+            cfg.quick = quick;
+            cfg.timeout = Duration::from_secs(timeout);
+            cfg.command = std::env::args()
+                .enumerate()
+                .map(|(i, a)| {
+                    if i == 0 {
+                        "reference-vmm".to_string()
+                    } else {
+                        a
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            let report = bench::run(&cfg);
+            report.write(&out, json.as_deref())?;
+            for g in &report.goals {
+                println!("{} {}: {}", g.verdict(), g.claim, g.measured);
+            }
+            for p in &report.problems {
+                println!("problem: {p}");
+            }
+            println!(
+                "bench: {:.0} s; wrote {}/bench.md, bench.json, scaling.png",
+                report.total_secs,
+                out.display()
+            );
+            if report.problems.iter().any(|p| !p.contains("skipped")) {
+                Err("some runs failed (see the problems above)".into())
+            } else {
+                Ok(())
+            }
+        }
         Command::List => {
             for s in Scenario::ALL {
                 println!("{}", s.name());
@@ -175,11 +278,8 @@ fn run(cmd: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Cpuid { vcpus, irqchip } => {
-            let mode = match irqchip {
-                Irqchip::User => IrqchipMode::User,
-                Irqchip::Kernel => IrqchipMode::Kernel,
-            };
-            let plan = reference_vmm::cpuid::cpuid_plan(vcpus, mode).map_err(|e| e.to_string())?;
+            let plan = reference_vmm::cpuid::cpuid_plan(vcpus, mode(irqchip))
+                .map_err(|e| e.to_string())?;
             for l in plan.cpuid.entries() {
                 println!(
                     "{:#010x}: eax={:#010x} ebx={:#010x} ecx={:#010x} edx={:#010x}",

@@ -49,6 +49,8 @@ pub struct VmConfig {
     pub timeout: Duration,
     /// How a vCPU's guest TLB is flushed on request.
     pub flush: FlushMethod,
+    /// Where the local APICs live.
+    pub irqchip: IrqchipMode,
 }
 
 /// How the VMM flushes a vCPU's guest TLB before its next entry.
@@ -82,6 +84,12 @@ pub struct Measured {
     pub elapsed: Duration,
     /// Counters accumulated between the marks.
     pub metrics: VmMetrics,
+    /// Guest time between the marks (the guest's own TSC reads,
+    /// converted with the TSC frequency).
+    pub guest_elapsed: Duration,
+    /// TSC frequency in kHz (KVM_GET_TSC_KHZ), for the service-time
+    /// counters.
+    pub tsc_khz: u64,
 }
 
 /// What a run produced.
@@ -103,6 +111,8 @@ pub struct RunReport {
 struct Marks {
     start: Option<(Instant, VmMetrics, u64)>,
     end: Option<(Instant, VmMetrics, u32)>,
+    /// Guest TSC at MARK_START and MARK_END.
+    guest_tsc: (u64, u64),
     values: Vec<(u32, u64, u64)>,
 }
 
@@ -216,11 +226,13 @@ impl Machine {
                 let m = self.metrics();
                 let mut k = self.marks.lock().unwrap_or_else(|e| e.into_inner());
                 k.start = Some((Instant::now(), m, rdi));
+                k.guest_tsc.0 = rsi;
             }
             abi::REPORT_MARK_END => {
                 let m = self.metrics();
                 let mut k = self.marks.lock().unwrap_or_else(|e| e.into_inner());
                 k.end = Some((Instant::now(), m, vcpu));
+                k.guest_tsc.1 = rsi;
             }
             _ => {
                 log::debug!("vCPU {vcpu}: value {rdi:#x} = {rsi:#x}");
@@ -252,6 +264,12 @@ fn mem_err(e: impl std::fmt::Display) -> Error {
 impl Vm {
     /// Creates the VM, its memory and vCPUs and loads the guest kernel.
     pub fn new(config: VmConfig) -> Result<Self, Error> {
+        if config.irqchip == IrqchipMode::Kernel {
+            return Err(Error::Unsupported(
+                "the kernel irqchip mode is not wired into this VMM yet (use the user irqchip)"
+                    .into(),
+            ));
+        }
         kick::install_handler()?;
         let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
         let max = kvm.get_max_vcpus() as u32;
@@ -514,10 +532,13 @@ impl Vm {
                     v.exit_mmio = v.exit_mmio.saturating_sub(1);
                 }
                 let metrics = VmMetrics::from_vcpus(d.vcpus);
+                let cycles = marks.guest_tsc.1.saturating_sub(marks.guest_tsc.0);
                 Some(Measured {
                     ops,
                     elapsed: t1.saturating_duration_since(t0),
                     metrics,
+                    guest_elapsed: Duration::from_nanos(m.clock.cycles_to_ns(cycles as f64) as u64),
+                    tsc_khz: m.clock.tsc_khz(),
                 })
             }
             _ => None,

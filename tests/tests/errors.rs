@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use hv_enlightenments::accel::IrqchipMode;
 use hv_tests::kvm_available;
 use reference_vmm::Error;
 use reference_vmm::guest::scenarios;
@@ -15,6 +16,7 @@ fn vm(vcpus: u32, timeout: Duration) -> Vm {
         hyperv: true,
         timeout,
         flush: FlushMethod::Sregs,
+        irqchip: IrqchipMode::User,
     })
     .unwrap_or_else(|e| panic!("{e}"))
 }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use hv_enlightenments::accel::IrqchipMode;
 use hv_enlightenments::msr::{HV_X64_MSR_TPR, HV_X64_MSR_VP_INDEX};
 use hv_tests::kvm_available;
 use reference_vmm::guest::{hostile, scenarios};
@@ -18,6 +19,7 @@ fn hostile_guest_gets_statuses_and_faults() {
         hyperv: true,
         timeout: Duration::from_secs(60),
         flush: FlushMethod::Sregs,
+        irqchip: IrqchipMode::User,
     })
     .unwrap_or_else(|e| panic!("{e}"));
     let program = hostile::program().unwrap_or_else(|e| panic!("{e}"));
@@ -50,6 +52,7 @@ fn synthetic_msrs_do_not_exist_with_hyperv_off() {
             hyperv: false,
             timeout: Duration::from_secs(30),
             flush: FlushMethod::Sregs,
+            irqchip: IrqchipMode::User,
         })
         .unwrap_or_else(|e| panic!("{e}"));
         let program = scenarios::rdmsr_program(msr).unwrap_or_else(|e| panic!("{e}"));

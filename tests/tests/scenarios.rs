@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use hv_enlightenments::accel::IrqchipMode;
 use hv_tests::kvm_available;
 use reference_vmm::guest::scenarios::{EoiMode, FlushMode, IpiMode};
 use reference_vmm::scenario::{self, Figures, RunOptions, Scenario};
@@ -13,6 +14,7 @@ fn run(s: Scenario, vcpus: u32) -> Figures {
         vcpus,
         timeout: Duration::from_secs(120),
         flush: FlushMethod::Sregs,
+        irqchip: IrqchipMode::User,
     };
     match scenario::run(s, opts) {
         Ok((_, f)) => f,

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use hv_enlightenments::accel::IrqchipMode;
 use hv_tests::kvm_available;
 use reference_vmm::Error;
 use reference_vmm::guest::scenarios::{FlushMode, failure};
@@ -15,6 +16,7 @@ fn opts(vcpus: u32, flush: FlushMethod) -> RunOptions {
         vcpus,
         timeout: Duration::from_secs(60),
         flush,
+        irqchip: IrqchipMode::User,
     }
 }
 

@@ -365,6 +365,15 @@ fn counted_loop(
     iters: u64,
     body: impl Fn(&mut CodeAssembler) -> Result<(), iced_x86::IcedError>,
 ) -> Result<Program, Error> {
+    counted_loop_with(iters, vec![], body)
+}
+
+/// [`counted_loop`] with shared variables set before start.
+fn counted_loop_with(
+    iters: u64,
+    data: Vec<(u64, u64)>,
+    body: impl Fn(&mut CodeAssembler) -> Result<(), iced_x86::IcedError>,
+) -> Result<Program, Error> {
     let mut a = CodeAssembler::new(64)?;
     let mut resp = a.create_label();
     prologue(&mut a, resp)?;
@@ -378,7 +387,50 @@ fn counted_loop(
     mark_end(&mut a)?;
     done(&mut a, rbx)?;
     idle_responder(&mut a, &mut resp)?;
-    finish(a, vec![])
+    finish(a, data)
+}
+
+/// `iters` null hypercalls between the marks: a fast
+/// HvCallSendSyntheticClusterIpi with an empty processor mask (it does
+/// nothing and succeeds), made from CPL0 through the hypercall page as the
+/// built-in kernel makes every hypercall (CPL3 -> system call -> hypercall
+/// page -> VMM).
+pub fn null_hypercall(iters: u64) -> Result<Program, Error> {
+    counted_loop(iters, |a| {
+        a.mov(rdi, HVCALL_SEND_IPI | HV_FAST)?;
+        a.mov(esi, u32::from(abi::VEC_IPI))?;
+        a.xor(edx, edx)?;
+        sys(a, abi::SYS_HYPERCALL)?;
+        check_rax_zero(a, failure::HC_STATUS)
+    })
+}
+
+/// The VP set of [`ex64_flush`]: VP `64 * i + 1` in every bank `i`, so
+/// all 64 banks are present (only those naming an existing vCPU flush
+/// anything).
+pub fn ex64_vps() -> Vec<u64> {
+    (0..64).map(|i| 64 * i + 1).collect()
+}
+
+/// `iters` HvCallFlushVirtualAddressSpaceEx calls with a sparse VP set of
+/// 64 banks ([`ex64_vps`]) between the marks, input in memory: the
+/// decoding cost of the largest VP set a guest can send. The targets that
+/// exist are halted, so the VMM only records a flush for their next entry.
+pub fn ex64_flush(iters: u64) -> Result<Program, Error> {
+    let (valid, banks) = vpset(&ex64_vps());
+    // address space, flags, format (sparse 4K), valid bank mask, banks.
+    let mut w = vec![crate::layout::PML4, 0, 0, valid];
+    w.extend(&banks);
+    let data = words_at(shared::HC_INPUT, &w);
+    let control =
+        u64::from(CallCode::FLUSH_VIRTUAL_ADDRESS_SPACE_EX.0) | ((banks.len() as u64) << 17);
+    counted_loop_with(iters, data, move |a| {
+        a.mov(rdi, control)?;
+        a.mov(rsi, shared::HC_INPUT)?;
+        a.xor(edx, edx)?;
+        sys(a, abi::SYS_HYPERCALL)?;
+        check_rax_zero(a, failure::HC_STATUS)
+    })
 }
 
 /// A CPL3 loop of `iters` `dec; jnz` iterations between the marks: shows
