@@ -412,18 +412,25 @@ pub fn ex64_vps() -> Vec<u64> {
     (0..64).map(|i| 64 * i + 1).collect()
 }
 
+/// The control word (RCX) and the memory input (words) of the
+/// FlushVirtualAddressSpaceEx call of [`ex64_flush`].
+pub fn ex64_input() -> (u64, Vec<u64>) {
+    let (valid, banks) = vpset(&ex64_vps());
+    // address space, flags, format (sparse 4K), valid bank mask, banks.
+    let mut w = vec![crate::layout::PML4, 0, 0, valid];
+    w.extend(&banks);
+    let control =
+        u64::from(CallCode::FLUSH_VIRTUAL_ADDRESS_SPACE_EX.0) | ((banks.len() as u64) << 17);
+    (control, w)
+}
+
 /// `iters` HvCallFlushVirtualAddressSpaceEx calls with a sparse VP set of
 /// 64 banks ([`ex64_vps`]) between the marks, input in memory: the
 /// decoding cost of the largest VP set a guest can send. The targets that
 /// exist are halted, so the VMM only records a flush for their next entry.
 pub fn ex64_flush(iters: u64) -> Result<Program, Error> {
-    let (valid, banks) = vpset(&ex64_vps());
-    // address space, flags, format (sparse 4K), valid bank mask, banks.
-    let mut w = vec![crate::layout::PML4, 0, 0, valid];
-    w.extend(&banks);
+    let (control, w) = ex64_input();
     let data = words_at(shared::HC_INPUT, &w);
-    let control =
-        u64::from(CallCode::FLUSH_VIRTUAL_ADDRESS_SPACE_EX.0) | ((banks.len() as u64) << 17);
     counted_loop_with(iters, data, move |a| {
         a.mov(rdi, control)?;
         a.mov(rsi, shared::HC_INPUT)?;
