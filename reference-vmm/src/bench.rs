@@ -569,7 +569,7 @@ pub fn summarize(ops: &[Op], samples: &[Sample]) -> Vec<Cell> {
             keys.push(k);
         }
     }
-    keys.sort_by(|a, b| (a.0, a.1, a.2 != "user", a.3).cmp(&(b.0, b.1, b.2 != "user", b.3)));
+    keys.sort_by_key(|a| (a.0, a.1, a.2 != "user", a.3));
     keys.into_iter()
         .filter_map(|(oi, n, chip, on)| {
             let op = *ops.get(oi)?;
