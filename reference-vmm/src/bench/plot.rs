@@ -90,6 +90,8 @@ where
     chart
         .configure_mesh()
         .x_desc("vCPUs")
+        .light_line_style(RGBColor(0xF2, 0xF2, 0xF2))
+        .bold_line_style(RGBColor(0xC8, 0xC8, 0xC8))
         .y_desc(y_desc)
         .label_style(("sans-serif", 14))
         .axis_desc_style(("sans-serif", 16))
