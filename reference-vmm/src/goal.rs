@@ -47,7 +47,7 @@ pub fn broadcast_send(vcpus: u32, pv_sender_exits: f64, native_sender_exits: f64
 pub fn broadcast_flat(points: &[(u32, f64)]) -> Goal {
     let shown: Vec<String> = points.iter().map(|(n, e)| format!("{n}: {e:.2}")).collect();
     Goal::new(
-        "PV broadcast IPI flat in N at 1 exit per operation (sender exits/op by vCPUs)",
+        "PV broadcast IPI flat in N at 1 exit per operation (sender exits/op by vCPUs, N >= 2)",
         shown.join(", "),
         !points.is_empty() && points.iter().all(|&(_, e)| e == 1.0),
     )

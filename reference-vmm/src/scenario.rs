@@ -167,7 +167,7 @@ impl Scenario {
             Scenario::MmioExitLoop => scenarios::mmio_exit_loop(ops),
             Scenario::PioExitLoop => scenarios::pio_exit_loop(ops),
             Scenario::NullHypercall => scenarios::null_hypercall(ops),
-            Scenario::HypercallEx64 => scenarios::ex64_flush(ops),
+            Scenario::HypercallEx64 => scenarios::ex64_flush(n, ops),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The scaling plot: exits per operation and guest time per operation
-//! against vCPUs (log-log), broadcast and shootdown, off and on. Text is
+//! The scaling plot: exits per operation (all vCPUs and the sender's) and
+//! guest time per operation against vCPUs (log-log), broadcast and shootdown, off and on. Text is
 //! drawn with an embedded DejaVu Sans (plotters' `ab_glyph` backend), so no
 //! system font is needed.
 
@@ -134,18 +134,24 @@ where
 /// Draws the scaling plot of `r` to `path` (PNG).
 pub fn scaling(r: &Report, path: &Path) -> Result<(), String> {
     register()?;
-    let root = BitMapBackend::new(path, (1400, 600)).into_drawing_area();
+    let root = BitMapBackend::new(path, (1800, 600)).into_drawing_area();
     let e = |e: DrawingAreaErrorKind<_>| format!("{}: {e}", path.display());
     root.fill(&WHITE).map_err(e)?;
-    let (left, right) = root.split_horizontally(700);
+    let panels = root.split_evenly((1, 3));
     panel(
-        &left,
+        &panels[0],
         "VM exits per operation (all vCPUs)",
         "exits / op",
         &series(r, |c| c.exits_per_op.median),
     )?;
     panel(
-        &right,
+        &panels[1],
+        "Sender (vCPU 0) exits per operation",
+        "exits / op",
+        &series(r, |c| c.sender_exits_per_op.median),
+    )?;
+    panel(
+        &panels[2],
         "Guest time per operation",
         "us / op (guest TSC)",
         &series(r, |c| c.guest_ns_per_op.median / 1000.0),

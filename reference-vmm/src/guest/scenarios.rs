@@ -365,18 +365,36 @@ fn counted_loop(
     iters: u64,
     body: impl Fn(&mut CodeAssembler) -> Result<(), iced_x86::IcedError>,
 ) -> Result<Program, Error> {
-    counted_loop_with(iters, vec![], body)
+    counted_loop_with(iters, vec![], 0, body)
 }
 
-/// [`counted_loop`] with shared variables set before start.
+/// [`counted_loop`] with shared variables set before start; the driver
+/// first spins `settle` TSC cycles at CPL3 (so that the other vCPUs are
+/// done halting before the measured phase).
 fn counted_loop_with(
     iters: u64,
     data: Vec<(u64, u64)>,
+    settle: u64,
     body: impl Fn(&mut CodeAssembler) -> Result<(), iced_x86::IcedError>,
 ) -> Result<Program, Error> {
     let mut a = CodeAssembler::new(64)?;
     let mut resp = a.create_label();
     prologue(&mut a, resp)?;
+    if settle > 0 {
+        let mut wait = a.create_label();
+        a.rdtsc()?;
+        a.shl(rdx, 32)?;
+        a.or(rax, rdx)?;
+        a.mov(rcx, settle)?;
+        a.lea(r12, qword_ptr(rax + rcx))?;
+        a.set_label(&mut wait)?;
+        a.pause()?;
+        a.rdtsc()?;
+        a.shl(rdx, 32)?;
+        a.or(rax, rdx)?;
+        a.cmp(rax, r12)?;
+        a.jb(wait)?;
+    }
     mark_start(&mut a, iters)?;
     a.mov(rbx, iters)?;
     let mut l = a.create_label();
@@ -428,10 +446,15 @@ pub fn ex64_input() -> (u64, Vec<u64>) {
 /// 64 banks ([`ex64_vps`]) between the marks, input in memory: the
 /// decoding cost of the largest VP set a guest can send. The targets that
 /// exist are halted, so the VMM only records a flush for their next entry.
-pub fn ex64_flush(iters: u64) -> Result<Program, Error> {
+/// With many vCPUs the driver first lets the others halt (each halt is a
+/// system call through the host's CPL0 path), so that their start-up does
+/// not compete with the measured calls for the host's CPUs.
+pub fn ex64_flush(vcpus: u64, iters: u64) -> Result<Program, Error> {
     let (control, w) = ex64_input();
     let data = words_at(shared::HC_INPUT, &w);
-    counted_loop_with(iters, data, move |a| {
+    // About 0.2 ms of settling per vCPU at 2-3 GHz.
+    let settle = if vcpus > 8 { vcpus * 500_000 } else { 0 };
+    counted_loop_with(iters, data, settle, move |a| {
         a.mov(rdi, control)?;
         a.mov(rsi, shared::HC_INPUT)?;
         a.xor(edx, edx)?;
