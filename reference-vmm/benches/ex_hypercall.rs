@@ -54,7 +54,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("decode_dispatch_1024_vcpus", |b| {
         b.iter(|| {
             let call = decode(black_box(&regs), &mem).expect("decodes");
-            dispatch(&vcpus, &metrics, &call).expect("dispatches")
+            dispatch(&vcpus, &metrics, &call, |t, v| t.post(v)).expect("dispatches")
         })
     });
     g.finish();

@@ -83,3 +83,11 @@ pub fn cpuid_plan(vcpus: u32, irqchip: IrqchipMode) -> Result<CpuidPlan, Error> 
         .build()
         .map_err(Error::Policy)
 }
+
+/// Offers the TSC-deadline timer (CPUID.1:ECX bit 24): for the
+/// kernel-irqchip mode, whose in-kernel LAPIC implements it.
+pub fn offer_tsc_deadline(table: &mut [kvm_cpuid_entry2]) {
+    for e in table.iter_mut().filter(|e| e.function == 1) {
+        e.ecx |= CPUID1_ECX_TSC_DEADLINE;
+    }
+}

@@ -71,18 +71,29 @@ impl Runner<'_> {
     }
 
     fn execute(&self, call: &Hypercall) -> Result<HypercallResult, Error> {
-        dispatch(&self.m.vcpus, &self.me.metrics, call)
+        let m = self.m;
+        dispatch(&m.vcpus, &self.me.metrics, call, |t, vector| {
+            if m.kernel.is_some() {
+                // One KVM_SIGNAL_MSI per target (APIC ID = VP index); KVM
+                // kicks or wakes it.
+                crate::irq::deliver_msi(m, crate::kirq::msi_address(t.index), u32::from(vector));
+            } else {
+                t.post(vector);
+            }
+        })
     }
 }
 
 /// Carries out a decoded hypercall for the vCPU whose counters are
-/// `metrics`: PV IPIs are posted through ipiv, PV flushes become flush
-/// requests (targets in guest mode are kicked and waited for; the others
-/// flush at their next entry). VP indices naming no vCPU are skipped.
+/// `metrics`: PV IPIs go to `send` (target, vector: posted through ipiv,
+/// or an MSI with the kernel irqchip), PV flushes become flush requests
+/// (targets in guest mode are kicked and waited for; the others flush at
+/// their next entry). VP indices naming no vCPU are skipped.
 pub fn dispatch(
     vcpus: &[Vcpu],
     metrics: &VcpuMetrics,
     call: &Hypercall,
+    send: impl Fn(&Vcpu, u8),
 ) -> Result<HypercallResult, Error> {
     let n = vcpus.len() as u32;
     match call {
@@ -90,7 +101,7 @@ pub fn dispatch(
             bump(&metrics.hc_send_ipi);
             for vp in ipi.targets.iter_present(n) {
                 if let Some(t) = vcpus.get(vp as usize) {
-                    t.post(ipi.vector);
+                    send(t, ipi.vector);
                     bump(&metrics.ipis_posted);
                 }
             }

@@ -3,7 +3,10 @@
 //! a register write (IPI routing through ipiv, timers, topology).
 
 use ipiv::PendingVectors;
-use lapic::{DeliveryMode, Effect, Interrupt, Outcome, VcpuSet};
+use lapic::{
+    DeliveryMode, Destination, DestinationMode, Effect, Interrupt, Outcome, Shorthand, TriggerMode,
+    VcpuSet,
+};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::metrics::bump;
@@ -12,6 +15,8 @@ use crate::vm::Machine;
 
 /// Lowest vector a fixed interrupt may carry (SDM 10.5.2).
 const FIRST_LEGAL_VECTOR: u8 = 16;
+/// MSI data bit 15: level-triggered.
+const MSI_DATA_LEVEL_TRIGGER: u32 = 1 << 15;
 
 /// Moves posted vectors into the APIC's IRR.
 pub fn deliver_posted(s: &mut State, pending: PendingVectors) {
@@ -80,6 +85,56 @@ pub fn apply_apic_outcome(m: &Machine, me: &Vcpu, o: Outcome) -> bool {
                 }
             }
             true
+        }
+    }
+}
+
+/// Delivers an MSI-format message (`address`: bits 19:12 destination ID,
+/// 11:5 extended ID, 2 logical mode, 63:40 the X2APIC_API high ID bits;
+/// `data`: 7:0 vector, 10:8 delivery mode, 14 level, 15 trigger).
+/// Userspace irqchip: resolved against the APIC topology and delivered to
+/// each target's lapic (fixed vectors through the posted-interrupt path),
+/// which is notified. Kernel irqchip: `KVM_SIGNAL_MSI`.
+pub fn deliver_msi(m: &Machine, address: u64, data: u32) {
+    if let Some(k) = m.kernel.as_ref() {
+        crate::kirq::signal_msi(k, address, data);
+        return;
+    }
+    let irq = Interrupt {
+        vector: data as u8,
+        delivery_mode: DeliveryMode::from_reg(data),
+        trigger_mode: if data & MSI_DATA_LEVEL_TRIGGER != 0 {
+            TriggerMode::Level
+        } else {
+            TriggerMode::Edge
+        },
+        // KVM kvm_set_msi_irq: an MSI always asserts.
+        level_assert: true,
+    };
+    let dest = Destination {
+        mode: if crate::kirq::msi_logical(address) {
+            DestinationMode::Logical
+        } else {
+            DestinationMode::Physical
+        },
+        shorthand: Shorthand::None,
+        id: crate::kirq::msi_destination(address),
+    };
+    let mut targets = VcpuSet::new();
+    m.topology().resolve(None, dest, &irq, &mut targets);
+    let fixed = matches!(
+        irq.delivery_mode,
+        DeliveryMode::Fixed | DeliveryMode::LowestPriority
+    ) && irq.vector >= FIRST_LEGAL_VECTOR
+        && irq.trigger_mode == TriggerMode::Edge;
+    for t in targets.iter() {
+        let Some(tv) = m.vcpus.get(t) else { continue };
+        if fixed {
+            tv.post(irq.vector);
+        } else {
+            let mut s = tv.lock();
+            let _ = s.apic.deliver(&irq);
+            tv.notify_apic_locked(&mut s);
         }
     }
 }

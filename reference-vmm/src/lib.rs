@@ -7,10 +7,10 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use hv_enlightenments::accel::IrqchipMode;
 //! use reference_vmm::guest::scenarios::IpiMode;
 //! use reference_vmm::scenario::{self, RunOptions, Scenario};
 //! use reference_vmm::vm::FlushMethod;
+//! use hv_enlightenments::accel::IrqchipMode;
 //!
 //! // Broadcast IPIs by PV hypercall on an 8-vCPU VM.
 //! let opts = RunOptions {
@@ -38,6 +38,8 @@ pub mod guest;
 pub mod hypercall;
 pub mod irq;
 pub mod kick;
+pub mod kirq;
+pub mod kvm_stats;
 pub mod layout;
 pub mod metrics;
 pub mod msr;

@@ -52,6 +52,9 @@ enum Command {
         /// Bound on each scenario run, in seconds.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
+        /// Where the local APICs live.
+        #[arg(long, value_enum, default_value_t = Irqchip::User)]
+        irqchip: Irqchip,
     },
     /// Run one scenario and print its counters.
     Run {
@@ -69,6 +72,9 @@ enum Command {
         /// Bound on the run, in seconds.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
+        /// Where the local APICs live.
+        #[arg(long, value_enum, default_value_t = Irqchip::User)]
+        irqchip: Irqchip,
     },
     /// Benchmark every operation with the enlightenments off and on, user
     /// and kernel irqchip, interleaved and repeated; write a markdown
@@ -132,6 +138,15 @@ fn write_json(path: &PathBuf, v: &impl serde::Serialize) -> Result<(), String> {
     std::fs::write(path, s).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+impl From<Irqchip> for IrqchipMode {
+    fn from(i: Irqchip) -> Self {
+        match i {
+            Irqchip::User => IrqchipMode::User,
+            Irqchip::Kernel => IrqchipMode::Kernel,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     env_logger::init();
     let cli = Cli::parse();
@@ -150,13 +165,18 @@ fn run(cmd: Command) -> Result<(), String> {
             vcpus,
             metrics_json,
             timeout,
+            irqchip,
         } => {
-            let d = demo::run(vcpus, Duration::from_secs(timeout)).map_err(|e| e.to_string())?;
+            let d = demo::run_with(vcpus, Duration::from_secs(timeout), irqchip.into())
+                .map_err(|e| e.to_string())?;
             println!("{}", d.table());
+            if let Some(t) = d.kvm_table() {
+                println!("{t}");
+            }
             let mut ok = true;
-            for (claim, got, pass) in d.checks() {
-                println!("{} {claim}: {got}", if pass { "PASS" } else { "FAIL" });
-                ok &= pass;
+            for (claim, got, verdict) in d.verdicts() {
+                println!("{} {claim}: {got}", verdict.label());
+                ok &= verdict != demo::Verdict::Fail;
             }
             if let Some(p) = metrics_json {
                 write_json(&p, &d)?;
@@ -173,8 +193,12 @@ fn run(cmd: Command) -> Result<(), String> {
             flush,
             metrics_json,
             timeout,
+            irqchip,
         } => {
             let s = Scenario::by_name(&name).ok_or_else(|| format!("unknown scenario {name}"))?;
+            if !s.supports_irqchip(irqchip.into()) {
+                return Err(format!("{name} cannot run with this irqchip mode"));
+            }
             let flush = match flush {
                 Flush::Sregs => FlushMethod::Sregs,
                 Flush::KickOnly => FlushMethod::KickOnly,
@@ -185,23 +209,27 @@ fn run(cmd: Command) -> Result<(), String> {
                     vcpus,
                     timeout: Duration::from_secs(timeout),
                     flush,
-                    irqchip: IrqchipMode::User,
+                    irqchip: irqchip.into(),
                 },
             )
             .map_err(|e| e.to_string())?;
             println!(
-                "{}: {} ops in {:?} (run {:?}): {:.2} exits/op ({:.2} by vCPU 0), {:.2} kicks/op, {:.2} wakeups/op, {:.1} us/op",
+                "{} ({} irqchip): {} ops in {:?} (run {:?}): {:.2} exits/op ({:.2} by vCPU 0), {:.2} kicks/op, {} wakeups/op, {:.1} us/op",
                 f.scenario,
+                f.irqchip,
                 f.ops,
                 std::time::Duration::from_nanos((f.ns_per_op * f.ops as f64) as u64),
                 r.wall,
                 f.exits_per_op,
                 f.sender_exits_per_op,
                 f.kicks_per_op,
-                f.wakeups_per_op,
+                f.show("wakeups_per_op", f.wakeups_per_op, 2),
                 f.ns_per_op / 1000.0
             );
             println!("{}", f.metrics.table(8));
+            if let Some(k) = &f.kvm {
+                println!("{}", k.table(8));
+            }
             if let Some(p) = metrics_json {
                 write_json(&p, &f)?;
             }
@@ -278,8 +306,8 @@ fn run(cmd: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Cpuid { vcpus, irqchip } => {
-            let plan = reference_vmm::cpuid::cpuid_plan(vcpus, mode(irqchip))
-                .map_err(|e| e.to_string())?;
+            let mode = IrqchipMode::from(irqchip);
+            let plan = reference_vmm::cpuid::cpuid_plan(vcpus, mode).map_err(|e| e.to_string())?;
             for l in plan.cpuid.entries() {
                 println!(
                     "{:#010x}: eax={:#010x} ebx={:#010x} ecx={:#010x} edx={:#010x}",
@@ -288,11 +316,6 @@ fn run(cmd: Command) -> Result<(), String> {
             }
             println!();
             println!("{}", plan.decisions);
-            if matches!(irqchip, Irqchip::Kernel) {
-                println!(
-                    "(the kernel irqchip mode is not yet wired into the VMM: leaves shown for reference)"
-                );
-            }
             Ok(())
         }
         Command::Probe => {

@@ -94,22 +94,31 @@ counters!(
         hc_flush,
         /// Interrupts this vCPU posted to others (or itself).
         ipis_posted,
-        /// Kicks this vCPU sent to running vCPUs.
+        /// Kicks out of `KVM_RUN` this vCPU received (signal +
+        /// `immediate_exit`). With the kernel irqchip a halted vCPU halts
+        /// inside `KVM_RUN`, so a flush request kicks it too: counted here,
+        /// not as a wakeup.
         kicks,
-        /// Halted vCPUs this vCPU woke.
+        /// Times this halted vCPU was woken by the VMM (userspace irqchip
+        /// only: with the kernel irqchip KVM wakes halted vCPUs itself and
+        /// the figure is reported as "n/a").
         wakeups,
         /// Interrupts injected with KVM_INTERRUPT.
         injections,
-        /// EOIs by an MSR or MMIO write.
+        /// EOIs by an MSR or MMIO write that reached the VMM (kernel
+        /// irqchip: synthetic EOI MSR writes only).
         eoi_msr,
-        /// EOIs completed lazily through the VP assist page.
+        /// EOIs completed lazily through the VP assist page (userspace
+        /// irqchip; with the kernel irqchip KVM's PV EOI completes them and
+        /// the guest's own count is reported instead).
         eoi_lazy,
         /// Timer interrupts raised.
         timer_fires,
         /// Remote flushes this vCPU requested (one per target).
         flush_requested,
         /// Requested flushes whose target was not in guest mode (done at
-        /// its next entry, no kick).
+        /// its next entry, no kick). Userspace irqchip: halted targets
+        /// included; kernel irqchip: only targets outside `KVM_RUN`.
         flush_deferred,
         /// Guest TLB flushes performed on this vCPU before an entry.
         flushes_done,

@@ -12,7 +12,7 @@ use crate::vcpu::Vcpu;
 use crate::vm::Machine;
 
 /// Which counter an MSR exit goes to.
-fn count_msr(me: &Vcpu, index: u32) {
+pub(crate) fn count_msr(me: &Vcpu, index: u32) {
     if hvmsr::scope(index).is_some()
         || (hvmsr::HV_X64_MSR_RANGE_START..hvmsr::HV_X64_MSR_RANGE_END).contains(&index)
     {
@@ -96,7 +96,7 @@ pub fn msr_write(m: &Machine, me: &Vcpu, index: u32, value: u64) -> bool {
     }
 }
 
-fn apply_msr_action(m: &Machine, me: &Vcpu, a: MsrAction) {
+pub(crate) fn apply_msr_action(m: &Machine, me: &Vcpu, a: MsrAction) {
     let zero_page = |gpa: u64| {
         if m.mem.write_slice(&[0u8; 4096], GuestAddress(gpa)).is_err() {
             log::warn!("vCPU {}: page {gpa:#x} is not guest RAM", me.index);

@@ -3,14 +3,15 @@
 
 use std::time::Duration;
 
-use hv_enlightenments::accel::IrqchipMode;
 use serde::Serialize;
 
 use crate::error::Error;
 use crate::guest::asm;
 use crate::guest::scenarios::{self, EoiMode, FlushMode, IpiMode};
+use crate::kvm_stats::KvmVmCounters;
 use crate::metrics::VmMetrics;
 use crate::vm::{FlushMethod, Program, RunReport, Vm, VmConfig};
+use hv_enlightenments::accel::IrqchipMode;
 
 /// A scenario with its variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +121,35 @@ impl Scenario {
         }
     }
 
+    /// Whether the scenario runs with `mode`'s irqchip. Every built-in
+    /// scenario does: in the kernel mode KVM serves the APIC accesses, the
+    /// APIC timer and HLT, the VMM the Hyper-V MSRs and hypercalls.
+    pub fn supports_irqchip(&self, mode: IrqchipMode) -> bool {
+        let _ = mode;
+        true
+    }
+
+    /// The per-operation figures ([`Figures`] field names) that `mode`
+    /// cannot observe. Kernel irqchip: KVM wakes halted vCPUs itself
+    /// (no wakeups reach the VMM), and architectural EOIs (x2APIC MSR,
+    /// xAPIC MMIO) never leave the kernel, so EOI exits are observed only
+    /// where every EOI is a synthetic EOI MSR write or lazy.
+    pub fn unobserved(&self, mode: IrqchipMode) -> Vec<&'static str> {
+        if mode == IrqchipMode::User {
+            return Vec::new();
+        }
+        let mut v = vec!["wakeups_per_op"];
+        let synthetic_eoi = match self {
+            Scenario::PingPong(m) | Scenario::Broadcast(m) => m.enlightened(),
+            Scenario::Timer(m) => *m != EoiMode::X2apic,
+            _ => false,
+        };
+        if !synthetic_eoi {
+            v.push("eoi_exits_per_op");
+        }
+        v
+    }
+
     /// Operations run for `vcpus` vCPUs (fewer when many vCPUs share a
     /// small host).
     pub fn ops(&self, vcpus: u32) -> u64 {
@@ -211,6 +241,34 @@ pub struct Figures {
     pub guest_ns_per_op: f64,
     /// Counters of the measured phase.
     pub metrics: VmMetrics,
+    /// "user" or "kernel".
+    pub irqchip: &'static str,
+    /// Names of the per-operation figures this irqchip mode cannot
+    /// observe (their value is meaningless: print "n/a").
+    pub unobserved: Vec<&'static str>,
+    /// KVM's own counters of the measured phase (kernel irqchip, when KVM
+    /// has binary statistics).
+    pub kvm: Option<KvmVmCounters>,
+}
+
+impl Figures {
+    /// `value` formatted with `decimals`, or "n/a" when `field` (a
+    /// field name such as "wakeups_per_op") is not observed in this mode.
+    pub fn show(&self, field: &str, value: f64, decimals: usize) -> String {
+        if self.unobserved.contains(&field) {
+            "n/a".into()
+        } else {
+            format!("{value:.decimals$}")
+        }
+    }
+}
+
+/// The CLI name of an irqchip mode.
+pub fn irqchip_name(mode: IrqchipMode) -> &'static str {
+    match mode {
+        IrqchipMode::User => "user",
+        IrqchipMode::Kernel => "kernel",
+    }
 }
 
 /// Options of one run.
@@ -222,7 +280,7 @@ pub struct RunOptions {
     pub timeout: Duration,
     /// How the VMM flushes a vCPU's TLB.
     pub flush: FlushMethod,
-    /// Where the local APICs live.
+    /// Userspace or in-kernel local APICs.
     pub irqchip: IrqchipMode,
 }
 
@@ -262,12 +320,20 @@ pub fn run_ops(s: Scenario, o: RunOptions, ops: u64) -> Result<(RunReport, Figur
         wakeups_per_op: t.wakeups as f64 / ops,
         ns_per_op: m.elapsed.as_nanos() as f64 / ops,
         eoi_exits_per_op: t.eoi_msr as f64 / ops,
-        eoi_lazy_per_op: t.eoi_lazy as f64 / ops,
+        eoi_lazy_per_op: match o.irqchip {
+            IrqchipMode::User => t.eoi_lazy,
+            // KVM's PV-EOI engine completes them: the guest's own count.
+            IrqchipMode::Kernel => m.guest_lazy_eois,
+        } as f64
+            / ops,
         hypercalls_per_op: t.hypercalls as f64 / ops,
         service_ns_per_exit: svc / t.exits.max(1) as f64,
         hypercall_service_ns: t.svc_cycles_hypercall as f64 * cyc_ns / t.hypercalls.max(1) as f64,
         guest_ns_per_op: m.guest_elapsed.as_nanos() as f64 / ops,
         metrics: m.metrics,
+        irqchip: irqchip_name(o.irqchip),
+        unobserved: s.unobserved(o.irqchip),
+        kvm: m.kvm,
     };
     Ok((report, f))
 }

@@ -226,12 +226,19 @@ impl Vcpu {
 
 /// Owned facts of one exit, taken before the `kvm_run` borrow ends.
 enum Exit {
-    Io { port: u16, value: u32 },
+    Io {
+        port: u16,
+        value: u32,
+    },
     Hlt,
     Report(u32),
     Handled,
     Intr,
     Fatal(String),
+    /// Kernel irqchip: an MSR exit served after the `kvm_run` borrow ends
+    /// (the replay needs vCPU ioctls).
+    Rdmsr(u32),
+    Wrmsr(u32, u64),
 }
 
 pub(crate) fn kvm_err(vcpu: u32, op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
@@ -338,6 +345,14 @@ impl<'a> Runner<'a> {
                         rip: self.rip(),
                     });
                 }
+                Exit::Rdmsr(index) => {
+                    let v = self.kernel_rdmsr(index)?;
+                    self.complete_msr_exit(v.is_none(), v.unwrap_or(0));
+                }
+                Exit::Wrmsr(index, data) => {
+                    let ok = self.kernel_wrmsr(index, data)?;
+                    self.complete_msr_exit(!ok, data);
+                }
             }
         }
     }
@@ -358,6 +373,18 @@ impl<'a> Runner<'a> {
         self.me
             .metrics
             .add_service(class, tsc().wrapping_sub(self.exit_tsc));
+    }
+
+    /// Answers the pending KVM_EXIT_X86_RDMSR/WRMSR: `error` injects #GP,
+    /// `data` is what a RDMSR returns.
+    fn complete_msr_exit(&mut self, error: bool, data: u64) {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: the last exit was KVM_EXIT_X86_RDMSR or _WRMSR (this is
+        // only called for those), so `msr` is the live union member; the
+        // mapping belongs to this thread's vCPU fd.
+        let msr = unsafe { &mut run.__bindgen_anon_1.msr };
+        msr.error = u8::from(error);
+        msr.data = data;
     }
 
     /// Flush, posted vectors, interrupt injection and lazy EOI before an
@@ -381,6 +408,11 @@ impl<'a> Runner<'a> {
             .posted
             .run_state()
             .enter_guest(self.me.posted.descriptor());
+        if self.m.kernel.is_some() {
+            // KVM's LAPIC injects, halts and completes EOIs itself; the run
+            // state above still tells flush requests to kick.
+            return Ok(());
+        }
         deliver_posted(&mut s, posted);
         let run = self.fd.get_kvm_run();
         let can_inject = run.ready_for_interrupt_injection != 0 && run.if_flag != 0;
@@ -497,6 +529,14 @@ impl<'a> Runner<'a> {
                     }
                 }
                 Exit::Handled
+            }
+            Ok(VcpuExit::X86Rdmsr(exit)) if m.kernel.is_some() => {
+                bump(&me.metrics.exit_rdmsr);
+                Exit::Rdmsr(exit.index)
+            }
+            Ok(VcpuExit::X86Wrmsr(exit)) if m.kernel.is_some() => {
+                bump(&me.metrics.exit_wrmsr);
+                Exit::Wrmsr(exit.index, exit.data)
             }
             Ok(VcpuExit::X86Rdmsr(exit)) => {
                 bump(&me.metrics.exit_rdmsr);

@@ -7,8 +7,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLock
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{
-    KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_FILTER, KVM_MSR_EXIT_REASON_INVAL,
-    KVM_MSR_EXIT_REASON_UNKNOWN, kvm_enable_cap, kvm_userspace_memory_region,
+    KVM_CAP_BINARY_STATS_FD, KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_FILTER,
+    KVM_MSR_EXIT_REASON_INVAL, KVM_MSR_EXIT_REASON_UNKNOWN, kvm_enable_cap,
+    kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -21,6 +22,8 @@ use crate::error::Error;
 use crate::guest::abi::{self, percpu as pc};
 use crate::guest::kernel;
 use crate::kick;
+use crate::kirq::{self, KernelIrqchip};
+use crate::kvm_stats::{KvmVmCounters, StatsReader};
 use crate::layout;
 use crate::metrics::VmMetrics;
 use crate::timer::Timers;
@@ -49,7 +52,8 @@ pub struct VmConfig {
     pub timeout: Duration,
     /// How a vCPU's guest TLB is flushed on request.
     pub flush: FlushMethod,
-    /// Where the local APICs live.
+    /// Where the local APICs live: the VMM (`User`) or KVM (`Kernel`, a
+    /// split irqchip; see [`crate::kirq`]).
     pub irqchip: IrqchipMode,
 }
 
@@ -90,6 +94,12 @@ pub struct Measured {
     /// TSC frequency in kHz (KVM_GET_TSC_KHZ), for the service-time
     /// counters.
     pub tsc_khz: u64,
+    /// KVM's own counters between the marks (kernel irqchip with
+    /// KVM_CAP_BINARY_STATS_FD only).
+    pub kvm: Option<KvmVmCounters>,
+    /// Interrupts the guest's EOI routine completed lazily between the
+    /// marks, as the guest counted them (all vCPUs).
+    pub guest_lazy_eois: u64,
 }
 
 /// What a run produced.
@@ -114,6 +124,9 @@ struct Marks {
     /// Guest TSC at MARK_START and MARK_END.
     guest_tsc: (u64, u64),
     values: Vec<(u32, u64, u64)>,
+    /// KVM counters and guest lazy-EOI count at MARK_START / MARK_END.
+    kstart: Option<(Option<KvmVmCounters>, u64)>,
+    kend: Option<(Option<KvmVmCounters>, u64)>,
 }
 
 /// State shared by every vCPU thread of a VM.
@@ -136,6 +149,10 @@ pub struct Machine {
     pub mmio: Bus,
     /// APIC timers.
     pub timers: Timers,
+    /// Where the local APICs live.
+    pub irqchip: IrqchipMode,
+    /// The kernel-irqchip state (`None` in the userspace-irqchip mode).
+    pub kernel: Option<KernelIrqchip>,
     partition: Mutex<Partition>,
     topology: RwLock<Topology>,
     stub: Vec<u8>,
@@ -202,6 +219,18 @@ impl Machine {
         }
     }
 
+    /// KVM's counters (kernel irqchip) and the guest's lazy-EOI count.
+    fn extra_counters(&self) -> (Option<KvmVmCounters>, u64) {
+        let kvm = self.kernel.as_ref().and_then(KernelIrqchip::counters);
+        let lazy = (0..self.vcpus.len() as u64)
+            .filter_map(|i| {
+                let a = layout::percpu(i) + layout::PERCPU_VARS + pc::LAZY_EOIS;
+                self.mem.read_obj::<u64>(GuestAddress(a)).ok()
+            })
+            .sum();
+        (kvm, lazy)
+    }
+
     /// Handles a write to the report address.
     pub fn report(&self, vcpu: u32, code: u32, rdi: u64, rsi: u64) {
         match code {
@@ -224,15 +253,19 @@ impl Machine {
             }
             abi::REPORT_MARK_START => {
                 let m = self.metrics();
+                let extra = self.extra_counters();
                 let mut k = self.marks.lock().unwrap_or_else(|e| e.into_inner());
                 k.start = Some((Instant::now(), m, rdi));
                 k.guest_tsc.0 = rsi;
+                k.kstart = Some(extra);
             }
             abi::REPORT_MARK_END => {
                 let m = self.metrics();
+                let extra = self.extra_counters();
                 let mut k = self.marks.lock().unwrap_or_else(|e| e.into_inner());
                 k.end = Some((Instant::now(), m, vcpu));
                 k.guest_tsc.1 = rsi;
+                k.kend = Some(extra);
             }
             _ => {
                 log::debug!("vCPU {vcpu}: value {rdi:#x} = {rsi:#x}");
@@ -247,7 +280,7 @@ impl Machine {
 pub struct Vm {
     config: VmConfig,
     _kvm: Kvm,
-    _fd: VmFd,
+    _fd: Arc<VmFd>,
     vcpu_fds: Vec<VcpuFd>,
     machine: Arc<Machine>,
     entry: u64,
@@ -264,12 +297,6 @@ fn mem_err(e: impl std::fmt::Display) -> Error {
 impl Vm {
     /// Creates the VM, its memory and vCPUs and loads the guest kernel.
     pub fn new(config: VmConfig) -> Result<Self, Error> {
-        if config.irqchip == IrqchipMode::Kernel {
-            return Err(Error::Unsupported(
-                "the kernel irqchip mode is not wired into this VMM yet (use the user irqchip)"
-                    .into(),
-            ));
-        }
         kick::install_handler()?;
         let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
         let max = kvm.get_max_vcpus() as u32;
@@ -282,7 +309,11 @@ impl Vm {
         let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         fd.set_tss_address(0xFFFB_D000)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        enable_user_msrs(&fd)?;
+        let kernel_irqchip = config.irqchip == IrqchipMode::Kernel;
+        if kernel_irqchip {
+            kirq::setup_vm(&fd)?;
+        }
+        enable_user_msrs(&fd, config.irqchip)?;
 
         let size = layout::memory_size(u64::from(config.vcpus)).max(4 << 20);
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)])
@@ -322,8 +353,14 @@ impl Vm {
         mem.write_obj(u64::from(config.vcpus), GuestAddress(abi::shared::VCPUS))
             .map_err(mem_err)?;
 
-        let plan = cpuid_plan(config.vcpus, IrqchipMode::User)?;
+        let plan = cpuid_plan(config.vcpus, config.irqchip)?;
         let mut base_cpuid = cpuid::base_table(&kvm)?;
+        if kernel_irqchip && kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
+            cpuid::offer_tsc_deadline(&mut base_cpuid);
+        }
+        let stats_cap =
+            kernel_irqchip && kvm.check_extension_raw(KVM_CAP_BINARY_STATS_FD.into()) > 0;
+        let mut stats = Vec::new();
         if config.hyperv {
             plan.cpuid.apply_to_kvm_entries(&mut base_cpuid);
         }
@@ -357,6 +394,15 @@ impl Vm {
                 .map_err(verr("KVM_SET_SREGS"))?;
             vfd.set_regs(&boot::entry_regs(vi, k.entry, u64::from(config.vcpus)))
                 .map_err(verr("KVM_SET_REGS"))?;
+            if kernel_irqchip {
+                kirq::make_runnable(&vfd, i)?;
+                if stats_cap {
+                    match StatsReader::open(&vfd) {
+                        Ok(r) => stats.push(r),
+                        Err(e) => log::warn!("vCPU {i}: no KVM statistics: {e}"),
+                    }
+                }
+            }
             vcpu_fds.push(vfd);
         }
 
@@ -386,6 +432,15 @@ impl Vm {
                 .map_err(|e| Error::Memory(format!("vCPU {i} PID entry: {e}")))?;
             vcpus.push(Vcpu::new(i, apic, vp, posted));
         }
+        let fd = Arc::new(fd);
+        // Statistics for every vCPU or for none (sums must be comparable).
+        if stats.len() != config.vcpus as usize {
+            stats.clear();
+        }
+        let kernel = kernel_irqchip.then(|| KernelIrqchip {
+            vm: Arc::clone(&fd),
+            stats,
+        });
         let machine = Arc::new(Machine {
             mem,
             vcpus,
@@ -396,6 +451,8 @@ impl Vm {
             pio: Bus::default(),
             mmio: Bus::default(),
             timers: Timers::default(),
+            irqchip: config.irqchip,
+            kernel,
             partition: Mutex::new(Partition::new(PartitionConfig::from(&plan))),
             topology: RwLock::new(topology),
             stub: kernel::hypercall_stub()?,
@@ -533,12 +590,21 @@ impl Vm {
                 }
                 let metrics = VmMetrics::from_vcpus(d.vcpus);
                 let cycles = marks.guest_tsc.1.saturating_sub(marks.guest_tsc.0);
+                let (kvm, guest_lazy_eois) = match (marks.kstart, marks.kend) {
+                    (Some((k0, l0)), Some((k1, l1))) => (
+                        k0.zip(k1).map(|(k0, k1)| k1.since(&k0)),
+                        l1.saturating_sub(l0),
+                    ),
+                    _ => (None, 0),
+                };
                 Some(Measured {
                     ops,
                     elapsed: t1.saturating_duration_since(t0),
                     metrics,
                     guest_elapsed: Duration::from_nanos(m.clock.cycles_to_ns(cycles as f64) as u64),
                     tsc_khz: m.clock.tsc_khz(),
+                    kvm,
+                    guest_lazy_eois,
                 })
             }
             _ => None,
@@ -554,9 +620,10 @@ impl Vm {
 }
 
 /// Userspace MSR exits for invalid, unknown and filtered MSRs, and a filter
-/// that denies the Hyper-V synthetic range, IA32_TSC_DEADLINE and
-/// IA32_APIC_BASE so that they exit to the VMM.
-fn enable_user_msrs(fd: &VmFd) -> Result<(), Error> {
+/// that denies the Hyper-V synthetic range and, with the userspace
+/// irqchip, IA32_TSC_DEADLINE and IA32_APIC_BASE so that they exit to the
+/// VMM (KVM's in-kernel LAPIC serves those two itself).
+fn enable_user_msrs(fd: &VmFd, irqchip: IrqchipMode) -> Result<(), Error> {
     let cap = kvm_enable_cap {
         cap: KVM_CAP_X86_USER_SPACE_MSR,
         args: [
@@ -581,28 +648,30 @@ fn enable_user_msrs(fd: &VmFd) -> Result<(), Error> {
     let rw = MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE;
     // The x2APIC range needs no filter: without an in-kernel APIC KVM
     // answers those MSRs with a userspace exit (reason INVAL).
-    fd.set_msr_filter(
-        MsrFilterDefaultAction::ALLOW,
-        &[
-            MsrFilterRange {
-                flags: rw,
-                base: hv_enlightenments::msr::HV_X64_MSR_RANGE_START,
-                msr_count: count,
-                bitmap: &deny,
-            },
-            MsrFilterRange {
-                flags: rw,
-                base: MSR_TSC_DEADLINE,
-                msr_count: 1,
-                bitmap: &deny_one,
-            },
-            MsrFilterRange {
-                flags: rw,
-                base: MSR_APIC_BASE,
-                msr_count: 1,
-                bitmap: &deny_one,
-            },
-        ],
-    )
-    .map_err(kvm_err("KVM_X86_SET_MSR_FILTER"))
+    let ranges = [
+        MsrFilterRange {
+            flags: rw,
+            base: hv_enlightenments::msr::HV_X64_MSR_RANGE_START,
+            msr_count: count,
+            bitmap: &deny,
+        },
+        MsrFilterRange {
+            flags: rw,
+            base: MSR_TSC_DEADLINE,
+            msr_count: 1,
+            bitmap: &deny_one,
+        },
+        MsrFilterRange {
+            flags: rw,
+            base: MSR_APIC_BASE,
+            msr_count: 1,
+            bitmap: &deny_one,
+        },
+    ];
+    let n = match irqchip {
+        IrqchipMode::User => ranges.len(),
+        IrqchipMode::Kernel => 1,
+    };
+    fd.set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges[..n])
+        .map_err(kvm_err("KVM_X86_SET_MSR_FILTER"))
 }

@@ -389,7 +389,11 @@ impl CpuidBuilder {
             },
             Item::RemoteTlbFlush if wants(Enlightenments::PV_TLB_FLUSH) => (
                 true,
-                "flush hypercall: running targets kicked, halted ones flushed at next entry",
+                if user_apic {
+                    "flush hypercall: running targets kicked, halted ones flushed at next entry"
+                } else {
+                    "flush hypercall: targets kicked, halted ones too (they halt inside the kernel)"
+                },
             ),
             Item::ClusterIpi if wants(Enlightenments::PV_IPI) => (
                 true,

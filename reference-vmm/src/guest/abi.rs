@@ -92,8 +92,11 @@ pub mod percpu {
     pub const WAKE_COUNT: u64 = 112;
     /// RSP at system call entry (restored when a call faults).
     pub const SYS_RSP: u64 = 120;
+    /// Interrupts the EOI routine completed lazily (it found and cleared
+    /// `apic_assist` bit 0 instead of writing the EOI MSR).
+    pub const LAZY_EOIS: u64 = 128;
     /// Size of the block.
-    pub const SIZE: u64 = 128;
+    pub const SIZE: u64 = 136;
 }
 
 /// Shared variables (absolute addresses).

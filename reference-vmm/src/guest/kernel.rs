@@ -177,7 +177,8 @@ pub fn build() -> Result<Kernel, Error> {
         a.jne(msr)?;
         a.mov(rcx, gs(pc::ASSIST))?;
         a.btr(dword_ptr(rcx), 0)?;
-        a.jc(done)?;
+        let mut lazy = a.create_label();
+        a.jc(lazy)?;
         a.set_label(&mut msr)?;
         a.mov(ecx, X2APIC_EOI)?;
         a.test(rax, rax)?;
@@ -187,6 +188,9 @@ pub fn build() -> Result<Kernel, Error> {
         a.xor(eax, eax)?;
         a.xor(edx, edx)?;
         a.wrmsr()?;
+        a.jmp(done)?;
+        a.set_label(&mut lazy)?;
+        a.inc(gs(pc::LAZY_EOIS))?;
         a.set_label(&mut done)?;
         a.ret()?;
     }

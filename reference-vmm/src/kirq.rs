@@ -1,0 +1,501 @@
+//! The kernel-irqchip mode: KVM's in-kernel local APIC (split irqchip)
+//! serves the architectural APIC, its timer and HLT; the VMM keeps the
+//! Hyper-V side and bridges it to KVM:
+//!
+//! - VM setup: `KVM_CAP_SPLIT_IRQCHIP` (24 routes reserved for a userspace
+//!   IOAPIC) and `KVM_CAP_X2APIC_API` with 32-bit IDs, so that an MSI can
+//!   name any x2APIC ID;
+//! - PV IPI and [`crate::irq::deliver_msi`]: `KVM_SIGNAL_MSI`;
+//! - synthetic EOI/ICR/TPR: replayed as host-initiated x2APIC MSR writes
+//!   when the in-kernel APIC is in x2APIC mode (KVM `kvm_hv_vapic_msr_write`
+//!   does the same), through `KVM_GET_LAPIC`/`KVM_SET_LAPIC` and MSIs in
+//!   xAPIC mode (see [`Runner::replay_apic_write`] for the limits);
+//! - lazy EOI: the VP assist page is handed to KVM's PV-EOI engine
+//!   (`MSR_KVM_PV_EOI_EN`), which uses the same bit 0 at offset 0.
+
+use std::sync::Arc;
+
+use hv_enlightenments::msr::{
+    self as hvmsr, ApicAccess, ApicRegister, MsrAction, MsrOutcome, MsrScope,
+};
+use kvm_bindings::{
+    KVM_CAP_SPLIT_IRQCHIP, KVM_CAP_X2APIC_API, KVM_MP_STATE_RUNNABLE,
+    KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK, KVM_X2APIC_API_USE_32BIT_IDS, Msrs, kvm_enable_cap,
+    kvm_lapic_state, kvm_mp_state, kvm_msi, kvm_msr_entry,
+};
+use kvm_ioctls::{VcpuFd, VmFd};
+use lapic::{DeliveryMode, Ipi, Shorthand, VcpuSet};
+
+use crate::error::Error;
+use crate::kvm_stats::{KvmVmCounters, StatsReader};
+use crate::metrics::bump;
+use crate::msr::{apply_msr_action, count_msr};
+use crate::vcpu::{Runner, kvm_err};
+
+/// IOAPIC pins whose GSI routes the split irqchip reserves (KVM api.rst,
+/// KVM_CAP_SPLIT_IRQCHIP: "the number of pins of the userspace IOAPIC").
+pub const SPLIT_IRQCHIP_ROUTES: u64 = 24;
+/// KVM's PV-EOI MSR (Documentation/virt/kvm/x86/msr.rst): GPA | enable.
+pub const MSR_KVM_PV_EOI_EN: u32 = 0x4b56_4d04;
+/// MSR_KVM_PV_EOI_EN enable bit.
+const PV_EOI_ENABLE: u64 = 1;
+/// IA32_APIC_BASE.
+const MSR_APIC_BASE: u32 = 0x1B;
+/// IA32_APIC_BASE.EXTD: the APIC is in x2APIC mode.
+const APIC_BASE_EXTD: u64 = 1 << 10;
+/// MSI address: the fixed 0xFEE upper bits (SDM Vol. 3 11.11.1).
+pub const MSI_ADDRESS_BASE: u64 = 0xFEE0_0000;
+/// MSI address bits 19:12: destination ID (low 8 bits).
+const MSI_DEST_SHIFT: u32 = 12;
+/// MSI address bits 11:5: extended destination ID (bits 14:8), the
+/// encoding of Linux's `X86_FEATURE_MSI_EXT_DEST_ID`.
+const MSI_EXT_DEST_SHIFT: u32 = 5;
+/// MSI address bit 2: logical destination mode.
+const MSI_DEST_LOGICAL: u64 = 1 << 2;
+/// MSI data bits 10:8: delivery mode.
+const MSI_DELIVERY_SHIFT: u32 = 8;
+/// xAPIC register offsets inside `kvm_lapic_state.regs` (SDM Table 11-1).
+const LAPIC_TPR: usize = 0x80;
+const LAPIC_ISR: usize = 0x100;
+const LAPIC_TMR: usize = 0x180;
+const LAPIC_ICR_LOW: usize = 0x300;
+const LAPIC_ICR_HIGH: usize = 0x310;
+
+/// What the kernel-irqchip mode keeps per VM.
+pub struct KernelIrqchip {
+    /// The VM fd, for KVM_SIGNAL_MSI.
+    pub vm: Arc<VmFd>,
+    /// Statistics fd of each vCPU (empty without KVM_CAP_BINARY_STATS_FD).
+    pub stats: Vec<StatsReader>,
+}
+
+impl KernelIrqchip {
+    /// KVM's counters of every vCPU now (`None` without statistics).
+    pub fn counters(&self) -> Option<KvmVmCounters> {
+        if self.stats.is_empty() {
+            return None;
+        }
+        Some(KvmVmCounters::from_vcpus(
+            self.stats.iter().map(StatsReader::read).collect(),
+        ))
+    }
+}
+
+/// Turns on the split irqchip and the 32-bit x2APIC ID API. Must run
+/// before any vCPU is created.
+pub fn setup_vm(fd: &VmFd) -> Result<(), Error> {
+    let split = kvm_enable_cap {
+        cap: KVM_CAP_SPLIT_IRQCHIP,
+        args: [SPLIT_IRQCHIP_ROUTES, 0, 0, 0],
+        ..Default::default()
+    };
+    fd.enable_cap(&split).map_err(|err| Error::Kvm {
+        op: "KVM_ENABLE_CAP(SPLIT_IRQCHIP)",
+        err,
+    })?;
+    let x2apic = kvm_enable_cap {
+        cap: KVM_CAP_X2APIC_API,
+        args: [
+            u64::from(KVM_X2APIC_API_USE_32BIT_IDS | KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK),
+            0,
+            0,
+            0,
+        ],
+        ..Default::default()
+    };
+    fd.enable_cap(&x2apic).map_err(|err| Error::Kvm {
+        op: "KVM_ENABLE_CAP(X2APIC_API)",
+        err,
+    })
+}
+
+/// With an in-kernel LAPIC every vCPU but the BSP starts waiting for
+/// INIT/SIPI; the built-in guests start all vCPUs at their entry point.
+pub fn make_runnable(fd: &VcpuFd, vcpu: u32) -> Result<(), Error> {
+    fd.set_mp_state(kvm_mp_state {
+        mp_state: KVM_MP_STATE_RUNNABLE,
+    })
+    .map_err(kvm_err(vcpu, "KVM_SET_MP_STATE"))
+}
+
+/// The MSI address that names x2APIC ID `apic_id` (physical mode) in the
+/// `KVM_CAP_X2APIC_API` format: ID bits 7:0 in address bits 19:12, ID bits
+/// 31:8 in `address_hi` bits 31:8 (KVM api.rst, KVM_SIGNAL_MSI).
+pub const fn msi_address(apic_id: u32) -> u64 {
+    ((apic_id & 0xFFFF_FF00) as u64) << 32
+        | MSI_ADDRESS_BASE
+        | (((apic_id & 0xFF) as u64) << MSI_DEST_SHIFT)
+}
+
+/// The destination ID an MSI address names: bits 19:12, the extended ID
+/// in bits 11:5 (bits 14:8 of the ID), or the X2APIC_API high word (bits
+/// 31:8 of the ID).
+pub const fn msi_destination(address: u64) -> u32 {
+    let low = ((address >> MSI_DEST_SHIFT) & 0xFF) as u32;
+    let ext = ((address >> MSI_EXT_DEST_SHIFT) & 0x7F) as u32;
+    let hi = ((address >> 32) as u32) & 0xFFFF_FF00;
+    low | (ext << 8) | hi
+}
+
+/// Whether an MSI address selects logical destination mode.
+pub const fn msi_logical(address: u64) -> bool {
+    address & MSI_DEST_LOGICAL != 0
+}
+
+/// The `kvm_msi` for an MSI message, the destination re-encoded in the
+/// X2APIC_API format (an extended-ID message becomes the same 32-bit ID).
+pub fn kvm_msi_for(address: u64, data: u32) -> kvm_msi {
+    let id = msi_destination(address);
+    let logical = if msi_logical(address) {
+        MSI_DEST_LOGICAL
+    } else {
+        0
+    };
+    let a = msi_address(id) | logical | (address & 0xF & !MSI_DEST_LOGICAL);
+    kvm_msi {
+        address_lo: a as u32,
+        address_hi: (a >> 32) as u32,
+        data,
+        ..Default::default()
+    }
+}
+
+/// The MSI data word of a fixed, edge-triggered interrupt.
+pub const fn msi_data(vector: u8, mode: DeliveryMode) -> u32 {
+    let dm: u32 = match mode {
+        DeliveryMode::Fixed => 0,
+        DeliveryMode::LowestPriority => 1,
+        DeliveryMode::Smi => 2,
+        DeliveryMode::Reserved => 3,
+        DeliveryMode::Nmi => 4,
+        DeliveryMode::Init => 5,
+        DeliveryMode::StartUp => 6,
+        DeliveryMode::ExtInt => 7,
+    };
+    vector as u32 | (dm << MSI_DELIVERY_SHIFT)
+}
+
+/// Sends an MSI through `KVM_SIGNAL_MSI`. Returns whether KVM delivered
+/// it to at least one APIC.
+pub fn signal_msi(k: &KernelIrqchip, address: u64, data: u32) -> bool {
+    match k.vm.signal_msi(kvm_msi_for(address, data)) {
+        Ok(n) => n > 0,
+        Err(e) => {
+            log::warn!("KVM_SIGNAL_MSI {address:#x}/{data:#x}: {e}");
+            false
+        }
+    }
+}
+
+fn reg32(l: &kvm_lapic_state, off: usize) -> u32 {
+    let mut b = [0u8; 4];
+    for (i, d) in b.iter_mut().enumerate() {
+        *d = l.regs.get(off + i).map_or(0, |&c| c as u8);
+    }
+    u32::from_le_bytes(b)
+}
+
+fn set_reg32(l: &mut kvm_lapic_state, off: usize, v: u32) {
+    for (i, s) in v.to_le_bytes().iter().enumerate() {
+        if let Some(d) = l.regs.get_mut(off + i) {
+            *d = *s as _;
+        }
+    }
+}
+
+/// The highest in-service vector of an xAPIC register page and whether
+/// it is level-triggered.
+pub fn highest_isr(l: &kvm_lapic_state) -> Option<(u8, bool)> {
+    (0..8).rev().find_map(|i| {
+        let isr = reg32(l, LAPIC_ISR + 0x10 * i);
+        (isr != 0).then(|| {
+            let bit = 31 - isr.leading_zeros();
+            let vector = (i as u32 * 32 + bit) as u8;
+            let level = reg32(l, LAPIC_TMR + 0x10 * i) & (1 << bit) != 0;
+            (vector, level)
+        })
+    })
+}
+
+/// Clears in-service `vector` (the xAPIC EOI's effect on the ISR).
+pub fn clear_isr(l: &mut kvm_lapic_state, vector: u8) {
+    let off = LAPIC_ISR + 0x10 * usize::from(vector / 32);
+    let v = reg32(l, off) & !(1 << (vector % 32));
+    set_reg32(l, off, v);
+}
+
+impl Runner<'_> {
+    fn kernel(&self) -> Option<&KernelIrqchip> {
+        self.m.kernel.as_ref()
+    }
+
+    fn get_msr(&self, index: u32) -> Result<Option<u64>, Error> {
+        let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+            index,
+            ..Default::default()
+        }])
+        .map_err(|e| Error::Memory(format!("MSR list: {e:?}")))?;
+        let n = self
+            .fd
+            .get_msrs(&mut msrs)
+            .map_err(kvm_err(self.me.index, "KVM_GET_MSRS"))?;
+        Ok((n == 1).then(|| msrs.as_slice()[0].data))
+    }
+
+    /// A host-initiated KVM_SET_MSRS of one MSR. `false`: KVM refused it.
+    pub(crate) fn set_msr(&self, index: u32, data: u64) -> Result<bool, Error> {
+        let msrs = Msrs::from_entries(&[kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        }])
+        .map_err(|e| Error::Memory(format!("MSR list: {e:?}")))?;
+        let n = self
+            .fd
+            .set_msrs(&msrs)
+            .map_err(kvm_err(self.me.index, "KVM_SET_MSRS"))?;
+        Ok(n == 1)
+    }
+
+    fn x2apic_mode(&self) -> Result<bool, Error> {
+        Ok(self
+            .get_msr(MSR_APIC_BASE)?
+            .is_some_and(|b| b & APIC_BASE_EXTD != 0))
+    }
+
+    /// WRMSR of a userspace-exiting MSR in the kernel-irqchip mode.
+    /// `Ok(false)`: #GP.
+    pub(crate) fn kernel_wrmsr(&mut self, index: u32, value: u64) -> Result<bool, Error> {
+        let (m, me) = (self.m, self.me);
+        count_msr(me, index);
+        let outcome = {
+            let mut s = me.lock();
+            match (hvmsr::scope(index), s.vp.as_mut()) {
+                (Some(MsrScope::Partition), Some(_)) => m.partition().write(index, value),
+                (Some(MsrScope::Vp), Some(vp)) => vp.write(index, value),
+                _ => MsrOutcome::InjectGp,
+            }
+        };
+        Ok(match outcome {
+            MsrOutcome::Done | MsrOutcome::Value(_) => true,
+            MsrOutcome::InjectGp => false,
+            MsrOutcome::Apic(ApicAccess::Write(reg, v)) => self.replay_apic_write(reg, v)?,
+            MsrOutcome::Apic(ApicAccess::Read(_)) => false,
+            MsrOutcome::Action(a) => {
+                if let MsrAction::VpAssistPage { gpa } = a {
+                    self.set_pv_eoi(gpa)?;
+                }
+                apply_msr_action(m, me, a);
+                true
+            }
+        })
+    }
+
+    /// RDMSR of a userspace-exiting MSR in the kernel-irqchip mode.
+    /// `Ok(None)`: #GP. Synthetic ICR/TPR read the in-kernel APIC.
+    pub(crate) fn kernel_rdmsr(&mut self, index: u32) -> Result<Option<u64>, Error> {
+        let (m, me) = (self.m, self.me);
+        count_msr(me, index);
+        let outcome = {
+            let s = me.lock();
+            match (hvmsr::scope(index), &s.vp) {
+                (Some(MsrScope::Partition), Some(_)) => {
+                    m.partition().read(index, &|| m.reference_time())
+                }
+                (Some(MsrScope::Vp), Some(vp)) => vp.read(index),
+                _ => MsrOutcome::InjectGp,
+            }
+        };
+        match outcome {
+            MsrOutcome::Value(v) => Ok(Some(v)),
+            MsrOutcome::Done | MsrOutcome::Action(_) => Ok(Some(0)),
+            MsrOutcome::InjectGp => Ok(None),
+            MsrOutcome::Apic(ApicAccess::Read(reg))
+            | MsrOutcome::Apic(ApicAccess::Write(reg, _)) => {
+                if self.x2apic_mode()? {
+                    return self.get_msr(reg.x2apic_msr());
+                }
+                let l = self
+                    .fd
+                    .get_lapic()
+                    .map_err(kvm_err(me.index, "KVM_GET_LAPIC"))?;
+                Ok(match reg {
+                    // EOI is write-only.
+                    ApicRegister::Eoi => None,
+                    ApicRegister::Tpr => Some(u64::from(reg32(&l, LAPIC_TPR))),
+                    ApicRegister::Icr => Some(
+                        u64::from(reg32(&l, LAPIC_ICR_LOW))
+                            | u64::from(reg32(&l, LAPIC_ICR_HIGH)) << 32,
+                    ),
+                })
+            }
+        }
+    }
+
+    /// Carries out a synthetic EOI/ICR/TPR write on the in-kernel APIC.
+    ///
+    /// x2APIC mode: a host-initiated write of the x2APIC MSR; KVM applies
+    /// it as the guest's own (a refused write is a #GP).
+    ///
+    /// xAPIC mode (no host-initiated x2APIC MSR access there): TPR and
+    /// EOI through KVM_GET_LAPIC/KVM_SET_LAPIC (the EOI clears the highest
+    /// in-service bit; KVM_SET_LAPIC recomputes the PPR and re-evaluates
+    /// pending interrupts). Limits: an EOI of a level-triggered vector does
+    /// not reach an IOAPIC (none exists yet; KVM would exit with
+    /// KVM_EXIT_IOAPIC_EOI for an architectural one), and the directed-EOI
+    /// and ISR-cache fast paths of an architectural EOI are bypassed. ICR:
+    /// the destination field goes into one MSI that KVM resolves (physical,
+    /// logical or broadcast); a shorthand is resolved by the VMM into one
+    /// MSI per target APIC ID. The in-kernel ICR register keeps the last
+    /// architectural value (a synthetic ICR read returns it).
+    pub(crate) fn replay_apic_write(&self, reg: ApicRegister, value: u64) -> Result<bool, Error> {
+        let me = self.me;
+        if reg == ApicRegister::Eoi {
+            bump(&me.metrics.eoi_msr);
+        }
+        if self.x2apic_mode()? {
+            return self.set_msr(reg.x2apic_msr(), value);
+        }
+        match reg {
+            ApicRegister::Tpr | ApicRegister::Eoi => {
+                let mut l = self
+                    .fd
+                    .get_lapic()
+                    .map_err(kvm_err(me.index, "KVM_GET_LAPIC"))?;
+                if reg == ApicRegister::Tpr {
+                    // Reserved bits 63:8 set: #GP, as for the x2APIC TPR.
+                    if value > 0xFF {
+                        return Ok(false);
+                    }
+                    set_reg32(&mut l, LAPIC_TPR, value as u32);
+                } else {
+                    match highest_isr(&l) {
+                        Some((v, level)) => {
+                            if level {
+                                log::debug!(
+                                    "vCPU {}: synthetic EOI of level vector {v}: no IOAPIC to notify",
+                                    me.index
+                                );
+                            }
+                            clear_isr(&mut l, v);
+                        }
+                        None => return Ok(true),
+                    }
+                }
+                self.fd
+                    .set_lapic(&l)
+                    .map_err(kvm_err(me.index, "KVM_SET_LAPIC"))?;
+                Ok(true)
+            }
+            ApicRegister::Icr => {
+                let ipi = Ipi::from_xapic_u64(value);
+                self.send_ipi_as_msi(&ipi);
+                Ok(true)
+            }
+        }
+    }
+
+    fn send_ipi_as_msi(&self, ipi: &Ipi) {
+        let (m, me) = (self.m, self.me);
+        let Some(k) = self.kernel() else { return };
+        let data = msi_data(ipi.vector, ipi.delivery_mode)
+            | if ipi.trigger_mode == lapic::TriggerMode::Level {
+                1 << 15
+            } else {
+                0
+            }
+            | if ipi.level_assert { 1 << 14 } else { 0 };
+        if ipi.shorthand == Shorthand::None {
+            let mut address = msi_address(ipi.destination);
+            if ipi.destination_mode == lapic::DestinationMode::Logical {
+                address |= MSI_DEST_LOGICAL;
+            }
+            bump(&me.metrics.ipis_posted);
+            signal_msi(k, address, data);
+            return;
+        }
+        let mut targets = VcpuSet::new();
+        let all = m.vcpus.len();
+        match ipi.shorthand {
+            Shorthand::SelfOnly => targets.insert(me.index as usize),
+            Shorthand::AllIncludingSelf => (0..all).for_each(|i| targets.insert(i)),
+            _ => (0..all)
+                .filter(|&i| i != me.index as usize)
+                .for_each(|i| targets.insert(i)),
+        }
+        for t in targets.iter() {
+            bump(&me.metrics.ipis_posted);
+            // APIC ID = vCPU index in this VMM.
+            signal_msi(k, msi_address(t as u32), data);
+        }
+    }
+
+    /// Hands the VP assist page to KVM's PV-EOI engine (or takes it back).
+    fn set_pv_eoi(&self, gpa: Option<u64>) -> Result<(), Error> {
+        let value = gpa.map_or(0, |g| g | PV_EOI_ENABLE);
+        if !self.set_msr(MSR_KVM_PV_EOI_EN, value)? {
+            log::warn!(
+                "vCPU {}: KVM refused MSR_KVM_PV_EOI_EN = {value:#x}: no lazy EOI",
+                self.me.index
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msi_encoding_of_x2apic_ids() {
+        assert_eq!(msi_address(0), 0xFEE0_0000);
+        assert_eq!(msi_address(5), 0xFEE0_5000);
+        assert_eq!(msi_address(0xFF), 0xFEEF_F000);
+        // ID 300 = 0x12C: low byte 0x2C in bits 19:12, 0x100 in address_hi.
+        let a = msi_address(300);
+        assert_eq!(a as u32, 0xFEE2_C000);
+        assert_eq!((a >> 32) as u32, 0x100);
+        let k = kvm_msi_for(a, 0x40);
+        assert_eq!(
+            (k.address_lo, k.address_hi, k.data),
+            (0xFEE2_C000, 0x100, 0x40)
+        );
+        assert_eq!(k.address_hi & 0xFF, 0, "KVM rejects low address_hi bits");
+        for id in [0u32, 1, 254, 255, 256, 300, 4095, 0x00AB_CDEF] {
+            assert_eq!(msi_destination(msi_address(id)), id);
+        }
+    }
+
+    #[test]
+    fn extended_destination_ids_are_re_encoded() {
+        // Linux's extended ID: bits 14:8 of the ID in address bits 11:5.
+        let id = 0x1_23u32;
+        let ext = MSI_ADDRESS_BASE | (0x23 << 12) | (0x1 << 5);
+        assert_eq!(msi_destination(ext), id);
+        let k = kvm_msi_for(ext | MSI_DEST_LOGICAL, 0x31);
+        assert_eq!(k.address_lo, 0xFEE2_3000 | MSI_DEST_LOGICAL as u32);
+        assert_eq!(k.address_hi, 0x100);
+    }
+
+    #[test]
+    fn msi_data_modes() {
+        assert_eq!(msi_data(0xF0, DeliveryMode::Fixed), 0xF0);
+        assert_eq!(msi_data(0x20, DeliveryMode::Nmi), 0x420);
+        assert_eq!(msi_data(0x20, DeliveryMode::LowestPriority), 0x120);
+    }
+
+    #[test]
+    fn isr_scan_and_clear() {
+        let mut l = kvm_lapic_state::default();
+        assert_eq!(highest_isr(&l), None);
+        set_reg32(&mut l, LAPIC_ISR + 0x10 * 7, 1 << 12); // vector 0xEC
+        set_reg32(&mut l, LAPIC_ISR + 0x10, 1); // vector 0x20
+        set_reg32(&mut l, LAPIC_TMR + 0x10, 1);
+        assert_eq!(highest_isr(&l), Some((0xEC, false)));
+        clear_isr(&mut l, 0xEC);
+        assert_eq!(highest_isr(&l), Some((0x20, true)));
+        clear_isr(&mut l, 0x20);
+        assert_eq!(highest_isr(&l), None);
+    }
+}
