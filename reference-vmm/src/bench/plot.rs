@@ -142,13 +142,13 @@ pub fn scaling(r: &Report, path: &Path) -> Result<(), String> {
         &panels[0],
         "VM exits per operation (all vCPUs)",
         "exits / op",
-        &series(r, |c| c.exits_per_op.median),
+        &series(r, Cell::plot_exits),
     )?;
     panel(
         &panels[1],
         "Sender (vCPU 0) exits per operation",
         "exits / op",
-        &series(r, |c| c.sender_exits_per_op.median),
+        &series(r, Cell::plot_sender_exits),
     )?;
     panel(
         &panels[2],
