@@ -689,6 +689,13 @@ pub fn goals(cells: &[Cell]) -> Vec<Goal> {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+            if let Some(k) = find(cells, Op::Shootdown, Some(big.vcpus), "kernel", true) {
+                g.measured = format!(
+                    "{}; kernel irqchip (not judged): the halted vCPUs wait inside KVM_RUN and \
+                     are kicked, {:.2} kicks/op",
+                    g.measured, k.kicks_per_op.median
+                );
+            }
             out.push(g);
         }
         None => out.push(goal::not_measured(
@@ -732,26 +739,34 @@ pub fn goals(cells: &[Cell]) -> Vec<Goal> {
             "ex64 not run",
         )),
     }
-    // User vs kernel irqchip unicast IPI round trip, same guest
-    // (enlightenments on).
-    match (
-        find(cells, Op::PingPong, None, "user", true),
-        find(cells, Op::PingPong, None, "kernel", true),
-    ) {
-        (Some(u), Some(k)) => {
-            let mut g =
-                goal::user_vs_kernel_ipi(u.guest_ns_per_op.median, k.guest_ns_per_op.median);
-            if let (Some(uo), Some(ko)) = (
-                find(cells, Op::PingPong, None, "user", false),
-                find(cells, Op::PingPong, None, "kernel", false),
-            ) {
-                g.measured = format!(
-                    "{} PV IPI; x2APIC ICR: {:.1} us vs {:.1} us",
-                    g.measured,
-                    uo.guest_ns_per_op.median / 1000.0,
-                    ko.guest_ns_per_op.median / 1000.0
-                );
-            }
+    // User vs kernel irqchip unicast IPI round trip: the best round trip
+    // each irqchip offers (enlightenments off or on, whichever is faster),
+    // with all four shown.
+    let best = |chip: &str| -> Option<(f64, &'static str)> {
+        [false, true]
+            .into_iter()
+            .filter_map(|on| {
+                find(cells, Op::PingPong, None, chip, on)
+                    .map(|c| (c.guest_ns_per_op.median, c.scenario))
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+    };
+    match (best("user"), best("kernel")) {
+        (Some((u, us)), Some((k, ks))) => {
+            let mut g = goal::user_vs_kernel_ipi(u, k);
+            let show = |chip: &str, on: bool| {
+                find(cells, Op::PingPong, None, chip, on).map_or("-".to_string(), |c| {
+                    format!("{:.1}", c.guest_ns_per_op.median / 1000.0)
+                })
+            };
+            g.measured = format!(
+                "best of each: {} ({us}) vs ({ks}); x2APIC ICR {} vs {} us, PV IPI {} vs {} us",
+                g.measured,
+                show("user", false),
+                show("kernel", false),
+                show("user", true),
+                show("kernel", true),
+            );
             out.push(g);
         }
         _ => out.push(goal::not_measured(
