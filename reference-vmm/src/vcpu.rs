@@ -348,10 +348,12 @@ impl<'a> Runner<'a> {
                 Exit::Rdmsr(index) => {
                     let v = self.kernel_rdmsr(index)?;
                     self.complete_msr_exit(v.is_none(), v.unwrap_or(0));
+                    self.account(ExitClass::Msr);
                 }
                 Exit::Wrmsr(index, data) => {
                     let ok = self.kernel_wrmsr(index, data)?;
                     self.complete_msr_exit(!ok, data);
+                    self.account(ExitClass::Msr);
                 }
             }
         }
