@@ -184,7 +184,7 @@ impl Config {
             reps: 5,
             ops_override: None,
             quick: false,
-            timeout: Duration::from_secs(120),
+            timeout: Duration::from_secs(60),
             command: "reference-vmm bench".into(),
         }
     }
