@@ -22,6 +22,18 @@ impl HostClock {
     }
 }
 
+impl HostClock {
+    /// The TSC frequency in kHz (KVM_GET_TSC_KHZ).
+    pub fn tsc_khz(&self) -> u64 {
+        self.tsc_khz
+    }
+
+    /// `cycles` of the TSC in nanoseconds.
+    pub fn cycles_to_ns(&self, cycles: f64) -> f64 {
+        cycles * 1_000_000.0 / self.tsc_khz.max(1) as f64
+    }
+}
+
 impl Clock for HostClock {
     fn now_ns(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64

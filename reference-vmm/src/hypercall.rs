@@ -8,8 +8,8 @@ use hv_enlightenments::hypercall::{self, Hypercall, HypercallRegs, HypercallResu
 use kvm_ioctls::SyncReg;
 
 use crate::error::Error;
-use crate::metrics::bump;
-use crate::vcpu::{FLUSH_WAIT, Runner, kvm_err};
+use crate::metrics::{VcpuMetrics, bump};
+use crate::vcpu::{FLUSH_WAIT, Runner, Vcpu, kvm_err};
 
 /// #UD vector.
 const UD_VECTOR: u8 = 6;
@@ -100,44 +100,56 @@ impl Runner<'_> {
     }
 
     fn execute(&self, call: &Hypercall) -> Result<HypercallResult, Error> {
-        let metrics = &self.me.metrics;
-        let n = self.m.vcpus.len() as u32;
-        match call {
-            Hypercall::SendIpi(ipi) => {
-                bump(&metrics.hc_send_ipi);
-                for vp in ipi.targets.iter_present(n) {
-                    if let Some(t) = self.m.vcpus.get(vp as usize) {
-                        if self.m.kernel.is_some() {
-                            // One KVM_SIGNAL_MSI per target (APIC ID = VP
-                            // index); KVM kicks or wakes it.
-                            crate::irq::deliver_msi(
-                                self.m,
-                                crate::kirq::msi_address(t.index),
-                                u32::from(ipi.vector),
-                            );
-                        } else {
-                            t.post(ipi.vector);
-                        }
-                        bump(&metrics.ipis_posted);
-                    }
-                }
+        let m = self.m;
+        dispatch(&m.vcpus, &self.me.metrics, call, |t, vector| {
+            if m.kernel.is_some() {
+                // One KVM_SIGNAL_MSI per target (APIC ID = VP index); KVM
+                // kicks or wakes it.
+                crate::irq::deliver_msi(m, crate::kirq::msi_address(t.index), u32::from(vector));
+            } else {
+                t.post(vector);
             }
-            Hypercall::Flush(f) => {
-                bump(&metrics.hc_flush);
-                let mut wait = Vec::new();
-                for vp in f.targets.iter_present(n) {
-                    if let Some(t) = self.m.vcpus.get(vp as usize) {
-                        if t.request_flush(metrics) {
-                            wait.push(t);
-                        }
-                    }
-                }
-                for t in wait {
-                    t.wait_flushed(FLUSH_WAIT)?;
-                }
-            }
-            Hypercall::NotifyLongSpinWait { .. } => std::thread::yield_now(),
-        }
-        Ok(call.completed())
+        })
     }
+}
+
+/// Carries out a decoded hypercall for the vCPU whose counters are
+/// `metrics`: PV IPIs go to `send` (target, vector: posted through ipiv,
+/// or an MSI with the kernel irqchip), PV flushes become flush requests
+/// (targets in guest mode are kicked and waited for; the others flush at
+/// their next entry). VP indices naming no vCPU are skipped.
+pub fn dispatch(
+    vcpus: &[Vcpu],
+    metrics: &VcpuMetrics,
+    call: &Hypercall,
+    send: impl Fn(&Vcpu, u8),
+) -> Result<HypercallResult, Error> {
+    let n = vcpus.len() as u32;
+    match call {
+        Hypercall::SendIpi(ipi) => {
+            bump(&metrics.hc_send_ipi);
+            for vp in ipi.targets.iter_present(n) {
+                if let Some(t) = vcpus.get(vp as usize) {
+                    send(t, ipi.vector);
+                    bump(&metrics.ipis_posted);
+                }
+            }
+        }
+        Hypercall::Flush(f) => {
+            bump(&metrics.hc_flush);
+            let mut wait = Vec::new();
+            for vp in f.targets.iter_present(n) {
+                if let Some(t) = vcpus.get(vp as usize) {
+                    if t.request_flush(metrics) {
+                        wait.push(t);
+                    }
+                }
+            }
+            for t in wait {
+                t.wait_flushed(FLUSH_WAIT)?;
+            }
+        }
+        Hypercall::NotifyLongSpinWait { .. } => std::thread::yield_now(),
+    }
+    Ok(call.completed())
 }

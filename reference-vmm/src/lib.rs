@@ -25,6 +25,7 @@
 //! # Ok::<(), reference_vmm::Error>(())
 //! ```
 
+pub mod bench;
 pub mod boot;
 pub mod clock;
 pub mod cpuid;
@@ -34,6 +35,7 @@ pub mod error;
 pub mod external;
 pub mod fault;
 pub mod flush;
+pub mod goal;
 pub mod guest;
 pub mod hypercall;
 pub mod irq;

@@ -12,7 +12,7 @@ use reference_vmm::platform::console::Console;
 use reference_vmm::scenario::{self, RunOptions, Scenario};
 use reference_vmm::vm::FlushMethod;
 use reference_vmm::vm::{ExternalConfig, GuestExit, Vm};
-use reference_vmm::{demo, probe};
+use reference_vmm::{bench, demo, probe};
 
 #[derive(Parser)]
 #[command(
@@ -24,7 +24,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, Debug, ValueEnum)]
 enum Irqchip {
     /// Local APIC in the VMM (userspace).
     User,
@@ -77,6 +77,42 @@ enum Command {
         /// Where the local APICs live.
         #[arg(long, value_enum, default_value_t = Irqchip::User)]
         irqchip: Irqchip,
+    },
+    /// Benchmark every operation with the enlightenments off and on, user
+    /// and kernel irqchip, interleaved and repeated; write a markdown
+    /// table, JSON and a scaling plot.
+    Bench {
+        /// Operations (pingpong, broadcast, shootdown, timer,
+        /// null-hypercall, ex64); all when not given.
+        #[arg(long = "scenario", value_name = "NAME", num_args = 1..)]
+        scenarios: Vec<String>,
+        /// vCPU counts for every operation, comma-separated (each
+        /// operation's defaults when not given: 1,2,8,64,256,1024 for
+        /// broadcast and shootdown).
+        #[arg(long, value_delimiter = ',')]
+        vcpus: Option<Vec<u32>>,
+        /// Irqchip modes, comma-separated.
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Irqchip::User, Irqchip::Kernel])]
+        irqchip: Vec<Irqchip>,
+        /// Repetitions of every run.
+        #[arg(long, default_value_t = 5)]
+        reps: u32,
+        /// Operations per run, for every scenario.
+        #[arg(long)]
+        ops: Option<u64>,
+        /// A tenth of the operations per run (for tests).
+        #[arg(long)]
+        quick: bool,
+        /// Directory for bench.md, bench.json and scaling.png.
+        #[arg(long, default_value = "bench-results")]
+        out: PathBuf,
+        /// Also write the JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Bound on each run, in seconds (the largest default run takes
+        /// about 10 s on a 2-core host).
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
     },
     /// List the scenarios.
     List,
@@ -137,6 +173,13 @@ struct BootArgs {
     /// end of its line).
     #[arg(long)]
     until: Option<String>,
+}
+
+fn mode(m: Irqchip) -> IrqchipMode {
+    match m {
+        Irqchip::User => IrqchipMode::User,
+        Irqchip::Kernel => IrqchipMode::Kernel,
+    }
 }
 
 fn write_json(path: &PathBuf, v: &impl serde::Serialize) -> Result<(), String> {
@@ -290,6 +333,66 @@ fn run(cmd: Command) -> Result<(), String> {
                 write_json(&p, &f)?;
             }
             Ok(())
+        }
+        Command::Bench {
+            scenarios,
+            vcpus,
+            irqchip,
+            reps,
+            ops,
+            quick,
+            out,
+            json,
+            timeout,
+        } => {
+            let mut cfg = bench::Config::default_set();
+            if !scenarios.is_empty() {
+                cfg.ops = scenarios
+                    .iter()
+                    .map(|n| {
+                        bench::Op::by_name(n).ok_or_else(|| {
+                            let names: Vec<&str> =
+                                bench::Op::ALL.iter().map(|o| o.name()).collect();
+                            format!("unknown bench scenario {n} (one of {})", names.join(", "))
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            cfg.vcpus = vcpus;
+            cfg.irqchips = irqchip.iter().map(|&m| mode(m)).collect();
+            cfg.reps = reps.max(1);
+            cfg.ops_override = ops;
+            cfg.quick = quick;
+            cfg.timeout = Duration::from_secs(timeout);
+            cfg.command = std::env::args()
+                .enumerate()
+                .map(|(i, a)| {
+                    if i == 0 {
+                        "reference-vmm".to_string()
+                    } else {
+                        a
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            let report = bench::run(&cfg);
+            report.write(&out, json.as_deref())?;
+            for g in &report.goals {
+                println!("{} {}: {}", g.verdict(), g.claim, g.measured);
+            }
+            for p in &report.problems {
+                println!("problem: {p}");
+            }
+            println!(
+                "bench: {:.0} s; wrote {}/bench.md, bench.json, scaling.png",
+                report.total_secs,
+                out.display()
+            );
+            if report.problems.iter().any(|p| !p.contains("skipped")) {
+                Err("some runs failed (see the problems above)".into())
+            } else {
+                Ok(())
+            }
         }
         Command::List => {
             for s in Scenario::ALL {

@@ -32,11 +32,15 @@ pub enum Scenario {
     MmioExitLoop,
     /// Bare port I/O exits from CPL3.
     PioExitLoop,
+    /// Null hypercalls (fast SendSyntheticClusterIpi, empty mask).
+    NullHypercall,
+    /// FlushVirtualAddressSpaceEx with a 64-bank sparse VP set.
+    HypercallEx64,
 }
 
 impl Scenario {
     /// Every named scenario, enlightened ones after their native twin.
-    pub const ALL: [Scenario; 18] = [
+    pub const ALL: [Scenario; 20] = [
         Scenario::PingPong(IpiMode::Native),
         Scenario::PingPong(IpiMode::PvFast),
         Scenario::PingPong(IpiMode::Xapic),
@@ -55,6 +59,8 @@ impl Scenario {
         Scenario::SyscallLoop,
         Scenario::MmioExitLoop,
         Scenario::PioExitLoop,
+        Scenario::NullHypercall,
+        Scenario::HypercallEx64,
     ];
 
     /// The scenario's name.
@@ -79,6 +85,8 @@ impl Scenario {
             Scenario::SyscallLoop => "syscall-loop",
             Scenario::MmioExitLoop => "mmio-exit-loop",
             Scenario::PioExitLoop => "pio-exit-loop",
+            Scenario::NullHypercall => "null-hypercall",
+            Scenario::HypercallEx64 => "hypercall-ex64",
         }
     }
 
@@ -97,6 +105,7 @@ impl Scenario {
             Scenario::PingPong(m) | Scenario::Broadcast(m) => m.enlightened(),
             Scenario::Shootdown(m) => *m == FlushMode::Pv,
             Scenario::Timer(m) => *m != EoiMode::X2apic,
+            Scenario::NullHypercall | Scenario::HypercallEx64 => true,
             _ => false,
         }
     }
@@ -165,13 +174,19 @@ impl Scenario {
             Scenario::Cpl3Loop => 100_000_000,
             Scenario::SyscallLoop => 1000,
             Scenario::MmioExitLoop | Scenario::PioExitLoop => 10_000,
+            Scenario::NullHypercall | Scenario::HypercallEx64 => 1000,
         }
     }
 
     /// The guest program.
     pub fn program(&self, vcpus: u32) -> Result<Program, asm::Error> {
+        self.program_ops(vcpus, self.ops(vcpus))
+    }
+
+    /// The guest program running `ops` operations.
+    pub fn program_ops(&self, vcpus: u32, ops: u64) -> Result<Program, asm::Error> {
         let n = u64::from(vcpus);
-        let ops = self.ops(vcpus);
+        let ops = ops.max(1);
         match *self {
             Scenario::PingPong(m) => scenarios::ipi_pingpong(n, ops, m),
             Scenario::Broadcast(m) => scenarios::broadcast_ipi(n, ops, m),
@@ -181,6 +196,8 @@ impl Scenario {
             Scenario::SyscallLoop => scenarios::syscall_loop(ops),
             Scenario::MmioExitLoop => scenarios::mmio_exit_loop(ops),
             Scenario::PioExitLoop => scenarios::pio_exit_loop(ops),
+            Scenario::NullHypercall => scenarios::null_hypercall(ops),
+            Scenario::HypercallEx64 => scenarios::ex64_flush(n, ops),
         }
     }
 }
@@ -213,6 +230,15 @@ pub struct Figures {
     pub eoi_lazy_per_op: f64,
     /// Hypercalls per operation.
     pub hypercalls_per_op: f64,
+    /// VMM service time per exit in nanoseconds: host TSC from the return
+    /// of `KVM_RUN` to the end of the handler, plus entry preparation,
+    /// over all exits.
+    pub service_ns_per_exit: f64,
+    /// Handler time per hypercall in nanoseconds (decode and execute).
+    pub hypercall_service_ns: f64,
+    /// Guest-observed nanoseconds per operation (the guest's TSC at its
+    /// marks).
+    pub guest_ns_per_op: f64,
     /// Counters of the measured phase.
     pub metrics: VmMetrics,
     /// "user" or "kernel".
@@ -260,7 +286,12 @@ pub struct RunOptions {
 
 /// Runs `s` on a fresh VM.
 pub fn run(s: Scenario, o: RunOptions) -> Result<(RunReport, Figures), Error> {
-    let program = s.program(o.vcpus)?;
+    run_ops(s, o, s.ops(o.vcpus))
+}
+
+/// Runs `s` on a fresh VM for `ops` operations.
+pub fn run_ops(s: Scenario, o: RunOptions, ops: u64) -> Result<(RunReport, Figures), Error> {
+    let program = s.program_ops(o.vcpus, ops)?;
     let vm = Vm::new(VmConfig {
         vcpus: o.vcpus,
         hyperv: s.hyperv(),
@@ -276,6 +307,8 @@ pub fn run(s: Scenario, o: RunOptions) -> Result<(RunReport, Figures), Error> {
     })?;
     let ops = m.ops.max(1) as f64;
     let t = &m.metrics.total;
+    let cyc_ns = 1_000_000.0 / m.tsc_khz.max(1) as f64;
+    let svc = (t.handler_cycles() + t.svc_cycles_entry) as f64 * cyc_ns;
     let f = Figures {
         scenario: s.name(),
         vcpus: o.vcpus,
@@ -294,6 +327,9 @@ pub fn run(s: Scenario, o: RunOptions) -> Result<(RunReport, Figures), Error> {
         } as f64
             / ops,
         hypercalls_per_op: t.hypercalls as f64 / ops,
+        service_ns_per_exit: svc / t.exits.max(1) as f64,
+        hypercall_service_ns: t.svc_cycles_hypercall as f64 * cyc_ns / t.hypercalls.max(1) as f64,
+        guest_ns_per_op: m.guest_elapsed.as_nanos() as f64 / ops,
         metrics: m.metrics,
         irqchip: irqchip_name(o.irqchip),
         unobserved: s.unobserved(o.irqchip),

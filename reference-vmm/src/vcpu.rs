@@ -21,7 +21,7 @@ use crate::flush::flush_guest_tlb;
 use crate::guest::abi;
 use crate::irq::{apply_apic_outcome, complete_lazy_eoi, deliver_posted};
 use crate::kick::KickTarget;
-use crate::metrics::{VcpuMetrics, bump};
+use crate::metrics::{ExitClass, VcpuMetrics, bump, tsc};
 use crate::msr::{msr_read, msr_write};
 use crate::vm::{FlushMethod, Machine};
 
@@ -278,13 +278,20 @@ pub struct Runner<'a> {
     pub(crate) m: &'a Machine,
     pub(crate) me: &'a Vcpu,
     pub(crate) fd: VcpuFd,
+    /// Host TSC when the last `KVM_RUN` returned.
+    exit_tsc: u64,
 }
 
 impl<'a> Runner<'a> {
     /// A runner for vCPU `index` of `m`.
     pub fn new(m: &'a Machine, index: usize, fd: VcpuFd) -> Option<Self> {
         let me = m.vcpus.get(index)?;
-        Some(Self { m, me, fd })
+        Some(Self {
+            m,
+            me,
+            fd,
+            exit_tsc: 0,
+        })
     }
 
     /// Runs until the machine stops or this vCPU fails.
@@ -322,25 +329,42 @@ impl<'a> Runner<'a> {
             if self.m.user_mp && !self.accept_mp_events()? {
                 return Ok(());
             }
+            let t_entry = tsc();
             self.prepare_entry()?;
+            let metrics = &self.me.metrics;
+            metrics
+                .svc_cycles_entry
+                .fetch_add(tsc().wrapping_sub(t_entry), Ordering::Relaxed);
             let exit = self.run_once();
             bump(&self.me.metrics.exits);
             match exit {
-                Exit::Handled => {}
+                Exit::Handled => {
+                    let class = self.exit_class();
+                    self.account(class);
+                }
                 Exit::Intr => {
                     bump(&self.me.metrics.exit_intr);
                     if let Some(k) = &self.me.lock().kick {
                         k.clear();
                     }
+                    self.account(ExitClass::Other);
                 }
                 Exit::Hlt => {
                     bump(&self.me.metrics.exit_hlt);
+                    // The sleep is not service time.
+                    self.account(ExitClass::Hlt);
                     self.halt();
                 }
                 Exit::Io { port, value, size } => {
                     bump(&self.me.metrics.exit_io);
                     self.port_out(port, value, size)?;
+                    self.account(if port == abi::HYPERCALL_PORT {
+                        ExitClass::Hypercall
+                    } else {
+                        ExitClass::Pio
+                    });
                 }
+                // Reports are the measurement's own exits: not counted.
                 Exit::Report(code) => {
                     let regs = self.fd.sync_regs().regs;
                     self.m.report(self.me.index, code, regs.rdi, regs.rsi);
@@ -355,13 +379,33 @@ impl<'a> Runner<'a> {
                 Exit::Rdmsr(index) => {
                     let v = self.kernel_rdmsr(index)?;
                     self.complete_msr_exit(v.is_none(), v.unwrap_or(0));
+                    self.account(ExitClass::Msr);
                 }
                 Exit::Wrmsr(index, data) => {
                     let ok = self.kernel_wrmsr(index, data)?;
                     self.complete_msr_exit(!ok, data);
+                    self.account(ExitClass::Msr);
                 }
             }
         }
+    }
+
+    /// The class of the exit `KVM_RUN` last returned, from `kvm_run`.
+    fn exit_class(&mut self) -> ExitClass {
+        match self.fd.get_kvm_run().exit_reason {
+            kvm_bindings::KVM_EXIT_X86_RDMSR | kvm_bindings::KVM_EXIT_X86_WRMSR => ExitClass::Msr,
+            kvm_bindings::KVM_EXIT_IO => ExitClass::Pio,
+            kvm_bindings::KVM_EXIT_MMIO => ExitClass::Mmio,
+            kvm_bindings::KVM_EXIT_HLT => ExitClass::Hlt,
+            _ => ExitClass::Other,
+        }
+    }
+
+    /// Adds the host TSC cycles since `KVM_RUN` returned to `class`.
+    fn account(&self, class: ExitClass) {
+        self.me
+            .metrics
+            .add_service(class, tsc().wrapping_sub(self.exit_tsc));
     }
 
     /// Answers the pending KVM_EXIT_X86_RDMSR/WRMSR: `error` injects #GP,
@@ -450,6 +494,7 @@ impl<'a> Runner<'a> {
         let m = self.m;
         let me = self.me;
         let r = self.fd.run();
+        self.exit_tsc = tsc();
         // Out of guest mode before the exit is handled, so that handlers (a
         // self-IPI, a flush of oneself) see it so; then the lazy EOI, before
         // anything else touches the APIC. `r` borrows the vCPU fd; this

@@ -105,6 +105,12 @@ pub struct Measured {
     pub elapsed: Duration,
     /// Counters accumulated between the marks.
     pub metrics: VmMetrics,
+    /// Guest time between the marks (the guest's own TSC reads,
+    /// converted with the TSC frequency).
+    pub guest_elapsed: Duration,
+    /// TSC frequency in kHz (KVM_GET_TSC_KHZ), for the service-time
+    /// counters.
+    pub tsc_khz: u64,
     /// KVM's own counters between the marks (kernel irqchip with
     /// KVM_CAP_BINARY_STATS_FD only).
     pub kvm: Option<KvmVmCounters>,
@@ -132,6 +138,8 @@ pub struct RunReport {
 struct Marks {
     start: Option<(Instant, VmMetrics, u64)>,
     end: Option<(Instant, VmMetrics, u32)>,
+    /// Guest TSC at MARK_START and MARK_END.
+    guest_tsc: (u64, u64),
     values: Vec<(u32, u64, u64)>,
     /// KVM counters and guest lazy-EOI count at MARK_START / MARK_END.
     kstart: Option<(Option<KvmVmCounters>, u64)>,
@@ -295,6 +303,7 @@ impl Machine {
                 let extra = self.extra_counters();
                 let mut k = self.marks.lock().unwrap_or_else(|e| e.into_inner());
                 k.start = Some((Instant::now(), m, rdi));
+                k.guest_tsc.0 = rsi;
                 k.kstart = Some(extra);
             }
             abi::REPORT_MARK_END => {
@@ -302,6 +311,7 @@ impl Machine {
                 let extra = self.extra_counters();
                 let mut k = self.marks.lock().unwrap_or_else(|e| e.into_inner());
                 k.end = Some((Instant::now(), m, vcpu));
+                k.guest_tsc.1 = rsi;
                 k.kend = Some(extra);
             }
             _ => {
@@ -451,6 +461,7 @@ impl Vm {
                     v.exit_mmio = v.exit_mmio.saturating_sub(1);
                 }
                 let metrics = VmMetrics::from_vcpus(d.vcpus);
+                let cycles = marks.guest_tsc.1.saturating_sub(marks.guest_tsc.0);
                 let (kvm, guest_lazy_eois) = match (marks.kstart, marks.kend) {
                     (Some((k0, l0)), Some((k1, l1))) => (
                         k0.zip(k1).map(|(k0, k1)| k1.since(&k0)),
@@ -462,6 +473,8 @@ impl Vm {
                     ops,
                     elapsed: t1.saturating_duration_since(t0),
                     metrics,
+                    guest_elapsed: Duration::from_nanos(m.clock.cycles_to_ns(cycles as f64) as u64),
+                    tsc_khz: m.clock.tsc_khz(),
                     kvm,
                     guest_lazy_eois,
                 })

@@ -365,9 +365,36 @@ fn counted_loop(
     iters: u64,
     body: impl Fn(&mut CodeAssembler) -> Result<(), iced_x86::IcedError>,
 ) -> Result<Program, Error> {
+    counted_loop_with(iters, vec![], 0, body)
+}
+
+/// [`counted_loop`] with shared variables set before start; the driver
+/// first spins `settle` TSC cycles at CPL3 (so that the other vCPUs are
+/// done halting before the measured phase).
+fn counted_loop_with(
+    iters: u64,
+    data: Vec<(u64, u64)>,
+    settle: u64,
+    body: impl Fn(&mut CodeAssembler) -> Result<(), iced_x86::IcedError>,
+) -> Result<Program, Error> {
     let mut a = CodeAssembler::new(64)?;
     let mut resp = a.create_label();
     prologue(&mut a, resp)?;
+    if settle > 0 {
+        let mut wait = a.create_label();
+        a.rdtsc()?;
+        a.shl(rdx, 32)?;
+        a.or(rax, rdx)?;
+        a.mov(rcx, settle)?;
+        a.lea(r12, qword_ptr(rax + rcx))?;
+        a.set_label(&mut wait)?;
+        a.pause()?;
+        a.rdtsc()?;
+        a.shl(rdx, 32)?;
+        a.or(rax, rdx)?;
+        a.cmp(rax, r12)?;
+        a.jb(wait)?;
+    }
     mark_start(&mut a, iters)?;
     a.mov(rbx, iters)?;
     let mut l = a.create_label();
@@ -378,7 +405,62 @@ fn counted_loop(
     mark_end(&mut a)?;
     done(&mut a, rbx)?;
     idle_responder(&mut a, &mut resp)?;
-    finish(a, vec![])
+    finish(a, data)
+}
+
+/// `iters` null hypercalls between the marks: a fast
+/// HvCallSendSyntheticClusterIpi with an empty processor mask (it does
+/// nothing and succeeds), made from CPL0 through the hypercall page as the
+/// built-in kernel makes every hypercall (CPL3 -> system call -> hypercall
+/// page -> VMM).
+pub fn null_hypercall(iters: u64) -> Result<Program, Error> {
+    counted_loop(iters, |a| {
+        a.mov(rdi, HVCALL_SEND_IPI | HV_FAST)?;
+        a.mov(esi, u32::from(abi::VEC_IPI))?;
+        a.xor(edx, edx)?;
+        sys(a, abi::SYS_HYPERCALL)?;
+        check_rax_zero(a, failure::HC_STATUS)
+    })
+}
+
+/// The VP set of [`ex64_flush`]: VP `64 * i + 1` in every bank `i`, so
+/// all 64 banks are present (only those naming an existing vCPU flush
+/// anything).
+pub fn ex64_vps() -> Vec<u64> {
+    (0..64).map(|i| 64 * i + 1).collect()
+}
+
+/// The control word (RCX) and the memory input (words) of the
+/// FlushVirtualAddressSpaceEx call of [`ex64_flush`].
+pub fn ex64_input() -> (u64, Vec<u64>) {
+    let (valid, banks) = vpset(&ex64_vps());
+    // address space, flags, format (sparse 4K), valid bank mask, banks.
+    let mut w = vec![crate::layout::PML4, 0, 0, valid];
+    w.extend(&banks);
+    let control =
+        u64::from(CallCode::FLUSH_VIRTUAL_ADDRESS_SPACE_EX.0) | ((banks.len() as u64) << 17);
+    (control, w)
+}
+
+/// `iters` HvCallFlushVirtualAddressSpaceEx calls with a sparse VP set of
+/// 64 banks ([`ex64_vps`]) between the marks, input in memory: the
+/// decoding cost of the largest VP set a guest can send. The targets that
+/// exist are halted, so the VMM only records a flush for their next entry.
+/// With many vCPUs the driver first lets the others halt (each halt is a
+/// system call through the host's CPL0 path), so that their start-up does
+/// not compete with the measured calls for the host's CPUs.
+pub fn ex64_flush(vcpus: u64, iters: u64) -> Result<Program, Error> {
+    let (control, w) = ex64_input();
+    let data = words_at(shared::HC_INPUT, &w);
+    // About 0.2 ms of settling per vCPU at 2-3 GHz.
+    let settle = if vcpus > 8 { vcpus * 500_000 } else { 0 };
+    counted_loop_with(iters, data, settle, move |a| {
+        a.mov(rdi, control)?;
+        a.mov(rsi, shared::HC_INPUT)?;
+        a.xor(edx, edx)?;
+        sys(a, abi::SYS_HYPERCALL)?;
+        check_rax_zero(a, failure::HC_STATUS)
+    })
 }
 
 /// A CPL3 loop of `iters` `dec; jnz` iterations between the marks: shows

@@ -38,14 +38,25 @@ pub fn report(a: &mut CodeAssembler, code: u32) -> Result<(), IcedError> {
     a.mov(dword_ptr(abi::REPORT_MMIO), eax)
 }
 
-/// MARK_START for `ops` operations.
+/// RSI = the guest TSC (`rdtsc` at CPL3; clobbers RAX, RDX).
+fn tsc_to_rsi(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    a.rdtsc()?;
+    a.shl(rdx, 32)?;
+    a.or(rax, rdx)?;
+    a.mov(rsi, rax)
+}
+
+/// MARK_START for `ops` operations, with the guest TSC in RSI (clobbers
+/// RAX, RDX, RSI, RDI).
 pub fn mark_start(a: &mut CodeAssembler, ops: u64) -> Result<(), IcedError> {
     a.mov(rdi, ops)?;
+    tsc_to_rsi(a)?;
     report(a, abi::REPORT_MARK_START)
 }
 
-/// MARK_END.
+/// MARK_END, with the guest TSC in RSI (clobbers RAX, RDX, RSI).
 pub fn mark_end(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    tsc_to_rsi(a)?;
     report(a, abi::REPORT_MARK_END)
 }
 

@@ -1,0 +1,128 @@
+//! A quick `bench` on real KVM: every operation on 2 and 4 vCPUs, two
+//! repetitions; the markdown, JSON and PNG are written and the counts
+//! that do not depend on the host's speed are what the mechanisms promise.
+
+use std::time::Duration;
+
+use hv_enlightenments::accel::IrqchipMode;
+use hv_tests::kvm_available;
+use reference_vmm::bench::{self, Config, Op};
+
+fn quick(irqchips: Vec<IrqchipMode>) -> Config {
+    Config {
+        ops: Op::ALL.to_vec(),
+        vcpus: Some(vec![2, 4]),
+        irqchips,
+        reps: 2,
+        ops_override: None,
+        quick: true,
+        timeout: Duration::from_secs(120),
+        command: "reference-vmm bench --quick --reps 2 --vcpus 2,4".into(),
+    }
+}
+
+#[test]
+fn quick_bench_writes_consistent_results() {
+    if !kvm_available("quick_bench_writes_consistent_results") {
+        return;
+    }
+    let cfg = quick(vec![IrqchipMode::User, IrqchipMode::Kernel]);
+    let r = bench::run(&cfg);
+    let failed: Vec<&String> = r
+        .problems
+        .iter()
+        .filter(|p| !p.contains("skipped"))
+        .collect();
+    assert!(failed.is_empty(), "failed runs: {failed:#?}");
+
+    // Every (operation, vCPUs, side) ran twice under the user irqchip.
+    let user: Vec<_> = r.samples.iter().filter(|s| s.irqchip == "user").collect();
+    // ping-pong 2+2, broadcast 2+2, shootdown 2+2, timer 2+2,
+    // null hypercall 2+2, ex64 1+1; times 2 repetitions.
+    assert_eq!(user.len(), 2 * (5 * 4 + 2), "{user:#?}");
+
+    // The same runs under the kernel irqchip, where the PV forms still
+    // cost the sender one exit to the VMM and KVM's statistics count the
+    // in-kernel exits.
+    let kernel: Vec<_> = r.samples.iter().filter(|s| s.irqchip == "kernel").collect();
+    assert_eq!(kernel.len(), user.len(), "{kernel:#?}");
+    for s in &kernel {
+        if s.scenario.starts_with("broadcast-pv") || s.scenario == "null-hypercall" {
+            assert_eq!(s.sender_exits_per_op, 1.0, "{s:?}");
+        }
+        assert!(s.unobserved.contains(&"wakeups_per_op"), "{s:?}");
+    }
+
+    for s in &user {
+        let n = f64::from(s.vcpus);
+        match s.scenario {
+            "broadcast-pv-fast" | "broadcast-pv-ex" => {
+                assert_eq!(s.sender_exits_per_op, 1.0, "{s:?}");
+                assert_eq!(s.hypercalls_per_op, 1.0, "{s:?}");
+            }
+            "broadcast-x2apic" => assert_eq!(s.sender_exits_per_op, n - 1.0, "{s:?}"),
+            "shootdown-pv" => {
+                assert_eq!(s.wakeups_per_op, 0.0, "{s:?}");
+                assert_eq!(s.sender_exits_per_op, 1.0, "{s:?}");
+            }
+            // The running reader is kicked, the halted ones woken.
+            "shootdown-ipi" => assert_eq!(s.wakeups_per_op, n - 2.0, "{s:?}"),
+            "timer-lazy-eoi" => assert!(s.eoi_exits_per_op <= 0.01, "{s:?}"),
+            "timer-x2apic-eoi" => assert_eq!(s.eoi_exits_per_op, 1.0, "{s:?}"),
+            "null-hypercall" | "hypercall-ex64" => {
+                assert_eq!(s.sender_exits_per_op, 1.0, "{s:?}");
+                assert_eq!(s.hypercalls_per_op, 1.0, "{s:?}");
+                assert!(s.hypercall_service_ns > 0.0, "{s:?}");
+            }
+            "pio-exit-loop" => {
+                assert_eq!(s.sender_exits_per_op, 1.0, "{s:?}");
+                assert_eq!(s.hypercalls_per_op, 0.0, "{s:?}");
+            }
+            _ => {}
+        }
+        // Times are measured: the guest's TSC moved and the VMM spent
+        // time on the exits.
+        assert!(s.guest_ns_per_op > 0.0, "{s:?}");
+        assert!(s.host_ns_per_op > 0.0, "{s:?}");
+        if s.exits_per_op > 0.0 {
+            assert!(s.service_ns_per_exit > 0.0, "{s:?}");
+        }
+    }
+    let flat = r
+        .goals
+        .iter()
+        .find(|g| g.claim.contains("flat in N"))
+        .expect("broadcast goal");
+    assert!(flat.pass, "{flat:?}");
+    let wake = r
+        .goals
+        .iter()
+        .find(|g| g.claim.contains("wakes 0"))
+        .expect("shootdown goal");
+    assert!(wake.pass, "{wake:?}");
+
+    let dir = std::env::temp_dir().join(format!("hv-bench-test-{}", std::process::id()));
+    let extra = dir.join("extra.json");
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    r.write(&dir, Some(&extra)).expect("writes the results");
+    let md = std::fs::read_to_string(dir.join("bench.md")).expect("bench.md");
+    assert!(md.contains("## Goals") && md.contains("## Scaling"), "{md}");
+    assert!(
+        md.contains("| broadcast IPI | 4 | 0 | user | on | broadcast-pv-fast |"),
+        "{md}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("bench.json")).expect("json"))
+            .expect("valid JSON");
+    assert_eq!(
+        json["samples"].as_array().map(Vec::len),
+        Some(r.samples.len())
+    );
+    assert_eq!(
+        std::fs::read(&extra).expect("--json copy"),
+        std::fs::read(dir.join("bench.json")).expect("json")
+    );
+    let png = std::fs::read(dir.join("scaling.png")).expect("scaling.png");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000);
+    let _ = std::fs::remove_dir_all(&dir);
+}
