@@ -151,7 +151,15 @@ fn pv_paths_at_1024_vcpus() {
     assert_eq!(ex.metrics.total.ipis_posted, 1023 * ex.ops);
     let flush = run(Scenario::Shootdown(FlushMode::Pv), 1024);
     assert_eq!(flush.metrics.total.wakeups, 0);
-    // Every halted target is deferred; the running reader may be too, when
-    // the request finds it outside guest mode.
-    assert!(flush.metrics.total.flush_deferred >= 1022 * flush.ops);
+    // Every target is either deferred (halted, or outside guest mode) or
+    // kicked (still in guest mode: a vCPU that has not reached its HLT yet
+    // when the first flush comes, which a loaded host makes possible).
+    let t = &flush.metrics.total;
+    assert!(
+        t.flush_deferred + t.kicks >= 1023 * flush.ops,
+        "deferred {} + kicked {} < 1023 per flush over {} flushes",
+        t.flush_deferred,
+        t.kicks,
+        flush.ops
+    );
 }
