@@ -112,11 +112,16 @@ where
         } else {
             chart.draw_series(LineSeries::new(pts.iter().copied(), style))
         };
-        let c = *colour;
+        let (c, gap) = (*colour, if *dashed { 5 } else { 0 });
+        // The legend sample is dashed like its line (two strokes with a gap).
         drawn
             .map_err(e)?
             .label(label.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+            .legend(move |(x, y)| {
+                EmptyElement::at((x, y))
+                    + PathElement::new(vec![(0, 0), (7, 0)], c.stroke_width(2))
+                    + PathElement::new(vec![(7 + gap, 0), (19, 0)], c.stroke_width(2))
+            });
         chart
             .draw_series(pts.iter().map(|&p| Circle::new(p, 3, colour.filled())))
             .map_err(e)?;
