@@ -25,6 +25,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{VcpuFd, VmFd};
 use lapic::{DeliveryMode, Ipi, Shorthand, VcpuSet};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::error::Error;
 use crate::kvm_stats::{KvmVmCounters, StatsReader};
@@ -56,6 +57,8 @@ const MSI_DEST_LOGICAL: u64 = 1 << 2;
 const MSI_DELIVERY_SHIFT: u32 = 8;
 /// xAPIC register offsets inside `kvm_lapic_state.regs` (SDM Table 11-1).
 const LAPIC_TPR: usize = 0x80;
+const LAPIC_PPR: usize = 0xA0;
+const LAPIC_IRR: usize = 0x200;
 const LAPIC_ISR: usize = 0x100;
 const LAPIC_TMR: usize = 0x180;
 const LAPIC_ICR_LOW: usize = 0x300;
@@ -215,6 +218,18 @@ pub fn highest_isr(l: &kvm_lapic_state) -> Option<(u8, bool)> {
             (vector, level)
         })
     })
+}
+
+/// The vectors set in the 256-bit register (ISR, TMR or IRR) at `base`.
+pub fn vectors(l: &kvm_lapic_state, base: usize) -> Vec<u8> {
+    (0..8usize)
+        .flat_map(|i| {
+            let word = reg32(l, base + 0x10 * i);
+            (0..32u32)
+                .filter(move |b| word & (1 << b) != 0)
+                .map(move |b| (i as u32 * 32 + b) as u8)
+        })
+        .collect()
 }
 
 /// Clears in-service `vector` (the xAPIC EOI's effect on the ISR).
@@ -430,6 +445,43 @@ impl Runner<'_> {
         }
     }
 
+    /// A one-line description of the in-kernel state of this vCPU (MP
+    /// state, RIP, RFLAGS.IF, the LAPIC's IRR, ISR and PPR, the PV-EOI
+    /// word), for timeout reports: the userspace APIC is unused in this
+    /// mode. Only the vCPU's own thread can take it, outside `KVM_RUN`.
+    pub(crate) fn kernel_snapshot(&self) -> String {
+        let mp = self
+            .fd
+            .get_mp_state()
+            .map_or_else(|e| format!("? ({e})"), |s| mp_state_name(s.mp_state));
+        let regs = self.fd.get_regs().map_or_else(
+            |e| format!("regs ? ({e})"),
+            |r| format!("RIP {:#x} IF {}", r.rip, u8::from(r.rflags & (1 << 9) != 0)),
+        );
+        let apic = self.fd.get_lapic().map_or_else(
+            |e| format!("LAPIC ? ({e})"),
+            |l| {
+                format!(
+                    "IRR {:x?} ISR {:x?} PPR {:#x}",
+                    vectors(&l, LAPIC_IRR),
+                    vectors(&l, LAPIC_ISR),
+                    reg32(&l, LAPIC_PPR)
+                )
+            },
+        );
+        let pv_eoi = match self.get_msr(MSR_KVM_PV_EOI_EN) {
+            Ok(Some(v)) if v & PV_EOI_ENABLE != 0 => {
+                let gpa = v & !0x3F;
+                match self.m.mem.read_obj::<u32>(GuestAddress(gpa)) {
+                    Ok(w) => format!("PV-EOI word {w:#x}"),
+                    Err(_) => format!("PV-EOI at {gpa:#x} (not RAM)"),
+                }
+            }
+            _ => "PV-EOI off".to_string(),
+        };
+        format!("kernel LAPIC: {mp}, {regs}, {apic}, {pv_eoi}")
+    }
+
     /// Hands the VP assist page to KVM's PV-EOI engine (or takes it back).
     fn set_pv_eoi(&self, gpa: Option<u64>) -> Result<(), Error> {
         let value = gpa.map_or(0, |g| g | PV_EOI_ENABLE);
@@ -440,6 +492,18 @@ impl Runner<'_> {
             );
         }
         Ok(())
+    }
+}
+
+/// KVM's name of an MP state (api.rst, KVM_GET_MP_STATE).
+fn mp_state_name(s: u32) -> String {
+    match s {
+        kvm_bindings::KVM_MP_STATE_RUNNABLE => "RUNNABLE".into(),
+        kvm_bindings::KVM_MP_STATE_UNINITIALIZED => "UNINITIALIZED".into(),
+        kvm_bindings::KVM_MP_STATE_INIT_RECEIVED => "INIT_RECEIVED".into(),
+        kvm_bindings::KVM_MP_STATE_HALTED => "HALTED".into(),
+        kvm_bindings::KVM_MP_STATE_SIPI_RECEIVED => "SIPI_RECEIVED".into(),
+        other => format!("mp_state {other}"),
     }
 }
 
@@ -497,5 +561,15 @@ mod tests {
         assert_eq!(highest_isr(&l), Some((0x20, true)));
         clear_isr(&mut l, 0x20);
         assert_eq!(highest_isr(&l), None);
+    }
+
+    #[test]
+    fn vector_lists() {
+        let mut l = kvm_lapic_state::default();
+        assert!(vectors(&l, LAPIC_IRR).is_empty());
+        set_reg32(&mut l, LAPIC_IRR + 0x10 * 7, (1 << 16) | (1 << 17)); // 0xF0, 0xF1
+        set_reg32(&mut l, LAPIC_IRR, 1 << 2); // 0x02
+        assert_eq!(vectors(&l, LAPIC_IRR), vec![0x02, 0xF0, 0xF1]);
+        assert!(vectors(&l, LAPIC_ISR).is_empty());
     }
 }

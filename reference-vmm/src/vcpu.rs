@@ -54,6 +54,9 @@ pub struct State {
     pub woken: bool,
     /// INIT/SIPI state (used where the VMM runs that protocol).
     pub mp: crate::mp::MpEvents,
+    /// Kernel irqchip: the in-kernel state the thread saw when it
+    /// stopped (for timeout reports).
+    pub kernel_state: Option<String>,
 }
 
 /// A vCPU as seen by every thread.
@@ -88,6 +91,7 @@ impl Vcpu {
                 kick: None,
                 woken: false,
                 mp: crate::mp::MpEvents::default(),
+                kernel_state: None,
             }),
             cond: Condvar::new(),
             metrics: VcpuMetrics::default(),
@@ -241,12 +245,16 @@ impl Vcpu {
             crate::mp::MpState::WaitForSipi => "WaitForSipi".to_string(),
             crate::mp::MpState::Runnable => format!("{:?}", self.run_state()),
         };
+        let exits = self.metrics.exits.load(Ordering::Relaxed);
+        // Kernel irqchip: the userspace APIC is unused; show KVM's.
+        if let Some(k) = &s.kernel_state {
+            return format!("vCPU {}: {k}, exits {exits}", self.index);
+        }
         format!(
-            "vCPU {}: {state}, APIC pending {:?}, ISR top {:?}, exits {}",
+            "vCPU {}: {state}, APIC pending {:?}, ISR top {:?}, exits {exits}",
             self.index,
             s.apic.pending(),
             s.apic.isr().highest(),
-            self.metrics.exits.load(Ordering::Relaxed)
         )
     }
 }
@@ -309,7 +317,9 @@ impl<'a> Runner<'a> {
         self.fd.set_sync_valid_reg(SyncReg::Register);
         self.fd.set_sync_valid_reg(SyncReg::SystemRegister);
         let r = self.run_loop();
+        let snapshot = self.m.kernel.is_some().then(|| self.kernel_snapshot());
         let mut s = self.me.lock();
+        s.kernel_state = snapshot;
         s.alive = false;
         s.kick = None;
         self.me.posted.run_state().set(RunState::OutsideGuest);

@@ -549,20 +549,22 @@ impl Vm {
             }
         }
         // Bounded wait for the end of the run.
+        let mut timed_out = false;
         {
             let mut e = m.end.lock().unwrap_or_else(|e| e.into_inner());
             while e.is_none() {
                 let left = self.config.timeout.saturating_sub(start.elapsed());
                 if left.is_zero() {
                     let mut what = format!("{what}; vCPU states:");
-                    for v in m.vcpus.iter().take(16) {
-                        what.push_str("\n  ");
-                        what.push_str(&v.describe());
+                    // Kernel irqchip: described once the threads stopped.
+                    if m.kernel.is_none() {
+                        describe_vcpus(&m, &mut what);
                     }
                     *e = Some(Err(Error::Timeout {
                         waited: self.config.timeout,
                         what,
                     }));
+                    timed_out = true;
                     break;
                 }
                 e = m
@@ -580,13 +582,28 @@ impl Vm {
             let _ = t.join();
         }
         let wall = start.elapsed();
-        let result = m
+        let mut result = m
             .end
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .unwrap_or(Ok(0));
+        // Kernel irqchip: each thread recorded KVM's view of its vCPU on
+        // the way out (only it could ask KVM, outside KVM_RUN).
+        if timed_out && m.kernel.is_some() {
+            if let Err(Error::Timeout { what, .. }) = &mut result {
+                describe_vcpus(&m, what);
+            }
+        }
         (result, wall)
+    }
+}
+
+/// Appends one line per vCPU (the first 16) for a timeout report.
+fn describe_vcpus(m: &Machine, what: &mut String) {
+    for v in m.vcpus.iter().take(16) {
+        what.push_str("\n  ");
+        what.push_str(&v.describe());
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use hv_enlightenments::accel::IrqchipMode;
 use hv_tests::kvm_available;
 use reference_vmm::guest::hostile;
-use reference_vmm::guest::scenarios::{EoiMode, FlushMode, IpiMode};
+use reference_vmm::guest::scenarios::{self, EoiMode, FlushMode, IpiMode};
 use reference_vmm::scenario::{self, Figures, RunOptions, Scenario};
 use reference_vmm::vm::{FlushMethod, Vm, VmConfig};
 use reference_vmm::{irq, kirq};
@@ -260,4 +260,34 @@ fn lazy_eoi_is_counted_the_same_by_guest_and_vmm() {
         "kernel irqchip: {lazy} of {} timer EOIs completed lazily",
         k.ops
     );
+}
+
+#[test]
+fn interrupt_before_halt_does_not_strand_the_vcpu() {
+    if !kvm_available("interrupt_before_halt_does_not_strand_the_vcpu") {
+        return;
+    }
+    // The wake-up interrupt is handled after the guest decided to halt and
+    // before its halt system call: the kernel re-checks the count with
+    // interrupts off and returns instead of halting for good (the
+    // pingpong-pv hang of the kernel-irqchip mode).
+    let program = scenarios::wakeup_before_halt().unwrap_or_else(|e| panic!("{e}"));
+    for irqchip in [IrqchipMode::Kernel, IrqchipMode::User] {
+        let vm = Vm::new(VmConfig {
+            vcpus: 2,
+            hyperv: false,
+            timeout: Duration::from_secs(20),
+            flush: FlushMethod::Sregs,
+            irqchip,
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let r = vm
+            .run(&program)
+            .unwrap_or_else(|e| panic!("{irqchip:?}: {e}"));
+        assert_eq!(r.detail, 1, "{irqchip:?}: PONG_COUNT");
+        if irqchip == IrqchipMode::User {
+            // HLT exits reach the VMM in this mode: vCPU 0 never halted.
+            assert_eq!(r.metrics.vcpus[0].exit_hlt, 0, "{:?}", r.metrics.vcpus[0]);
+        }
+    }
 }

@@ -41,6 +41,12 @@ pub const SYS_RDMSR: u32 = 1;
 pub const SYS_HYPERCALL: u32 = 2;
 /// System call: `sti; hlt; cli` (returns after one interrupt).
 pub const SYS_HALT: u32 = 3;
+/// System call: halt unless the per-vCPU variable at offset RDI already
+/// holds at least RSI (returns at once then, else after one interrupt).
+/// The kernel compares with interrupts off and halts with `sti; hlt`, so
+/// an interrupt that bumps the variable after a caller's own check cannot
+/// slip in before the halt and leave it asleep.
+pub const SYS_HALT_UNTIL: u32 = 6;
 /// System call: `invlpg [RDI]`.
 pub const SYS_INVLPG: u32 = 4;
 /// System call: `call RDI` at CPL0 (for probing what the host can run

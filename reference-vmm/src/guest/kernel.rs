@@ -315,6 +315,7 @@ pub fn build() -> Result<Kernel, Error> {
         let mut l_rdmsr = a.create_label();
         let mut l_hc = a.create_label();
         let mut l_halt = a.create_label();
+        let mut l_halt_until = a.create_label();
         let mut l_invlpg = a.create_label();
         let mut ok = a.create_label();
         let mut ret = a.create_label();
@@ -324,6 +325,8 @@ pub fn build() -> Result<Kernel, Error> {
         a.je(l_wrmsr)?;
         a.cmp(eax, abi::SYS_HALT)?;
         a.je(l_halt)?;
+        a.cmp(eax, abi::SYS_HALT_UNTIL)?;
+        a.je(l_halt_until)?;
         a.cmp(eax, abi::SYS_HYPERCALL)?;
         a.je(l_hc)?;
         a.cmp(eax, abi::SYS_RDMSR)?;
@@ -366,6 +369,12 @@ pub fn build() -> Result<Kernel, Error> {
         a.call(r9)?;
         a.jmp(ok)?;
 
+        // The gate cleared IF: no interrupt between this check and the
+        // halt (`sti` holds interrupts off for one more instruction).
+        a.set_label(&mut l_halt_until)?;
+        a.cmp(qword_ptr(rdi).gs(), rsi)?;
+        a.mov(eax, 0)?;
+        a.jae(ret)?;
         a.set_label(&mut l_halt)?;
         a.sti()?;
         a.hlt()?;

@@ -595,7 +595,7 @@ pub fn ipi_pingpong(vcpus: u64, iters: u64, mode: IpiMode) -> Result<Program, Er
     } else {
         pc::IPI_COUNT
     };
-    halt_until(&mut a, pcpu(wait_on), r13)?;
+    halt_until(&mut a, wait_on, r13)?;
     a.inc(r13)?;
     a.cmp(r13, iters as i32)?;
     a.jbe(top)?;
@@ -609,6 +609,27 @@ pub fn ipi_pingpong(vcpus: u64, iters: u64, mode: IpiMode) -> Result<Program, Er
     let mut settings = mode.kernel_settings();
     settings.push((shared::PONG, 1));
     finish(a, settings)
+}
+
+/// The lost-wakeup case of [`halt_until`], made deterministic: vCPU 0
+/// sends itself VEC_PONG from the kernel, so the handler bumps PONG_COUNT
+/// as the system call returns to CPL3, and only then asks to halt until
+/// PONG_COUNT >= 1 (as if its own check had run just before the
+/// interrupt). DONE reports PONG_COUNT; the run hangs if the kernel halts
+/// without re-checking the count with interrupts off.
+pub fn wakeup_before_halt() -> Result<Program, Error> {
+    let mut a = CodeAssembler::new(64)?;
+    let mut resp = a.create_label();
+    prologue(&mut a, resp)?;
+    a.xor(ebx, ebx)?;
+    send_one(&mut a, IpiMode::Native, rbx, abi::VEC_PONG)?;
+    a.mov(rdi, pc::PONG_COUNT)?;
+    a.mov(esi, 1)?;
+    sys(&mut a, abi::SYS_HALT_UNTIL)?;
+    a.mov(rax, pcpu(pc::PONG_COUNT))?;
+    done(&mut a, rax)?;
+    idle_responder(&mut a, &mut resp)?;
+    finish(a, IpiMode::Native.kernel_settings())
 }
 
 /// Broadcast IPI from vCPU 0 to every other vCPU, `iters` times; every
@@ -847,7 +868,7 @@ pub fn timer_eoi(count: u64, period_ns: u32, eoi: EoiMode) -> Result<Program, Er
     mark_start(&mut a, count)?;
     wrmsr_imm(&mut a, TIMER_INIT, u64::from(period_ns))?;
     a.mov(r13, count)?;
-    halt_until(&mut a, pcpu(pc::TIMER_COUNT), r13)?;
+    halt_until(&mut a, pc::TIMER_COUNT, r13)?;
     mark_end(&mut a)?;
     wrmsr_imm(&mut a, TIMER_INIT, 0)?;
     a.mov(rax, pcpu(pc::TIMER_COUNT))?;

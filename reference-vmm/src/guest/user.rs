@@ -87,19 +87,22 @@ pub fn done(a: &mut CodeAssembler, detail: AsmRegister64) -> Result<(), IcedErro
     a.jmp(l)
 }
 
-/// Halts (through the kernel) until the qword at `counter` (a memory
-/// operand) is at least `target`.
-pub fn halt_until(
-    a: &mut CodeAssembler,
-    counter: AsmMemoryOperand,
-    target: AsmRegister64,
-) -> Result<(), IcedError> {
+/// Halts (through the kernel) until the per-vCPU qword at offset `var`
+/// is at least `target` (clobbers RDI, RSI besides what [`sys`] does).
+///
+/// The kernel re-checks the variable with interrupts off before it halts
+/// ([`abi::SYS_HALT_UNTIL`]): an interrupt handled at CPL3 between the
+/// check here and the system call would otherwise leave the vCPU halted
+/// with nothing left to wake it.
+pub fn halt_until(a: &mut CodeAssembler, var: u64, target: AsmRegister64) -> Result<(), IcedError> {
     let mut top = a.create_label();
     let mut out = a.create_label();
     a.set_label(&mut top)?;
-    a.cmp(counter, target)?;
+    a.cmp(pcpu(var), target)?;
     a.jae(out)?;
-    sys(a, abi::SYS_HALT)?;
+    a.mov(rdi, var)?;
+    a.mov(rsi, target)?;
+    sys(a, abi::SYS_HALT_UNTIL)?;
     a.jmp(top)?;
     a.set_label(&mut out)?;
     Ok(())
