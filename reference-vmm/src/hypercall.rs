@@ -4,6 +4,8 @@
 //! through ipiv, PV TLB flush through flush requests) and RAX goes back
 //! through the dirty-register mask.
 
+use std::sync::atomic::Ordering;
+
 use hv_enlightenments::hypercall::{self, Hypercall, HypercallRegs, HypercallResult};
 use kvm_ioctls::SyncReg;
 
@@ -126,25 +128,36 @@ pub fn dispatch(
 ) -> Result<HypercallResult, Error> {
     let n = vcpus.len() as u32;
     match call {
+        // Counters are added once per call: an atomic add per target
+        // would be a good part of a many-target call's service time.
         Hypercall::SendIpi(ipi) => {
             bump(&metrics.hc_send_ipi);
+            let mut posted = 0;
             for vp in ipi.targets.iter_present(n) {
                 if let Some(t) = vcpus.get(vp as usize) {
                     send(t, ipi.vector);
-                    bump(&metrics.ipis_posted);
+                    posted += 1;
                 }
             }
+            metrics.ipis_posted.fetch_add(posted, Ordering::Relaxed);
         }
         Hypercall::Flush(f) => {
             bump(&metrics.hc_flush);
-            let mut wait = Vec::new();
+            let (mut requested, mut wait) = (0, Vec::new());
             for vp in f.targets.iter_present(n) {
                 if let Some(t) = vcpus.get(vp as usize) {
-                    if t.request_flush(metrics) {
+                    requested += 1;
+                    if t.request_flush() {
                         wait.push(t);
                     }
                 }
             }
+            metrics
+                .flush_requested
+                .fetch_add(requested, Ordering::Relaxed);
+            metrics
+                .flush_deferred
+                .fetch_add(requested - wait.len() as u64, Ordering::Relaxed);
             for t in wait {
                 t.wait_flushed(FLUSH_WAIT)?;
             }

@@ -177,16 +177,16 @@ impl Vcpu {
 
     /// Asks for a guest TLB flush before the next entry. Returns whether
     /// the vCPU is in guest mode now (it was kicked and the caller should
-    /// wait with [`Vcpu::wait_flushed`]).
-    pub fn request_flush(&self, from: &VcpuMetrics) -> bool {
+    /// wait with [`Vcpu::wait_flushed`]); otherwise the flush is deferred
+    /// to its next entry. The caller counts requests and deferrals (once
+    /// per hypercall, not per target).
+    pub fn request_flush(&self) -> bool {
         let mut s = self.lock();
         s.flush_pending = true;
-        bump(&from.flush_requested);
         if self.run_state() == RunState::InGuest {
             self.kick_locked(&s);
             true
         } else {
-            bump(&from.flush_deferred);
             false
         }
     }
