@@ -10,13 +10,12 @@ use lapic::{
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::metrics::bump;
+use crate::platform::lines::MSI_DATA_TRIGGER_LEVEL;
 use crate::vcpu::{State, Vcpu};
 use crate::vm::Machine;
 
 /// Lowest vector a fixed interrupt may carry (SDM 10.5.2).
 const FIRST_LEGAL_VECTOR: u8 = 16;
-/// MSI data bit 15: level-triggered.
-const MSI_DATA_LEVEL_TRIGGER: u32 = 1 << 15;
 
 /// Moves posted vectors into the APIC's IRR.
 pub fn deliver_posted(s: &mut State, pending: PendingVectors) {
@@ -100,7 +99,7 @@ pub fn deliver_msi(m: &Machine, address: u64, data: u32) {
     let irq = Interrupt {
         vector: data as u8,
         delivery_mode: DeliveryMode::from_reg(data),
-        trigger_mode: if data & MSI_DATA_LEVEL_TRIGGER != 0 {
+        trigger_mode: if data & MSI_DATA_TRIGGER_LEVEL != 0 {
             TriggerMode::Level
         } else {
             TriggerMode::Edge

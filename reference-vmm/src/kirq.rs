@@ -31,6 +31,10 @@ use crate::error::Error;
 use crate::kvm_stats::{KvmVmCounters, StatsReader};
 use crate::metrics::bump;
 use crate::msr::{apply_msr_action, count_msr};
+use crate::platform::lines::{
+    MSI_ADDR_DEST_MODE_LOGICAL, MSI_ADDR_DEST_SHIFT, MSI_ADDR_EXT_DEST_SHIFT, MSI_ADDRESS_BASE,
+    MSI_DATA_LEVEL_ASSERT, MSI_DATA_TRIGGER_LEVEL,
+};
 use crate::vcpu::{Runner, kvm_err};
 
 /// IOAPIC pins whose GSI routes the split irqchip reserves (KVM api.rst,
@@ -44,17 +48,6 @@ const PV_EOI_ENABLE: u64 = 1;
 const MSR_APIC_BASE: u32 = 0x1B;
 /// IA32_APIC_BASE.EXTD: the APIC is in x2APIC mode.
 const APIC_BASE_EXTD: u64 = 1 << 10;
-/// MSI address: the fixed 0xFEE upper bits (SDM Vol. 3 11.11.1).
-pub const MSI_ADDRESS_BASE: u64 = 0xFEE0_0000;
-/// MSI address bits 19:12: destination ID (low 8 bits).
-const MSI_DEST_SHIFT: u32 = 12;
-/// MSI address bits 11:5: extended destination ID (bits 14:8), the
-/// encoding of Linux's `X86_FEATURE_MSI_EXT_DEST_ID`.
-const MSI_EXT_DEST_SHIFT: u32 = 5;
-/// MSI address bit 2: logical destination mode.
-const MSI_DEST_LOGICAL: u64 = 1 << 2;
-/// MSI data bits 10:8: delivery mode.
-const MSI_DELIVERY_SHIFT: u32 = 8;
 /// xAPIC register offsets inside `kvm_lapic_state.regs` (SDM Table 11-1).
 const LAPIC_TPR: usize = 0x80;
 const LAPIC_PPR: usize = 0xA0;
@@ -127,22 +120,22 @@ pub fn make_runnable(fd: &VcpuFd, vcpu: u32) -> Result<(), Error> {
 pub const fn msi_address(apic_id: u32) -> u64 {
     ((apic_id & 0xFFFF_FF00) as u64) << 32
         | MSI_ADDRESS_BASE
-        | (((apic_id & 0xFF) as u64) << MSI_DEST_SHIFT)
+        | (((apic_id & 0xFF) as u64) << MSI_ADDR_DEST_SHIFT)
 }
 
 /// The destination ID an MSI address names: bits 19:12, the extended ID
 /// in bits 11:5 (bits 14:8 of the ID), or the X2APIC_API high word (bits
 /// 31:8 of the ID).
 pub const fn msi_destination(address: u64) -> u32 {
-    let low = ((address >> MSI_DEST_SHIFT) & 0xFF) as u32;
-    let ext = ((address >> MSI_EXT_DEST_SHIFT) & 0x7F) as u32;
+    let low = ((address >> MSI_ADDR_DEST_SHIFT) & 0xFF) as u32;
+    let ext = ((address >> MSI_ADDR_EXT_DEST_SHIFT) & 0x7F) as u32;
     let hi = ((address >> 32) as u32) & 0xFFFF_FF00;
     low | (ext << 8) | hi
 }
 
 /// Whether an MSI address selects logical destination mode.
 pub const fn msi_logical(address: u64) -> bool {
-    address & MSI_DEST_LOGICAL != 0
+    address & MSI_ADDR_DEST_MODE_LOGICAL != 0
 }
 
 /// The `kvm_msi` for an MSI message, the destination re-encoded in the
@@ -150,11 +143,11 @@ pub const fn msi_logical(address: u64) -> bool {
 pub fn kvm_msi_for(address: u64, data: u32) -> kvm_msi {
     let id = msi_destination(address);
     let logical = if msi_logical(address) {
-        MSI_DEST_LOGICAL
+        MSI_ADDR_DEST_MODE_LOGICAL
     } else {
         0
     };
-    let a = msi_address(id) | logical | (address & 0xF & !MSI_DEST_LOGICAL);
+    let a = msi_address(id) | logical | (address & 0xF & !MSI_ADDR_DEST_MODE_LOGICAL);
     kvm_msi {
         address_lo: a as u32,
         address_hi: (a >> 32) as u32,
@@ -163,19 +156,10 @@ pub fn kvm_msi_for(address: u64, data: u32) -> kvm_msi {
     }
 }
 
-/// The MSI data word of a fixed, edge-triggered interrupt.
-pub const fn msi_data(vector: u8, mode: DeliveryMode) -> u32 {
-    let dm: u32 = match mode {
-        DeliveryMode::Fixed => 0,
-        DeliveryMode::LowestPriority => 1,
-        DeliveryMode::Smi => 2,
-        DeliveryMode::Reserved => 3,
-        DeliveryMode::Nmi => 4,
-        DeliveryMode::Init => 5,
-        DeliveryMode::StartUp => 6,
-        DeliveryMode::ExtInt => 7,
-    };
-    vector as u32 | (dm << MSI_DELIVERY_SHIFT)
+/// The MSI data word of an edge-triggered interrupt: the delivery mode
+/// sits in bits 10:8 as in the ICR (`DeliveryMode::to_reg`).
+pub fn msi_data(vector: u8, mode: DeliveryMode) -> u32 {
+    u32::from(vector) | mode.to_reg()
 }
 
 /// Sends an MSI through `KVM_SIGNAL_MSI`. Returns whether KVM delivered
@@ -415,15 +399,19 @@ impl Runner<'_> {
         let Some(k) = self.kernel() else { return };
         let data = msi_data(ipi.vector, ipi.delivery_mode)
             | if ipi.trigger_mode == lapic::TriggerMode::Level {
-                1 << 15
+                MSI_DATA_TRIGGER_LEVEL
             } else {
                 0
             }
-            | if ipi.level_assert { 1 << 14 } else { 0 };
+            | if ipi.level_assert {
+                MSI_DATA_LEVEL_ASSERT
+            } else {
+                0
+            };
         if ipi.shorthand == Shorthand::None {
             let mut address = msi_address(ipi.destination);
             if ipi.destination_mode == lapic::DestinationMode::Logical {
-                address |= MSI_DEST_LOGICAL;
+                address |= MSI_ADDR_DEST_MODE_LOGICAL;
             }
             bump(&me.metrics.ipis_posted);
             signal_msi(k, address, data);
@@ -537,8 +525,11 @@ mod tests {
         let id = 0x1_23u32;
         let ext = MSI_ADDRESS_BASE | (0x23 << 12) | (0x1 << 5);
         assert_eq!(msi_destination(ext), id);
-        let k = kvm_msi_for(ext | MSI_DEST_LOGICAL, 0x31);
-        assert_eq!(k.address_lo, 0xFEE2_3000 | MSI_DEST_LOGICAL as u32);
+        let k = kvm_msi_for(ext | MSI_ADDR_DEST_MODE_LOGICAL, 0x31);
+        assert_eq!(
+            k.address_lo,
+            0xFEE2_3000 | MSI_ADDR_DEST_MODE_LOGICAL as u32
+        );
         assert_eq!(k.address_hi, 0x100);
     }
 

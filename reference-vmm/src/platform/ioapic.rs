@@ -13,7 +13,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::devices::BusDevice;
 
-use super::lines::MsiSink;
+use super::lines::{
+    MSI_ADDR_DEST_MODE_LOGICAL, MSI_ADDR_DEST_SHIFT, MSI_ADDR_EXT_DEST_SHIFT, MSI_ADDRESS_BASE,
+    MSI_DATA_DELIVERY_SHIFT, MSI_DATA_LEVEL_ASSERT, MSI_DATA_TRIGGER_LEVEL, MsiSink,
+};
 
 /// Guest-physical base of the IOAPIC MMIO window.
 pub const IOAPIC_BASE: u64 = 0xFEC0_0000;
@@ -55,14 +58,6 @@ const DM_LOWEST_PRIORITY: u32 = 1;
 /// Vectors 0-15 are reserved: a fixed or lowest-priority entry with one is
 /// not delivered.
 const MIN_VECTOR: u8 = 16;
-
-// MSI format (SDM vol. 3, 11.11.1 and 11.11.2).
-const MSI_ADDRESS_BASE: u64 = 0xFEE0_0000;
-const MSI_ADDR_DEST_SHIFT: u32 = 12;
-const MSI_ADDR_EXT_DEST_SHIFT: u32 = 5;
-const MSI_ADDR_DEST_MODE_LOGICAL: u64 = 1 << 2;
-const MSI_DATA_LEVEL_ASSERT: u32 = 1 << 14;
-const MSI_DATA_TRIGGER_LEVEL: u32 = 1 << 15;
 
 /// Called with `(pin, Some((address, data)))` when a pin's route becomes or
 /// changes to that MSI, `(pin, None)` when it is masked or unusable. It runs
@@ -106,7 +101,7 @@ pub fn entry_to_msi(entry: u64) -> Option<(u64, u32)> {
     if entry & RTE_DEST_MODE_LOGICAL != 0 {
         address |= MSI_ADDR_DEST_MODE_LOGICAL;
     }
-    let mut data = u32::from(vector) | mode << 8;
+    let mut data = u32::from(vector) | mode << MSI_DATA_DELIVERY_SHIFT;
     if entry & RTE_TRIGGER_LEVEL != 0 {
         data |= MSI_DATA_LEVEL_ASSERT | MSI_DATA_TRIGGER_LEVEL;
     }
