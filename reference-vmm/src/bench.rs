@@ -457,7 +457,7 @@ pub struct Report {
     pub cells: Vec<Cell>,
     /// The goals.
     pub goals: Vec<Goal>,
-    /// Runs that failed or were skipped, with the reason.
+    /// Runs that failed, with the reason.
     pub problems: Vec<String>,
     /// Every repetition.
     pub samples: Vec<Sample>,
@@ -525,22 +525,17 @@ fn sample(
 }
 
 /// Runs the bench, printing progress on stderr. Failed runs are listed
-/// in [`Report::problems`]; an irqchip mode the VMM refuses is skipped
-/// after its first refusal.
+/// in [`Report::problems`].
 pub fn run(cfg: &Config) -> Report {
     let start = Instant::now();
     let points = cfg.points();
     let reps = cfg.reps.max(1);
     let mut samples: Vec<Sample> = Vec::new();
     let mut problems: Vec<String> = Vec::new();
-    let mut refused: Vec<IrqchipMode> = Vec::new();
     let mut tsc_khz = 0u64;
     for rep in 0..reps {
         for &(op, vcpus) in &points {
             for &irqchip in &cfg.irqchips {
-                if refused.contains(&irqchip) {
-                    continue;
-                }
                 let (off, on) = op.scenarios(vcpus);
                 let mut order: Vec<Scenario> = off.into_iter().chain([on]).collect();
                 // Alternate which side goes first.
@@ -569,12 +564,6 @@ pub fn run(cfg: &Config) -> Report {
                     );
                     match sample(op, s, o, ops, rep, &mut tsc_khz) {
                         Ok(x) => samples.push(x),
-                        Err(Error::Unsupported(why)) => {
-                            problems
-                                .push(format!("{} irqchip skipped: {why}", irqchip_name(irqchip)));
-                            refused.push(irqchip);
-                            break;
-                        }
                         Err(e) => problems.push(format!(
                             "rep {} {} on {vcpus} vCPUs, {} irqchip: {e}",
                             rep + 1,

@@ -103,7 +103,4 @@ pub enum Error {
         /// What was waited for, and the state seen.
         what: String,
     },
-    /// A configuration this VMM cannot run.
-    #[error("unsupported: {0}")]
-    Unsupported(String),
 }

@@ -121,14 +121,6 @@ impl Scenario {
         }
     }
 
-    /// Whether the scenario runs with `mode`'s irqchip. Every built-in
-    /// scenario does: in the kernel mode KVM serves the APIC accesses, the
-    /// APIC timer and HLT, the VMM the Hyper-V MSRs and hypercalls.
-    pub fn supports_irqchip(&self, mode: IrqchipMode) -> bool {
-        let _ = mode;
-        true
-    }
-
     /// The per-operation figures ([`Figures`] field names) that `mode`
     /// cannot observe. Kernel irqchip: KVM wakes halted vCPUs itself
     /// (no wakeups reach the VMM), and architectural EOIs (x2APIC MSR,

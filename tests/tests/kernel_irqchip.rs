@@ -30,7 +30,7 @@ fn run(s: Scenario, vcpus: u32) -> Figures {
 /// result in the guest), and nothing the VMM no longer serves reaches it.
 fn all_at(vcpus: u32) {
     for s in Scenario::ALL {
-        if !s.supports(vcpus) || !s.supports_irqchip(IrqchipMode::Kernel) {
+        if !s.supports(vcpus) {
             continue;
         }
         let f = run(s, vcpus);
