@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use hv_enlightenments::accel::IrqchipMode;
 use serde::Serialize;
 
+use crate::clock::cycles_to_ns;
 use crate::error::Error;
 use crate::goal::{self, Goal};
 use crate::guest::scenarios::{EoiMode, FlushMode, IpiMode};
@@ -479,15 +480,6 @@ fn sample(
     if khz != 0 {
         *tsc_khz = khz;
     }
-    let cyc_ns = 1_000_000.0 / khz.max(1) as f64;
-    let per_op = |v: Option<u64>| v.map(|v| v as f64 / f.ops.max(1) as f64);
-    let kvm_exits_per_op = per_op(f.kvm.as_ref().and_then(|k| k.total.get("exits")));
-    let kvm_sender_exits_per_op = per_op(
-        f.kvm
-            .as_ref()
-            .and_then(|k| k.vcpus.first())
-            .and_then(|c| c.get("exits")),
-    );
     let by_class = t
         .service_by_class()
         .into_iter()
@@ -495,7 +487,7 @@ fn sample(
         .map(|(class, exits, cycles)| ClassService {
             class,
             exits,
-            ns_per_exit: cycles as f64 * cyc_ns / exits as f64,
+            ns_per_exit: cycles_to_ns(cycles as f64, khz) / exits as f64,
         })
         .collect();
     Ok(Sample {
@@ -519,8 +511,8 @@ fn sample(
         wall_ms: wall.as_secs_f64() * 1000.0,
         by_class,
         unobserved: f.unobserved.clone(),
-        kvm_exits_per_op,
-        kvm_sender_exits_per_op,
+        kvm_exits_per_op: f.kvm_exits_per_op(false),
+        kvm_sender_exits_per_op: f.kvm_exits_per_op(true),
     })
 }
 
@@ -585,7 +577,7 @@ pub fn run(cfg: &Config) -> Report {
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             tsc_khz,
             rdtsc_pair_cycles: pair,
-            rdtsc_pair_ns: pair as f64 * 1_000_000.0 / tsc_khz.max(1) as f64,
+            rdtsc_pair_ns: cycles_to_ns(pair as f64, tsc_khz),
         },
         total_secs: start.elapsed().as_secs_f64(),
         cells,

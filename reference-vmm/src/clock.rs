@@ -30,8 +30,14 @@ impl HostClock {
 
     /// `cycles` of the TSC in nanoseconds.
     pub fn cycles_to_ns(&self, cycles: f64) -> f64 {
-        cycles * 1_000_000.0 / self.tsc_khz.max(1) as f64
+        cycles_to_ns(cycles, self.tsc_khz)
     }
+}
+
+/// `cycles` of a TSC running at `tsc_khz` kHz, in nanoseconds (0 kHz is
+/// taken as 1 kHz rather than dividing by zero).
+pub fn cycles_to_ns(cycles: f64, tsc_khz: u64) -> f64 {
+    cycles * 1_000_000.0 / tsc_khz.max(1) as f64
 }
 
 impl Clock for HostClock {

@@ -243,14 +243,7 @@ impl Demo {
                 ));
                 // What KVM itself counted: the sender's VM exits, including
                 // the ICR writes it handled in the kernel.
-                let kvm_exits = |f: &Figures| {
-                    f.kvm
-                        .as_ref()
-                        .and_then(|k| k.vcpus.first())
-                        .and_then(|c| c.get("exits"))
-                        .map(|e| e as f64 / f.ops.max(1) as f64)
-                };
-                match (kvm_exits(&r.on), kvm_exits(&r.off)) {
+                match (r.on.kvm_exits_per_op(true), r.off.kvm_exits_per_op(true)) {
                     (Some(on), Some(off)) => out.push((
                         "broadcast IPI: fewer KVM exits on the sender by PV IPI than by ICR writes"
                             .into(),

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::clock::cycles_to_ns;
 use crate::error::Error;
 use crate::guest::asm;
 use crate::guest::scenarios::{self, EoiMode, FlushMode, IpiMode};
@@ -244,6 +245,19 @@ pub struct Figures {
 }
 
 impl Figures {
+    /// VM exits per operation as KVM counts them (in-kernel ones
+    /// included): all vCPUs, or vCPU 0 with `sender`. `None` without KVM's
+    /// binary statistics (userspace irqchip).
+    pub fn kvm_exits_per_op(&self, sender: bool) -> Option<f64> {
+        let k = self.kvm.as_ref()?;
+        let exits = if sender {
+            k.vcpus.first()?.get("exits")
+        } else {
+            k.total.get("exits")
+        }?;
+        Some(exits as f64 / self.ops.max(1) as f64)
+    }
+
     /// `value` formatted with `decimals`, or "n/a" when `field` (a
     /// field name such as "wakeups_per_op") is not observed in this mode.
     pub fn show(&self, field: &str, value: f64, decimals: usize) -> String {
@@ -299,8 +313,8 @@ pub fn run_ops(s: Scenario, o: RunOptions, ops: u64) -> Result<(RunReport, Figur
     })?;
     let ops = m.ops.max(1) as f64;
     let t = &m.metrics.total;
-    let cyc_ns = 1_000_000.0 / m.tsc_khz.max(1) as f64;
-    let svc = (t.handler_cycles() + t.svc_cycles_entry) as f64 * cyc_ns;
+    let ns = |cycles: u64| cycles_to_ns(cycles as f64, m.tsc_khz);
+    let svc = ns(t.handler_cycles() + t.svc_cycles_entry);
     let f = Figures {
         scenario: s.name(),
         vcpus: o.vcpus,
@@ -320,7 +334,7 @@ pub fn run_ops(s: Scenario, o: RunOptions, ops: u64) -> Result<(RunReport, Figur
             / ops,
         hypercalls_per_op: t.hypercalls as f64 / ops,
         service_ns_per_exit: svc / t.exits.max(1) as f64,
-        hypercall_service_ns: t.svc_cycles_hypercall as f64 * cyc_ns / t.hypercalls.max(1) as f64,
+        hypercall_service_ns: ns(t.svc_cycles_hypercall) / t.hypercalls.max(1) as f64,
         guest_ns_per_op: m.guest_elapsed.as_nanos() as f64 / ops,
         metrics: m.metrics,
         irqchip: irqchip_name(o.irqchip),
