@@ -22,7 +22,7 @@ use crate::layout::{
     XAPIC_MMIO, percpu,
 };
 use crate::vm::Program;
-use hv_enlightenments::hypercall::CallCode;
+use hv_enlightenments::hypercall::{CallCode, Control};
 
 /// Failure codes reported by scenarios.
 pub mod failure {
@@ -262,6 +262,16 @@ fn vpset(vps: &[u64]) -> (u64, Vec<u64>) {
     (valid, present)
 }
 
+/// The control word (RCX) of an Ex call with its input in memory: the
+/// variable header is the VP set's `banks` bank words (TLFS; KVM checks it
+/// equals the popcount of the valid-bank mask).
+fn ex_control(code: CallCode, banks: usize) -> u64 {
+    Control::new()
+        .with_code(code.0)
+        .with_variable_header_size(banks as u16)
+        .into_bits()
+}
+
 fn words_at(base: u64, words: &[u64]) -> Vec<(u64, u64)> {
     words
         .iter()
@@ -316,7 +326,7 @@ fn send_broadcast(
             data.extend(words_at(shared::HC_INPUT, &w));
             a.mov(
                 rdi,
-                u64::from(CallCode::SEND_SYNTHETIC_CLUSTER_IPI_EX.0) | ((banks.len() as u64) << 17),
+                ex_control(CallCode::SEND_SYNTHETIC_CLUSTER_IPI_EX, banks.len()),
             )?;
             a.mov(rsi, shared::HC_INPUT)?;
             a.xor(edx, edx)?;
@@ -437,8 +447,7 @@ pub fn ex64_input() -> (u64, Vec<u64>) {
     // address space, flags, format (sparse 4K), valid bank mask, banks.
     let mut w = vec![crate::layout::PML4, 0, 0, valid];
     w.extend(&banks);
-    let control =
-        u64::from(CallCode::FLUSH_VIRTUAL_ADDRESS_SPACE_EX.0) | ((banks.len() as u64) << 17);
+    let control = ex_control(CallCode::FLUSH_VIRTUAL_ADDRESS_SPACE_EX, banks.len());
     (control, w)
 }
 
