@@ -47,7 +47,15 @@ const CR4_LONG: u64 = (1 << 5) | (1 << 9) | (1 << 10);
 /// CR4.PGE (global pages).
 pub const CR4_PGE: u64 = 1 << 7;
 /// EFER: SCE | LME | LMA.
-const EFER_LONG: u64 = (1 << 0) | (1 << 8) | (1 << 10);
+const EFER_LONG: u64 = (1 << 0) | (1 << 8) | EFER_LMA;
+/// EFER.LMA: long mode active.
+const EFER_LMA: u64 = 1 << 10;
+
+/// Whether a vCPU with these special registers runs 64-bit code: long
+/// mode active and a 64-bit code segment (KVM `is_64_bit_mode`).
+pub fn in_64bit_mode(sregs: &kvm_sregs) -> bool {
+    sregs.efer & EFER_LMA != 0 && sregs.cs.l != 0
+}
 
 /// Writes the shared page tables: 0..1 GiB identity-mapped with 2 MiB
 /// user pages, the 4 KiB TLB test window mapping [`TLB_PAGE_A`], and the

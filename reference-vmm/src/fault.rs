@@ -12,8 +12,6 @@ const KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES: u64 = 1;
 const MAX_INSN: usize = 15;
 /// CR0.PE.
 const CR0_PE: u64 = 1;
-/// EFER.LMA.
-const EFER_LMA: u64 = 1 << 10;
 
 /// The bytes KVM put in an emulation-failure exit (`data[0]` = flags,
 /// then `insn_size` and up to 15 bytes; KVM
@@ -48,7 +46,7 @@ pub fn describe_instruction(fd: &VcpuFd, mem: &GuestMemoryMmap, data: &[u64]) ->
     let (Ok(regs), Ok(sregs)) = (fd.get_regs(), fd.get_sregs()) else {
         return String::new();
     };
-    let bitness = if sregs.efer & EFER_LMA != 0 && sregs.cs.l != 0 {
+    let bitness = if crate::boot::in_64bit_mode(&sregs) {
         64
     } else if sregs.cr0 & CR0_PE != 0 && sregs.cs.db != 0 {
         32

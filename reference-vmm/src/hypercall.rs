@@ -17,8 +17,6 @@ use crate::vcpu::{FLUSH_WAIT, Runner, Vcpu, kvm_err};
 const UD_VECTOR: u8 = 6;
 /// Size of the XMM hypercall input (TLFS 3.7.2): XMM0..XMM5.
 const XMM_INPUT_REGS: usize = 6;
-/// EFER.LMA: long mode active.
-const EFER_LMA: u64 = 1 << 10;
 
 /// Joins the high and low 32-bit halves of a 32-bit-mode hypercall register
 /// pair (TLFS 3.6: EDX:EAX, EBX:ECX, EDI:ESI).
@@ -54,7 +52,7 @@ impl Runner<'_> {
         // KVM kvm_hv_hypercall: 64-bit mode (EFER.LMA and CS.L) uses RCX,
         // RDX, R8; otherwise control, input and output come in register
         // pairs and the result goes back in EDX:EAX.
-        let long_mode = sregs.efer & EFER_LMA != 0 && sregs.cs.l != 0;
+        let long_mode = crate::boot::in_64bit_mode(&sregs);
         let mut hregs = if long_mode {
             HypercallRegs {
                 rcx: regs.rcx,

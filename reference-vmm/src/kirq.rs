@@ -36,6 +36,7 @@ use crate::platform::lines::{
     MSI_DATA_LEVEL_ASSERT, MSI_DATA_TRIGGER_LEVEL,
 };
 use crate::vcpu::{Runner, kvm_err};
+use crate::vm::MSR_APIC_BASE;
 
 /// IOAPIC pins whose GSI routes the split irqchip reserves (KVM api.rst,
 /// KVM_CAP_SPLIT_IRQCHIP: "the number of pins of the userspace IOAPIC").
@@ -44,8 +45,6 @@ pub const SPLIT_IRQCHIP_ROUTES: u64 = 24;
 pub const MSR_KVM_PV_EOI_EN: u32 = 0x4b56_4d04;
 /// MSR_KVM_PV_EOI_EN enable bit.
 const PV_EOI_ENABLE: u64 = 1;
-/// IA32_APIC_BASE.
-const MSR_APIC_BASE: u32 = 0x1B;
 /// IA32_APIC_BASE.EXTD: the APIC is in x2APIC mode.
 const APIC_BASE_EXTD: u64 = 1 << 10;
 /// xAPIC register offsets inside `kvm_lapic_state.regs` (SDM Table 11-1).
