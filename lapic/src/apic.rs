@@ -10,6 +10,7 @@ use crate::interrupt::{Delivery, DeliveryMode, Interrupt, TriggerMode};
 use crate::mode::ApicMode;
 use crate::outcome::{Effect, Eoi, MsrRead, Outcome, TimerPoll};
 use crate::regs::*;
+use crate::synthetic::{synthetic_read_faults, synthetic_write_faults};
 use crate::timer::{Clock, Timer, TimerMode, divisor};
 use crate::topology::{ApicIdentity, MAX_APIC_ID, x2apic_ldr};
 use crate::vector::{FIRST_LEGAL_VECTOR, REGS_PER_BITMAP, VectorBitmap};
@@ -38,9 +39,14 @@ pub struct Config {
     /// CPUID advertises x2APIC: without it, setting EXTD is a #GP.
     pub x2apic: bool,
     /// Advertise EOI-broadcast suppression (version bit 24, SVR bit 12).
-    /// Only for VMMs whose IOAPIC has a directed-EOI register.
+    /// Only for VMMs whose IOAPIC has a directed-EOI register. KVM
+    /// advertises it when CPUID has x2APIC and the IOAPIC is not in the
+    /// kernel (`kvm_apic_set_version`): a split-irqchip VMM with such an
+    /// IOAPIC sets it to report the same version register.
     pub eoi_broadcast_suppression: bool,
-    /// Implement the LVT CMCI register (seventh LVT).
+    /// Implement the LVT CMCI register (seventh LVT). KVM has it only when
+    /// the vCPU's MCG_CAP has MCG_CMCI_P (`kvm_apic_calc_nr_lvt_entries`),
+    /// which KVM's default MCG_CAP lacks.
     pub cmci: bool,
     /// Nanoseconds per APIC bus cycle (timer tick before the divider),
     /// 1..=[`MAX_BUS_CYCLE_NS`].
@@ -52,16 +58,17 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults for APIC ID `apic_id`: x2APIC capable, CMCI present, no
-    /// EOI-broadcast suppression, KVM's bus cycle and periodic floor,
-    /// MAXPHYADDR 46.
+    /// Defaults for APIC ID `apic_id`, those of a KVM vCPU with an
+    /// in-kernel IOAPIC and the default MCG_CAP: x2APIC capable, no CMCI
+    /// LVT, no EOI-broadcast suppression (version register 0x50014), KVM's
+    /// bus cycle and periodic floor, MAXPHYADDR 46.
     pub fn new(apic_id: u32) -> Self {
         Self {
             apic_id,
             bsp: apic_id == 0,
             x2apic: true,
             eoi_broadcast_suppression: false,
-            cmci: true,
+            cmci: false,
             bus_cycle_ns: DEFAULT_BUS_CYCLE_NS,
             min_periodic_ns: DEFAULT_MIN_PERIODIC_NS,
             phys_addr_bits: 46,
@@ -337,6 +344,8 @@ impl LocalApic {
         mask
     }
 
+    /// The version register (KVM `kvm_apic_set_version`): version 0x14,
+    /// the last LVT index, and bit 24 with EOI-broadcast suppression.
     fn version(&self) -> u32 {
         let nr_lvt: u32 = if self.cfg.cmci {
             LVT_COUNT as u32
@@ -478,7 +487,9 @@ impl LocalApic {
     /// `__apic_accept_irq`). Fixed and lowest-priority vectors below 16 are
     /// refused with ESR "receive illegal vector" (SDM 10.5.3); a
     /// software-disabled APIC refuses them too but still takes NMI, SMI,
-    /// INIT and SIPI (SDM 10.4.7.2).
+    /// INIT and SIPI (SDM 10.4.7.2). Level-triggered fixed,
+    /// lowest-priority and INIT messages with the level de-asserted are
+    /// ignored ([`Interrupt::is_level_deassert`]).
     #[inline]
     pub fn deliver(&mut self, irq: &Interrupt) -> Delivery {
         if self.mode == ApicMode::Disabled {
@@ -486,7 +497,8 @@ impl LocalApic {
         }
         match irq.delivery_mode {
             DeliveryMode::Fixed | DeliveryMode::LowestPriority => {
-                if !self.software_enabled() {
+                // KVM drops a level-triggered de-assert before anything else.
+                if irq.is_level_deassert() || !self.software_enabled() {
                     return Delivery::Ignored;
                 }
                 if irq.vector < FIRST_LEGAL_VECTOR {
@@ -505,7 +517,7 @@ impl LocalApic {
             DeliveryMode::Nmi => Delivery::Nmi,
             DeliveryMode::Init => {
                 // INIT level de-assert is a no-op on P4 and later.
-                if irq.trigger_mode == TriggerMode::Level && !irq.level_assert {
+                if irq.is_level_deassert() {
                     Delivery::Ignored
                 } else {
                     Delivery::Init
@@ -964,11 +976,13 @@ impl LocalApic {
         match msr {
             MSR_APIC_BASE => MsrRead::Value(self.apic_base),
             MSR_TSC_DEADLINE => MsrRead::Value(self.read_tsc_deadline()),
-            HV_X64_MSR_ICR | HV_X64_MSR_TPR if self.mode == ApicMode::Disabled => MsrRead::Gp,
+            HV_X64_MSR_EOI | HV_X64_MSR_ICR | HV_X64_MSR_TPR
+                if synthetic_read_faults(msr, self.mode) =>
+            {
+                MsrRead::Gp
+            }
             HV_X64_MSR_ICR => MsrRead::Value(self.icr64()),
             HV_X64_MSR_TPR => MsrRead::Value(u64::from(self.tpr)),
-            // EOI is write-only (KVM: APIC_EOI is not readable).
-            HV_X64_MSR_EOI => MsrRead::Gp,
             _ => {
                 let Some(reg) = x2apic_msr_to_reg(msr) else {
                     return MsrRead::Gp;
@@ -996,21 +1010,7 @@ impl LocalApic {
         match msr {
             MSR_APIC_BASE => self.set_apic_base(value, false),
             MSR_TSC_DEADLINE => self.write_tsc_deadline(value),
-            HV_X64_MSR_EOI | HV_X64_MSR_ICR | HV_X64_MSR_TPR if self.mode == ApicMode::Disabled => {
-                Outcome::Gp
-            }
-            // KVM `kvm_hv_vapic_msr_write(APIC_EOI)`: the value is ignored.
-            HV_X64_MSR_EOI => self.eoi_outcome(),
-            HV_X64_MSR_ICR => self.write_icr64(value),
-            HV_X64_MSR_TPR => {
-                // KVM `kvm_lapic_msr_write`: bits 63:32 reserved, TPR keeps 7:0.
-                if value >> HIGH_HALF_SHIFT != 0 {
-                    return Outcome::Gp;
-                }
-                // Bits 31:0 after the check above.
-                self.set_tpr(value as u32 & TPR_MASK);
-                Outcome::Done
-            }
+            HV_X64_MSR_EOI | HV_X64_MSR_ICR | HV_X64_MSR_TPR => self.write_hv_apic(msr, value),
             _ => {
                 let Some(reg) = x2apic_msr_to_reg(msr) else {
                     return Outcome::Gp;
@@ -1028,6 +1028,25 @@ impl LocalApic {
                 // Bits 31:0 after the check above.
                 self.reg_write(reg, value as u32)
             }
+        }
+    }
+
+    /// A Hyper-V synthetic EOI, ICR or TPR write, in either APIC mode (KVM
+    /// `kvm_hv_vapic_msr_write` -> `kvm_lapic_msr_write`); #GP as
+    /// [`synthetic_write_faults`] says.
+    fn write_hv_apic(&mut self, msr: u32, value: u64) -> Outcome {
+        if synthetic_write_faults(msr, value, self.mode) {
+            return Outcome::Gp;
+        }
+        match msr {
+            HV_X64_MSR_EOI => self.eoi_outcome(),
+            HV_X64_MSR_ICR => self.write_icr64(value),
+            HV_X64_MSR_TPR => {
+                // Bits 7:0 after the check above.
+                self.set_tpr(value as u32);
+                Outcome::Done
+            }
+            _ => Outcome::Gp,
         }
     }
 

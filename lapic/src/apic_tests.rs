@@ -94,11 +94,13 @@ fn power_up_state() {
     assert_eq!(a.apic_base(), APIC_DEFAULT_BASE | APIC_BASE_ENABLE);
     assert_eq!(a.mmio_base(), APIC_DEFAULT_BASE);
     assert_eq!(mmio_read(&a, ID), 3 << 24);
-    assert_eq!(mmio_read(&a, LVR), 0x14 | (6 << 16));
+    // KVM's value for a vCPU without MCG_CMCI_P: six LVTs.
+    assert_eq!(mmio_read(&a, LVR), 0x0005_0014);
     assert_eq!(mmio_read(&a, SVR), 0xFF);
     assert_eq!(mmio_read(&a, DFR), u32::MAX);
     for l in Lvt::ALL {
-        assert_eq!(mmio_read(&a, l.reg()), LVT_MASKED);
+        let reset = if l == Lvt::Cmci { 0 } else { LVT_MASKED };
+        assert_eq!(mmio_read(&a, l.reg()), reset, "{l:?}");
     }
     let (b, _) = new_apic(0);
     assert_ne!(b.apic_base() & APIC_BASE_BSP, 0);
@@ -189,8 +191,8 @@ fn x2apic_id_and_ldr() {
 fn x2apic_gp_on_nonexistent_registers() {
     let (mut a, _) = enabled_x2apic(1);
     let readable: Vec<u32> = [
-        0x802, 0x803, 0x808, 0x80A, 0x80D, 0x80F, 0x828, 0x82F, 0x830, 0x832, 0x833, 0x834, 0x835,
-        0x836, 0x837, 0x838, 0x839, 0x83E,
+        0x802, 0x803, 0x808, 0x80A, 0x80D, 0x80F, 0x828, 0x830, 0x832, 0x833, 0x834, 0x835, 0x836,
+        0x837, 0x838, 0x839, 0x83E,
     ]
     .into_iter()
     .chain(0x810..=0x827)
@@ -799,6 +801,206 @@ fn hyperv_synthetic_icr_layouts() {
     assert_eq!(a.read_msr(HV_X64_MSR_TPR), MsrRead::Gp);
 }
 
+/// A software-enabled APIC of either mode with vector 0x90 in service.
+fn with_one_in_service(x2: bool) -> LocalApic {
+    let (mut a, _) = if x2 {
+        enabled_x2apic(1)
+    } else {
+        enabled_xapic(1)
+    };
+    let _ = a.deliver(&Interrupt::fixed(0x90));
+    assert_eq!(a.acknowledge_pending(), Some(0x90));
+    a
+}
+
+#[test]
+fn hyperv_synthetic_eoi_reserved_bits() {
+    use hv_enlightenments::msr::HV_X64_MSR_EOI;
+    // Both modes: bits 63:32 are reserved (KVM kvm_lapic_msr_write).
+    for x2 in [false, true] {
+        let mut a = with_one_in_service(x2);
+        for bit in [32, 63] {
+            assert_eq!(a.write_msr(HV_X64_MSR_EOI, 1 << bit), Outcome::Gp);
+        }
+        assert!(a.isr().test(0x90), "a refused EOI completes nothing");
+        assert!(matches!(
+            a.write_msr(HV_X64_MSR_EOI, 0),
+            Outcome::Effect(Effect::Eoi(e)) if e.vector == 0x90
+        ));
+    }
+    // xAPIC mode: bits 31:0 are ignored, up to the last one below the bound.
+    let mut a = with_one_in_service(false);
+    assert!(matches!(
+        a.write_msr(HV_X64_MSR_EOI, 0xFFFF_FFFF),
+        Outcome::Effect(Effect::Eoi(_))
+    ));
+    // x2APIC mode: any non-zero value faults, as for the x2APIC EOI.
+    let mut b = with_one_in_service(true);
+    assert_eq!(b.write_msr(HV_X64_MSR_EOI, 1), Outcome::Gp);
+    assert_eq!(b.write_msr(X2_EOI, 1), Outcome::Gp);
+    assert!(b.isr().test(0x90));
+}
+
+#[test]
+fn hyperv_synthetic_tpr_reserved_bits() {
+    use hv_enlightenments::msr::HV_X64_MSR_TPR;
+    for x2 in [false, true] {
+        let (mut a, _) = if x2 {
+            enabled_x2apic(1)
+        } else {
+            enabled_xapic(1)
+        };
+        assert_eq!(a.write_msr(HV_X64_MSR_TPR, 0xFF), Outcome::Done);
+        assert_eq!(a.tpr(), 0xFF);
+        // One past the 8-bit field, and the top bit, are reserved.
+        for v in [0x100, 1 << 31, 1 << 32, 1 << 63] {
+            assert_eq!(a.write_msr(HV_X64_MSR_TPR, v), Outcome::Gp, "{v:#x}");
+        }
+        assert_eq!(a.tpr(), 0xFF, "a refused write keeps the TPR");
+        assert_eq!(value(a.read_msr(HV_X64_MSR_TPR)), 0xFF);
+    }
+}
+
+#[test]
+fn hyperv_synthetic_icr_reserved_bits() {
+    use hv_enlightenments::msr::HV_X64_MSR_ICR;
+    // KVM X2APIC_ICR_RESERVED_BITS (31:20, 17:16, 13), in both modes.
+    let reserved: Vec<u32> = (20..32).chain([16, 17, 13]).collect();
+    for x2 in [false, true] {
+        let (mut a, _) = if x2 {
+            enabled_x2apic(1)
+        } else {
+            enabled_xapic(1)
+        };
+        let dest = if x2 { 2u64 << 32 } else { 2u64 << 56 };
+        let before = value(a.read_msr(HV_X64_MSR_ICR));
+        for bit in &reserved {
+            assert_eq!(
+                a.write_msr(HV_X64_MSR_ICR, dest | 0x4040 | 1 << bit),
+                Outcome::Gp,
+                "bit {bit}, x2APIC {x2}"
+            );
+        }
+        assert_eq!(value(a.read_msr(HV_X64_MSR_ICR)), before);
+        // Their neighbours: shorthand 19:18, trigger 15, level 14,
+        // delivery status 12 (ignored), destination mode 11.
+        for bit in [19, 18, 15, 14, 12, 11] {
+            assert!(
+                !a.write_msr(HV_X64_MSR_ICR, dest | 0x4040 | 1 << bit)
+                    .is_gp(),
+                "bit {bit}, x2APIC {x2}"
+            );
+        }
+    }
+}
+
+#[test]
+fn hyperv_synthetic_msrs_gp_while_disabled() {
+    use hv_enlightenments::msr::{HV_X64_MSR_EOI, HV_X64_MSR_ICR, HV_X64_MSR_TPR};
+    let (mut a, _) = enabled_xapic(1);
+    assert_ne!(a.write_msr(MSR_APIC_BASE, APIC_DEFAULT_BASE), Outcome::Gp);
+    assert_eq!(a.mode(), ApicMode::Disabled);
+    for msr in [HV_X64_MSR_EOI, HV_X64_MSR_ICR, HV_X64_MSR_TPR] {
+        assert_eq!(a.read_msr(msr), MsrRead::Gp, "{msr:#x}");
+        assert_eq!(a.write_msr(msr, 0), Outcome::Gp, "{msr:#x}");
+    }
+    // Not even a valid fixed IPI leaves.
+    assert_eq!(a.write_msr(HV_X64_MSR_ICR, 0x4040), Outcome::Gp);
+    // Enabled again: served.
+    let en = APIC_DEFAULT_BASE | APIC_BASE_ENABLE;
+    assert_ne!(a.write_msr(MSR_APIC_BASE, en), Outcome::Gp);
+    assert_eq!(a.write_msr(HV_X64_MSR_TPR, 0x20), Outcome::Done);
+    assert_eq!(value(a.read_msr(HV_X64_MSR_TPR)), 0x20);
+}
+
+#[test]
+fn init_level_deassert_is_never_delivered() {
+    use hv_enlightenments::msr::HV_X64_MSR_ICR;
+    const INIT_DEASSERT: u32 = 0x8500; // level-triggered, level 0, INIT
+    // Routes the outcome and returns every delivery it caused.
+    fn route(vm: &mut Vm, out: Outcome) -> Vec<Delivery> {
+        match out {
+            Outcome::Effect(Effect::SendIpi(ipi)) => {
+                assert!(ipi.interrupt().is_level_deassert());
+                let mut t = VcpuSet::new();
+                vm.topo.resolve_ipi(0, &ipi, &mut t);
+                assert!(!t.is_empty(), "the message still reaches its targets");
+                t.iter()
+                    .map(|i| vm.apics[i].deliver(&ipi.interrupt()))
+                    .collect()
+            }
+            Outcome::Effect(Effect::SelfDelivered(d)) => vec![d],
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // xAPIC: MMIO ICR and the synthetic ICR, to APIC 1, self and all.
+    let mut vm = Vm::new(2, false);
+    let _ = mmio_write(&mut vm.apics[0], ICR_HIGH, 1 << 24);
+    let mut deliveries = Vec::new();
+    for low in [
+        INIT_DEASSERT,
+        INIT_DEASSERT | 1 << 18,
+        INIT_DEASSERT | 2 << 18,
+    ] {
+        let out = mmio_write(&mut vm.apics[0], ICR_LOW, low);
+        deliveries.extend(route(&mut vm, out));
+        let out = vm.apics[0].write_msr(HV_X64_MSR_ICR, 1 << 56 | u64::from(low));
+        deliveries.extend(route(&mut vm, out));
+    }
+    // x2APIC: MSR 0x830 and the synthetic ICR.
+    let mut vm2 = Vm::new(2, true);
+    for low in [
+        INIT_DEASSERT,
+        INIT_DEASSERT | 1 << 18,
+        INIT_DEASSERT | 2 << 18,
+    ] {
+        let icr = 1 << 32 | u64::from(low);
+        let out = vm2.apics[0].write_msr(X2_ICR, icr);
+        deliveries.extend(route(&mut vm2, out));
+        let out = vm2.apics[0].write_msr(HV_X64_MSR_ICR, icr);
+        deliveries.extend(route(&mut vm2, out));
+    }
+    assert!(!deliveries.is_empty());
+    assert!(
+        deliveries.iter().all(|d| *d == Delivery::Ignored),
+        "{deliveries:?}"
+    );
+    // Level asserted it is an INIT; an edge-triggered INIT ignores the
+    // level bit.
+    let init = Interrupt::with_mode(DeliveryMode::Init, 0);
+    assert_eq!(vm.apics[1].deliver(&init), Delivery::Init);
+    let edge_deassert = Interrupt {
+        level_assert: false,
+        ..init
+    };
+    assert!(!edge_deassert.is_level_deassert());
+    assert_eq!(vm.apics[1].deliver(&edge_deassert), Delivery::Init);
+}
+
+#[test]
+fn level_deassert_of_fixed_and_lowest_priority_is_dropped() {
+    // KVM __apic_accept_irq: "trig_mode && !level" is not accepted.
+    let (mut a, _) = enabled_xapic(1);
+    for mode in [DeliveryMode::Fixed, DeliveryMode::LowestPriority] {
+        let deassert = Interrupt {
+            vector: 0x40,
+            delivery_mode: mode,
+            trigger_mode: TriggerMode::Level,
+            level_assert: false,
+        };
+        assert!(deassert.is_level_deassert());
+        assert_eq!(a.deliver(&deassert), Delivery::Ignored);
+        assert!(!a.irr().test(0x40) && !a.tmr().test(0x40));
+    }
+    // Through the ICR: a level-triggered fixed IPI with level 0.
+    let _ = mmio_write(&mut a, ICR_HIGH, 1 << 24);
+    let Outcome::Effect(Effect::SendIpi(ipi)) = mmio_write(&mut a, ICR_LOW, 0x8041) else {
+        panic!("no IPI")
+    };
+    assert_eq!(a.deliver(&ipi.interrupt()), Delivery::Ignored);
+    assert_eq!(a.pending(), None);
+}
+
 #[test]
 fn lazy_eoi() {
     let (mut a, _) = enabled_xapic(1);
@@ -1074,11 +1276,9 @@ fn timer_arithmetic_saturates_at_the_bounds() {
 
 #[test]
 fn cmci_lvt_only_when_configured() {
-    let mut c = Config::new(1);
-    c.cmci = false;
-    let clock = Arc::new(ManualClock::new(0));
-    let mut a = LocalApic::new(c, clock.clone()).unwrap();
-    assert_eq!(mmio_read(&a, LVR), 0x14 | (5 << 16));
+    // The default, as KVM without MCG_CMCI_P: no CMCI LVT.
+    let (mut a, _) = new_apic(1);
+    assert_eq!(mmio_read(&a, LVR), 0x0005_0014);
     assert_eq!(mmio_read(&a, LVT_CMCI), 0);
     assert_eq!(a.local_interrupt(Lvt::Cmci), Delivery::Ignored);
     assert_ne!(
@@ -1087,8 +1287,81 @@ fn cmci_lvt_only_when_configured() {
     );
     assert_eq!(a.read_msr(0x82F), MsrRead::Gp);
     assert_eq!(a.write_msr(0x82F, u64::from(LVT_MASKED)), Outcome::Gp);
-    let (b, _) = enabled_x2apic(2);
-    assert_eq!(value(b.read_msr(0x82F)), u64::from(LVT_MASKED));
+    // With it: seven LVTs.
+    let mut c = Config::new(2);
+    c.cmci = true;
+    let mut b = LocalApic::new(c, Arc::new(ManualClock::new(0))).unwrap();
+    assert_eq!(mmio_read(&b, LVR), 0x0006_0014);
+    assert_eq!(mmio_read(&b, LVT_CMCI), LVT_MASKED);
+    let _ = mmio_write(&mut b, SVR, SVR_ENABLE | 0xFF);
+    let _ = mmio_write(&mut b, LVT_CMCI, 0x44);
+    assert_eq!(b.local_interrupt(Lvt::Cmci), Delivery::Accepted);
+    assert_ne!(
+        b.write_msr(MSR_APIC_BASE, b.apic_base() | APIC_BASE_EXTD),
+        Outcome::Gp
+    );
+    assert_eq!(value(b.read_msr(0x82F)), 0x44);
+}
+
+#[test]
+fn version_register_matches_kvm() {
+    // (cmci, eoi_broadcast_suppression) -> KVM's LVR: 0x50014 by default
+    // (read with KVM_GET_LAPIC), bit 24 with a split irqchip and x2APIC in
+    // CPUID, 0x60000 with MCG_CMCI_P.
+    for (cmci, suppression, lvr) in [
+        (false, false, 0x0005_0014),
+        (false, true, 0x0105_0014),
+        (true, false, 0x0006_0014),
+        (true, true, 0x0106_0014),
+    ] {
+        let mut c = Config::new(1);
+        c.cmci = cmci;
+        c.eoi_broadcast_suppression = suppression;
+        let mut a = LocalApic::new(c, Arc::new(ManualClock::new(0))).unwrap();
+        assert_eq!(mmio_read(&a, LVR), lvr);
+        // SVR bit 12 is writable only when bit 24 is advertised.
+        let _ = mmio_write(&mut a, SVR, SVR_ENABLE | SVR_SUPPRESS_EOI_BROADCAST | 0xFF);
+        assert_eq!(
+            mmio_read(&a, SVR) & SVR_SUPPRESS_EOI_BROADCAST != 0,
+            suppression
+        );
+        // The version register is read-only: MMIO drops, x2APIC faults.
+        let _ = mmio_write(&mut a, LVR, 0);
+        assert_eq!(mmio_read(&a, LVR), lvr);
+        let _ = a.write_msr(MSR_APIC_BASE, a.apic_base() | APIC_BASE_EXTD);
+        assert_eq!(a.write_msr(0x803, 0), Outcome::Gp);
+        assert_eq!(value(a.read_msr(0x803)), u64::from(lvr));
+    }
+}
+
+#[test]
+fn x2apic_esr_latches_and_refuses_non_zero_writes() {
+    let (mut a, _) = enabled_x2apic(1);
+    assert_eq!(a.deliver(&Interrupt::fixed(15)), Delivery::Ignored);
+    assert_eq!(value(a.read_msr(X2_ESR)), 0);
+    // A non-zero write is #GP (KVM kvm_lapic_reg_write) and latches nothing.
+    assert_eq!(a.write_msr(X2_ESR, 1), Outcome::Gp);
+    assert_eq!(value(a.read_msr(X2_ESR)), 0);
+    assert_eq!(a.write_msr(X2_ESR, 0), Outcome::Done);
+    assert_eq!(
+        value(a.read_msr(X2_ESR)),
+        u64::from(ESR_RECEIVE_ILLEGAL_VECTOR)
+    );
+    // Sending vector 15 through SELF IPI: "send illegal vector", nothing sent.
+    assert_eq!(a.write_msr(X2_SELF_IPI, 15), Outcome::Done);
+    assert_eq!(a.write_msr(X2_ESR, 0), Outcome::Done);
+    assert_eq!(
+        value(a.read_msr(X2_ESR)),
+        u64::from(ESR_SEND_ILLEGAL_VECTOR)
+    );
+    assert_eq!(a.write_msr(X2_ESR, 0), Outcome::Done);
+    assert_eq!(value(a.read_msr(X2_ESR)), 0);
+    // SELF IPI: bits 31:8 reserved, one past the vector field faults.
+    assert!(matches!(
+        a.write_msr(X2_SELF_IPI, 0xFF),
+        Outcome::Effect(Effect::SelfDelivered(Delivery::Accepted))
+    ));
+    assert_eq!(a.write_msr(X2_SELF_IPI, 0x1FF), Outcome::Gp);
 }
 
 #[test]

@@ -98,6 +98,16 @@ impl Interrupt {
         }
     }
 
+    /// A level-triggered message with the level de-asserted. Only the INIT
+    /// level de-assert is architectural, and it is a no-op since the
+    /// Pentium 4 (SDM 10.6.1); KVM's `__apic_accept_irq` drops fixed and
+    /// lowest-priority ones too. [`crate::LocalApic::deliver`] ignores all
+    /// of them; a VMM that forwards messages as MSIs, which always assert
+    /// (KVM `kvm_set_msi_irq`), must drop them itself.
+    pub const fn is_level_deassert(&self) -> bool {
+        matches!(self.trigger_mode, TriggerMode::Level) && !self.level_assert
+    }
+
     /// An interrupt of `delivery_mode` that carries no vector semantics
     /// (NMI, SMI, INIT) or a start-up vector.
     pub const fn with_mode(delivery_mode: DeliveryMode, vector: u8) -> Self {
@@ -130,7 +140,7 @@ pub enum Delivery {
     StartUp(u8),
     /// Acknowledge the PIC and inject its vector.
     ExtInt,
-    /// Not accepted: APIC disabled, illegal vector, INIT de-assert or a
+    /// Not accepted: APIC disabled, illegal vector, level de-assert or a
     /// reserved delivery mode.
     Ignored,
 }

@@ -5,7 +5,8 @@
 //! - [`LocalApic`]: one per vCPU. Register access through the xAPIC MMIO
 //!   page ([`LocalApic::read_mmio`], [`LocalApic::write_mmio`]) and MSRs
 //!   ([`LocalApic::read_msr`], [`LocalApic::write_msr`]: IA32_APIC_BASE,
-//!   IA32_TSC_DEADLINE, x2APIC 0x800-0x8FF, Hyper-V 0x40000070-72).
+//!   IA32_TSC_DEADLINE, x2APIC 0x800-0x8FF, Hyper-V 0x40000070-72, whose
+//!   #GP rule [`synthetic_write_faults`] a VMM can apply to another APIC).
 //!   Writes return an [`Outcome`]: done, #GP, or an [`Effect`] for the VMM
 //!   (IPI to route, EOI for the IOAPIC, new timer deadline, topology
 //!   change).
@@ -65,6 +66,7 @@ pub mod mode;
 pub mod outcome;
 pub mod regs;
 pub mod state;
+pub mod synthetic;
 pub mod timer;
 pub mod topology;
 pub mod vector;
@@ -79,6 +81,7 @@ pub use mode::ApicMode;
 pub use outcome::{Effect, Eoi, MsrRead, Outcome, TimerPoll};
 pub use regs::Lvt;
 pub use state::{IdFormat, LAPIC_STATE_SIZE};
+pub use synthetic::{synthetic_read_faults, synthetic_write_faults};
 pub use timer::{Clock, ManualClock, TimerMode};
 pub use topology::{ApicIdentity, MAX_APIC_ID, MAX_VCPUS, Topology, VcpuSet};
 pub use vector::VectorBitmap;

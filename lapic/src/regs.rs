@@ -93,7 +93,8 @@ pub const APIC_BASE_ADDR_MASK: u64 = !0xFFF;
 /// Reset value of the APIC page address.
 pub const APIC_DEFAULT_BASE: u64 = 0xFEE0_0000;
 
-/// Version register: the integrated-APIC version KVM reports.
+/// Version register: the integrated-APIC version KVM reports
+/// (`APIC_VERSION`).
 pub const VERSION: u32 = 0x14;
 /// Version register: shift of the "max LVT entry" field.
 pub const LVR_MAX_LVT_SHIFT: u32 = 16;
@@ -199,6 +200,13 @@ pub const TDCR_MASK: u32 = 0xB;
 
 /// Writable bits of the TPR.
 pub const TPR_MASK: u32 = 0xFF;
+
+/// Hyper-V synthetic EOI (0x40000070): bits 63:32 are reserved (KVM
+/// `kvm_lapic_msr_write`, reached from `kvm_hv_vapic_msr_write`).
+pub const HV_EOI_RESERVED: u64 = 0xFFFF_FFFF_0000_0000;
+/// Hyper-V synthetic TPR (0x40000072): bits 63:8 are reserved, as in the
+/// x2APIC TPR (SDM 10.12.1.3).
+pub const HV_TPR_RESERVED: u64 = !(TPR_MASK as u64);
 
 /// Index of each LVT in [`crate::LocalApic`]'s LVT array.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
