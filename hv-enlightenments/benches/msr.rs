@@ -15,7 +15,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let msr = black_box(HV_X64_MSR_EOI);
             match msr::scope(msr) {
-                Some(MsrScope::Vp) => vp.write(msr, black_box(0)),
+                Some(MsrScope::Vp) => vp.write(msr, black_box(0), &|_| true),
                 _ => unreachable!(),
             }
         })
@@ -27,7 +27,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("msr_write_sint_auto_eoi_toggle", |b| {
         b.iter(|| {
             toggle ^= 1 << 17;
-            vp.write(black_box(HV_X64_MSR_SINT0 + 3), 0x40 | toggle)
+            vp.write(black_box(HV_X64_MSR_SINT0 + 3), 0x40 | toggle, &|_| true)
         })
     });
     c.bench_function("cpuid_build_300_vcpus", |b| {

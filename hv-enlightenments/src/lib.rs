@@ -43,17 +43,22 @@
 //! let mut partition = Partition::new(PartitionConfig::from(&plan));
 //! let mut vp = Vp::new(0, plan.privileges())?;
 //!
-//! // A guest wrmsr exit: route by scope, apply the outcome.
+//! // A guest wrmsr exit: route by scope, apply the outcome. Pages the
+//! // guest enables must be guest RAM (here: the first 256 MiB).
+//! let ram = |gpa: u64| gpa < 0x1000_0000;
 //! let (index, value) = (msr::HV_X64_MSR_VP_ASSIST_PAGE, 0x0010_0001);
 //! let outcome = match msr::scope(index) {
-//!     Some(MsrScope::Vp) => vp.write(index, value),
-//!     Some(MsrScope::Partition) => partition.write(index, value),
+//!     Some(MsrScope::Vp) => vp.write(index, value, &ram),
+//!     Some(MsrScope::Partition) => partition.write(index, value, &ram),
 //!     None => MsrOutcome::InjectGp,
 //! };
 //! assert_eq!(
 //!     outcome,
 //!     MsrOutcome::Action(MsrAction::VpAssistPage { gpa: Some(0x0010_0000) })
 //! );
+//! // Past the end of RAM: #GP, and the MSR keeps its value.
+//! assert!(vp.write(index, 0x1000_0001, &ram).is_gp());
+//! assert_eq!(vp.vp_assist_page(), Some(0x0010_0000));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 

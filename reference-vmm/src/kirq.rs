@@ -30,7 +30,7 @@ use vm_memory::{Bytes, GuestAddress};
 use crate::error::Error;
 use crate::kvm_stats::{KvmVmCounters, StatsReader};
 use crate::metrics::bump;
-use crate::msr::{apply_msr_action, count_msr};
+use crate::msr::{apply_msr_action, count_msr, guest_ram};
 use crate::platform::lines::{
     MSI_ADDR_DEST_MODE_LOGICAL, MSI_ADDR_DEST_SHIFT, MSI_ADDR_EXT_DEST_SHIFT, MSI_ADDRESS_BASE,
     MSI_DATA_LEVEL_ASSERT, MSI_DATA_TRIGGER_LEVEL,
@@ -269,8 +269,10 @@ impl Runner<'_> {
         let outcome = {
             let mut s = me.lock();
             match (hvmsr::scope(index), s.vp.as_mut()) {
-                (Some(MsrScope::Partition), Some(_)) => m.partition().write(index, value),
-                (Some(MsrScope::Vp), Some(vp)) => vp.write(index, value),
+                (Some(MsrScope::Partition), Some(_)) => {
+                    m.partition().write(index, value, &guest_ram(m))
+                }
+                (Some(MsrScope::Vp), Some(vp)) => vp.write(index, value, &guest_ram(m)),
                 _ => MsrOutcome::InjectGp,
             }
         };

@@ -3,8 +3,8 @@
 //! `Vp`, APIC MSRs (x2APIC, IA32_APIC_BASE, TSC deadline, the Hyper-V
 //! EOI/ICR/TPR aliases) to the vCPU's lapic, everything else to #GP.
 
-use hv_enlightenments::msr::{self as hvmsr, MsrAction, MsrOutcome, MsrScope};
-use vm_memory::{Bytes, GuestAddress};
+use hv_enlightenments::msr::{self as hvmsr, HV_PAGE_SIZE, MsrAction, MsrOutcome, MsrScope};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::irq::apply_apic_outcome;
 use crate::metrics::bump;
@@ -22,6 +22,14 @@ pub(crate) fn count_msr(me: &Vcpu, index: u32) {
     } else {
         bump(&me.metrics.msr_other);
     }
+}
+
+/// The check a synthetic MSR write that enables a page is committed
+/// under: the whole page must be guest RAM (hv-enlightenments refuses the
+/// write with #GP otherwise, as KVM does).
+pub(crate) fn guest_ram(m: &Machine) -> impl Fn(u64) -> bool + '_ {
+    // A page is 4 KiB: fits usize.
+    move |gpa| GuestMemoryBackend::check_range(&m.mem, GuestAddress(gpa), HV_PAGE_SIZE as usize)
 }
 
 /// RDMSR from the guest. `None`: #GP.
@@ -63,11 +71,11 @@ pub fn msr_write(m: &Machine, me: &Vcpu, index: u32, value: u64) -> bool {
         let mut s = me.lock();
         match hvmsr::scope(index) {
             Some(MsrScope::Partition) => match s.vp {
-                Some(_) => m.partition().write(index, value),
+                Some(_) => m.partition().write(index, value, &guest_ram(m)),
                 None => MsrOutcome::InjectGp,
             },
             Some(MsrScope::Vp) => match s.vp.as_mut() {
-                Some(vp) => vp.write(index, value),
+                Some(vp) => vp.write(index, value, &guest_ram(m)),
                 None => MsrOutcome::InjectGp,
             },
             _ if lapic::handles_msr(index) => {

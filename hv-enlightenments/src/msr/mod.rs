@@ -3,12 +3,14 @@
 //!
 //! The VMM routes an MSR exit with [`scope`]: partition-wide MSRs go to the
 //! [`Partition`] (behind the VMM's lock), per-VP ones to the vCPU's own
-//! [`Vp`]. Both return an [`MsrOutcome`].
+//! [`Vp`]. Both return an [`MsrOutcome`]. Writes take a [`GuestRam`] check:
+//! a page-placing MSR is committed only when its page is guest RAM.
 
 mod access;
 pub mod index;
 mod outcome;
 mod partition;
+mod ram;
 mod values;
 mod vp;
 
@@ -19,6 +21,7 @@ pub use outcome::{
     X2APIC_MSR_ICR, X2APIC_MSR_TPR,
 };
 pub use partition::{Partition, PartitionConfig, ReferenceTime};
+pub use ram::GuestRam;
 pub use values::*;
 pub use vp::{Error, Vp};
 
@@ -33,11 +36,18 @@ pub fn read(partition: &Partition, vp: &Vp, msr: u32, time: &impl ReferenceTime)
     }
 }
 
-/// WRMSR dispatched to the partition or the VP by [`scope`].
-pub fn write(partition: &mut Partition, vp: &mut Vp, msr: u32, value: u64) -> MsrOutcome {
+/// WRMSR dispatched to the partition or the VP by [`scope`]. `ram` is
+/// asked only when the write enables a page.
+pub fn write(
+    partition: &mut Partition,
+    vp: &mut Vp,
+    msr: u32,
+    value: u64,
+    ram: &impl GuestRam,
+) -> MsrOutcome {
     match scope(msr) {
-        Some(MsrScope::Partition) => partition.write(msr, value),
-        Some(MsrScope::Vp) => vp.write(msr, value),
+        Some(MsrScope::Partition) => partition.write(msr, value, ram),
+        Some(MsrScope::Vp) => vp.write(msr, value, ram),
         None => MsrOutcome::InjectGp,
     }
 }
@@ -46,6 +56,9 @@ pub fn write(partition: &mut Partition, vp: &mut Vp, msr: u32, value: u64) -> Ms
 mod tests {
     use super::*;
     use crate::cpuid::CpuidBuilder;
+
+    /// Every page is RAM.
+    const ALL_RAM: fn(u64) -> bool = |_| true;
 
     #[test]
     fn state_can_move_between_threads() {
@@ -62,7 +75,7 @@ mod tests {
         let mut v = Vp::new(1, plan.privileges()).unwrap();
         assert_eq!(read(&p, &v, HV_X64_MSR_VP_INDEX, &0), MsrOutcome::Value(1));
         assert_eq!(
-            write(&mut p, &mut v, HV_X64_MSR_GUEST_OS_ID, 1),
+            write(&mut p, &mut v, HV_X64_MSR_GUEST_OS_ID, 1, &ALL_RAM),
             MsrOutcome::Done
         );
         assert_eq!(
@@ -71,7 +84,7 @@ mod tests {
         );
         assert!(read(&p, &v, HV_X64_MSR_RESET, &0).is_gp());
         // Unstable TSC by default: the policy did not grant REFERENCE_TSC.
-        assert!(write(&mut p, &mut v, HV_X64_MSR_REFERENCE_TSC, 0x1001).is_gp());
+        assert!(write(&mut p, &mut v, HV_X64_MSR_REFERENCE_TSC, 0x1001, &ALL_RAM).is_gp());
         assert_eq!(
             read(&p, &v, HV_X64_MSR_TIME_REF_COUNT, &5),
             MsrOutcome::Value(5)
@@ -116,9 +129,12 @@ mod tests {
             let privileges = crate::cpuid::Privileges::all();
             let mut p = Partition::new(PartitionConfig { privileges, frequencies: None });
             let mut v = Vp::new(5, privileges).unwrap();
+            // RAM below 512 MiB: enabled pages above it are refused.
+            let ram = |gpa: u64| gpa < 0x2000_0000;
             for (is_write, msr, value) in ops {
+                let before = read(&p, &v, msr, &0);
                 let out = if is_write {
-                    write(&mut p, &mut v, msr, value)
+                    write(&mut p, &mut v, msr, value, &ram)
                 } else {
                     read(&p, &v, msr, &value)
                 };
@@ -132,6 +148,10 @@ mod tests {
                     let stored = STORED.contains(&msr) || (HV_X64_MSR_SINT0..=HV_X64_MSR_SINT15).contains(&msr);
                     if stored && !out.is_gp() {
                         prop_assert_eq!(read(&p, &v, msr, &0), MsrOutcome::Value(value));
+                    }
+                    // A refused write commits nothing.
+                    if out.is_gp() {
+                        prop_assert_eq!(read(&p, &v, msr, &0), before);
                     }
                 }
             }

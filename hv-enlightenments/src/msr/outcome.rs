@@ -67,9 +67,11 @@ pub enum GuestMemoryWrite {
 
 /// An accepted write that needs the VMM to act.
 ///
-/// If a guest-memory write the action implies fails (the GPA is not guest
-/// RAM), the VMM injects #GP instead, as KVM does when
-/// `patch_hypercall_page` or `kvm_clear_guest` fails.
+/// A page this names was reported as guest RAM by the [`super::GuestRam`]
+/// check of the write, so the guest-memory write it implies can be made;
+/// pages that are not RAM were refused with #GP before the value was
+/// committed, as KVM does when writing the hypercall stub or
+/// `kvm_clear_guest` fails.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MsrAction {
     /// The hypercall page was enabled: fill it with the stub bytes.

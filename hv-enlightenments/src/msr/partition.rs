@@ -7,6 +7,7 @@
 use super::access::{MsrScope, granted, scope};
 use super::index::*;
 use super::outcome::{MsrAction, MsrOutcome};
+use super::ram::GuestRam;
 use super::values::{HypercallMsr, ReferenceTscMsr, TscInvariantControlMsr};
 use crate::cpuid::{CpuidPlan, Frequencies, Privileges};
 
@@ -135,8 +136,10 @@ impl Partition {
         MsrOutcome::Value(value)
     }
 
-    /// WRMSR of a partition-wide MSR.
-    pub fn write(&mut self, msr: u32, value: u64) -> MsrOutcome {
+    /// WRMSR of a partition-wide MSR. `ram` is asked only when HYPERCALL
+    /// enables the hypercall page: a page that is not guest RAM is #GP and
+    /// the MSR keeps its value.
+    pub fn write(&mut self, msr: u32, value: u64, ram: &impl GuestRam) -> MsrOutcome {
         if scope(msr) != Some(MsrScope::Partition) || !granted(self.config.privileges, msr) {
             return MsrOutcome::InjectGp;
         }
@@ -150,7 +153,7 @@ impl Partition {
                 }
                 MsrOutcome::Done
             }
-            HV_X64_MSR_HYPERCALL => self.write_hypercall(value),
+            HV_X64_MSR_HYPERCALL => self.write_hypercall(value, ram),
             HV_X64_MSR_REFERENCE_TSC => match ReferenceTscMsr::from_guest(value) {
                 Some(v) => {
                     self.reference_tsc = v;
@@ -174,7 +177,7 @@ impl Partition {
         }
     }
 
-    fn write_hypercall(&mut self, value: u64) -> MsrOutcome {
+    fn write_hypercall(&mut self, value: u64, ram: &impl GuestRam) -> MsrOutcome {
         let Some(new) = HypercallMsr::from_guest(value) else {
             return MsrOutcome::InjectGp;
         };
@@ -192,21 +195,30 @@ impl Partition {
         if self.guest_os_id == 0 {
             return MsrOutcome::Done;
         }
-        self.hypercall = new;
-        if new.enable() {
-            MsrOutcome::Action(MsrAction::WriteHypercallPage { gpa: new.gpa() })
-        } else {
-            MsrOutcome::Done
+        if !new.enable() {
+            self.hypercall = new;
+            return MsrOutcome::Done;
         }
+        // KVM kvm_hv_set_msr_pw: the stub is written first; if that fails
+        // the WRMSR is #GP and hv_hypercall is not stored.
+        if !ram.is_ram_page(new.gpa()) {
+            return MsrOutcome::InjectGp;
+        }
+        self.hypercall = new;
+        MsrOutcome::Action(MsrAction::WriteHypercallPage { gpa: new.gpa() })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::msr::HV_PAGE_SIZE;
     use proptest::prelude::*;
 
     const LINUX_OS_ID: u64 = 0x8100 << 48;
+    /// Guest RAM: the first 1 MiB.
+    const RAM_END: u64 = 0x10_0000;
+    const RAM: fn(u64) -> bool = |gpa| gpa < RAM_END;
     const FREQ: Frequencies = Frequencies {
         tsc_hz: 2_500_000_000,
         apic_hz: 1_000_000_000,
@@ -222,15 +234,18 @@ mod tests {
     #[test]
     fn hypercall_before_guest_os_id_is_ignored() {
         let mut p = all();
-        assert_eq!(p.write(HV_X64_MSR_HYPERCALL, 0x5001), MsrOutcome::Done);
+        assert_eq!(
+            p.write(HV_X64_MSR_HYPERCALL, 0x5001, &RAM),
+            MsrOutcome::Done
+        );
         assert_eq!(p.read(HV_X64_MSR_HYPERCALL, &0), MsrOutcome::Value(0));
         assert!(!p.hypercalls_enabled());
         assert_eq!(
-            p.write(HV_X64_MSR_GUEST_OS_ID, LINUX_OS_ID),
+            p.write(HV_X64_MSR_GUEST_OS_ID, LINUX_OS_ID, &RAM),
             MsrOutcome::Done
         );
         assert_eq!(
-            p.write(HV_X64_MSR_HYPERCALL, 0x5001),
+            p.write(HV_X64_MSR_HYPERCALL, 0x5001, &RAM),
             MsrOutcome::Action(MsrAction::WriteHypercallPage { gpa: 0x5000 })
         );
         assert!(p.hypercalls_enabled());
@@ -240,9 +255,9 @@ mod tests {
     #[test]
     fn guest_os_id_zero_disables_the_hypercall_page() {
         let mut p = all();
-        let _ = p.write(HV_X64_MSR_GUEST_OS_ID, LINUX_OS_ID);
-        let _ = p.write(HV_X64_MSR_HYPERCALL, 0x5001);
-        assert_eq!(p.write(HV_X64_MSR_GUEST_OS_ID, 0), MsrOutcome::Done);
+        let _ = p.write(HV_X64_MSR_GUEST_OS_ID, LINUX_OS_ID, &RAM);
+        let _ = p.write(HV_X64_MSR_HYPERCALL, 0x5001, &RAM);
+        assert_eq!(p.write(HV_X64_MSR_GUEST_OS_ID, 0, &RAM), MsrOutcome::Done);
         assert_eq!(p.read(HV_X64_MSR_HYPERCALL, &0), MsrOutcome::Value(0x5000));
         assert!(!p.hypercalls_enabled());
     }
@@ -250,28 +265,73 @@ mod tests {
     #[test]
     fn hypercall_disable_is_stored_without_action() {
         let mut p = all();
-        let _ = p.write(HV_X64_MSR_GUEST_OS_ID, LINUX_OS_ID);
-        assert_eq!(p.write(HV_X64_MSR_HYPERCALL, 0x5000), MsrOutcome::Done);
+        let _ = p.write(HV_X64_MSR_GUEST_OS_ID, LINUX_OS_ID, &RAM);
+        assert_eq!(
+            p.write(HV_X64_MSR_HYPERCALL, 0x5000, &RAM),
+            MsrOutcome::Done
+        );
         assert_eq!(p.read(HV_X64_MSR_HYPERCALL, &0), MsrOutcome::Value(0x5000));
     }
 
     #[test]
     fn locked_hypercall_msr_refuses_changes_until_reset() {
         let mut p = all();
-        let _ = p.write(HV_X64_MSR_GUEST_OS_ID, LINUX_OS_ID);
+        let _ = p.write(HV_X64_MSR_GUEST_OS_ID, LINUX_OS_ID, &RAM);
         assert!(matches!(
-            p.write(HV_X64_MSR_HYPERCALL, 0x5003),
+            p.write(HV_X64_MSR_HYPERCALL, 0x5003, &RAM),
             MsrOutcome::Action(MsrAction::WriteHypercallPage { gpa: 0x5000 })
         ));
-        assert_eq!(p.write(HV_X64_MSR_HYPERCALL, 0x5003), MsrOutcome::Done);
-        assert!(p.write(HV_X64_MSR_HYPERCALL, 0x6003).is_gp());
-        assert!(p.write(HV_X64_MSR_HYPERCALL, 0x5001).is_gp());
+        assert_eq!(
+            p.write(HV_X64_MSR_HYPERCALL, 0x5003, &RAM),
+            MsrOutcome::Done
+        );
+        assert!(p.write(HV_X64_MSR_HYPERCALL, 0x6003, &RAM).is_gp());
+        assert!(p.write(HV_X64_MSR_HYPERCALL, 0x5001, &RAM).is_gp());
         // GUEST_OS_ID 0 does not unlock or disable a locked page.
-        let _ = p.write(HV_X64_MSR_GUEST_OS_ID, 0);
+        let _ = p.write(HV_X64_MSR_GUEST_OS_ID, 0, &RAM);
         assert_eq!(p.read(HV_X64_MSR_HYPERCALL, &0), MsrOutcome::Value(0x5003));
         p.reset();
         assert_eq!(p.read(HV_X64_MSR_HYPERCALL, &0), MsrOutcome::Value(0));
         assert_eq!(p.read(HV_X64_MSR_GUEST_OS_ID, &0), MsrOutcome::Value(0));
+    }
+
+    #[test]
+    fn hypercall_page_outside_ram_is_gp_and_not_committed() {
+        let mut p = all();
+        let _ = p.write(HV_X64_MSR_GUEST_OS_ID, LINUX_OS_ID, &RAM);
+        // The last RAM page is accepted; one page past it is not.
+        let last = RAM_END - HV_PAGE_SIZE;
+        assert_eq!(
+            p.write(HV_X64_MSR_HYPERCALL, last | 1, &RAM),
+            MsrOutcome::Action(MsrAction::WriteHypercallPage { gpa: last })
+        );
+        assert!(p.write(HV_X64_MSR_HYPERCALL, RAM_END | 1, &RAM).is_gp());
+        assert_eq!(
+            p.read(HV_X64_MSR_HYPERCALL, &0),
+            MsrOutcome::Value(last | 1)
+        );
+        // Nor may a locked enable name such a page.
+        assert!(p.write(HV_X64_MSR_HYPERCALL, RAM_END | 3, &RAM).is_gp());
+        assert!(!p.hypercall().locked());
+        // Disabling never needs the page.
+        assert_eq!(
+            p.write(HV_X64_MSR_HYPERCALL, RAM_END, &RAM),
+            MsrOutcome::Done
+        );
+        assert_eq!(p.read(HV_X64_MSR_HYPERCALL, &0), MsrOutcome::Value(RAM_END));
+        assert!(!p.hypercalls_enabled());
+        // The check is made only for an enable that would be committed.
+        let asked = core::cell::Cell::new(0);
+        let counting = |_gpa: u64| {
+            asked.set(asked.get() + 1);
+            false
+        };
+        let _ = p.write(HV_X64_MSR_GUEST_OS_ID, 0, &counting);
+        assert_eq!(
+            p.write(HV_X64_MSR_HYPERCALL, 0x5001, &counting),
+            MsrOutcome::Done
+        );
+        assert_eq!(asked.get(), 0);
     }
 
     #[test]
@@ -287,7 +347,7 @@ mod tests {
             MsrOutcome::Value(99)
         );
         let mut p = p;
-        assert!(p.write(HV_X64_MSR_TIME_REF_COUNT, 0).is_gp());
+        assert!(p.write(HV_X64_MSR_TIME_REF_COUNT, 0, &RAM).is_gp());
     }
 
     #[test]
@@ -301,8 +361,8 @@ mod tests {
             p.read(HV_X64_MSR_APIC_FREQUENCY, &0),
             MsrOutcome::Value(FREQ.apic_hz)
         );
-        assert!(p.write(HV_X64_MSR_TSC_FREQUENCY, 1).is_gp());
-        assert!(p.write(HV_X64_MSR_APIC_FREQUENCY, 1).is_gp());
+        assert!(p.write(HV_X64_MSR_TSC_FREQUENCY, 1, &RAM).is_gp());
+        assert!(p.write(HV_X64_MSR_APIC_FREQUENCY, 1, &RAM).is_gp());
         let none = Partition::new(PartitionConfig {
             privileges: Privileges::all(),
             frequencies: None,
@@ -314,15 +374,15 @@ mod tests {
     fn reference_tsc_page_enable_and_disable() {
         let mut p = all();
         assert_eq!(
-            p.write(HV_X64_MSR_REFERENCE_TSC, 0x9001),
+            p.write(HV_X64_MSR_REFERENCE_TSC, 0x9001, &RAM),
             MsrOutcome::Action(MsrAction::ReferenceTscPage { gpa: Some(0x9000) })
         );
         assert_eq!(p.reference_tsc_page(), Some(0x9000));
         assert_eq!(
-            p.write(HV_X64_MSR_REFERENCE_TSC, 0x9000),
+            p.write(HV_X64_MSR_REFERENCE_TSC, 0x9000, &RAM),
             MsrOutcome::Action(MsrAction::ReferenceTscPage { gpa: None })
         );
-        assert!(p.write(HV_X64_MSR_REFERENCE_TSC, 0x9003).is_gp());
+        assert!(p.write(HV_X64_MSR_REFERENCE_TSC, 0x9003, &RAM).is_gp());
         assert_eq!(
             p.read(HV_X64_MSR_REFERENCE_TSC, &0),
             MsrOutcome::Value(0x9000)
@@ -333,16 +393,16 @@ mod tests {
     fn tsc_invariant_control_cannot_be_turned_off_by_the_guest() {
         let mut p = all();
         assert_eq!(
-            p.write(HV_X64_MSR_TSC_INVARIANT_CONTROL, 0),
+            p.write(HV_X64_MSR_TSC_INVARIANT_CONTROL, 0, &RAM),
             MsrOutcome::Done
         );
         assert_eq!(
-            p.write(HV_X64_MSR_TSC_INVARIANT_CONTROL, 1),
+            p.write(HV_X64_MSR_TSC_INVARIANT_CONTROL, 1, &RAM),
             MsrOutcome::Done
         );
         assert!(p.tsc_invariant());
-        assert!(p.write(HV_X64_MSR_TSC_INVARIANT_CONTROL, 0).is_gp());
-        assert!(p.write(HV_X64_MSR_TSC_INVARIANT_CONTROL, 2).is_gp());
+        assert!(p.write(HV_X64_MSR_TSC_INVARIANT_CONTROL, 0, &RAM).is_gp());
+        assert!(p.write(HV_X64_MSR_TSC_INVARIANT_CONTROL, 2, &RAM).is_gp());
         assert_eq!(
             p.read(HV_X64_MSR_TSC_INVARIANT_CONTROL, &0),
             MsrOutcome::Value(1)
@@ -365,7 +425,7 @@ mod tests {
             HV_X64_MSR_TSC_INVARIANT_CONTROL,
         ] {
             assert!(p.read(msr, &0).is_gp(), "{msr:#x}");
-            assert!(p.write(msr, 0).is_gp(), "{msr:#x}");
+            assert!(p.write(msr, 0, &RAM).is_gp(), "{msr:#x}");
         }
     }
 
@@ -379,7 +439,7 @@ mod tests {
             0x4000_0200,
         ] {
             assert!(p.read(msr, &0).is_gp());
-            assert!(p.write(msr, 0).is_gp());
+            assert!(p.write(msr, 0, &RAM).is_gp());
         }
     }
 
@@ -387,16 +447,18 @@ mod tests {
         #[test]
         fn hypercall_reserved_bits_give_gp(v in any::<u64>(), bit in 2u32..12) {
             let mut p = all();
-            let _ = p.write(HV_X64_MSR_GUEST_OS_ID, LINUX_OS_ID);
-            prop_assert!(p.write(HV_X64_MSR_HYPERCALL, v | (1 << bit)).is_gp());
-            prop_assert!(p.write(HV_X64_MSR_REFERENCE_TSC, v | (1 << (bit - 1))).is_gp());
+            // Every page is RAM: the reserved bit alone faults.
+            let ram = |_| true;
+            let _ = p.write(HV_X64_MSR_GUEST_OS_ID, LINUX_OS_ID, &ram);
+            prop_assert!(p.write(HV_X64_MSR_HYPERCALL, v | (1 << bit), &ram).is_gp());
+            prop_assert!(p.write(HV_X64_MSR_REFERENCE_TSC, v | (1 << (bit - 1)), &ram).is_gp());
             prop_assert_eq!(p.read(HV_X64_MSR_HYPERCALL, &0), MsrOutcome::Value(0));
         }
 
         #[test]
         fn guest_os_id_takes_any_value(v in any::<u64>()) {
             let mut p = all();
-            prop_assert_eq!(p.write(HV_X64_MSR_GUEST_OS_ID, v), MsrOutcome::Done);
+            prop_assert_eq!(p.write(HV_X64_MSR_GUEST_OS_ID, v, &RAM), MsrOutcome::Done);
             prop_assert_eq!(p.read(HV_X64_MSR_GUEST_OS_ID, &0), MsrOutcome::Value(v));
         }
     }

@@ -6,6 +6,7 @@
 use super::access::{MsrScope, granted, scope};
 use super::index::*;
 use super::outcome::{ApicAccess, ApicRegister, MsrAction, MsrOutcome};
+use super::ram::GuestRam;
 use super::values::{SYNIC_VERSION, ScontrolMsr, SiefpMsr, SimpMsr, SintMsr, VpAssistPageMsr};
 use crate::cpuid::{MAX_VP_INDEX, Privileges};
 
@@ -144,8 +145,10 @@ impl Vp {
         MsrOutcome::Value(value)
     }
 
-    /// WRMSR of a per-VP MSR.
-    pub fn write(&mut self, msr: u32, value: u64) -> MsrOutcome {
+    /// WRMSR of a per-VP MSR. `ram` is asked only when VP_ASSIST_PAGE,
+    /// SIMP or SIEFP enables a page: a page that is not guest RAM is #GP
+    /// and the MSR keeps its value (KVM `kvm_hv_set_msr`, `synic_set_msr`).
+    pub fn write(&mut self, msr: u32, value: u64, ram: &impl GuestRam) -> MsrOutcome {
         if !self.allowed(msr) {
             return MsrOutcome::InjectGp;
         }
@@ -156,6 +159,9 @@ impl Vp {
             HV_X64_MSR_ICR => MsrOutcome::Apic(ApicAccess::Write(ApicRegister::Icr, value)),
             HV_X64_MSR_TPR => MsrOutcome::Apic(ApicAccess::Write(ApicRegister::Tpr, value)),
             HV_X64_MSR_VP_ASSIST_PAGE => match VpAssistPageMsr::from_guest(value) {
+                // KVM kvm_hv_set_msr: #GP when the page has no host mapping
+                // (kvm_vcpu_gfn_to_hva) or apic_assist cannot be cleared.
+                Some(v) if !page_usable(v.enabled_gpa(), ram) => MsrOutcome::InjectGp,
                 Some(v) => {
                     self.vp_assist = v;
                     MsrOutcome::Action(MsrAction::VpAssistPage {
@@ -171,7 +177,9 @@ impl Vp {
                 }
                 None => MsrOutcome::InjectGp,
             },
+            // KVM synic_set_msr: #GP when kvm_clear_guest of the page fails.
             HV_X64_MSR_SIEFP => match SiefpMsr::from_guest(value) {
+                Some(v) if !page_usable(v.enabled_gpa(), ram) => MsrOutcome::InjectGp,
                 Some(v) => {
                     self.siefp = v;
                     MsrOutcome::Action(MsrAction::SynicEventFlagsPage {
@@ -181,6 +189,7 @@ impl Vp {
                 None => MsrOutcome::InjectGp,
             },
             HV_X64_MSR_SIMP => match SimpMsr::from_guest(value) {
+                Some(v) if !page_usable(v.enabled_gpa(), ram) => MsrOutcome::InjectGp,
                 Some(v) => {
                     self.simp = v;
                     MsrOutcome::Action(MsrAction::SynicMessagePage {
@@ -216,15 +225,24 @@ impl Vp {
     }
 }
 
+/// A disabled page needs nothing; an enabled one must be guest RAM.
+fn page_usable(gpa: Option<u64>, ram: &impl GuestRam) -> bool {
+    gpa.is_none_or(|gpa| ram.is_ram_page(gpa))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::msr::PageMsr;
     use proptest::prelude::*;
 
     fn vp() -> Vp {
         Vp::new(3, Privileges::all()).unwrap()
     }
 
+    /// Guest RAM: the first 1 MiB.
+    const RAM_END: u64 = 0x10_0000;
+    const RAM: fn(u64) -> bool = |gpa| gpa < RAM_END;
     const AUTO_EOI: u64 = 1 << 17;
     const MASKED: u64 = 1 << 16;
 
@@ -232,7 +250,7 @@ mod tests {
     fn vp_index_is_read_only_to_the_guest() {
         let mut v = vp();
         assert_eq!(v.read(HV_X64_MSR_VP_INDEX), MsrOutcome::Value(3));
-        assert!(v.write(HV_X64_MSR_VP_INDEX, 7).is_gp());
+        assert!(v.write(HV_X64_MSR_VP_INDEX, 7, &RAM).is_gp());
         assert_eq!(v.read(HV_X64_MSR_VP_INDEX), MsrOutcome::Value(3));
         v.set_vp_index(7).unwrap();
         assert_eq!(v.read(HV_X64_MSR_VP_INDEX), MsrOutcome::Value(7));
@@ -254,7 +272,7 @@ mod tests {
     fn vp_assist_page_enable_asks_to_zero_apic_assist() {
         let mut v = vp();
         assert_eq!(
-            v.write(HV_X64_MSR_VP_ASSIST_PAGE, 0x8_1001),
+            v.write(HV_X64_MSR_VP_ASSIST_PAGE, 0x8_1001, &RAM),
             MsrOutcome::Action(MsrAction::VpAssistPage {
                 gpa: Some(0x8_1000)
             })
@@ -265,10 +283,49 @@ mod tests {
             MsrOutcome::Value(0x8_1001)
         );
         assert_eq!(
-            v.write(HV_X64_MSR_VP_ASSIST_PAGE, 0),
+            v.write(HV_X64_MSR_VP_ASSIST_PAGE, 0, &RAM),
             MsrOutcome::Action(MsrAction::VpAssistPage { gpa: None })
         );
-        assert!(v.write(HV_X64_MSR_VP_ASSIST_PAGE, 0x8_1003).is_gp());
+        assert!(v.write(HV_X64_MSR_VP_ASSIST_PAGE, 0x8_1003, &RAM).is_gp());
+        assert_eq!(v.vp_assist_page(), None);
+    }
+
+    #[test]
+    fn pages_outside_ram_are_gp_and_not_committed() {
+        let last = RAM_END - crate::msr::HV_PAGE_SIZE;
+        for (msr, action) in [
+            (
+                HV_X64_MSR_VP_ASSIST_PAGE,
+                (|gpa| MsrAction::VpAssistPage { gpa }) as fn(Option<u64>) -> MsrAction,
+            ),
+            (HV_X64_MSR_SIMP, |gpa| MsrAction::SynicMessagePage { gpa }),
+            (HV_X64_MSR_SIEFP, |gpa| MsrAction::SynicEventFlagsPage {
+                gpa,
+            }),
+        ] {
+            let mut v = vp();
+            // The last RAM page is accepted; one page past it is not.
+            assert_eq!(
+                v.write(msr, last | 1, &RAM),
+                MsrOutcome::Action(action(Some(last))),
+                "{msr:#x}"
+            );
+            assert!(v.write(msr, RAM_END | 1, &RAM).is_gp(), "{msr:#x}");
+            assert_eq!(v.read(msr), MsrOutcome::Value(last | 1), "{msr:#x}");
+            // Disabling, whatever the address, needs no page.
+            assert_eq!(
+                v.write(msr, RAM_END, &RAM),
+                MsrOutcome::Action(action(None)),
+                "{msr:#x}"
+            );
+            assert_eq!(v.read(msr), MsrOutcome::Value(RAM_END), "{msr:#x}");
+        }
+        // The highest page the MSR can name.
+        let mut v = vp();
+        assert!(
+            v.write(HV_X64_MSR_VP_ASSIST_PAGE, !PageMsr::RESERVED, &RAM)
+                .is_gp()
+        );
         assert_eq!(v.vp_assist_page(), None);
     }
 
@@ -276,11 +333,11 @@ mod tests {
     fn apic_aliases_go_to_the_apic() {
         let mut v = vp();
         assert_eq!(
-            v.write(HV_X64_MSR_EOI, 0),
+            v.write(HV_X64_MSR_EOI, 0, &RAM),
             MsrOutcome::Apic(ApicAccess::Write(ApicRegister::Eoi, 0))
         );
         assert_eq!(
-            v.write(HV_X64_MSR_ICR, 0x0000_0005_0000_00F0),
+            v.write(HV_X64_MSR_ICR, 0x0000_0005_0000_00F0, &RAM),
             MsrOutcome::Apic(ApicAccess::Write(ApicRegister::Icr, 0x0000_0005_0000_00F0))
         );
         assert_eq!(
@@ -297,24 +354,24 @@ mod tests {
     fn synic_registers() {
         let mut v = vp();
         assert_eq!(v.read(HV_X64_MSR_SVERSION), MsrOutcome::Value(1));
-        assert!(v.write(HV_X64_MSR_SVERSION, 1).is_gp());
-        assert_eq!(v.write(HV_X64_MSR_SCONTROL, 1), MsrOutcome::Done);
+        assert!(v.write(HV_X64_MSR_SVERSION, 1, &RAM).is_gp());
+        assert_eq!(v.write(HV_X64_MSR_SCONTROL, 1, &RAM), MsrOutcome::Done);
         assert!(v.synic_enabled());
-        assert!(v.write(HV_X64_MSR_SCONTROL, 3).is_gp());
+        assert!(v.write(HV_X64_MSR_SCONTROL, 3, &RAM).is_gp());
         assert_eq!(
-            v.write(HV_X64_MSR_SIMP, 0x2001),
+            v.write(HV_X64_MSR_SIMP, 0x2001, &RAM),
             MsrOutcome::Action(MsrAction::SynicMessagePage { gpa: Some(0x2000) })
         );
         assert_eq!(
-            v.write(HV_X64_MSR_SIEFP, 0x3001),
+            v.write(HV_X64_MSR_SIEFP, 0x3001, &RAM),
             MsrOutcome::Action(MsrAction::SynicEventFlagsPage { gpa: Some(0x3000) })
         );
         assert_eq!(v.message_page(), Some(0x2000));
         assert_eq!(v.event_flags_page(), Some(0x3000));
-        assert!(v.write(HV_X64_MSR_SIMP, 0x2801).is_gp());
+        assert!(v.write(HV_X64_MSR_SIMP, 0x2801, &RAM).is_gp());
         assert_eq!(v.read(HV_X64_MSR_SIMP), MsrOutcome::Value(0x2001));
         assert_eq!(
-            v.write(HV_X64_MSR_EOM, 0),
+            v.write(HV_X64_MSR_EOM, 0, &RAM),
             MsrOutcome::Action(MsrAction::EndOfMessage)
         );
         assert_eq!(v.read(HV_X64_MSR_EOM), MsrOutcome::Value(0));
@@ -326,11 +383,14 @@ mod tests {
         for n in 0..HV_SINT_COUNT as u32 {
             assert_eq!(v.read(HV_X64_MSR_SINT0 + n), MsrOutcome::Value(MASKED));
         }
-        assert!(v.write(HV_X64_MSR_SINT0, 15).is_gp());
-        assert_eq!(v.write(HV_X64_MSR_SINT0, MASKED | 15), MsrOutcome::Done);
-        assert_eq!(v.write(HV_X64_MSR_SINT15, 0x30), MsrOutcome::Done);
+        assert!(v.write(HV_X64_MSR_SINT0, 15, &RAM).is_gp());
+        assert_eq!(
+            v.write(HV_X64_MSR_SINT0, MASKED | 15, &RAM),
+            MsrOutcome::Done
+        );
+        assert_eq!(v.write(HV_X64_MSR_SINT15, 0x30, &RAM), MsrOutcome::Done);
         assert_eq!(v.read(HV_X64_MSR_SINT15), MsrOutcome::Value(0x30));
-        assert!(v.write(HV_X64_MSR_SINT2, 0x30 | (1 << 18)).is_gp());
+        assert!(v.write(HV_X64_MSR_SINT2, 0x30 | (1 << 18), &RAM).is_gp());
         assert!(v.sint(HV_SINT_COUNT).is_none());
     }
 
@@ -338,7 +398,7 @@ mod tests {
     fn auto_eoi_transitions_are_reported_once() {
         let mut v = vp();
         assert_eq!(
-            v.write(HV_X64_MSR_SINT1, 0x40 | AUTO_EOI),
+            v.write(HV_X64_MSR_SINT1, 0x40 | AUTO_EOI, &RAM),
             MsrOutcome::Action(MsrAction::AutoEoiChanged {
                 old: false,
                 new: true
@@ -346,12 +406,15 @@ mod tests {
         );
         assert!(v.is_auto_eoi_vector(0x40));
         // A second AutoEOI SINT changes nothing for the VP as a whole.
-        assert_eq!(v.write(HV_X64_MSR_SINT2, 0x41 | AUTO_EOI), MsrOutcome::Done);
-        assert_eq!(v.write(HV_X64_MSR_SINT1, 0x40), MsrOutcome::Done);
+        assert_eq!(
+            v.write(HV_X64_MSR_SINT2, 0x41 | AUTO_EOI, &RAM),
+            MsrOutcome::Done
+        );
+        assert_eq!(v.write(HV_X64_MSR_SINT1, 0x40, &RAM), MsrOutcome::Done);
         assert!(!v.is_auto_eoi_vector(0x40));
         // Masking the last one ends the usage (masked SINTs do not count).
         assert_eq!(
-            v.write(HV_X64_MSR_SINT2, 0x41 | AUTO_EOI | MASKED),
+            v.write(HV_X64_MSR_SINT2, 0x41 | AUTO_EOI | MASKED, &RAM),
             MsrOutcome::Action(MsrAction::AutoEoiChanged {
                 old: true,
                 new: false
@@ -363,8 +426,8 @@ mod tests {
     #[test]
     fn reset_restores_masked_sints_and_keeps_the_index() {
         let mut v = vp();
-        let _ = v.write(HV_X64_MSR_SINT0, 0x40 | AUTO_EOI);
-        let _ = v.write(HV_X64_MSR_VP_ASSIST_PAGE, 0x1001);
+        let _ = v.write(HV_X64_MSR_SINT0, 0x40 | AUTO_EOI, &RAM);
+        let _ = v.write(HV_X64_MSR_VP_ASSIST_PAGE, 0x1001, &RAM);
         v.reset();
         assert_eq!(v, vp());
     }
@@ -387,7 +450,7 @@ mod tests {
             HV_X64_MSR_SINT15,
         ] {
             assert!(none.read(msr).is_gp(), "{msr:#x}");
-            assert!(none.write(msr, 0x1_0000).is_gp(), "{msr:#x}");
+            assert!(none.write(msr, 0x1_0000, &RAM).is_gp(), "{msr:#x}");
         }
         let apic_only = Vp::new(0, Privileges::APIC_ACCESS).unwrap();
         assert!(!apic_only.read(HV_X64_MSR_EOI).is_gp());
@@ -406,7 +469,7 @@ mod tests {
             HV_X64_MSR_EOM + 1,
         ] {
             assert!(v.read(msr).is_gp(), "{msr:#x}");
-            assert!(v.write(msr, 0).is_gp(), "{msr:#x}");
+            assert!(v.write(msr, 0, &RAM).is_gp(), "{msr:#x}");
         }
     }
 
@@ -415,11 +478,13 @@ mod tests {
         fn reserved_bits_give_gp_and_leave_state(v in any::<u64>(), bit in 1u32..12, sbit in 19u32..64) {
             let mut vp = vp();
             let before = vp.clone();
-            prop_assert!(vp.write(HV_X64_MSR_VP_ASSIST_PAGE, v | (1 << bit)).is_gp());
-            prop_assert!(vp.write(HV_X64_MSR_SIMP, v | (1 << bit)).is_gp());
-            prop_assert!(vp.write(HV_X64_MSR_SIEFP, v | (1 << bit)).is_gp());
-            prop_assert!(vp.write(HV_X64_MSR_SCONTROL, v | (1 << bit)).is_gp());
-            prop_assert!(vp.write(HV_X64_MSR_SINT3, v | (1u64 << sbit)).is_gp());
+            // Every page is RAM: the reserved bit alone faults.
+            let ram = |_| true;
+            prop_assert!(vp.write(HV_X64_MSR_VP_ASSIST_PAGE, v | (1 << bit), &ram).is_gp());
+            prop_assert!(vp.write(HV_X64_MSR_SIMP, v | (1 << bit), &ram).is_gp());
+            prop_assert!(vp.write(HV_X64_MSR_SIEFP, v | (1 << bit), &ram).is_gp());
+            prop_assert!(vp.write(HV_X64_MSR_SCONTROL, v | (1 << bit), &ram).is_gp());
+            prop_assert!(vp.write(HV_X64_MSR_SINT3, v | (1u64 << sbit), &ram).is_gp());
             prop_assert_eq!(vp, before);
         }
 
@@ -428,7 +493,7 @@ mod tests {
             let mut vp = vp();
             for (n, value) in writes {
                 let before = vp.auto_eoi_in_use();
-                let out = vp.write(HV_X64_MSR_SINT0 + n, value & (SintMsr::WRITABLE));
+                let out = vp.write(HV_X64_MSR_SINT0 + n, value & (SintMsr::WRITABLE), &RAM);
                 let after = vp.auto_eoi_in_use();
                 match out {
                     MsrOutcome::Action(MsrAction::AutoEoiChanged { old, new }) => {
