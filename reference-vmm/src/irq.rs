@@ -73,7 +73,7 @@ pub fn apply_apic_outcome(m: &Machine, me: &Vcpu, o: Outcome) -> bool {
                     }
                 }
                 Effect::Timer(Some(deadline)) => m.timers.arm(me.index as usize, deadline),
-                Effect::Timer(None) => {}
+                Effect::Timer(None) => m.timers.disarm(me.index as usize),
                 Effect::Topology(id) => {
                     if let Err(e) = m.topology_mut().update(me.index as usize, id) {
                         log::warn!("vCPU {}: topology update: {e}", me.index);
