@@ -541,7 +541,7 @@ pub fn run(cfg: &Config) -> Report {
                     let o = RunOptions {
                         vcpus,
                         timeout: cfg.timeout,
-                        flush: FlushMethod::Sregs,
+                        flush: FlushMethod::MmuReset,
                         irqchip,
                     };
                     let ops = cfg

@@ -44,8 +44,6 @@ pub const PTE_PCD: u64 = 1 << 4;
 const CR0_LONG: u64 = 0x8005_0033;
 /// CR4: PAE | OSFXSR | OSXMMEXCPT.
 const CR4_LONG: u64 = (1 << 5) | (1 << 9) | (1 << 10);
-/// CR4.PGE (global pages).
-pub const CR4_PGE: u64 = 1 << 7;
 /// EFER: SCE | LME | LMA.
 const EFER_LONG: u64 = (1 << 0) | (1 << 8) | EFER_LMA;
 /// EFER.LMA: long mode active.

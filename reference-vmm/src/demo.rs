@@ -128,7 +128,7 @@ pub fn run_with(vcpus: u32, timeout: Duration, irqchip: IrqchipMode) -> Result<D
     let opts = RunOptions {
         vcpus,
         timeout,
-        flush: FlushMethod::Sregs,
+        flush: FlushMethod::MmuReset,
         irqchip,
     };
     let mut cache: Vec<(Scenario, Figures)> = Vec::new();

@@ -281,7 +281,7 @@ impl Vm {
             ioapic.set_route_listener(mirror_routes(Arc::clone(&c.fd)));
         }
         let machine = c.machine(MachineOptions {
-            flush: FlushMethod::Sregs,
+            flush: FlushMethod::MmuReset,
             pio,
             mmio,
             external: true,
@@ -300,7 +300,7 @@ impl Vm {
                 vcpus: cfg.vcpus,
                 hyperv: cfg.hyperv,
                 timeout: cfg.timeout,
-                flush: FlushMethod::Sregs,
+                flush: FlushMethod::MmuReset,
                 irqchip: cfg.irqchip,
             },
             _kvm: c.kvm,

@@ -1,18 +1,46 @@
 //! Flushing a vCPU's guest TLB from userspace.
 
+use kvm_bindings::{Msrs, kvm_msr_entry};
 use kvm_ioctls::VcpuFd;
 
-/// Flushes the vCPU's guest TLB: KVM_SET_SREGS with CR4.PGE toggled and
-/// then restored. A changed CR4 makes KVM reset the vCPU's MMU context
-/// (x86.c `__set_sregs_common`: `mmu_reset_needed` ->
-/// `kvm_mmu_reset_context`); the next entry loads a new root, which syncs
-/// shadow page tables and flushes the current context (mmu.c
-/// `kvm_mmu_load`). An unchanged CR3/CR4 resets nothing, hence the toggle.
-/// Must run on the vCPU's own thread while it is outside KVM_RUN.
+/// IA32_EFER.
+const MSR_EFER: u32 = 0xC000_0080;
+/// IA32_EFER.NXE (bit 11).
+const EFER_NXE: u64 = 1 << 11;
+
+/// Flushes the vCPU's guest TLB: a host-initiated `KVM_SET_MSRS` of
+/// IA32_EFER with NXE toggled, then restored. NXE is one of the bits whose
+/// change makes KVM reset the vCPU's MMU context (x86.c `set_efer`:
+/// `KVM_MMU_EFER_ROLE_BITS` -> `kvm_mmu_reset_context`); the next entry
+/// loads a new root, which syncs shadow page tables and flushes the
+/// current context (mmu.c `kvm_mmu_load`). An unchanged EFER resets
+/// nothing, hence the toggle.
+///
+/// EFER rather than CR4 through `KVM_SET_SREGS`: that ioctl also rewrites
+/// CR8, which with KVM's in-kernel APIC sets the TPR to CR8 << 4 and so
+/// clears TPR bits 3:0 (`kvm_lapic_set_tpr`).
+///
+/// Must run on the vCPU's own thread while it is outside `KVM_RUN`.
 pub fn flush_guest_tlb(fd: &VcpuFd) -> Result<(), kvm_ioctls::Error> {
-    let sregs = fd.get_sregs()?;
-    let mut toggled = sregs;
-    toggled.cr4 ^= crate::boot::CR4_PGE;
-    fd.set_sregs(&toggled)?;
-    fd.set_sregs(&sregs)
+    let refused = || kvm_ioctls::Error::new(libc::EINVAL);
+    let mut msrs = efer(0)?;
+    if fd.get_msrs(&mut msrs)? != 1 {
+        return Err(refused());
+    }
+    let value = msrs.as_slice().first().map_or(0, |e| e.data);
+    for v in [value ^ EFER_NXE, value] {
+        if fd.set_msrs(&efer(v)?)? != 1 {
+            return Err(refused());
+        }
+    }
+    Ok(())
+}
+
+fn efer(data: u64) -> Result<Msrs, kvm_ioctls::Error> {
+    Msrs::from_entries(&[kvm_msr_entry {
+        index: MSR_EFER,
+        data,
+        ..Default::default()
+    }])
+    .map_err(|_| kvm_ioctls::Error::new(libc::ENOMEM))
 }

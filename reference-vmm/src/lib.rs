@@ -16,7 +16,7 @@
 //! let opts = RunOptions {
 //!     vcpus: 8,
 //!     timeout: Duration::from_secs(60),
-//!     flush: FlushMethod::Sregs,
+//!     flush: FlushMethod::MmuReset,
 //!     irqchip: IrqchipMode::User,
 //! };
 //! let (_report, figures) = scenario::run(Scenario::Broadcast(IpiMode::PvFast), opts)?;

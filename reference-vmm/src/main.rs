@@ -34,8 +34,8 @@ enum Irqchip {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Flush {
-    /// KVM_SET_SREGS with CR4.PGE toggled.
-    Sregs,
+    /// Reset the vCPU's MMU context (IA32_EFER.NXE toggled and restored).
+    MmuReset,
     /// Leave guest mode only (no flush): for experiments.
     KickOnly,
 }
@@ -66,7 +66,7 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         vcpus: u32,
         /// How the VMM flushes a vCPU's TLB.
-        #[arg(long, value_enum, default_value_t = Flush::Sregs)]
+        #[arg(long, value_enum, default_value_t = Flush::MmuReset)]
         flush: Flush,
         /// Also write the counters as JSON to this file.
         #[arg(long)]
@@ -289,7 +289,7 @@ fn run(cmd: Command) -> Result<(), String> {
         } => {
             let s = Scenario::by_name(&name).ok_or_else(|| format!("unknown scenario {name}"))?;
             let flush = match flush {
-                Flush::Sregs => FlushMethod::Sregs,
+                Flush::MmuReset => FlushMethod::MmuReset,
                 Flush::KickOnly => FlushMethod::KickOnly,
             };
             let (r, f) = scenario::run(

@@ -437,7 +437,7 @@ impl<'a> Runner<'a> {
         let idx = self.me.index;
         let mut s = self.me.lock();
         if s.flush_pending {
-            if self.m.flush == FlushMethod::Sregs {
+            if self.m.flush == FlushMethod::MmuReset {
                 flush_guest_tlb(&self.fd).map_err(kvm_err(idx, "KVM_SET_SREGS (TLB flush)"))?;
             }
             s.flush_pending = false;

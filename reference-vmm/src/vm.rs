@@ -62,9 +62,9 @@ pub struct VmConfig {
 /// How the VMM flushes a vCPU's guest TLB before its next entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlushMethod {
-    /// KVM_SET_SREGS with CR4.PGE toggled and restored (resets the MMU
-    /// context; see [`crate::vcpu::flush_guest_tlb`]).
-    Sregs,
+    /// Reset the vCPU's MMU context: IA32_EFER.NXE toggled and restored
+    /// (see [`crate::flush::flush_guest_tlb`]).
+    MmuReset,
     /// Only make the vCPU leave guest mode, without flushing: exists to
     /// show, in tests, what happens without a flush.
     KickOnly,

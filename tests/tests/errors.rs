@@ -15,7 +15,7 @@ fn vm(vcpus: u32, timeout: Duration) -> Vm {
         vcpus,
         hyperv: true,
         timeout,
-        flush: FlushMethod::Sregs,
+        flush: FlushMethod::MmuReset,
         irqchip: IrqchipMode::User,
     })
     .unwrap_or_else(|e| panic!("{e}"))

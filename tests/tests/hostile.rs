@@ -18,7 +18,7 @@ fn hostile_guest_gets_statuses_and_faults() {
         vcpus: 2,
         hyperv: true,
         timeout: Duration::from_secs(60),
-        flush: FlushMethod::Sregs,
+        flush: FlushMethod::MmuReset,
         irqchip: IrqchipMode::User,
     })
     .unwrap_or_else(|e| panic!("{e}"));
@@ -51,7 +51,7 @@ fn synthetic_msrs_do_not_exist_with_hyperv_off() {
             vcpus: 1,
             hyperv: false,
             timeout: Duration::from_secs(30),
-            flush: FlushMethod::Sregs,
+            flush: FlushMethod::MmuReset,
             irqchip: IrqchipMode::User,
         })
         .unwrap_or_else(|e| panic!("{e}"));

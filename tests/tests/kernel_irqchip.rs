@@ -17,7 +17,7 @@ fn run(s: Scenario, vcpus: u32) -> Figures {
     let opts = RunOptions {
         vcpus,
         timeout: Duration::from_secs(60),
-        flush: FlushMethod::Sregs,
+        flush: FlushMethod::MmuReset,
         irqchip: IrqchipMode::Kernel,
     };
     match scenario::run(s, opts) {
@@ -186,7 +186,7 @@ fn hostile_guest_with_kernel_irqchip() {
         vcpus: 2,
         hyperv: true,
         timeout: Duration::from_secs(60),
-        flush: FlushMethod::Sregs,
+        flush: FlushMethod::MmuReset,
         irqchip: IrqchipMode::Kernel,
     })
     .unwrap_or_else(|e| panic!("{e}"));
@@ -208,7 +208,7 @@ fn deliver_msi_in_user_mode_resolves_destinations() {
         vcpus: 8,
         hyperv: false,
         timeout: Duration::from_secs(10),
-        flush: FlushMethod::Sregs,
+        flush: FlushMethod::MmuReset,
         irqchip: IrqchipMode::User,
     })
     .unwrap_or_else(|e| panic!("{e}"));
@@ -241,7 +241,7 @@ fn lazy_eoi_is_counted_the_same_by_guest_and_vmm() {
     let user = RunOptions {
         vcpus: 1,
         timeout: Duration::from_secs(60),
-        flush: FlushMethod::Sregs,
+        flush: FlushMethod::MmuReset,
         irqchip: IrqchipMode::User,
     };
     let (r, f) =
@@ -277,7 +277,7 @@ fn interrupt_before_halt_does_not_strand_the_vcpu() {
             vcpus: 2,
             hyperv: false,
             timeout: Duration::from_secs(20),
-            flush: FlushMethod::Sregs,
+            flush: FlushMethod::MmuReset,
             irqchip,
         })
         .unwrap_or_else(|e| panic!("{e}"));

@@ -392,7 +392,7 @@ fn boot_needs_an_external_vm() {
         vcpus: 1,
         hyperv: true,
         timeout: TIMEOUT,
-        flush: reference_vmm::vm::FlushMethod::Sregs,
+        flush: reference_vmm::vm::FlushMethod::MmuReset,
         irqchip: IrqchipMode::User,
     })
     .unwrap_or_else(|e| panic!("{e}"));

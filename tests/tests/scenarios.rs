@@ -13,7 +13,7 @@ fn run(s: Scenario, vcpus: u32) -> Figures {
     let opts = RunOptions {
         vcpus,
         timeout: Duration::from_secs(120),
-        flush: FlushMethod::Sregs,
+        flush: FlushMethod::MmuReset,
         irqchip: IrqchipMode::User,
     };
     match scenario::run(s, opts) {

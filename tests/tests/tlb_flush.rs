@@ -28,7 +28,7 @@ fn stale_translation_without_flush() {
     // No flush at all: the reading vCPU keeps seeing the old page.
     match scenario::run(
         Scenario::Shootdown(FlushMode::None),
-        opts(2, FlushMethod::Sregs),
+        opts(2, FlushMethod::MmuReset),
     ) {
         Err(Error::ScenarioFailed { code, detail, .. }) => {
             assert_eq!(code, failure::STALE);
@@ -48,7 +48,7 @@ fn pv_flush_removes_stale_translations() {
     // are flushed at their next entry and see the new page when woken.
     let (r, f) = scenario::run(
         Scenario::Shootdown(FlushMode::Pv),
-        opts(8, FlushMethod::Sregs),
+        opts(8, FlushMethod::MmuReset),
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let v = &f.metrics.vcpus;
