@@ -20,7 +20,8 @@ const EFER_NXE: u64 = 1 << 11;
 /// CR8, which with KVM's in-kernel APIC sets the TPR to CR8 << 4 and so
 /// clears TPR bits 3:0 (`kvm_lapic_set_tpr`).
 ///
-/// Must run on the vCPU's own thread while it is outside `KVM_RUN`.
+/// Must run on the vCPU's own thread while it is outside `KVM_RUN`, after
+/// any pending exit was completed ([`crate::kvm_run::complete_pending`]).
 pub fn flush_guest_tlb(fd: &VcpuFd) -> Result<(), kvm_ioctls::Error> {
     let refused = || kvm_ioctls::Error::new(libc::EINVAL);
     let mut msrs = efer(0)?;

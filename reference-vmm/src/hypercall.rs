@@ -7,6 +7,7 @@
 use std::sync::atomic::Ordering;
 
 use hv_enlightenments::hypercall::{self, Hypercall, HypercallRegs, HypercallResult};
+use kvm_bindings::kvm_regs;
 use kvm_ioctls::SyncReg;
 
 use crate::error::Error;
@@ -15,6 +16,8 @@ use crate::vcpu::{FLUSH_WAIT, Runner, Vcpu, kvm_err};
 
 /// #UD vector.
 const UD_VECTOR: u8 = 6;
+/// CR0.PE: protected mode.
+const CR0_PE: u64 = 1;
 /// Size of the XMM hypercall input (TLFS 3.7.2): XMM0..XMM5.
 const XMM_INPUT_REGS: usize = 6;
 
@@ -33,21 +36,12 @@ impl Runner<'_> {
         let sync = self.fd.sync_regs();
         let (regs, sregs) = (sync.regs, sync.sregs);
         let enabled = self.m.hyperv && self.m.partition().hypercalls_enabled();
-        // KVM kvm_hv_hypercall: a Hyper-V hypercall at CPL != 0, or while
+        // KVM kvm_hv_hypercall: a Hyper-V hypercall in real mode, at
+        // CPL != 0 (virtual-8086 mode included: its SS.DPL is 3), or while
         // the hypercall page is off, raises #UD.
-        if sregs.ss.dpl != 0 || !enabled {
+        if sregs.cr0 & CR0_PE == 0 || sregs.ss.dpl != 0 || !enabled {
             bump(&metrics.hypercalls_ud);
-            let mut ev = self
-                .fd
-                .get_vcpu_events()
-                .map_err(kvm_err(idx, "KVM_GET_VCPU_EVENTS"))?;
-            ev.exception.injected = 1;
-            ev.exception.nr = UD_VECTOR;
-            ev.exception.has_error_code = 0;
-            return self
-                .fd
-                .set_vcpu_events(&ev)
-                .map_err(kvm_err(idx, "KVM_SET_VCPU_EVENTS"));
+            return self.raise_ud(regs);
         }
         // KVM kvm_hv_hypercall: 64-bit mode (EFER.LMA and CS.L) uses RCX,
         // RDX, R8; otherwise control, input and output come in register
@@ -96,6 +90,34 @@ impl Runner<'_> {
             out.rdx = value >> 32;
         }
         self.fd.set_sync_dirty_reg(SyncReg::Register);
+        Ok(())
+    }
+
+    /// Raises #UD at the trapping instruction, as the hypercall
+    /// instruction itself would fault: the port write is completed first
+    /// (KVM then moves RIP past it), RIP is put back to where the exit was
+    /// taken, and the exception is queued (no interrupt with it).
+    fn raise_ud(&mut self, at_exit: kvm_regs) -> Result<(), Error> {
+        let idx = self.me.index;
+        self.complete_pending_exit()?;
+        let mut regs = self.fd.get_regs().map_err(kvm_err(idx, "KVM_GET_REGS"))?;
+        regs.rip = at_exit.rip;
+        self.fd
+            .set_regs(&regs)
+            .map_err(kvm_err(idx, "KVM_SET_REGS"))?;
+        let mut ev = self
+            .fd
+            .get_vcpu_events()
+            .map_err(kvm_err(idx, "KVM_GET_VCPU_EVENTS"))?;
+        ev.exception.injected = 1;
+        ev.exception.nr = UD_VECTOR;
+        ev.exception.has_error_code = 0;
+        self.fd
+            .set_vcpu_events(&ev)
+            .map_err(kvm_err(idx, "KVM_SET_VCPU_EVENTS"))?;
+        // The synced copies in kvm_run are stale now.
+        self.fd.get_kvm_run().kvm_dirty_regs = 0;
+        self.note_exception();
         Ok(())
     }
 

@@ -25,10 +25,13 @@ pub fn deliver_posted(s: &mut State, pending: PendingVectors) {
 }
 
 /// After an exit: if lazy EOI was armed, read and clear `apic_assist`
-/// bit 0 and let lapic complete the EOI the guest skipped.
-pub fn complete_lazy_eoi(m: &Machine, me: &Vcpu, s: &mut State) {
+/// bit 0 and let lapic complete the EOI the guest skipped. Returns the
+/// vector to broadcast to the IOAPIC if the completed interrupt was
+/// level-triggered, exactly as an EOI write would (the caller sends it
+/// once this vCPU's lock is released: the IOAPIC may deliver to it).
+pub fn complete_lazy_eoi(m: &Machine, me: &Vcpu, s: &mut State) -> Option<u8> {
     if !s.apic.lazy_eoi_armed() {
-        return;
+        return None;
     }
     let page = s.vp.as_ref().and_then(|vp| vp.vp_assist_page());
     let cleared = match page.map(|p| (p, m.mem.read_obj::<u32>(GuestAddress(p)))) {
@@ -40,11 +43,13 @@ pub fn complete_lazy_eoi(m: &Machine, me: &Vcpu, s: &mut State) {
         }
         _ => false,
     };
-    // lapic never arms lazy EOI for a level-triggered vector (KVM's rule),
-    // so there is no IOAPIC to tell here (and this vCPU's lock is held).
-    if s.apic.complete_lazy_eoi(cleared).is_some() {
-        bump(&me.metrics.eoi_lazy);
-    }
+    // lapic arms lazy EOI only for an edge-triggered vector (KVM's rule),
+    // but the same vector may be accepted again as level-triggered while
+    // it is in service (the TMR follows the last acceptance): the EOI
+    // then goes to the IOAPIC like any other.
+    let eoi = s.apic.complete_lazy_eoi(cleared)?;
+    bump(&me.metrics.eoi_lazy);
+    eoi.notify_ioapic.then_some(eoi.vector)
 }
 
 /// Applies what lapic asked for after a register write. `false`: #GP.
@@ -104,8 +109,10 @@ pub fn deliver_msi(m: &Machine, address: u64, data: u32) {
         } else {
             TriggerMode::Edge
         },
-        // KVM kvm_set_msi_irq: an MSI always asserts.
-        level_assert: true,
+        // KVM `kvm_set_msi_irq` asserts every MSI; only an INIT level
+        // de-assert is dropped (a no-op since the P4, SDM 10.6.1), in both
+        // irqchips (`kirq::signal_msi` does not send it).
+        level_assert: !crate::kirq::is_init_deassert(data),
     };
     let dest = Destination {
         mode: if crate::kirq::msi_logical(address) {
@@ -129,8 +136,8 @@ pub fn deliver_msi(m: &Machine, address: u64, data: u32) {
 /// Delivers `irq` to every vCPU in `targets` (userspace irqchip), calling
 /// `each` once per existing target. `posted`: a fixed edge vector, which
 /// goes through the posted-interrupt path; anything else is delivered to
-/// the lapic under the target's lock (INIT and SIPI latched for the MP
-/// protocol when the VMM runs it).
+/// the lapic under the target's lock (NMIs latched for `KVM_NMI`, INIT
+/// and SIPI latched for the MP protocol when the VMM runs it).
 fn deliver_to(
     m: &Machine,
     targets: &VcpuSet,
@@ -145,11 +152,10 @@ fn deliver_to(
             tv.post(irq.vector);
         } else {
             let mut s = tv.lock();
-            let d = s.apic.deliver(irq);
-            if m.user_mp {
-                crate::mp::latch(tv, &mut s, d);
-            } else {
-                tv.notify_apic_locked(&mut s);
+            match s.apic.deliver(irq) {
+                lapic::Delivery::Nmi => tv.latch_nmi_locked(&mut s),
+                d if m.user_mp => crate::mp::latch(tv, &mut s, d),
+                _ => tv.notify_apic_locked(&mut s),
             }
         }
     }

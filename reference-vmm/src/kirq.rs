@@ -8,8 +8,8 @@
 //! - PV IPI and [`crate::irq::deliver_msi`]: `KVM_SIGNAL_MSI`;
 //! - synthetic EOI/ICR/TPR: replayed as host-initiated x2APIC MSR writes
 //!   when the in-kernel APIC is in x2APIC mode (KVM `kvm_hv_vapic_msr_write`
-//!   does the same), through `KVM_GET_LAPIC`/`KVM_SET_LAPIC` and MSIs in
-//!   xAPIC mode (see [`Runner::replay_apic_write`] for the limits);
+//!   does the same); in xAPIC mode the ICR becomes MSIs and the EOI and
+//!   TPR raise #GP (see [`Runner::replay_apic_write`] for why);
 //! - lazy EOI: the VP assist page is handed to KVM's PV-EOI engine
 //!   (`MSR_KVM_PV_EOI_EN`), which uses the same bit 0 at offset 0.
 
@@ -24,7 +24,7 @@ use kvm_bindings::{
     kvm_lapic_state, kvm_mp_state, kvm_msi, kvm_msr_entry,
 };
 use kvm_ioctls::{VcpuFd, VmFd};
-use lapic::{DeliveryMode, Ipi, Shorthand, VcpuSet};
+use lapic::{ApicMode, DeliveryMode, Ipi, Shorthand, VcpuSet};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::error::Error;
@@ -45,16 +45,18 @@ pub const SPLIT_IRQCHIP_ROUTES: u64 = 24;
 pub const MSR_KVM_PV_EOI_EN: u32 = 0x4b56_4d04;
 /// MSR_KVM_PV_EOI_EN enable bit.
 const PV_EOI_ENABLE: u64 = 1;
-/// IA32_APIC_BASE.EXTD: the APIC is in x2APIC mode.
-const APIC_BASE_EXTD: u64 = 1 << 10;
 /// xAPIC register offsets inside `kvm_lapic_state.regs` (SDM Table 11-1).
 const LAPIC_TPR: usize = 0x80;
 const LAPIC_PPR: usize = 0xA0;
 const LAPIC_IRR: usize = 0x200;
 const LAPIC_ISR: usize = 0x100;
-const LAPIC_TMR: usize = 0x180;
 const LAPIC_ICR_LOW: usize = 0x300;
 const LAPIC_ICR_HIGH: usize = 0x310;
+const LAPIC_LVT_LINT1: usize = 0x360;
+/// LVT mask bit and vector field (SDM 10.5.1).
+const LVT_MASKED: u32 = 1 << 16;
+const LVT_VECTOR: u32 = 0xFF;
+
 
 /// What the kernel-irqchip mode keeps per VM.
 pub struct KernelIrqchip {
@@ -161,9 +163,22 @@ pub fn msi_data(vector: u8, mode: DeliveryMode) -> u32 {
     u32::from(vector) | mode.to_reg()
 }
 
-/// Sends an MSI through `KVM_SIGNAL_MSI`. Returns whether KVM delivered
-/// it to at least one APIC.
+/// Whether an MSI data word is an INIT level de-assert: a no-op on the
+/// P4 and later (SDM 10.6.1), which KVM's `kvm_set_msi_irq` would deliver
+/// as an INIT because it asserts every MSI.
+pub fn is_init_deassert(data: u32) -> bool {
+    DeliveryMode::from_reg(data) == DeliveryMode::Init
+        && data & MSI_DATA_TRIGGER_LEVEL != 0
+        && data & MSI_DATA_LEVEL_ASSERT == 0
+}
+
+/// Sends an MSI through `KVM_SIGNAL_MSI` (an INIT de-assert is dropped,
+/// as the userspace APIC drops it). Returns whether KVM delivered it to
+/// at least one APIC.
 pub fn signal_msi(k: &KernelIrqchip, address: u64, data: u32) -> bool {
+    if is_init_deassert(data) {
+        return false;
+    }
     match k.vm.signal_msi(kvm_msi_for(address, data)) {
         Ok(n) => n > 0,
         Err(e) => {
@@ -181,26 +196,13 @@ fn reg32(l: &kvm_lapic_state, off: usize) -> u32 {
     u32::from_le_bytes(b)
 }
 
+#[cfg(test)]
 fn set_reg32(l: &mut kvm_lapic_state, off: usize, v: u32) {
     for (i, s) in v.to_le_bytes().iter().enumerate() {
         if let Some(d) = l.regs.get_mut(off + i) {
             *d = *s as _;
         }
     }
-}
-
-/// The highest in-service vector of an xAPIC register page and whether
-/// it is level-triggered.
-pub fn highest_isr(l: &kvm_lapic_state) -> Option<(u8, bool)> {
-    (0..8).rev().find_map(|i| {
-        let isr = reg32(l, LAPIC_ISR + 0x10 * i);
-        (isr != 0).then(|| {
-            let bit = 31 - isr.leading_zeros();
-            let vector = (i as u32 * 32 + bit) as u8;
-            let level = reg32(l, LAPIC_TMR + 0x10 * i) & (1 << bit) != 0;
-            (vector, level)
-        })
-    })
 }
 
 /// The vectors set in the 256-bit register (ISR, TMR or IRR) at `base`.
@@ -213,13 +215,6 @@ pub fn vectors(l: &kvm_lapic_state, base: usize) -> Vec<u8> {
                 .map(move |b| (i as u32 * 32 + b) as u8)
         })
         .collect()
-}
-
-/// Clears in-service `vector` (the xAPIC EOI's effect on the ISR).
-pub fn clear_isr(l: &mut kvm_lapic_state, vector: u8) {
-    let off = LAPIC_ISR + 0x10 * usize::from(vector / 32);
-    let v = reg32(l, off) & !(1 << (vector % 32));
-    set_reg32(l, off, v);
 }
 
 impl Runner<'_> {
@@ -255,10 +250,11 @@ impl Runner<'_> {
         Ok(n == 1)
     }
 
-    fn x2apic_mode(&self) -> Result<bool, Error> {
-        Ok(self
-            .get_msr(MSR_APIC_BASE)?
-            .is_some_and(|b| b & APIC_BASE_EXTD != 0))
+    /// The in-kernel APIC's mode, from its IA32_APIC_BASE.
+    fn apic_mode(&self) -> Result<ApicMode, Error> {
+        let base = self.get_msr(MSR_APIC_BASE)?.unwrap_or(0);
+        // KVM refuses EXTD without EN: not reachable.
+        Ok(ApicMode::from_apic_base(base).unwrap_or(ApicMode::Disabled))
     }
 
     /// WRMSR of a userspace-exiting MSR in the kernel-irqchip mode.
@@ -279,7 +275,7 @@ impl Runner<'_> {
         Ok(match outcome {
             MsrOutcome::Done | MsrOutcome::Value(_) => true,
             MsrOutcome::InjectGp => false,
-            MsrOutcome::Apic(ApicAccess::Write(reg, v)) => self.replay_apic_write(reg, v)?,
+            MsrOutcome::Apic(ApicAccess::Write(reg, v)) => self.replay_apic_write(index, reg, v)?,
             MsrOutcome::Apic(ApicAccess::Read(_)) => false,
             MsrOutcome::Action(a) => {
                 if let MsrAction::VpAssistPage { gpa } = a {
@@ -312,7 +308,12 @@ impl Runner<'_> {
             MsrOutcome::InjectGp => Ok(None),
             MsrOutcome::Apic(ApicAccess::Read(reg))
             | MsrOutcome::Apic(ApicAccess::Write(reg, _)) => {
-                if self.x2apic_mode()? {
+                // The userspace APIC's rule, so that both irqchips agree.
+                let mode = self.apic_mode()?;
+                if lapic::synthetic_read_faults(index, mode) {
+                    return Ok(None);
+                }
+                if mode == ApicMode::X2Apic {
                     return self.get_msr(reg.x2apic_msr());
                 }
                 let l = self
@@ -332,61 +333,46 @@ impl Runner<'_> {
         }
     }
 
-    /// Carries out a synthetic EOI/ICR/TPR write on the in-kernel APIC.
+    /// Carries out a synthetic EOI/ICR/TPR write (MSR `index`) on the
+    /// in-kernel APIC. `Ok(false)`: #GP. Reserved bits and a disabled APIC
+    /// fault by the userspace APIC's rule (`lapic::synthetic_write_faults`):
+    /// KVM's x2APIC MSRs are looser (TPR bits 31:8, a non-zero EOI).
     ///
     /// x2APIC mode: a host-initiated write of the x2APIC MSR; KVM applies
-    /// it as the guest's own (a refused write is a #GP).
+    /// it as the guest's own (KVM `kvm_hv_vapic_msr_write` does the same;
+    /// a refused write is a #GP).
     ///
-    /// xAPIC mode (no host-initiated x2APIC MSR access there): TPR and
-    /// EOI through KVM_GET_LAPIC/KVM_SET_LAPIC (the EOI clears the highest
-    /// in-service bit; KVM_SET_LAPIC recomputes the PPR and re-evaluates
-    /// pending interrupts). Limits: an EOI of a level-triggered vector does
-    /// not reach an IOAPIC (none exists yet; KVM would exit with
-    /// KVM_EXIT_IOAPIC_EOI for an architectural one), and the directed-EOI
-    /// and ISR-cache fast paths of an architectural EOI are bypassed. ICR:
-    /// the destination field goes into one MSI that KVM resolves (physical,
-    /// logical or broadcast); a shorthand is resolved by the VMM into one
-    /// MSI per target APIC ID. The in-kernel ICR register keeps the last
+    /// xAPIC mode: KVM has no host-initiated access to an xAPIC-mode
+    /// APIC's registers but `KVM_GET_LAPIC`/`KVM_SET_LAPIC`, and that
+    /// read-modify-write of the whole register page loses IRR bits set
+    /// between the two calls (by another vCPU's IPI or an MSI), restarts
+    /// the APIC timer and bypasses the EOI's IOAPIC notification. So the
+    /// EOI and TPR are not served there: #GP, and the hint policy does not
+    /// recommend the synthetic MSRs with the kernel irqchip (a guest that
+    /// follows the hint, as Linux does, never writes them). The ICR needs
+    /// no read-modify-write: its destination becomes one MSI that KVM
+    /// resolves (physical, logical or broadcast), a shorthand one MSI per
+    /// target APIC ID; the in-kernel ICR register keeps the last
     /// architectural value (a synthetic ICR read returns it).
-    pub(crate) fn replay_apic_write(&self, reg: ApicRegister, value: u64) -> Result<bool, Error> {
+    pub(crate) fn replay_apic_write(
+        &self,
+        index: u32,
+        reg: ApicRegister,
+        value: u64,
+    ) -> Result<bool, Error> {
         let me = self.me;
+        let mode = self.apic_mode()?;
+        if lapic::synthetic_write_faults(index, value, mode) {
+            return Ok(false);
+        }
         if reg == ApicRegister::Eoi {
             bump(&me.metrics.eoi_msr);
         }
-        if self.x2apic_mode()? {
+        if mode == ApicMode::X2Apic {
             return self.set_msr(reg.x2apic_msr(), value);
         }
         match reg {
-            ApicRegister::Tpr | ApicRegister::Eoi => {
-                let mut l = self
-                    .fd
-                    .get_lapic()
-                    .map_err(kvm_err(me.index, "KVM_GET_LAPIC"))?;
-                if reg == ApicRegister::Tpr {
-                    // Reserved bits 63:8 set: #GP, as for the x2APIC TPR.
-                    if value > 0xFF {
-                        return Ok(false);
-                    }
-                    set_reg32(&mut l, LAPIC_TPR, value as u32);
-                } else {
-                    match highest_isr(&l) {
-                        Some((v, level)) => {
-                            if level {
-                                log::debug!(
-                                    "vCPU {}: synthetic EOI of level vector {v}: no IOAPIC to notify",
-                                    me.index
-                                );
-                            }
-                            clear_isr(&mut l, v);
-                        }
-                        None => return Ok(true),
-                    }
-                }
-                self.fd
-                    .set_lapic(&l)
-                    .map_err(kvm_err(me.index, "KVM_SET_LAPIC"))?;
-                Ok(true)
-            }
+            ApicRegister::Tpr | ApicRegister::Eoi => Ok(false),
             ApicRegister::Icr => {
                 let ipi = Ipi::from_xapic_u64(value);
                 self.send_ipi_as_msi(&ipi);
@@ -431,6 +417,39 @@ impl Runner<'_> {
             bump(&me.metrics.ipis_posted);
             // APIC ID = vCPU index in this VMM.
             signal_msi(k, msi_address(t as u32), data);
+        }
+    }
+
+    /// The NMI pin (LINT1) was raised: deliver what KVM's LVT LINT1 says
+    /// (KVM has no ioctl that raises LINT1; `KVM_NMI` alone would ignore
+    /// the LVT). APIC hardware-disabled: LINT1 is the NMI pin itself.
+    /// Masked: dropped. NMI mode: `KVM_NMI`. Fixed: its vector, as an edge
+    /// MSI to this vCPU. ExtINT, SMI and INIT: not modelled (no PIC, no
+    /// SMM), dropped.
+    pub(crate) fn kernel_lint1(&mut self) -> Result<(), Error> {
+        let idx = self.me.index;
+        let nmi = |r: &Self| {
+            bump(&r.me.metrics.nmis);
+            r.fd.nmi().map_err(kvm_err(idx, "KVM_NMI"))
+        };
+        if self.apic_mode()? == ApicMode::Disabled {
+            return nmi(self);
+        }
+        let l = self.fd.get_lapic().map_err(kvm_err(idx, "KVM_GET_LAPIC"))?;
+        let lvt = reg32(&l, LAPIC_LVT_LINT1);
+        if lvt & LVT_MASKED != 0 {
+            return Ok(());
+        }
+        match DeliveryMode::from_reg(lvt) {
+            DeliveryMode::Nmi => nmi(self),
+            DeliveryMode::Fixed => {
+                if let Some(k) = self.kernel() {
+                    // APIC ID = vCPU index in this VMM.
+                    signal_msi(k, msi_address(idx), lvt & LVT_VECTOR);
+                }
+                Ok(())
+            }
+            _ => Ok(()),
         }
     }
 
@@ -539,20 +558,6 @@ mod tests {
         assert_eq!(msi_data(0xF0, DeliveryMode::Fixed), 0xF0);
         assert_eq!(msi_data(0x20, DeliveryMode::Nmi), 0x420);
         assert_eq!(msi_data(0x20, DeliveryMode::LowestPriority), 0x120);
-    }
-
-    #[test]
-    fn isr_scan_and_clear() {
-        let mut l = kvm_lapic_state::default();
-        assert_eq!(highest_isr(&l), None);
-        set_reg32(&mut l, LAPIC_ISR + 0x10 * 7, 1 << 12); // vector 0xEC
-        set_reg32(&mut l, LAPIC_ISR + 0x10, 1); // vector 0x20
-        set_reg32(&mut l, LAPIC_TMR + 0x10, 1);
-        assert_eq!(highest_isr(&l), Some((0xEC, false)));
-        clear_isr(&mut l, 0xEC);
-        assert_eq!(highest_isr(&l), Some((0x20, true)));
-        clear_isr(&mut l, 0x20);
-        assert_eq!(highest_isr(&l), None);
     }
 
     #[test]

@@ -105,6 +105,8 @@ counters!(
         wakeups,
         /// Interrupts injected with KVM_INTERRUPT.
         injections,
+        /// NMIs handed to KVM with KVM_NMI.
+        nmis,
         /// EOIs by an MSR or MMIO write that reached the VMM (kernel
         /// irqchip: synthetic EOI MSR writes only).
         eoi_msr,

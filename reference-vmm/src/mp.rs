@@ -180,6 +180,9 @@ impl Runner<'_> {
 
     fn start_at_sipi(&mut self, vector: u8) -> Result<(), Error> {
         let idx = self.me.index;
+        // An I/O exit from before the INIT completes first, or KVM would
+        // finish it on the new state.
+        self.complete_pending_exit()?;
         let sregs = self.fd.get_sregs().map_err(kvm_err(idx, "KVM_GET_SREGS"))?;
         self.fd
             .set_sregs(&sipi_sregs(sregs, vector))

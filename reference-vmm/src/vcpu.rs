@@ -1,9 +1,9 @@
 //! A vCPU: the state other threads share with it (local APIC, Hyper-V VP
 //! state, pending flush, kick target), its posted-interrupt descriptor and
 //! run state (ipiv), and its run loop: entry preparation (flush, posted
-//! vectors, injection, lazy EOI), exit dispatch and HLT. MSR exits are
-//! routed by [`crate::msr`], hypercalls by [`crate::hypercall`], APIC
-//! effects by [`crate::irq`].
+//! vectors, NMIs, injection, CR8, lazy EOI), exit dispatch and HLT. Exits
+//! are served by [`crate::exits`], hypercalls by [`crate::hypercall`],
+//! APIC effects by [`crate::irq`].
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -11,18 +11,17 @@ use std::time::{Duration, Instant};
 
 use hv_enlightenments::msr as hvmsr;
 use ipiv::{HaltCheck, Notify, PostedVcpu, RunState};
-use kvm_bindings::{kvm_interrupt, kvm_regs};
+use kvm_bindings::kvm_interrupt;
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 use lapic::LocalApic;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::error::Error;
 use crate::flush::flush_guest_tlb;
-use crate::guest::abi;
-use crate::irq::{apply_apic_outcome, complete_lazy_eoi, deliver_posted};
+use crate::irq::{complete_lazy_eoi, deliver_posted};
 use crate::kick::KickTarget;
+use crate::kvm_run;
 use crate::metrics::{ExitClass, VcpuMetrics, bump, tsc};
-use crate::msr::{msr_read, msr_write};
 use crate::vm::{FlushMethod, Machine};
 
 vmm_sys_util::ioctl_iow_nr!(KVM_INTERRUPT, kvm_bindings::KVMIO, 0x86, kvm_interrupt);
@@ -31,10 +30,10 @@ vmm_sys_util::ioctl_iow_nr!(KVM_INTERRUPT, kvm_bindings::KVMIO, 0x86, kvm_interr
 /// on its own (a stop also wakes it): long, so that a thousand halted
 /// vCPUs cost the host nothing.
 const HALT_SLICE: Duration = Duration::from_secs(1);
-/// `kvm_run.internal.suberror` of an instruction emulation failure.
-const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
 /// How long a flushing vCPU waits for a target to leave guest mode.
 pub const FLUSH_WAIT: Duration = Duration::from_secs(10);
+/// NMIs latched at most: one pending behind one being delivered.
+const MAX_PENDING_NMIS: u8 = 2;
 
 /// State of a vCPU that other threads read and change, behind its lock.
 pub struct State {
@@ -54,6 +53,13 @@ pub struct State {
     pub woken: bool,
     /// INIT/SIPI state (used where the VMM runs that protocol).
     pub mp: crate::mp::MpEvents,
+    /// NMIs to hand to KVM (`KVM_NMI`) before the next entry; at most
+    /// [`MAX_PENDING_NMIS`], as KVM keeps at most one pending behind the
+    /// one being delivered (x86.c `process_nmi`).
+    pub nmi_pending: u8,
+    /// Kernel irqchip: the NMI pin (LINT1) was raised; the vCPU thread
+    /// delivers it as KVM's LAPIC says ([`crate::kirq`]).
+    pub lint1_pending: bool,
     /// Kernel irqchip: the in-kernel state the thread saw when it
     /// stopped (for timeout reports).
     pub kernel_state: Option<String>,
@@ -91,6 +97,8 @@ impl Vcpu {
                 kick: None,
                 woken: false,
                 mp: crate::mp::MpEvents::default(),
+                nmi_pending: 0,
+                lint1_pending: false,
                 kernel_state: None,
             }),
             cond: Condvar::new(),
@@ -138,16 +146,59 @@ impl Vcpu {
         }
     }
 
-    /// After the APIC's IRR changed under the lock (timer, INIT-class
-    /// deliveries): kick or wake according to the run state.
+    /// After the APIC's IRR changed under the lock (timer, non-posted
+    /// deliveries): kick or wake according to the run state. A vCPU in
+    /// guest mode with a lazy EOI armed is kicked even when the new vector
+    /// is held back by the PPR: the guest may complete the in-service
+    /// interrupt without an exit, and only an exit lets the VMM see that
+    /// and inject the held vector (KVM kicks on every IRR change,
+    /// lapic.c `__apic_accept_irq`).
     pub(crate) fn notify_apic_locked(&self, s: &mut State) {
-        if s.apic.pending().is_none() {
+        let deliverable = s.apic.pending().is_some();
+        match self.run_state() {
+            RunState::InGuest if deliverable || s.apic.lazy_eoi_armed() => self.kick_locked(s),
+            RunState::Halted if deliverable => self.wake_locked(s),
+            _ => {}
+        }
+    }
+
+    /// Latches an NMI for the next entry and makes the thread look: a
+    /// halted vCPU wakes whatever its IF (SDM 6.7).
+    pub(crate) fn latch_nmi_locked(&self, s: &mut State) {
+        s.nmi_pending = (s.nmi_pending + 1).min(MAX_PENDING_NMIS);
+        self.latch_event_locked(s);
+    }
+
+    /// Kicks the vCPU out of guest mode or wakes it, whatever its IF.
+    fn latch_event_locked(&self, s: &mut State) {
+        if self.run_state() == RunState::InGuest {
+            self.kick_locked(s);
+        } else {
+            self.wake_locked(s);
+        }
+    }
+
+    /// Raises this vCPU's NMI pin, LINT1 (QEMU's `nmi` monitor command, a
+    /// watchdog): delivered as LVT LINT1 says (masked: dropped; NMI mode:
+    /// an NMI; fixed: its vector), or as an NMI while the APIC is
+    /// hardware-disabled, when LINT1 is the processor's NMI pin (SDM
+    /// 10.4.3). The kernel irqchip's vCPU thread reads KVM's LVT itself
+    /// before its next entry.
+    pub fn raise_lint1(&self, kernel_irqchip: bool) {
+        let mut s = self.lock();
+        if kernel_irqchip {
+            s.lint1_pending = true;
+            self.latch_event_locked(&mut s);
             return;
         }
-        match self.run_state() {
-            RunState::InGuest => self.kick_locked(s),
-            RunState::Halted => self.wake_locked(s),
-            RunState::OutsideGuest => {}
+        if s.apic.mode() == lapic::ApicMode::Disabled {
+            self.latch_nmi_locked(&mut s);
+            return;
+        }
+        match s.apic.local_interrupt(lapic::Lvt::Lint1) {
+            lapic::Delivery::Nmi => self.latch_nmi_locked(&mut s),
+            lapic::Delivery::Accepted => self.notify_apic_locked(&mut s),
+            _ => {}
         }
     }
 
@@ -259,22 +310,30 @@ impl Vcpu {
     }
 }
 
-/// Owned facts of one exit, taken before the `kvm_run` borrow ends.
+/// Owned facts of one exit, taken before the `kvm_run` borrow ends; the
+/// data of I/O, MMIO and MSR exits is read from `kvm_run` afterwards
+/// ([`crate::kvm_run`]).
 enum Exit {
-    Io {
-        port: u16,
-        value: u32,
-        size: usize,
+    /// `KVM_EXIT_IO`.
+    Pio,
+    /// `KVM_EXIT_MMIO`.
+    Mmio,
+    /// `KVM_EXIT_X86_RDMSR` / `KVM_EXIT_X86_WRMSR`.
+    Msr {
+        write: bool,
     },
     Hlt,
-    Report(u32),
     Handled,
     Intr,
+    IoapicEoi(u8),
     Fatal(String),
-    /// Kernel irqchip: an MSR exit served after the `kvm_run` borrow ends
-    /// (the replay needs vCPU ioctls).
-    Rdmsr(u32),
-    Wrmsr(u32, u64),
+}
+
+impl Exit {
+    /// Whether KVM completes this exit only at the next `KVM_RUN`.
+    fn needs_completion(&self) -> bool {
+        matches!(self, Exit::Pio | Exit::Mmio | Exit::Msr { .. })
+    }
 }
 
 pub(crate) fn kvm_err(vcpu: u32, op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
@@ -288,6 +347,12 @@ pub struct Runner<'a> {
     pub(crate) fd: VcpuFd,
     /// Host TSC when the last `KVM_RUN` returned.
     exit_tsc: u64,
+    /// The last exit is completed only by the next `KVM_RUN`.
+    pending_completion: bool,
+    /// An exception (#GP from an MSR exit, #UD from the hypercall trap)
+    /// is delivered at the next entry: no interrupt may be injected with
+    /// it, its handler runs with IF=0 (SDM 6.9, event priority).
+    exception_queued: bool,
 }
 
 impl<'a> Runner<'a> {
@@ -299,6 +364,8 @@ impl<'a> Runner<'a> {
             me,
             fd,
             exit_tsc: 0,
+            pending_completion: false,
+            exception_queued: false,
         })
     }
 
@@ -327,8 +394,24 @@ impl<'a> Runner<'a> {
         r
     }
 
-    fn rip(&self) -> u64 {
+    pub(crate) fn rip(&self) -> u64 {
         self.fd.get_regs().map(|r| r.rip).unwrap_or(0)
+    }
+
+    /// Completes the last exit if KVM has not yet (see [`kvm_run`]); call
+    /// before any ioctl that changes the vCPU's state.
+    pub(crate) fn complete_pending_exit(&mut self) -> Result<(), Error> {
+        if !std::mem::take(&mut self.pending_completion) {
+            return Ok(());
+        }
+        kvm_run::complete_pending(&mut self.fd)
+            .map_err(kvm_err(self.me.index, "KVM_RUN (completing an exit)"))
+    }
+
+    /// Queues an exception for the next entry (no interrupt is injected
+    /// with it).
+    pub(crate) fn note_exception(&mut self) {
+        self.exception_queued = true;
     }
 
     fn run_loop(&mut self) -> Result<(), Error> {
@@ -346,6 +429,11 @@ impl<'a> Runner<'a> {
                 .svc_cycles_entry
                 .fetch_add(tsc().wrapping_sub(t_entry), Ordering::Relaxed);
             let exit = self.run_once();
+            self.pending_completion = exit.needs_completion();
+            let eoi = self.sync_after_exit();
+            if let Some(vector) = eoi {
+                self.m.broadcast_eoi(vector);
+            }
             bump(&self.me.metrics.exits);
             match exit {
                 Exit::Handled => {
@@ -363,21 +451,35 @@ impl<'a> Runner<'a> {
                     bump(&self.me.metrics.exit_hlt);
                     // The sleep is not service time.
                     self.account(ExitClass::Hlt);
-                    self.halt();
+                    let if_flag = self.fd.get_kvm_run().if_flag != 0;
+                    self.halt(if_flag);
                 }
-                Exit::Io { port, value, size } => {
+                Exit::Pio => {
                     bump(&self.me.metrics.exit_io);
-                    self.port_out(port, value, size)?;
-                    self.account(if port == abi::HYPERCALL_PORT {
-                        ExitClass::Hypercall
-                    } else {
-                        ExitClass::Pio
-                    });
+                    let class = self.pio()?;
+                    self.account(class);
                 }
-                // Reports are the measurement's own exits: not counted.
-                Exit::Report(code) => {
-                    let regs = self.fd.sync_regs().regs;
-                    self.m.report(self.me.index, code, regs.rdi, regs.rsi);
+                Exit::Mmio => {
+                    bump(&self.me.metrics.exit_mmio);
+                    // Reports are the measurement's own exits: not counted.
+                    if self.mmio() {
+                        self.account(ExitClass::Mmio);
+                    }
+                }
+                Exit::Msr { write } => {
+                    if write {
+                        bump(&self.me.metrics.exit_wrmsr);
+                    } else {
+                        bump(&self.me.metrics.exit_rdmsr);
+                    }
+                    self.msr(write)?;
+                    self.account(ExitClass::Msr);
+                }
+                // Split irqchip: KVM's LAPIC completed a level-triggered
+                // vector routed from the userspace IOAPIC.
+                Exit::IoapicEoi(vector) => {
+                    self.m.broadcast_eoi(vector);
+                    self.account(ExitClass::Other);
                 }
                 Exit::Fatal(reason) => {
                     return Err(Error::Guest {
@@ -385,16 +487,6 @@ impl<'a> Runner<'a> {
                         reason,
                         rip: self.rip(),
                     });
-                }
-                Exit::Rdmsr(index) => {
-                    let v = self.kernel_rdmsr(index)?;
-                    self.complete_msr_exit(v.is_none(), v.unwrap_or(0));
-                    self.account(ExitClass::Msr);
-                }
-                Exit::Wrmsr(index, data) => {
-                    let ok = self.kernel_wrmsr(index, data)?;
-                    self.complete_msr_exit(!ok, data);
-                    self.account(ExitClass::Msr);
                 }
             }
         }
@@ -418,39 +510,37 @@ impl<'a> Runner<'a> {
             .add_service(class, tsc().wrapping_sub(self.exit_tsc));
     }
 
-    /// Answers the pending KVM_EXIT_X86_RDMSR/WRMSR: `error` injects #GP,
-    /// `data` is what a RDMSR returns.
-    fn complete_msr_exit(&mut self, error: bool, data: u64) {
-        let run = self.fd.get_kvm_run();
-        // SAFETY: the last exit was KVM_EXIT_X86_RDMSR or _WRMSR (this is
-        // only called for those), so `msr` is the live union member; the
-        // mapping belongs to this thread's vCPU fd.
-        let msr = unsafe { &mut run.__bindgen_anon_1.msr };
-        msr.error = u8::from(error);
-        msr.data = data;
-    }
-
-    /// Flush, posted vectors, interrupt injection and lazy EOI before an
-    /// entry; the run state becomes "in guest" under the vCPU's lock, so a
-    /// timer or flush request from now on kicks.
+    /// Flush, NMIs, posted vectors, interrupt injection, CR8 and lazy EOI
+    /// before an entry; the run state becomes "in guest" under the vCPU's
+    /// lock, so a timer or flush request from now on kicks.
     fn prepare_entry(&mut self) -> Result<(), Error> {
         let idx = self.me.index;
-        let mut s = self.me.lock();
+        let me = self.me;
+        let mut s = me.lock();
         if s.flush_pending {
             if self.m.flush == FlushMethod::MmuReset {
-                flush_guest_tlb(&self.fd).map_err(kvm_err(idx, "KVM_SET_SREGS (TLB flush)"))?;
+                // Under the lock: no kick can race the immediate_exit
+                // this uses.
+                self.complete_pending_exit()?;
+                flush_guest_tlb(&self.fd).map_err(kvm_err(idx, "KVM_SET_MSRS (TLB flush)"))?;
             }
             s.flush_pending = false;
-            bump(&self.me.metrics.flushes_done);
+            bump(&me.metrics.flushes_done);
             if s.flush_waiters > 0 {
-                self.me.cond.notify_all();
+                me.cond.notify_all();
             }
         }
-        let posted = self
-            .me
-            .posted
-            .run_state()
-            .enter_guest(self.me.posted.descriptor());
+        // KVM queues NMIs itself and injects each when NMIs are unblocked
+        // (x86.c `process_nmi`, at most one pending behind one in service).
+        for _ in 0..std::mem::take(&mut s.nmi_pending) {
+            self.fd.nmi().map_err(kvm_err(idx, "KVM_NMI"))?;
+            bump(&me.metrics.nmis);
+        }
+        if std::mem::take(&mut s.lint1_pending) {
+            self.kernel_lint1()?;
+        }
+        let exception = std::mem::take(&mut self.exception_queued);
+        let posted = me.posted.run_state().enter_guest(me.posted.descriptor());
         if self.m.kernel.is_some() {
             // KVM's LAPIC injects, halts and completes EOIs itself; the run
             // state above still tells flush requests to kick.
@@ -458,7 +548,10 @@ impl<'a> Runner<'a> {
         }
         deliver_posted(&mut s, posted);
         let run = self.fd.get_kvm_run();
-        let can_inject = run.ready_for_interrupt_injection != 0 && run.if_flag != 0;
+        // KVM loads CR8 from kvm_run at every entry without an in-kernel
+        // APIC (x86.c `kvm_arch_vcpu_ioctl_run`): TPR[7:4] = CR8[3:0].
+        run.cr8 = s.apic.cr8();
+        let can_inject = run.ready_for_interrupt_injection != 0 && run.if_flag != 0 && !exception;
         match s.apic.pending() {
             Some(v) if can_inject => {
                 let irq = kvm_interrupt { irq: u32::from(v) };
@@ -474,7 +567,7 @@ impl<'a> Runner<'a> {
                     });
                 }
                 s.apic.acknowledge(v);
-                bump(&self.me.metrics.injections);
+                bump(&me.metrics.injections);
                 self.fd.get_kvm_run().request_interrupt_window =
                     u8::from(s.apic.pending().is_some());
             }
@@ -500,144 +593,56 @@ impl<'a> Runner<'a> {
         }
     }
 
-    fn run_once(&mut self) -> Exit {
-        let m = self.m;
-        let me = self.me;
-        let r = self.fd.run();
-        self.exit_tsc = tsc();
-        // Out of guest mode before the exit is handled, so that handlers (a
-        // self-IPI, a flush of oneself) see it so; then the lazy EOI, before
-        // anything else touches the APIC. `r` borrows the vCPU fd; this
-        // needs only shared state.
-        {
-            let posted = me.posted.run_state().leave_guest(me.posted.descriptor());
-            let mut s = me.lock();
-            complete_lazy_eoi(m, me, &mut s);
-            deliver_posted(&mut s, posted);
-            if s.flush_waiters > 0 {
-                me.cond.notify_all();
+    /// Out of guest mode before the exit is handled, so that handlers (a
+    /// self-IPI, a flush of oneself) see it so; then the lazy EOI and the
+    /// guest's CR8, before anything else touches the APIC. Returns the
+    /// vector of a level-triggered EOI for the IOAPIC (sent by the caller,
+    /// with no vCPU lock held).
+    fn sync_after_exit(&mut self) -> Option<u8> {
+        let (m, me) = (self.m, self.me);
+        let posted = me.posted.run_state().leave_guest(me.posted.descriptor());
+        let mut s = me.lock();
+        let eoi = complete_lazy_eoi(m, me, &mut s);
+        deliver_posted(&mut s, posted);
+        if m.kernel.is_none() {
+            // KVM stores CR8 in kvm_run at every exit; a `mov cr8` that
+            // lowers it exits with KVM_EXIT_SET_TPR, one that raises it is
+            // seen here at the next exit. Unchanged: TPR[3:0] stay.
+            let cr8 = self.fd.get_kvm_run().cr8;
+            if cr8 != s.apic.cr8() {
+                s.apic.set_cr8(cr8);
             }
         }
+        if s.flush_waiters > 0 {
+            me.cond.notify_all();
+        }
+        eoi
+    }
+
+    fn run_once(&mut self) -> Exit {
+        let r = self.fd.run();
+        self.exit_tsc = tsc();
         match r {
-            Ok(VcpuExit::IoOut(port, data)) => {
-                let mut b = [0u8; 4];
-                let n = data.len().min(4);
-                b[..n].copy_from_slice(&data[..n]);
-                Exit::Io {
-                    port,
-                    value: u32::from_le_bytes(b),
-                    size: n,
-                }
-            }
-            Ok(VcpuExit::IoIn(port, data)) => {
-                bump(&me.metrics.exit_io);
-                if !m.pio.read(u64::from(port), data) {
-                    data.fill(0xFF);
-                }
-                Exit::Handled
-            }
-            Ok(VcpuExit::MmioRead(addr, data)) => {
-                bump(&me.metrics.exit_mmio);
-                let s = me.lock();
-                let base = s.apic.mmio_base();
-                if s.apic.mode() == lapic::ApicMode::XApic && (base..base + 0x1000).contains(&addr)
-                {
-                    s.apic.read_mmio(addr - base, data);
-                } else if !m.mmio.read(addr, data) {
-                    data.fill(0xFF);
-                }
-                Exit::Handled
-            }
-            Ok(VcpuExit::MmioWrite(addr, data)) => {
-                bump(&me.metrics.exit_mmio);
-                if addr == abi::REPORT_MMIO && !m.external {
-                    let mut b = [0u8; 4];
-                    let n = data.len().min(4);
-                    b[..n].copy_from_slice(&data[..n]);
-                    return Exit::Report(u32::from_le_bytes(b));
-                }
-                let out = {
-                    let mut s = me.lock();
-                    let base = s.apic.mmio_base();
-                    (s.apic.mode() == lapic::ApicMode::XApic
-                        && (base..base + 0x1000).contains(&addr))
-                    .then(|| s.apic.write_mmio(addr - base, data))
-                };
-                match out {
-                    // An MMIO write has no #GP: a refused write is dropped.
-                    Some(o) => {
-                        let _ = apply_apic_outcome(m, me, o);
-                    }
-                    None => {
-                        m.mmio.write(addr, data);
-                    }
-                }
-                Exit::Handled
-            }
-            Ok(VcpuExit::X86Rdmsr(exit)) if m.kernel.is_some() => {
-                bump(&me.metrics.exit_rdmsr);
-                Exit::Rdmsr(exit.index)
-            }
-            Ok(VcpuExit::X86Wrmsr(exit)) if m.kernel.is_some() => {
-                bump(&me.metrics.exit_wrmsr);
-                Exit::Wrmsr(exit.index, exit.data)
-            }
-            Ok(VcpuExit::X86Rdmsr(exit)) => {
-                bump(&me.metrics.exit_rdmsr);
-                match msr_read(m, me, exit.index) {
-                    Some(v) => *exit.data = v,
-                    None => *exit.error = 1,
-                }
-                Exit::Handled
-            }
-            Ok(VcpuExit::X86Wrmsr(exit)) => {
-                bump(&me.metrics.exit_wrmsr);
-                if !msr_write(m, me, exit.index, exit.data) {
-                    *exit.error = 1;
-                }
-                Exit::Handled
-            }
+            Ok(VcpuExit::IoOut(..) | VcpuExit::IoIn(..)) => Exit::Pio,
+            Ok(VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..)) => Exit::Mmio,
+            Ok(VcpuExit::X86Rdmsr(_)) => Exit::Msr { write: false },
+            Ok(VcpuExit::X86Wrmsr(_)) => Exit::Msr { write: true },
             Ok(VcpuExit::Hlt) => Exit::Hlt,
-            // Split irqchip: KVM's LAPIC completed a level-triggered vector
-            // routed from the userspace IOAPIC.
-            Ok(VcpuExit::IoapicEoi(vector)) => {
-                m.broadcast_eoi(vector);
-                Exit::Handled
-            }
+            Ok(VcpuExit::IoapicEoi(vector)) => Exit::IoapicEoi(vector),
+            // The CR8 write is picked up by `sync_after_exit`.
+            Ok(VcpuExit::SetTpr) => Exit::Handled,
             Ok(VcpuExit::IrqWindowOpen) => {
-                bump(&me.metrics.exit_irq_window);
+                bump(&self.me.metrics.exit_irq_window);
                 Exit::Handled
             }
             Ok(VcpuExit::Intr) => Exit::Intr,
             Ok(VcpuExit::Shutdown) => Exit::Fatal("shutdown (triple fault)".into()),
-            Ok(VcpuExit::InternalError) => {
-                let run = self.fd.get_kvm_run();
-                // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so the
-                // kernel filled the `internal` member of the union.
-                let internal = unsafe { run.__bindgen_anon_1.internal };
-                let what = match internal.suberror {
-                    1 => "emulation failure",
-                    2 => "simultaneous exceptions",
-                    3 => "delivery event failure",
-                    _ => "internal error",
-                };
-                let n = (internal.ndata as usize).min(internal.data.len());
-                let data = internal.data[..n].to_vec();
-                let insn = if internal.suberror == KVM_INTERNAL_ERROR_EMULATION {
-                    crate::fault::describe_instruction(&self.fd, &self.m.mem, &data)
-                } else {
-                    String::new()
-                };
-                Exit::Fatal(format!(
-                    "KVM_EXIT_INTERNAL_ERROR: {what} (suberror {}, data {data:x?}){insn}",
-                    internal.suberror,
-                ))
-            }
+            Ok(VcpuExit::InternalError) => Exit::Fatal(self.internal_error()),
             Ok(VcpuExit::FailEntry(reason, cpu)) => Exit::Fatal(format!(
                 "KVM_EXIT_FAIL_ENTRY: hardware reason {reason:#x} on host CPU {cpu}"
             )),
             Ok(other) => {
-                bump(&me.metrics.exit_other);
+                bump(&self.me.metrics.exit_other);
                 Exit::Fatal(format!("unexpected exit {other:?}"))
             }
             Err(e) if e.errno() == libc::EINTR => Exit::Intr,
@@ -646,15 +651,21 @@ impl<'a> Runner<'a> {
         }
     }
 
-    /// HLT in userspace: block until an interrupt is deliverable or the
-    /// machine stops. The "halted" run state is published with ipiv's
-    /// protocol, so posters know to wake this thread.
-    fn halt(&self) {
+    /// HLT in userspace: block until an interrupt can be taken (one is
+    /// pending and the guest halted with IF=1), an NMI or INIT/SIPI
+    /// arrives, or the machine stops. `cli; hlt` with a maskable interrupt
+    /// pending stays halted, as KVM's `kvm_vcpu_has_events` decides. The
+    /// "halted" run state is published with ipiv's protocol, so posters
+    /// know to wake this thread.
+    fn halt(&self, if_flag: bool) {
         let me = self.me;
         let desc = me.posted.descriptor();
         let mut s = me.lock();
+        let wakes = |s: &State| {
+            (if_flag && s.apic.pending().is_some()) || s.nmi_pending > 0 || s.mp.pending()
+        };
         loop {
-            if self.m.stopping() || s.apic.pending().is_some() || s.mp.pending() {
+            if self.m.stopping() || wakes(&s) {
                 break;
             }
             s.woken = false;
@@ -663,7 +674,7 @@ impl<'a> Runner<'a> {
                 deliver_posted(&mut s, posted);
                 continue;
             }
-            while !s.woken && !self.m.stopping() && !s.mp.pending() {
+            while !s.woken && !self.m.stopping() && !wakes(&s) {
                 s = me
                     .cond
                     .wait_timeout(s, HALT_SLICE)
@@ -673,38 +684,5 @@ impl<'a> Runner<'a> {
             let posted = me.posted.run_state().leave_guest(desc);
             deliver_posted(&mut s, posted);
         }
-    }
-
-    fn port_out(&mut self, port: u16, value: u32, size: usize) -> Result<(), Error> {
-        match port {
-            // External guests: the hypercall port exists only with
-            // Hyper-V on; the panic port not at all.
-            abi::HYPERCALL_PORT if !self.m.external || self.m.hyperv => self.hypercall(),
-            abi::PANIC_PORT if !self.m.external => {
-                let regs = self.regs()?;
-                Err(Error::Guest {
-                    vcpu: self.me.index,
-                    reason: format!(
-                        "guest exception vector {} (error code {:#x})",
-                        regs.rax & 0xFF,
-                        regs.rsi
-                    ),
-                    rip: regs.rdx,
-                })
-            }
-            _ => {
-                // Devices see the access size the guest used (a 16-bit
-                // fw_cfg selector write is not a 32-bit one).
-                let b = value.to_le_bytes();
-                self.m.pio.write(u64::from(port), &b[..size.min(b.len())]);
-                Ok(())
-            }
-        }
-    }
-
-    fn regs(&self) -> Result<kvm_regs, Error> {
-        self.fd
-            .get_regs()
-            .map_err(kvm_err(self.me.index, "KVM_GET_REGS"))
     }
 }

@@ -204,6 +204,15 @@ impl Machine {
         }
     }
 
+    /// Raises the NMI pin (LINT1) of every vCPU, as QEMU's `nmi` monitor
+    /// command does: each takes it as its LVT LINT1 says (see
+    /// [`Vcpu::raise_lint1`]).
+    pub fn external_nmi(&self) {
+        for v in &self.vcpus {
+            v.raise_lint1(self.kernel.is_some());
+        }
+    }
+
     /// Whether the run is ending.
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Acquire)
@@ -365,6 +374,11 @@ impl Vm {
         .map_err(mem_err)?;
         mem.write_obj(u64::from(config.vcpus), GuestAddress(abi::shared::VCPUS))
             .map_err(mem_err)?;
+        mem.write_obj(
+            u64::from(config.hyperv && c.plan.lazy_eoi()),
+            GuestAddress(abi::shared::APIC_ACCESS_HINT),
+        )
+        .map_err(mem_err)?;
 
         let io_ports = [abi::HYPERCALL_PORT, abi::NULL_PORT];
         let mut vcpu_fds = Vec::with_capacity(config.vcpus as usize);
@@ -763,7 +777,16 @@ impl Common {
         let mut topology = Topology::new();
         let mut vcpus = Vec::with_capacity(n as usize);
         for i in 0..n {
-            let apic = LocalApic::new(lapic::Config::new(i), clock.clone())
+            // Directed EOI (SVR bit 12 suppresses the EOI broadcast; the
+            // userspace IOAPIC has the EOI register): KVM offers it when
+            // the guest has x2APIC and no in-kernel IOAPIC
+            // (`kvm_apic_set_version`), so both irqchips report the same
+            // version register (0x01050014).
+            let config = lapic::Config {
+                eoi_broadcast_suppression: true,
+                ..lapic::Config::new(i)
+            };
+            let apic = LocalApic::new(config, clock.clone())
                 .map_err(|e| Error::Memory(format!("vCPU {i} local APIC: {e}")))?;
             topology
                 .add(i as usize, apic.identity())

@@ -360,12 +360,12 @@ impl CpuidBuilder {
                 } else if hw_apic_virt == Some(true) {
                     (
                         false,
-                        "APICv/AVIC serves architectural APIC accesses without an exit",
+                        "APICv/AVIC serves architectural APIC accesses without an exit; the synthetic EOI/TPR MSRs work only in x2APIC mode (xAPIC: #GP)",
                     )
                 } else {
                     (
                         false,
-                        "in-kernel LAPIC serves APIC accesses without a userspace exit",
+                        "in-kernel LAPIC serves APIC accesses without a userspace exit; the synthetic EOI/TPR MSRs work only in x2APIC mode (xAPIC: #GP, no lossless way to change an xAPIC-mode in-kernel APIC from userspace)",
                     )
                 }
             }

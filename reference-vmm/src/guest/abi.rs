@@ -130,6 +130,11 @@ pub mod shared {
     pub const PONG: u64 = SHARED + 56;
     /// Non-zero: keep the local APIC in xAPIC mode (MMIO) at start.
     pub const XAPIC: u64 = SHARED + 64;
+    /// Non-zero: the VMM published HV_X64_APIC_ACCESS_RECOMMENDED. Without
+    /// it an xAPIC guest completes interrupts through the MMIO EOI register,
+    /// as Linux does (the kernel irqchip serves the synthetic EOI only in
+    /// x2APIC mode).
+    pub const APIC_ACCESS_HINT: u64 = SHARED + 72;
     /// A page-aligned hypercall input page.
     pub const HC_INPUT: u64 = SHARED + 0x1000;
     /// A page-aligned hypercall output page.
@@ -142,7 +147,8 @@ pub mod eoi_mode {
     pub const X2APIC: u64 = 0;
     /// HV_X64_MSR_EOI.
     pub const SYNTHETIC: u64 = 1;
-    /// Lazy EOI through the VP assist page, else HV_X64_MSR_EOI.
+    /// Lazy EOI through the VP assist page, else HV_X64_MSR_EOI (xAPIC
+    /// without APIC_ACCESS_RECOMMENDED: the MMIO EOI register).
     pub const LAZY: u64 = 2;
     /// xAPIC EOI register through MMIO.
     pub const XAPIC: u64 = 3;

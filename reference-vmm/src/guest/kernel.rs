@@ -183,6 +183,18 @@ pub fn build() -> Result<Kernel, Error> {
         a.mov(ecx, X2APIC_EOI)?;
         a.test(rax, rax)?;
         a.jz(write)?;
+        // Lazy EOI not taken in xAPIC mode without the hint: the MMIO EOI.
+        let mut synthetic = a.create_label();
+        a.cmp(rax, abi::eoi_mode::LAZY as i32)?;
+        a.jne(synthetic)?;
+        a.cmp(qword_ptr(shared::XAPIC), 0)?;
+        a.je(synthetic)?;
+        a.cmp(qword_ptr(shared::APIC_ACCESS_HINT), 0)?;
+        a.jne(synthetic)?;
+        a.mov(rcx, XAPIC_MMIO + XAPIC_EOI_OFFSET)?;
+        a.mov(dword_ptr(rcx), 0)?;
+        a.ret()?;
+        a.set_label(&mut synthetic)?;
         a.mov(ecx, HV_X64_MSR_EOI)?;
         a.set_label(&mut write)?;
         a.xor(eax, eax)?;

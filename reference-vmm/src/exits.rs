@@ -1,0 +1,195 @@
+//! Serving one exit of the vCPU run loop ([`crate::vcpu::Runner`]): MSR
+//! exits (the kernel-irqchip bridge or the userspace APIC and Hyper-V
+//! state), MMIO (the xAPIC page, the built-in guests' reports, the MMIO
+//! bus), port I/O element by element (string I/O included; the hypercall
+//! trap), and internal errors. The exit data is read from `kvm_run`
+//! ([`crate::kvm_run`]).
+
+use kvm_bindings::kvm_regs;
+
+use crate::error::Error;
+use crate::guest::abi;
+use crate::irq::apply_apic_outcome;
+use crate::kvm_run;
+use crate::metrics::ExitClass;
+use crate::msr::{msr_read, msr_write};
+use crate::vcpu::{Runner, kvm_err};
+use crate::vm::MSR_APIC_BASE;
+
+/// `kvm_run.internal.suberror` of an instruction emulation failure.
+const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
+
+impl Runner<'_> {
+    /// Answers the pending KVM_EXIT_X86_RDMSR/WRMSR: `error` injects #GP,
+    /// `data` is what a RDMSR returns.
+    pub(crate) fn complete_msr_exit(&mut self, error: bool, data: u64) {
+        if error {
+            self.note_exception();
+        }
+        kvm_run::complete_msr(&mut self.fd, error, data);
+    }
+
+    /// Serves an MSR exit: the kernel-irqchip bridge ([`crate::kirq`]) or
+    /// the userspace APIC and Hyper-V state ([`crate::msr`]).
+    pub(crate) fn msr(&mut self, write: bool) -> Result<(), Error> {
+        let (index, data) = kvm_run::msr(&mut self.fd);
+        let (m, me) = (self.m, self.me);
+        match (m.kernel.is_some(), write) {
+            (true, false) => {
+                let v = self.kernel_rdmsr(index)?;
+                self.complete_msr_exit(v.is_none(), v.unwrap_or(0));
+            }
+            (true, true) => {
+                let ok = self.kernel_wrmsr(index, data)?;
+                self.complete_msr_exit(!ok, data);
+            }
+            (false, false) => {
+                let v = msr_read(m, me, index);
+                self.complete_msr_exit(v.is_none(), v.unwrap_or(0));
+            }
+            (false, true) => {
+                let ok = msr_write(m, me, index, data);
+                self.complete_msr_exit(!ok, data);
+                if ok && index == MSR_APIC_BASE {
+                    self.mirror_apic_base()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Userspace irqchip: tells KVM the APIC base the guest set, so that
+    /// KVM's runtime CPUID update makes CPUID.1:EDX.APIC follow
+    /// IA32_APIC_BASE.EN (x86.c `__kvm_apic_set_base` ->
+    /// `kvm_update_cpuid_runtime`). A host-initiated write passes the MSR
+    /// filter; KVM keeps the value even without an in-kernel APIC.
+    pub(crate) fn mirror_apic_base(&mut self) -> Result<(), Error> {
+        let base = self.me.lock().apic.apic_base();
+        self.complete_pending_exit()?;
+        if !self.set_msr(MSR_APIC_BASE, base)? {
+            log::warn!(
+                "vCPU {}: KVM refused IA32_APIC_BASE = {base:#x}",
+                self.me.index
+            );
+        }
+        Ok(())
+    }
+
+    /// Describes a `KVM_EXIT_INTERNAL_ERROR` (an emulation failure names
+    /// the instruction).
+    pub(crate) fn internal_error(&mut self) -> String {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so the
+        // kernel filled the `internal` member of the union.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let what = match internal.suberror {
+            1 => "emulation failure",
+            2 => "simultaneous exceptions",
+            3 => "delivery event failure",
+            _ => "internal error",
+        };
+        let n = (internal.ndata as usize).min(internal.data.len());
+        let data = internal.data[..n].to_vec();
+        let insn = if internal.suberror == KVM_INTERNAL_ERROR_EMULATION {
+            crate::fault::describe_instruction(&self.fd, &self.m.mem, &data)
+        } else {
+            String::new()
+        };
+        format!(
+            "KVM_EXIT_INTERNAL_ERROR: {what} (suberror {}, data {data:x?}){insn}",
+            internal.suberror,
+        )
+    }
+
+    /// Serves an MMIO exit: the xAPIC page of this vCPU's APIC, the
+    /// built-in guests' report address, or the MMIO bus. Returns `false`
+    /// for a report (not counted as service).
+    pub(crate) fn mmio(&mut self) -> bool {
+        let (m, me) = (self.m, self.me);
+        let (addr, write, data) = kvm_run::mmio(&mut self.fd);
+        if write && addr == abi::REPORT_MMIO && !m.external {
+            let mut b = [0u8; 4];
+            let n = data.len().min(4);
+            b[..n].copy_from_slice(&data[..n]);
+            let code = u32::from_le_bytes(b);
+            let regs = self.fd.sync_regs().regs;
+            m.report(me.index, code, regs.rdi, regs.rsi);
+            return false;
+        }
+        let mut s = me.lock();
+        let base = s.apic.mmio_base();
+        let apic = s.apic.mode() == lapic::ApicMode::XApic && (base..base + 0x1000).contains(&addr);
+        match (apic, write) {
+            (true, false) => s.apic.read_mmio(addr - base, data),
+            (true, true) => {
+                let o = s.apic.write_mmio(addr - base, data);
+                drop(s);
+                // An MMIO write has no #GP: a refused write is dropped.
+                let _ = apply_apic_outcome(m, me, o);
+            }
+            (false, false) => {
+                drop(s);
+                if !m.mmio.read(addr, data) {
+                    data.fill(0xFF);
+                }
+            }
+            (false, true) => {
+                drop(s);
+                m.mmio.write(addr, data);
+            }
+        }
+        true
+    }
+
+    /// Serves a port I/O exit element by element (string I/O moves
+    /// `count` elements of `size` bytes; devices see each access at the
+    /// size the guest used).
+    pub(crate) fn pio(&mut self) -> Result<ExitClass, Error> {
+        let m = self.m;
+        let Some((io, data)) = kvm_run::pio(&mut self.fd) else {
+            return Err(Error::Guest {
+                vcpu: self.me.index,
+                reason: "KVM_EXIT_IO with an unexpected data layout".into(),
+                rip: self.rip(),
+            });
+        };
+        match io.port {
+            // External guests: the hypercall port exists only with
+            // Hyper-V on; the panic port not at all.
+            abi::HYPERCALL_PORT if !io.input && (!m.external || m.hyperv) => {
+                self.hypercall()?;
+                return Ok(ExitClass::Hypercall);
+            }
+            abi::PANIC_PORT if !io.input && !m.external => {
+                let regs = self.regs()?;
+                return Err(Error::Guest {
+                    vcpu: self.me.index,
+                    reason: format!(
+                        "guest exception vector {} (error code {:#x})",
+                        regs.rax & 0xFF,
+                        regs.rsi
+                    ),
+                    rip: regs.rdx,
+                });
+            }
+            _ => {}
+        }
+        let port = u64::from(io.port);
+        for element in data.chunks_mut(io.size) {
+            if io.input {
+                if !m.pio.read(port, element) {
+                    element.fill(0xFF);
+                }
+            } else {
+                m.pio.write(port, element);
+            }
+        }
+        Ok(ExitClass::Pio)
+    }
+
+    pub(crate) fn regs(&self) -> Result<kvm_regs, Error> {
+        self.fd
+            .get_regs()
+            .map_err(kvm_err(self.me.index, "KVM_GET_REGS"))
+    }
+}
