@@ -7,25 +7,14 @@
 //! the kicks and wake-ups after (or while) iterating, however it likes.
 
 use crate::pid_table::{self, PidTable};
+// Defined beside the run state it is derived from; re-exported here, where
+// the fast path returns it.
+pub use crate::run_state::Notify;
 
 /// Lowest vector a fixed IPI may carry: 0..=15 are reserved (SDM "Valid
 /// Interrupt Vectors"; Hyper-V's HvCallSendSyntheticClusterIpi answers
 /// HV_STATUS_INVALID_PARAMETER for them, as KVM's `kvm_hv_send_ipi` does).
 pub const MIN_IPI_VECTOR: u8 = 0x10;
-
-/// How the caller must notify one target after posting.
-#[must_use = "a Kick or Wake that is not delivered can leave a vCPU asleep on a vector"]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Notify {
-    /// Nothing to do: the vector merged with a pending one, a notification
-    /// is already outstanding, or the target is outside the guest and takes
-    /// pending vectors before it enters again.
-    None,
-    /// The target is in the guest: kick it out of `KVM_RUN`.
-    Kick,
-    /// The target is halted: wake its thread.
-    Wake,
-}
 
 /// The result for one target of a multicast.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -6,8 +6,9 @@
 //!   IPI virtualization indexes it.
 //! * [`ipi`]: the IPI fast path: post one vector to many targets and learn,
 //!   per target, whether to kick it, wake it or do nothing.
-//! * [`run_state`]: the per-vCPU run state the fast path reads, and the
-//!   protocol that keeps a halting vCPU from sleeping on a pending vector.
+//! * [`run_state`]: the per-vCPU run state the fast path reads, the
+//!   [`Notify`] it maps to, and the protocol that keeps a halting vCPU from
+//!   sleeping on a pending vector.
 //! * [`inhibit`]: KVM's APICv/AVIC inhibit reasons as a per-VM set fed by
 //!   per-vCPU events, applied at safe points, with explanations.
 //! * [`probe`]: what the host offers (sysfs module parameters, CPUID), as
@@ -61,7 +62,7 @@ pub use inhibit::{
     InhibitConfig, InhibitEvent, InhibitManager, InhibitReason, InhibitReport, InhibitRequests,
     InhibitSet, SafePoint, VcpuGate,
 };
-pub use ipi::{Delivery, MIN_IPI_VECTOR, Notify};
+pub use ipi::{Delivery, MIN_IPI_VECTOR};
 pub use pid_table::{MAX_APIC_IDS, PidTable, PostedVcpu};
 pub use probe::HostProbe;
-pub use run_state::{HaltCheck, RunState, VcpuRunState};
+pub use run_state::{HaltCheck, Notify, RunState, VcpuRunState};

@@ -8,7 +8,7 @@
 use std::sync::{Arc, OnceLock};
 
 use crate::descriptor::{PostOutcome, PostedInterruptDescriptor};
-use crate::run_state::{RunState, VcpuRunState};
+use crate::run_state::{Notify, VcpuRunState};
 
 /// Most APIC IDs a table can hold (IDs 0..=4095), KVM's `KVM_MAX_VCPU_IDS`
 /// on x86 and the 4096 VPs a Hyper-V VP set can name.
@@ -84,26 +84,20 @@ impl PostedVcpu {
     /// notification is outstanding, SN is set, or the vCPU is outside the
     /// guest and will take it before entering), else kick or wake.
     #[inline]
-    pub fn post(&self, vector: u8) -> crate::ipi::Notify {
+    pub fn post(&self, vector: u8) -> Notify {
         self.post_outcome(vector).1
     }
 
     /// Like [`post`](Self::post), also saying what the descriptor did
     /// (whether the vector was newly pending).
     #[inline]
-    pub fn post_outcome(&self, vector: u8) -> (PostOutcome, crate::ipi::Notify) {
-        use crate::ipi::Notify;
+    pub fn post_outcome(&self, vector: u8) -> (PostOutcome, Notify) {
         let outcome = self.descriptor.post_outcome(vector);
         if !outcome.needs_notification() {
             return (outcome, Notify::None);
         }
         // Read after ON was set (SeqCst), see `run_state`.
-        let notify = match self.run_state.get() {
-            RunState::InGuest => Notify::Kick,
-            RunState::Halted => Notify::Wake,
-            RunState::OutsideGuest => Notify::None,
-        };
-        (outcome, notify)
+        (outcome, self.run_state.get().notify())
     }
 }
 

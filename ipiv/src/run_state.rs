@@ -55,6 +55,33 @@ impl RunState {
     }
 }
 
+impl RunState {
+    /// How a sender notifies a vCPU in this state after a post that needs
+    /// a notification (ON went from 0 to 1 with SN clear).
+    #[inline]
+    pub const fn notify(self) -> Notify {
+        match self {
+            Self::InGuest => Notify::Kick,
+            Self::Halted => Notify::Wake,
+            Self::OutsideGuest => Notify::None,
+        }
+    }
+}
+
+/// How the caller must notify one target after posting.
+#[must_use = "a Kick or Wake that is not delivered can leave a vCPU asleep on a vector"]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Notify {
+    /// Nothing to do: the vector merged with a pending one, a notification
+    /// is already outstanding, or the target is outside the guest and takes
+    /// pending vectors before it enters again.
+    None,
+    /// The target is in the guest: kick it out of `KVM_RUN`.
+    Kick,
+    /// The target is halted: wake its thread.
+    Wake,
+}
+
 /// What [`VcpuRunState::prepare_halt`] decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum HaltCheck {
@@ -164,6 +191,13 @@ mod tests {
         assert_eq!(r.prepare_halt(&d), HaltCheck::Pending);
         assert!(!d.suppressed());
         assert!(d.take().contains(0x50));
+    }
+
+    #[test]
+    fn notify_follows_state() {
+        assert_eq!(RunState::InGuest.notify(), Notify::Kick);
+        assert_eq!(RunState::Halted.notify(), Notify::Wake);
+        assert_eq!(RunState::OutsideGuest.notify(), Notify::None);
     }
 
     #[test]

@@ -64,7 +64,7 @@ use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Mutex, PoisonError};
 
-use super::manager::InhibitEvent;
+use super::event::InhibitEvent;
 
 /// Errors of the deferral machinery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]

@@ -22,15 +22,16 @@
 //! first seven reasons ([`InhibitSet::VMX`]).
 
 pub mod deferred;
+mod event;
 mod explain;
 mod manager;
 mod reason;
 
 pub use deferred::{Error, InhibitRequests, ReadSide, RequestTicket, SafePoint, VcpuGate};
+pub use event::InhibitEvent;
 pub use explain::{Explanation, InhibitReport};
 pub use manager::{
-    AVIC_MAX_PHYSICAL_ID, InhibitConfig, InhibitEvent, InhibitManager, InhibitUpdate,
-    SINT_AUTO_EOI, SINT_COUNT, SINT_FIRST_VALID_VECTOR, SINT_MASKED, SINT_VECTOR_MASK,
-    X2AVIC_MAX_PHYSICAL_ID,
+    AVIC_MAX_PHYSICAL_ID, InhibitConfig, InhibitManager, InhibitUpdate, SINT_AUTO_EOI, SINT_COUNT,
+    SINT_FIRST_VALID_VECTOR, SINT_MASKED, SINT_VECTOR_MASK, X2AVIC_MAX_PHYSICAL_ID,
 };
 pub use reason::{InhibitReason, InhibitSet};
