@@ -11,6 +11,10 @@
 //!   that picks them, with a reason for every decision.
 //! - [`msr`]: synthetic MSR state (partition-wide and per VP) whose reads
 //!   and writes return an [`msr::MsrOutcome`].
+//! - [`hypercall`]: the hypercall page, the calling conventions, and the
+//!   PV TLB flush and PV IPI hypercall codec.
+//! - [`reftime`]: the partition reference time (TIME_REF_COUNT and the
+//!   reference TSC page) as arithmetic on a TSC value.
 //! - [`accel`]: what the host does for architectural APIC accesses.
 //!
 //! # Example
@@ -74,3 +78,4 @@ pub mod accel;
 pub mod cpuid;
 pub mod hypercall;
 pub mod msr;
+pub mod reftime;

@@ -41,8 +41,9 @@ pub(crate) const WORD: usize = 8;
 /// rest is the reserved part of `struct hv_send_ipi` and must be zero.
 const FAST_IPI_VECTOR_BITS: u32 = 32;
 
-/// The registers of a trapped hypercall, as the VMM read them (64-bit
-/// calling convention, TLFS 3.7).
+/// The values of a trapped hypercall, named by their 64-bit registers
+/// (TLFS 3.7). A 32-bit caller's register pairs map onto them through
+/// [`HypercallGprs::hypercall_regs`](super::HypercallGprs::hypercall_regs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HypercallRegs {
     /// The control word.

@@ -1,11 +1,16 @@
-//! The PV TLB flush and PV IPI hypercalls: control and result words,
-//! statuses, call codes, VP sets, a host-side decoder and a guest-side
-//! encoder (TLFS chapters 3, 10 and 12).
+//! Hypercalls: the hypercall page and the calling conventions, and for the
+//! PV TLB flush and PV IPI calls the control and result words, statuses,
+//! call codes, VP sets, a host-side decoder and a guest-side encoder (TLFS
+//! chapters 3, 10 and 12).
 //!
-//! Host side: the VMM traps a hypercall, fills [`HypercallRegs`] from the
-//! vCPU (RCX, RDX, R8, and XMM0-5 when [`Control::uses_xmm_input`]), calls
-//! [`decode`] with a [`GuestMemoryRead`], performs the effect and writes
-//! the result to RAX:
+//! Host side: the VMM writes the hypercall page ([`HypercallTrap`],
+//! [`write_hypercall_page`]) when the guest enables it; when the stub
+//! traps, it fills [`HypercallRegs`] from the vCPU
+//! ([`HypercallGprs::hypercall_regs`] for the caller's [`HypercallMode`]:
+//! RCX, RDX, R8 or the 32-bit register pairs, plus XMM0-5 when
+//! [`Control::uses_xmm_input`]), calls [`decode`] with a
+//! [`GuestMemoryRead`], performs the effect and writes the result
+//! ([`HypercallMode::result_regs`]: RAX, or EDX:EAX):
 //!
 //! ```
 //! use hv_enlightenments::hypercall::{
@@ -39,10 +44,12 @@
 //! ```
 
 mod control;
+mod convention;
 mod decode;
 mod encode;
 mod gva;
 mod memory;
+mod page;
 mod status;
 mod vpset;
 
@@ -50,6 +57,7 @@ mod vpset;
 mod tests;
 
 pub use control::{CallCode, Control, HypercallResult};
+pub use convention::{HypercallGprs, HypercallMode, ResultRegs, caller_may_call};
 pub use decode::{
     FAST_INPUT_WORDS, FAST_XMM_REGISTERS, Flush, Hypercall, HypercallRegs, IPI_HIGH_VECTOR,
     IPI_LOW_VECTOR, SendIpi, decode,
@@ -62,6 +70,10 @@ pub use gva::{
     MAX_GVA_RANGES,
 };
 pub use memory::{GuestMemoryRead, MemoryError, NoMemory, SliceMemory};
+pub use page::{
+    HYPERCALL_PAGE_FILLER, HypercallStub, HypercallTrap, MAX_STUB_LEN, TRAP_OFFSET,
+    write_hypercall_page,
+};
 pub use status::HvStatus;
 pub use vpset::{
     Error as VpSetError, GENERIC_SET_ALL, GENERIC_SET_SPARSE_4K, MAX_SPARSE_BANKS, MAX_VPS,

@@ -57,8 +57,9 @@ pub enum GuestMemoryWrite {
         /// Number of bytes.
         len: u64,
     },
-    /// Write the VMM's hypercall stub (the instructions that trap to the
-    /// VMM, then `ret`) at `gpa`, the start of a page.
+    /// Write the VMM's hypercall page at `gpa`, the start of a page: the
+    /// instruction that traps to the VMM, `ret`, then INT3 filler
+    /// ([`crate::hypercall::write_hypercall_page`]).
     HypercallStub {
         /// Guest physical address.
         gpa: u64,
@@ -106,9 +107,10 @@ pub enum MsrAction {
         /// Page address, when enabled.
         gpa: Option<u64>,
     },
-    /// The reference TSC page moved. `Some`: write the page; a page whose
-    /// 32-bit sequence (offset 0) is 0 tells the guest to use
-    /// TIME_REF_COUNT instead. `None`: disabled.
+    /// The reference TSC page moved. `Some`: write the page
+    /// ([`crate::reftime::ReferenceTscPage`]); a page whose 32-bit sequence
+    /// (offset 0) is 0 tells the guest to use TIME_REF_COUNT instead.
+    /// `None`: disabled.
     ReferenceTscPage {
         /// Page address, when enabled.
         gpa: Option<u64>,
