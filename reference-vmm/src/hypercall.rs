@@ -6,7 +6,9 @@
 
 use std::sync::atomic::Ordering;
 
-use hv_enlightenments::hypercall::{self, Hypercall, HypercallRegs, HypercallResult};
+use hv_enlightenments::hypercall::{
+    self, Hypercall, HypercallGprs, HypercallMode, HypercallResult, caller_may_call,
+};
 use kvm_bindings::kvm_regs;
 use kvm_ioctls::SyncReg;
 
@@ -21,12 +23,6 @@ const CR0_PE: u64 = 1;
 /// Size of the XMM hypercall input (TLFS 3.7.2): XMM0..XMM5.
 const XMM_INPUT_REGS: usize = 6;
 
-/// Joins the high and low 32-bit halves of a 32-bit-mode hypercall register
-/// pair (TLFS 3.6: EDX:EAX, EBX:ECX, EDI:ESI).
-fn pair(high: u64, low: u64) -> u64 {
-    (high << 32) | (low & 0xFFFF_FFFF)
-}
-
 impl Runner<'_> {
     /// The hypercall trap: CPL and enable checks, decode, execute, RAX.
     pub(crate) fn hypercall(&mut self) -> Result<(), Error> {
@@ -39,29 +35,19 @@ impl Runner<'_> {
         // KVM kvm_hv_hypercall: a Hyper-V hypercall in real mode, at
         // CPL != 0 (virtual-8086 mode included: its SS.DPL is 3), or while
         // the hypercall page is off, raises #UD.
-        if sregs.cr0 & CR0_PE == 0 || sregs.ss.dpl != 0 || !enabled {
+        if !caller_may_call(sregs.cr0 & CR0_PE != 0, sregs.ss.dpl) || !enabled {
             bump(&metrics.hypercalls_ud);
             return self.raise_ud(regs);
         }
         // KVM kvm_hv_hypercall: 64-bit mode (EFER.LMA and CS.L) uses RCX,
         // RDX, R8; otherwise control, input and output come in register
         // pairs and the result goes back in EDX:EAX.
-        let long_mode = crate::boot::in_64bit_mode(&sregs);
-        let mut hregs = if long_mode {
-            HypercallRegs {
-                rcx: regs.rcx,
-                rdx: regs.rdx,
-                r8: regs.r8,
-                ..Default::default()
-            }
+        let mode = if crate::boot::in_64bit_mode(&sregs) {
+            HypercallMode::Bits64
         } else {
-            HypercallRegs {
-                rcx: pair(regs.rdx, regs.rax),
-                rdx: pair(regs.rbx, regs.rcx),
-                r8: pair(regs.rdi, regs.rsi),
-                ..Default::default()
-            }
+            HypercallMode::Bits32
         };
+        let mut hregs = HypercallGprs::from(&regs).hypercall_regs(mode);
         if hregs.control().uses_xmm_input() {
             bump(&metrics.hc_xmm_input);
             let fpu = self.fd.get_fpu().map_err(kvm_err(idx, "KVM_GET_FPU"))?;
@@ -81,14 +67,9 @@ impl Runner<'_> {
         // Only RAX (EDX:EAX in 32-bit mode) changes; KVM loads the synced
         // registers before it completes the port write (and moves RIP past
         // it).
-        let value = result.encode();
         let out = &mut self.fd.sync_regs_mut().regs;
-        if long_mode {
-            out.rax = value;
-        } else {
-            out.rax = value & 0xFFFF_FFFF;
-            out.rdx = value >> 32;
-        }
+        mode.result_regs(result.encode())
+            .apply(&mut out.rax, &mut out.rdx);
         self.fd.set_sync_dirty_reg(SyncReg::Register);
         Ok(())
     }

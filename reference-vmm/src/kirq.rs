@@ -57,7 +57,6 @@ const LAPIC_LVT_LINT1: usize = 0x360;
 const LVT_MASKED: u32 = 1 << 16;
 const LVT_VECTOR: u32 = 0xFF;
 
-
 /// What the kernel-irqchip mode keeps per VM.
 pub struct KernelIrqchip {
     /// The VM fd, for KVM_SIGNAL_MSI.

@@ -185,7 +185,6 @@ pub struct Machine {
     plan: Option<CpuidPlan>,
     partition: Mutex<Partition>,
     topology: RwLock<Topology>,
-    stub: Vec<u8>,
     stop: AtomicBool,
     end: Mutex<Option<Result<u64, Error>>>,
     end_cond: Condvar,
@@ -244,11 +243,10 @@ impl Machine {
         self.clock.now_ns() / 100
     }
 
-    /// Fills the guest's hypercall page with the trapping stub (ignored
-    /// when the GPA is not guest RAM, as the page would be unusable).
+    /// Fills the guest's hypercall page with the trapping stub (the MSR
+    /// write was refused with #GP if the page is not guest RAM).
     pub fn write_hypercall_page(&self, gpa: u64) {
-        let mut page = vec![0xCCu8; 4096];
-        page[..self.stub.len()].copy_from_slice(&self.stub);
+        let page = abi::HYPERCALL_TRAP.stub().page();
         if self.mem.write_slice(&page, GuestAddress(gpa)).is_err() {
             log::warn!("hypercall page {gpa:#x} is not guest RAM");
         }
@@ -832,7 +830,6 @@ impl Common {
             plan: self.hyperv.then_some(self.plan),
             partition: Mutex::new(Partition::new(PartitionConfig::from(&self.plan))),
             topology: RwLock::new(topology),
-            stub: kernel::hypercall_stub()?,
             stop: AtomicBool::new(false),
             end: Mutex::new(None),
             end_cond: Condvar::new(),

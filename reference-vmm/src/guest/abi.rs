@@ -1,9 +1,14 @@
 //! The contract between the VMM and the built-in guest kernel: ports,
 //! vectors, system calls and the offsets of per-vCPU and shared variables.
 
+use hv_enlightenments::hypercall::HypercallTrap;
+
 use crate::layout::SHARED;
 
-/// The hypercall page stub writes this port (`out 0xE0, al; ret`).
+/// How the hypercall page traps to the VMM: `out 0xE0, al; ret`
+/// (hv-enlightenments builds the page).
+pub const HYPERCALL_TRAP: HypercallTrap = HypercallTrap::PortIo { port: 0xE0 };
+/// The port the hypercall page writes.
 pub const HYPERCALL_PORT: u16 = 0xE0;
 /// Scenario reports: a 32-bit write of one of the `REPORT_*` codes to this
 /// guest-physical MMIO address (identity-mapped, outside RAM), RDI/RSI

@@ -447,13 +447,3 @@ pub fn build() -> Result<Kernel, Error> {
         idt,
     })
 }
-
-/// The hypercall page the VMM writes when the guest enables it: a port
-/// write that traps to the VMM, then `ret` (the VMM has put the result in
-/// RAX by then).
-pub fn hypercall_stub() -> Result<Vec<u8>, Error> {
-    let mut a = CodeAssembler::new(64)?;
-    a.out(u32::from(abi::HYPERCALL_PORT), al)?;
-    a.ret()?;
-    Ok(assemble(&mut a, HYPERCALL_PAGE, &[])?.code)
-}

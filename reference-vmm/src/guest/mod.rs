@@ -17,8 +17,12 @@ mod tests {
         let k = super::kernel::build().unwrap();
         assert!(k.code.len() as u64 <= KERNEL_CODE_SIZE);
         assert_eq!(
-            super::kernel::hypercall_stub().unwrap(),
-            vec![0xE6, 0xE0, 0xC3]
+            super::abi::HYPERCALL_TRAP.stub().as_bytes(),
+            [0xE6, 0xE0, 0xC3]
+        );
+        assert_eq!(
+            super::abi::HYPERCALL_TRAP.io_port(),
+            Some(super::abi::HYPERCALL_PORT)
         );
         for n in [1, 2, 8, 64, 288, 1024] {
             for s in Scenario::ALL {
