@@ -26,7 +26,10 @@ impl VmStop for Nothing {
 }
 
 /// Port bases the selector picks from (each access adds `offset % 16`).
-const PIO_BASES: [u64; 6] = [0x3F8, 0x510, 0xF4, 0x600, 0xCF9, 0x500];
+/// 0x2000 and 0x2010: pc-testdev's IRQ lines; 0xE8: its scratch register.
+const PIO_BASES: [u64; 9] = [
+    0x3F8, 0x510, 0xF4, 0x600, 0xCF9, 0x500, 0x2000, 0x2010, 0xE8,
+];
 const MMIO_BASE: u64 = 0xFEC0_0000;
 const RECORD: usize = 12;
 

@@ -1,5 +1,6 @@
 //! The PC platform devices of an external guest: IOAPIC, COM1, fw_cfg,
-//! the exit/power ports and the ACPI tables describing them.
+//! the exit/power ports, QEMU's pc-testdev ports and the ACPI tables
+//! describing them.
 //!
 //! Every device is a plain state machine behind [`crate::devices::BusDevice`];
 //! none knows KVM. Interrupts leave through [`lines::MsiSink`] and stop
@@ -12,6 +13,8 @@
 //! | fw_cfg selector / data | PIO 0x510 / 0x511 |
 //! | ACPI PM1a_EVT / PM1a_CNT / PM_TMR | PIO 0x600 / 0x604 / 0x608 |
 //! | reset register | PIO 0xCF9 |
+//! | pc-testdev IRQ lines 0..23 (IOAPIC inputs) | PIO 0x2000, 24 bytes |
+//! | pc-testdev byte scratch register | PIO 0xE8, 4 bytes |
 //! | IOAPIC | MMIO 0xFEC00000, 4 KiB |
 //! | ACPI tables (RSDP first) | RAM 0xE0000..0x100000 |
 
@@ -22,6 +25,7 @@ pub mod fw_cfg;
 pub mod ioapic;
 pub mod lines;
 pub mod serial;
+pub mod testdev;
 
 use std::sync::Arc;
 
@@ -35,6 +39,7 @@ use fw_cfg::FwCfg;
 use ioapic::Ioapic;
 use lines::{IrqLine, LineKind, MsiSink, VmStop};
 use serial::Serial;
+use testdev::{IrqLines, Scratch};
 
 /// Errors of the platform.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +79,8 @@ pub struct Platform {
     debug_exit: Arc<DebugExit>,
     pm: Arc<AcpiPm>,
     reset: Arc<ResetPort>,
+    irq_lines: Arc<IrqLines>,
+    scratch: Arc<Scratch>,
     console: Console,
 }
 
@@ -83,6 +90,9 @@ impl Platform {
         let ioapic = Arc::new(Ioapic::new(cfg.msi));
         let irq = IrqLine::new(ioapic.clone(), serial::COM1_PIN, LineKind::Edge);
         let cpus = u16::try_from(cfg.vcpus).unwrap_or(u16::MAX);
+        let lines = (0..testdev::IRQ_LINES as usize)
+            .map(|pin| IrqLine::new(ioapic.clone(), pin, LineKind::Level))
+            .collect();
         Self {
             vcpus: cfg.vcpus,
             serial: Arc::new(Serial::new(irq, cfg.console.clone())),
@@ -90,15 +100,17 @@ impl Platform {
             debug_exit: Arc::new(DebugExit::new(cfg.stop.clone())),
             pm: Arc::new(AcpiPm::new(cfg.stop.clone())),
             reset: Arc::new(ResetPort::new(cfg.stop)),
+            irq_lines: Arc::new(IrqLines::new(lines)),
+            scratch: Arc::new(Scratch::default()),
             ioapic,
             console: cfg.console,
         }
     }
 
-    /// Puts COM1, fw_cfg and the exit/power ports on `pio` and the IOAPIC
-    /// on `mmio`.
+    /// Puts COM1, fw_cfg, the exit/power ports and the pc-testdev ports on
+    /// `pio` and the IOAPIC on `mmio`.
     pub fn register(&self, pio: &mut devices::Bus, mmio: &mut devices::Bus) -> Result<(), Error> {
-        let pio_devices: [(u64, u64, Arc<dyn BusDevice>); 5] = [
+        let pio_devices: [(u64, u64, Arc<dyn BusDevice>); 7] = [
             (serial::COM1_PORT, serial::COM1_LEN, self.serial.clone()),
             (fw_cfg::FW_CFG_PORT, fw_cfg::FW_CFG_LEN, self.fw_cfg.clone()),
             (
@@ -112,6 +124,16 @@ impl Platform {
                 self.pm.clone(),
             ),
             (exit_port::RESET_PORT, 1, self.reset.clone()),
+            (
+                testdev::IRQ_LINE_PORT,
+                testdev::IRQ_LINES,
+                self.irq_lines.clone(),
+            ),
+            (
+                testdev::SCRATCH_PORT,
+                testdev::SCRATCH_LEN,
+                self.scratch.clone(),
+            ),
         ];
         for (base, len, dev) in pio_devices {
             pio.insert(base, len, dev)?;
@@ -205,6 +227,16 @@ mod tests {
                 StopReason::PowerOff
             ]
         );
+        // pc-testdev: line 4 through an edge entry with vector 0x44.
+        assert!(mmio.write(0xFEC0_0000, &0x18u32.to_le_bytes()));
+        assert!(mmio.write(0xFEC0_0010, &0x44u32.to_le_bytes()));
+        assert!(pio.write(0x2004, &[1]));
+        assert!(pio.write(0x2004, &[0]));
+        assert_eq!(*sink.0.lock().unwrap(), vec![(0xFEE0_0000, 0x44)]);
+        assert!(pio.write(0xE9, &[0x5A]));
+        let mut s = [0u8; 4];
+        assert!(pio.read(0xE8, &mut s));
+        assert_eq!(s, [0, 0x5A, 0, 0]);
         let mut v = [0u8; 4];
         assert!(mmio.write(0xFEC0_0000, &1u32.to_le_bytes()));
         assert!(mmio.read(0xFEC0_0010, &mut v));
