@@ -1,6 +1,7 @@
 //! Helpers for the workspace integration tests, and the multiboot test
-//! kernels they boot ([`mbkernel`]).
+//! kernels they boot ([`mbkernel`], [`conformance`]).
 
+pub mod conformance;
 pub mod mbkernel;
 
 /// Whether tests that need `/dev/kvm` may run.

@@ -294,7 +294,7 @@ const S_APIC: usize = 12;
 
 /// The 16-bit trampoline, run from [`TRAMPOLINE`] with CS.base =
 /// TRAMPOLINE, IP = 0: load its GDT, set CR0.PE, far-jump to `ap32`.
-fn trampoline(ap32: u32) -> Vec<u8> {
+pub(crate) fn trampoline(ap32: u32) -> Vec<u8> {
     let mut t = vec![
         0xFA, // cli
         0x8C, 0xC8, // mov ax, cs
@@ -327,7 +327,7 @@ fn trampoline(ap32: u32) -> Vec<u8> {
 
 /// `esi` = NUL-terminated string: print it over COM1. Clobbers eax, ebx,
 /// edx, esi.
-fn emit_puts(a: &mut CodeAssembler, puts: &mut CodeLabel) -> Result<(), IcedError> {
+pub(crate) fn emit_puts(a: &mut CodeAssembler, puts: &mut CodeLabel) -> Result<(), IcedError> {
     let mut wait = a.create_label();
     let mut done = a.create_label();
     a.set_label(puts)?;
@@ -850,7 +850,7 @@ pub fn parse_freq(console: &str) -> Option<(MsrRead, MsrRead)> {
 }
 
 /// An ELF32 executable with one loadable segment at [`LOAD_ADDR`].
-fn elf32(seg: &[u8], entry: u32) -> Vec<u8> {
+pub(crate) fn elf32(seg: &[u8], entry: u32) -> Vec<u8> {
     let mut f = Vec::with_capacity(SEG_OFFSET + seg.len());
     f.extend_from_slice(&[0x7F, b'E', b'L', b'F', 1, 1, 1, 0]);
     f.resize(16, 0);
