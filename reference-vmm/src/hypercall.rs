@@ -9,10 +9,10 @@ use std::sync::atomic::Ordering;
 use hv_enlightenments::hypercall::{
     self, Hypercall, HypercallGprs, HypercallMode, HypercallResult, caller_may_call,
 };
-use kvm_bindings::kvm_regs;
 use kvm_ioctls::SyncReg;
 
 use crate::error::Error;
+use crate::guest::abi;
 use crate::metrics::{VcpuMetrics, bump};
 use crate::vcpu::{FLUSH_WAIT, Runner, Vcpu, kvm_err};
 
@@ -37,7 +37,7 @@ impl Runner<'_> {
         // the hypercall page is off, raises #UD.
         if !caller_may_call(sregs.cr0 & CR0_PE != 0, sregs.ss.dpl) || !enabled {
             bump(&metrics.hypercalls_ud);
-            return self.raise_ud(regs);
+            return self.raise_ud();
         }
         // KVM kvm_hv_hypercall: 64-bit mode (EFER.LMA and CS.L) uses RCX,
         // RDX, R8; otherwise control, input and output come in register
@@ -75,14 +75,19 @@ impl Runner<'_> {
     }
 
     /// Raises #UD at the trapping instruction, as the hypercall
-    /// instruction itself would fault: the port write is completed first
-    /// (KVM then moves RIP past it), RIP is put back to where the exit was
-    /// taken, and the exception is queued (no interrupt with it).
-    fn raise_ud(&mut self, at_exit: kvm_regs) -> Result<(), Error> {
+    /// instruction itself would fault: the port write is completed first,
+    /// after which RIP is past it whichever way KVM ran it (its fast PIO
+    /// path exits with RIP at the instruction and skips it on completion,
+    /// its instruction emulator has moved RIP already), RIP is moved back
+    /// by the instruction's length, and the exception is queued (no
+    /// interrupt with it).
+    fn raise_ud(&mut self) -> Result<(), Error> {
         let idx = self.me.index;
         self.complete_pending_exit()?;
         let mut regs = self.fd.get_regs().map_err(kvm_err(idx, "KVM_GET_REGS"))?;
-        regs.rip = at_exit.rip;
+        regs.rip = regs
+            .rip
+            .wrapping_sub(abi::HYPERCALL_TRAP.instruction_len() as u64);
         self.fd
             .set_regs(&regs)
             .map_err(kvm_err(idx, "KVM_SET_REGS"))?;
