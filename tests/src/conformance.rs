@@ -1630,6 +1630,13 @@ impl Builder {
         // AP: `cli; hlt` for good; counts wakes (value 0 reports them: a
         // wake with no NMI is allowed by no spec, but the CliHlt case is
         // the one that checks HLT) and wakes after an NMI.
+        self.ap_cli_hlt(true)
+    }
+
+    /// The AP's body of the cases that keep it in `cli; hlt` for good:
+    /// P_ARMED = 1 before the first halt, P_AFTER counts wakes and, with
+    /// `count_nmi_wakes`, P_AFTER2 counts those after an NMI arrived.
+    fn ap_cli_hlt(&mut self, count_nmi_wakes: bool) -> Result<(), IcedError> {
         let mut ap = self.a.create_label();
         let mut halt = self.a.create_label();
         self.a.set_label(&mut ap)?;
@@ -1638,9 +1645,11 @@ impl Builder {
         self.a.set_label(&mut halt)?;
         self.a.hlt()?;
         self.a.lock().inc(dword_ptr(pc(1, P_AFTER)))?;
-        self.a.cmp(dword_ptr(count(1, NMI)), 0)?;
-        self.a.je(halt)?;
-        self.a.lock().inc(dword_ptr(pc(1, P_AFTER2)))?;
+        if count_nmi_wakes {
+            self.a.cmp(dword_ptr(count(1, NMI)), 0)?;
+            self.a.je(halt)?;
+            self.a.lock().inc(dword_ptr(pc(1, P_AFTER2)))?;
+        }
         self.a.jmp(halt)?;
         self.ap_body = Some(ap);
         Ok(())
@@ -1734,18 +1743,7 @@ impl Builder {
         self.save(0)?;
         self.expect_eq(V_APS, 1, "sipi: a STARTUP IPI restarted the running AP")?;
         self.a.jmp(self.pass)?;
-
-        let mut ap = self.a.create_label();
-        let mut halt = self.a.create_label();
-        self.a.set_label(&mut ap)?;
-        self.a.cli()?;
-        self.a.mov(dword_ptr(pc(1, P_ARMED)), 1)?;
-        self.a.set_label(&mut halt)?;
-        self.a.hlt()?;
-        self.a.lock().inc(dword_ptr(pc(1, P_AFTER)))?;
-        self.a.jmp(halt)?;
-        self.ap_body = Some(ap);
-        Ok(())
+        self.ap_cli_hlt(false)
     }
 
     /// CR8 and the x2APIC TPR (SDM Vol. 3 11.8.6.1: CR8[3:0] = TPR[7:4]).
