@@ -88,6 +88,15 @@ pub enum Error {
     /// The kernel could not be loaded (not a bootable image, does not fit).
     #[error("loading the kernel: {0}")]
     Load(#[from] crate::loader::Error),
+    /// A vCPU's own devices (APIC page, trap ports) could not be put on
+    /// its bus ([`crate::vcpu_io`]).
+    #[error("vCPU {vcpu}: registering its devices: {err}")]
+    VcpuBus {
+        /// vCPU index.
+        vcpu: u32,
+        /// The bus error.
+        err: vm_device::bus::Error,
+    },
     /// The platform devices could not be set up.
     #[error(transparent)]
     Platform(#[from] crate::platform::Error),

@@ -1,19 +1,19 @@
 //! Serving one exit of the vCPU run loop ([`crate::vcpu::Runner`]): MSR
 //! exits (the kernel-irqchip bridge or the userspace APIC and Hyper-V
-//! state), MMIO (the xAPIC page, the built-in guests' reports, the MMIO
-//! bus), port I/O element by element (string I/O included; the hypercall
-//! trap), and internal errors. The exit data is read from `kvm_run`
-//! ([`crate::kvm_run`]).
+//! state), MMIO and port I/O through the vCPU's buses
+//! ([`crate::vcpu_io`]: its xAPIC page and trap ports, then the VM's
+//! devices; port I/O element by element, string I/O included), the traps
+//! those accesses latched (hypercall, panic, report), and internal errors.
+//! The exit data is read from `kvm_run` ([`crate::kvm_run`]).
 
 use kvm_bindings::kvm_regs;
 
 use crate::error::Error;
-use crate::guest::abi;
-use crate::irq::apply_apic_outcome;
 use crate::kvm_run;
 use crate::metrics::ExitClass;
 use crate::msr::{msr_read, msr_write};
 use crate::vcpu::{Runner, kvm_err};
+use crate::vcpu_io::Trap;
 use crate::vm::MSR_APIC_BASE;
 
 /// `kvm_run.internal.suberror` of an instruction emulation failure.
@@ -51,6 +51,7 @@ impl Runner<'_> {
                 let ok = msr_write(m, me, index, data);
                 self.complete_msr_exit(!ok, data);
                 if ok && index == MSR_APIC_BASE {
+                    self.io.follow_apic_base();
                     self.mirror_apic_base()?;
                 }
             }
@@ -101,51 +102,27 @@ impl Runner<'_> {
         )
     }
 
-    /// Serves an MMIO exit: the xAPIC page of this vCPU's APIC, the
-    /// built-in guests' report address, or the MMIO bus. Returns `false`
-    /// for a report (not counted as service).
+    /// Serves an MMIO exit on the vCPU's buses. Returns `false` for a
+    /// built-in guest's report (not counted as service).
     pub(crate) fn mmio(&mut self) -> bool {
-        let (m, me) = (self.m, self.me);
         let (addr, write, data) = kvm_run::mmio(&mut self.fd);
-        if write && addr == abi::REPORT_MMIO && !m.external {
-            let mut b = [0u8; 4];
-            let n = data.len().min(4);
-            b[..n].copy_from_slice(&data[..n]);
-            let code = u32::from_le_bytes(b);
-            let regs = self.fd.sync_regs().regs;
-            m.report(me.index, code, regs.rdi, regs.rsi);
-            return false;
+        if write {
+            self.io.mmio_write(&self.m.io, addr, data);
+        } else {
+            self.io.mmio_read(&self.m.io, addr, data);
         }
-        let mut s = me.lock();
-        let base = s.apic.mmio_base();
-        let apic = s.apic.mode() == lapic::ApicMode::XApic && (base..base + 0x1000).contains(&addr);
-        match (apic, write) {
-            (true, false) => s.apic.read_mmio(addr - base, data),
-            (true, true) => {
-                let o = s.apic.write_mmio(addr - base, data);
-                drop(s);
-                // An MMIO write has no #GP: a refused write is dropped.
-                let _ = apply_apic_outcome(m, me, o);
-            }
-            (false, false) => {
-                drop(s);
-                if !m.mmio.read(addr, data) {
-                    data.fill(0xFF);
-                }
-            }
-            (false, true) => {
-                drop(s);
-                m.mmio.write(addr, data);
-            }
-        }
-        true
+        let Some(Trap::Report(code)) = self.io.take_trap() else {
+            return true;
+        };
+        let regs = self.fd.sync_regs().regs;
+        self.m.report(self.me.index, code, regs.rdi, regs.rsi);
+        false
     }
 
     /// Serves a port I/O exit element by element (string I/O moves
     /// `count` elements of `size` bytes; devices see each access at the
-    /// size the guest used).
+    /// size the guest used), then the trap a port latched.
     pub(crate) fn pio(&mut self) -> Result<ExitClass, Error> {
-        let m = self.m;
         let Some((io, data)) = kvm_run::pio(&mut self.fd) else {
             return Err(Error::Guest {
                 vcpu: self.me.index,
@@ -153,16 +130,21 @@ impl Runner<'_> {
                 rip: self.rip(),
             });
         };
-        match io.port {
-            // External guests: the hypercall port exists only with
-            // Hyper-V on; the panic port not at all.
-            abi::HYPERCALL_PORT if !io.input && (!m.external || m.hyperv) => {
-                self.hypercall()?;
-                return Ok(ExitClass::Hypercall);
+        for element in data.chunks_mut(io.size) {
+            if io.input {
+                self.io.pio_read(&self.m.io, io.port, element);
+            } else {
+                self.io.pio_write(&self.m.io, io.port, element);
             }
-            abi::PANIC_PORT if !io.input && !m.external => {
+        }
+        match self.io.take_trap() {
+            Some(Trap::Hypercall) => {
+                self.hypercall()?;
+                Ok(ExitClass::Hypercall)
+            }
+            Some(Trap::Panic) => {
                 let regs = self.regs()?;
-                return Err(Error::Guest {
+                Err(Error::Guest {
                     vcpu: self.me.index,
                     reason: format!(
                         "guest exception vector {} (error code {:#x})",
@@ -170,21 +152,10 @@ impl Runner<'_> {
                         regs.rsi
                     ),
                     rip: regs.rdx,
-                });
+                })
             }
-            _ => {}
+            Some(Trap::Report(_)) | None => Ok(ExitClass::Pio),
         }
-        let port = u64::from(io.port);
-        for element in data.chunks_mut(io.size) {
-            if io.input {
-                if !m.pio.read(port, element) {
-                    element.fill(0xFF);
-                }
-            } else {
-                m.pio.write(port, element);
-            }
-        }
-        Ok(ExitClass::Pio)
     }
 
     pub(crate) fn regs(&self) -> Result<kvm_regs, Error> {

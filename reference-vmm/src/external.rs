@@ -45,15 +45,16 @@ use std::time::Duration;
 use hv_enlightenments::accel::IrqchipMode;
 use kvm_bindings::{KVM_IRQ_ROUTING_MSI, KvmIrqRouting, kvm_irq_routing_entry};
 use kvm_ioctls::VmFd;
+use vm_device::device_manager::IoManager;
 
-use crate::devices::Bus;
 use crate::error::Error;
 use crate::loader::{self, KernelKind, LoadOptions};
 use crate::metrics::VmMetrics;
 use crate::mp::MpState;
 use crate::platform::console::Console;
 use crate::platform::ioapic::{NUM_PINS, RouteListener};
-use crate::platform::lines::{MsiSink, StopReason, VmStop};
+use crate::platform::lines::{StopReason, VmStop};
+use crate::platform::msi::MsiSink;
 use crate::platform::{Platform, PlatformConfig};
 use crate::vcpu::kvm_err;
 use crate::vm::{Common, FlushMethod, GuestExit, Machine, MachineOptions, Vm, VmConfig};
@@ -248,8 +249,8 @@ impl Vm {
             stop: link.clone(),
             console: cfg.console.clone(),
         });
-        let (mut pio, mut mmio) = (Bus::default(), Bus::default());
-        platform.register(&mut pio, &mut mmio)?;
+        let mut io = IoManager::new();
+        platform.register(&mut io)?;
         let rsdp = platform.write_acpi(&c.mem)?;
         let setup = loader::load(
             &c.mem,
@@ -282,8 +283,7 @@ impl Vm {
         }
         let machine = c.machine(MachineOptions {
             flush: FlushMethod::MmuReset,
-            pio,
-            mmio,
+            io,
             external: true,
             user_mp,
             eoi_hook: Some(Box::new(move |vector| ioapic.end_of_interrupt(vector))),

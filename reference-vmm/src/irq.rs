@@ -10,7 +10,7 @@ use lapic::{
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::metrics::bump;
-use crate::platform::lines::MSI_DATA_TRIGGER_LEVEL;
+use crate::platform::msi::MSI_DATA_TRIGGER_LEVEL;
 use crate::vcpu::{State, Vcpu};
 use crate::vm::Machine;
 

@@ -31,7 +31,7 @@ use crate::error::Error;
 use crate::kvm_stats::{KvmVmCounters, StatsReader};
 use crate::metrics::bump;
 use crate::msr::{apply_msr_action, count_msr, guest_ram};
-use crate::platform::lines::{
+use crate::platform::msi::{
     MSI_ADDR_DEST_MODE_LOGICAL, MSI_ADDR_DEST_SHIFT, MSI_ADDR_EXT_DEST_SHIFT, MSI_ADDRESS_BASE,
     MSI_DATA_LEVEL_ASSERT, MSI_DATA_TRIGGER_LEVEL,
 };

@@ -30,7 +30,6 @@ pub mod boot;
 pub mod clock;
 pub mod cpuid;
 pub mod demo;
-pub mod devices;
 pub mod error;
 pub mod exits;
 pub mod external;
@@ -54,6 +53,7 @@ pub mod probe;
 pub mod scenario;
 pub mod timer;
 pub mod vcpu;
+pub mod vcpu_io;
 pub mod vm;
 
 pub use error::Error;

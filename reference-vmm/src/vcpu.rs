@@ -22,6 +22,7 @@ use crate::irq::{complete_lazy_eoi, deliver_posted};
 use crate::kick::KickTarget;
 use crate::kvm_run;
 use crate::metrics::{ExitClass, VcpuMetrics, bump, tsc};
+use crate::vcpu_io::VcpuIo;
 use crate::vm::{FlushMethod, Machine};
 
 vmm_sys_util::ioctl_iow_nr!(KVM_INTERRUPT, kvm_bindings::KVMIO, 0x86, kvm_interrupt);
@@ -345,6 +346,8 @@ pub struct Runner<'a> {
     pub(crate) m: &'a Machine,
     pub(crate) me: &'a Vcpu,
     pub(crate) fd: VcpuFd,
+    /// This vCPU's own devices over the VM's buses.
+    pub(crate) io: VcpuIo,
     /// Host TSC when the last `KVM_RUN` returned.
     exit_tsc: u64,
     /// The last exit is completed only by the next `KVM_RUN`.
@@ -356,13 +359,14 @@ pub struct Runner<'a> {
 }
 
 impl<'a> Runner<'a> {
-    /// A runner for vCPU `index` of `m`.
-    pub fn new(m: &'a Machine, index: usize, fd: VcpuFd) -> Option<Self> {
+    /// A runner for vCPU `index` of `m`, dispatching its I/O through `io`.
+    pub fn new(m: &'a Machine, index: usize, fd: VcpuFd, io: VcpuIo) -> Option<Self> {
         let me = m.vcpus.get(index)?;
         Some(Self {
             m,
             me,
             fd,
+            io,
             exit_tsc: 0,
             pending_completion: false,
             exception_queued: false,

@@ -12,12 +12,12 @@ use kvm_bindings::{
     kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuFd, VmFd};
+use vm_device::device_manager::IoManager;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::boot;
 use crate::clock::HostClock;
 use crate::cpuid::{self, cpuid_plan};
-use crate::devices::Bus;
 use crate::error::Error;
 pub use crate::external::{BootReport, ExternalConfig};
 use crate::guest::abi::{self, percpu as pc};
@@ -29,6 +29,7 @@ use crate::layout;
 use crate::metrics::VmMetrics;
 use crate::timer::Timers;
 use crate::vcpu::{Runner, Vcpu};
+use crate::vcpu_io::VcpuIo;
 use hv_enlightenments::accel::IrqchipMode;
 use hv_enlightenments::cpuid::CpuidPlan;
 use hv_enlightenments::msr::{Partition, PartitionConfig, Vp};
@@ -160,10 +161,10 @@ pub struct Machine {
     pub clock: Arc<HostClock>,
     /// How TLB flushes are done.
     pub flush: FlushMethod,
-    /// Port I/O devices.
-    pub pio: Bus,
-    /// MMIO devices.
-    pub mmio: Bus,
+    /// The VM's PIO and MMIO buses (the platform devices of an external
+    /// guest). Each vCPU looks at its own devices first
+    /// ([`crate::vcpu_io::VcpuIo`]).
+    pub io: IoManager,
     /// APIC timers.
     pub timers: Timers,
     /// An external guest (a kernel loaded from a file) rather than the
@@ -409,8 +410,7 @@ impl Vm {
         }
         let machine = c.machine(MachineOptions {
             flush: config.flush,
-            pio: Bus::default(),
-            mmio: Bus::default(),
+            io: IoManager::new(),
             external: false,
             user_mp: false,
             eoi_hook: None,
@@ -542,7 +542,16 @@ impl Vm {
                 .name(format!("vcpu{i}"))
                 .stack_size(VCPU_STACK)
                 .spawn(move || {
-                    let Some(r) = Runner::new(&vm, i, fd) else {
+                    // The vCPU's own bus is built on its thread and lives
+                    // in its runner (see `vcpu_io` on ownership).
+                    let io = match VcpuIo::new(&vm, i) {
+                        Ok(io) => io,
+                        Err(e) => {
+                            vm.finish(Err(e));
+                            return;
+                        }
+                    };
+                    let Some(r) = Runner::new(&vm, i, fd, io) else {
                         return;
                     };
                     if let Err(e) = r.run() {
@@ -643,8 +652,7 @@ pub(crate) struct Common {
 /// The parts of a [`Machine`] that differ between the kinds of VM.
 pub(crate) struct MachineOptions {
     pub(crate) flush: FlushMethod,
-    pub(crate) pio: Bus,
-    pub(crate) mmio: Bus,
+    pub(crate) io: IoManager,
     pub(crate) external: bool,
     pub(crate) user_mp: bool,
     pub(crate) eoi_hook: Option<EoiHook>,
@@ -818,8 +826,7 @@ impl Common {
             lazy_eoi: self.hyperv && self.plan.lazy_eoi(),
             clock,
             flush: o.flush,
-            pio: o.pio,
-            mmio: o.mmio,
+            io: o.io,
             timers: Timers::default(),
             external: o.external,
             user_mp: o.user_mp,

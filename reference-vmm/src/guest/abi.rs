@@ -18,8 +18,8 @@ pub const REPORT_MMIO: u64 = 0x3000_0000;
 /// A port no device claims, open to CPL3 through the TSS I/O bitmap: a
 /// byte write there is a bare port I/O exit round trip.
 pub const NULL_PORT: u16 = 0xE3;
-/// The guest kernel's fatal-exception path: EAX = vector, RDX = RIP,
-/// RSI = error code.
+/// The guest kernel's fatal-exception path, a byte write: AL = vector,
+/// RDX = RIP, RSI = error code.
 pub const PANIC_PORT: u16 = 0xE2;
 
 /// Report: the scenario finished; RDI = 0 on success, else a failure code,

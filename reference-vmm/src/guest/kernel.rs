@@ -154,7 +154,7 @@ pub fn build() -> Result<Kernel, Error> {
     a.mov(rax, qword_ptr(rsp + 8))?;
     a.mov(rdx, qword_ptr(rsp + 24))?;
     a.mov(rsi, qword_ptr(rsp + 16))?;
-    a.out(abi::PANIC_PORT as u32, eax)?;
+    a.out(u32::from(abi::PANIC_PORT), al)?;
     a.cli()?;
     a.hlt()?;
     a.jmp(fatal)?;

@@ -101,13 +101,13 @@ fn aml_bytes(t: &dyn Aml) -> Vec<u8> {
     v
 }
 
-fn io_gas(port: u64, len: u8) -> GAS {
+fn io_gas(port: u16, len: u8) -> GAS {
     let access = match len {
         1 => AccessSize::ByteAccess,
         2 => AccessSize::WordAccess,
         _ => AccessSize::DwordAccess,
     };
-    GAS::new(AddressSpace::SystemIo, len * 8, 0, access, port)
+    GAS::new(AddressSpace::SystemIo, len * 8, 0, access, u64::from(port))
 }
 
 fn dsdt() -> Vec<u8> {
@@ -133,9 +133,9 @@ fn fadt(facs: u64, dsdt: u64) -> Vec<u8> {
         .flag(Flags::SlpButton)
         .flag(Flags::ResetRegSup);
     f.sci_int = SCI_IRQ.into();
-    f.pm1a_evt_blk = (PM1A_EVT_PORT as u32).into();
-    f.pm1a_cnt_blk = (PM1A_CNT_PORT as u32).into();
-    f.pm_tmr_blk = (PM_TMR_PORT as u32).into();
+    f.pm1a_evt_blk = u32::from(PM1A_EVT_PORT).into();
+    f.pm1a_cnt_blk = u32::from(PM1A_CNT_PORT).into();
+    f.pm_tmr_blk = u32::from(PM_TMR_PORT).into();
     f.pm1_evt_len = PM1A_EVT_LEN;
     f.pm1_cnt_len = PM1A_CNT_LEN;
     f.pm_tmr_len = PM_TMR_LEN;

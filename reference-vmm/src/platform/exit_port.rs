@@ -5,30 +5,31 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use crate::devices::BusDevice;
+use vm_device::DevicePio;
+use vm_device::bus::{PioAddress, PioAddressOffset};
 
 use super::lines::{StopReason, VmStop};
 
 /// isa-debug-exit port.
-pub const DEBUG_EXIT_PORT: u64 = 0xF4;
+pub const DEBUG_EXIT_PORT: u16 = 0xF4;
 /// isa-debug-exit width.
-pub const DEBUG_EXIT_LEN: u64 = 4;
+pub const DEBUG_EXIT_LEN: u16 = 4;
 /// PM1a_EVT_BLK: PM1 status (2 bytes) then PM1 enable (2 bytes).
-pub const PM1A_EVT_PORT: u64 = 0x600;
+pub const PM1A_EVT_PORT: u16 = 0x600;
 /// PM1a_EVT_BLK length.
 pub const PM1A_EVT_LEN: u8 = 4;
 /// PM1a_CNT_BLK.
-pub const PM1A_CNT_PORT: u64 = 0x604;
+pub const PM1A_CNT_PORT: u16 = 0x604;
 /// PM1a_CNT_BLK length.
 pub const PM1A_CNT_LEN: u8 = 2;
 /// PM timer block (24-bit counter).
-pub const PM_TMR_PORT: u64 = 0x608;
+pub const PM_TMR_PORT: u16 = 0x608;
 /// PM timer block length.
 pub const PM_TMR_LEN: u8 = 4;
 /// Ports of the whole PM block (event, control, timer).
-pub const PM_BLOCK_LEN: u64 = PM_TMR_PORT + PM_TMR_LEN as u64 - PM1A_EVT_PORT;
+pub const PM_BLOCK_LEN: u16 = PM_TMR_PORT + PM_TMR_LEN as u16 - PM1A_EVT_PORT;
 /// Reset register.
-pub const RESET_PORT: u64 = 0xCF9;
+pub const RESET_PORT: u16 = 0xCF9;
 /// Value the FADT tells the OS to write to [`RESET_PORT`].
 pub const RESET_VALUE: u8 = 0x06;
 /// SLP_TYP of \_S5 in the DSDT: PM1a_CNT.SLP_TYP with SLP_EN powers off.
@@ -63,14 +64,14 @@ impl DebugExit {
     }
 }
 
-impl BusDevice for DebugExit {
+impl DevicePio for DebugExit {
     /// Reads 0.
-    fn read(&self, _offset: u64, data: &mut [u8]) {
+    fn pio_read(&self, _base: PioAddress, _offset: PioAddressOffset, data: &mut [u8]) {
         data.fill(0);
     }
 
     /// Any write of 1 to 4 bytes stops; the value is zero-extended.
-    fn write(&self, _offset: u64, data: &[u8]) {
+    fn pio_write(&self, _base: PioAddress, _offset: PioAddressOffset, data: &[u8]) {
         if data.is_empty() || data.len() > 4 {
             return;
         }
@@ -159,13 +160,13 @@ impl AcpiPm {
     }
 }
 
-impl BusDevice for AcpiPm {
+impl DevicePio for AcpiPm {
     /// Byte-granular reads of any size within the block.
-    fn read(&self, offset: u64, data: &mut [u8]) {
+    fn pio_read(&self, _base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
         let timer = self.timer();
         let regs = self.lock();
         for (i, b) in data.iter_mut().enumerate() {
-            *b = offset
+            *b = u64::from(offset)
                 .checked_add(i as u64)
                 .map_or(0, |o| self.read_byte(&regs, timer, o));
         }
@@ -173,12 +174,12 @@ impl BusDevice for AcpiPm {
 
     /// Byte-granular writes; SLP_EN with the \_S5 type powers off, other
     /// sleep types are ignored (no sleep states are offered).
-    fn write(&self, offset: u64, data: &[u8]) {
+    fn pio_write(&self, _base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
         let mut power_off = false;
         {
             let mut regs = self.lock();
             for (i, &b) in data.iter().enumerate() {
-                if let Some(o) = offset.checked_add(i as u64) {
+                if let Some(o) = u64::from(offset).checked_add(i as u64) {
                     power_off |= Self::write_byte(&mut regs, o, b);
                 }
             }
@@ -201,14 +202,14 @@ impl ResetPort {
     }
 }
 
-impl BusDevice for ResetPort {
+impl DevicePio for ResetPort {
     /// Reads 0.
-    fn read(&self, _offset: u64, data: &mut [u8]) {
+    fn pio_read(&self, _base: PioAddress, _offset: PioAddressOffset, data: &mut [u8]) {
         data.fill(0);
     }
 
     /// A byte write with bit 2 set resets.
-    fn write(&self, offset: u64, data: &[u8]) {
+    fn pio_write(&self, _base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
         if offset == 0 && data.len() == 1 && data[0] & RESET_CPU != 0 {
             self.stop.stop(StopReason::Reset);
         }
@@ -235,15 +236,24 @@ mod tests {
         }
     }
 
+    // The devices ignore their base: offsets are what they decode.
+    fn write(d: &dyn DevicePio, offset: u16, data: &[u8]) {
+        d.pio_write(PioAddress(0), offset, data);
+    }
+
+    fn read(d: &dyn DevicePio, offset: u16, data: &mut [u8]) {
+        d.pio_read(PioAddress(0), offset, data);
+    }
+
     #[test]
     fn debug_exit_status_formula() {
         let s = Arc::new(Stops::default());
         let d = DebugExit::new(s.clone());
-        d.write(0, &[0x10]);
-        d.write(0, &0x1234u16.to_le_bytes());
-        d.write(0, &0x8000_0001u32.to_le_bytes());
-        d.write(0, &[0; 8]);
-        d.write(0, &[]);
+        write(&d, 0, &[0x10]);
+        write(&d, 0, &0x1234u16.to_le_bytes());
+        write(&d, 0, &0x8000_0001u32.to_le_bytes());
+        write(&d, 0, &[0; 8]);
+        write(&d, 0, &[]);
         assert_eq!(
             s.take(),
             vec![
@@ -259,22 +269,26 @@ mod tests {
         let s = Arc::new(Stops::default());
         let pm = AcpiPm::new(s.clone());
         let mut b = [0u8; 2];
-        pm.read(4, &mut b);
+        read(&pm, 4, &mut b);
         assert_eq!(u16::from_le_bytes(b), PM1_CNT_SCI_EN);
         // SLP_TYP 3 with SLP_EN: not a state offered.
-        pm.write(4, &(PM1_CNT_SLP_EN | 3 << 10 | 1).to_le_bytes());
+        write(&pm, 4, &(PM1_CNT_SLP_EN | 3 << 10 | 1).to_le_bytes());
         assert!(s.take().is_empty());
-        pm.write(4, &(PM1_CNT_SLP_EN | S5_SLP_TYP << 10 | 1).to_le_bytes());
+        write(
+            &pm,
+            4,
+            &(PM1_CNT_SLP_EN | S5_SLP_TYP << 10 | 1).to_le_bytes(),
+        );
         assert_eq!(s.take(), vec![StopReason::PowerOff]);
-        pm.read(4, &mut b);
+        read(&pm, 4, &mut b);
         assert_eq!(u16::from_le_bytes(b) & PM1_CNT_SLP_EN, 0, "write-only");
         // Enable is read/write; status is write-one-to-clear.
-        pm.write(2, &0x0120u16.to_le_bytes());
-        pm.read(2, &mut b);
+        write(&pm, 2, &0x0120u16.to_le_bytes());
+        read(&pm, 2, &mut b);
         assert_eq!(u16::from_le_bytes(b), 0x0120);
         pm.lock().status = 0x8001;
-        pm.write(0, &0x0001u16.to_le_bytes());
-        pm.read(0, &mut b);
+        write(&pm, 0, &0x0001u16.to_le_bytes());
+        read(&pm, 0, &mut b);
         assert_eq!(u16::from_le_bytes(b), 0x8000);
     }
 
@@ -282,10 +296,10 @@ mod tests {
     fn pm_timer_counts_at_3_58_mhz() {
         let pm = AcpiPm::new(Arc::new(Stops::default()));
         let mut b = [0u8; 4];
-        pm.read(8, &mut b);
+        read(&pm, 8, &mut b);
         let t0 = u32::from_le_bytes(b);
         std::thread::sleep(std::time::Duration::from_millis(20));
-        pm.read(8, &mut b);
+        read(&pm, 8, &mut b);
         let t1 = u32::from_le_bytes(b);
         assert!(t1 <= 0xFF_FFFF);
         let d = t1.wrapping_sub(t0) & 0xFF_FFFF;
@@ -297,19 +311,19 @@ mod tests {
     fn reset_needs_bit_2() {
         let s = Arc::new(Stops::default());
         let r = ResetPort::new(s.clone());
-        r.write(0, &[0x02]);
+        write(&r, 0, &[0x02]);
         assert!(s.take().is_empty());
-        r.write(0, &[RESET_VALUE]);
+        write(&r, 0, &[RESET_VALUE]);
         assert_eq!(s.take(), vec![StopReason::Reset]);
     }
 
     proptest! {
         #[test]
         fn arbitrary_accesses_never_panic(
-            ops in prop::collection::vec((0u64..16, 0usize..9, any::<u64>(), any::<bool>()), 0..200)
+            ops in prop::collection::vec((0u16..16, 0usize..9, any::<u64>(), any::<bool>()), 0..200)
         ) {
             let s = Arc::new(Stops::default());
-            let devs: [Box<dyn BusDevice>; 3] = [
+            let devs: [Box<dyn DevicePio>; 3] = [
                 Box::new(DebugExit::new(s.clone())),
                 Box::new(AcpiPm::new(s.clone())),
                 Box::new(ResetPort::new(s.clone())),
@@ -317,10 +331,10 @@ mod tests {
             for (off, size, val, is_write) in ops {
                 for d in &devs {
                     if is_write {
-                        d.write(off, &val.to_le_bytes()[..size]);
+                        write(d.as_ref(), off, &val.to_le_bytes()[..size]);
                     } else {
                         let mut b = vec![0u8; size];
-                        d.read(off, &mut b);
+                        read(d.as_ref(), off, &mut b);
                     }
                 }
             }

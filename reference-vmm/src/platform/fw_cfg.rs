@@ -4,15 +4,16 @@
 
 use std::sync::{Mutex, MutexGuard};
 
-use crate::devices::BusDevice;
+use vm_device::DevicePio;
+use vm_device::bus::{PioAddress, PioAddressOffset};
 
 /// Selector port; the data port is the next one.
-pub const FW_CFG_PORT: u64 = 0x510;
+pub const FW_CFG_PORT: u16 = 0x510;
 /// Ports used: selector (2 bytes wide) and data.
-pub const FW_CFG_LEN: u64 = 2;
+pub const FW_CFG_LEN: u16 = 2;
 
-const SELECTOR_OFFSET: u64 = 0;
-const DATA_OFFSET: u64 = 1;
+const SELECTOR_OFFSET: u16 = 0;
+const DATA_OFFSET: u16 = 1;
 
 /// "QEMU" signature item.
 pub const FW_CFG_SIGNATURE: u16 = 0x0000;
@@ -158,10 +159,10 @@ impl FwCfg {
     }
 }
 
-impl BusDevice for FwCfg {
+impl DevicePio for FwCfg {
     /// Byte reads of the data port return the next byte of the item (0 past
     /// its end); every other read returns 0.
-    fn read(&self, offset: u64, data: &mut [u8]) {
+    fn pio_read(&self, _base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
         data.fill(0);
         if offset != DATA_OFFSET || data.len() != 1 {
             return;
@@ -177,7 +178,7 @@ impl BusDevice for FwCfg {
     /// A 16-bit write of the selector port selects an item and rewinds it;
     /// writes to the data port (deprecated by QEMU) and other sizes are
     /// ignored.
-    fn write(&self, offset: u64, data: &[u8]) {
+    fn pio_write(&self, _base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
         if offset != SELECTOR_OFFSET {
             return;
         }
@@ -192,12 +193,20 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn write(f: &FwCfg, offset: u16, data: &[u8]) {
+        f.pio_write(PioAddress(FW_CFG_PORT), offset, data);
+    }
+
+    fn read(f: &FwCfg, offset: u16, data: &mut [u8]) {
+        f.pio_read(PioAddress(FW_CFG_PORT), offset, data);
+    }
+
     fn read_item(f: &FwCfg, sel: u16, len: usize) -> Vec<u8> {
-        f.write(SELECTOR_OFFSET, &sel.to_le_bytes());
+        write(f, SELECTOR_OFFSET, &sel.to_le_bytes());
         (0..len)
             .map(|_| {
                 let mut b = [0xFFu8];
-                f.read(DATA_OFFSET, &mut b);
+                read(f, DATA_OFFSET, &mut b);
                 b[0]
             })
             .collect()
@@ -217,7 +226,7 @@ mod tests {
         assert_eq!(read_item(&f, 0x1234, 2), [0, 0], "unknown selector");
         assert_eq!(read_item(&f, FW_CFG_FILE_FIRST, 2), [0, 0], "no file yet");
         // A byte write does not select.
-        f.write(SELECTOR_OFFSET, &[5]);
+        write(&f, SELECTOR_OFFSET, &[5]);
         assert_eq!(f.selector(), FW_CFG_FILE_FIRST);
     }
 
@@ -263,7 +272,7 @@ mod tests {
     proptest! {
         #[test]
         fn arbitrary_accesses_never_panic(
-            ops in prop::collection::vec((0u64..4, 0usize..9, any::<u64>(), any::<bool>()), 0..300)
+            ops in prop::collection::vec((0u16..4, 0usize..9, any::<u64>(), any::<bool>()), 0..300)
         ) {
             let f = FwCfg::new(1 << 30, 2);
             f.add_file("etc/x", vec![1, 2, 3]).unwrap();
@@ -271,10 +280,10 @@ mod tests {
                 if is_write {
                     // Bias selectors toward the defined ones.
                     let v = if val & 1 == 0 { val % 0x24 } else { val };
-                    f.write(off, &v.to_le_bytes()[..size.min(8)]);
+                    write(&f, off, &v.to_le_bytes()[..size.min(8)]);
                 } else {
                     let mut b = vec![0u8; size];
-                    f.read(off, &mut b);
+                    read(&f, off, &mut b);
                 }
             }
         }

@@ -11,9 +11,10 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::devices::BusDevice;
+use vm_device::DeviceMmio;
+use vm_device::bus::{MmioAddress, MmioAddressOffset};
 
-use super::lines::{
+use super::msi::{
     MSI_ADDR_DEST_MODE_LOGICAL, MSI_ADDR_DEST_SHIFT, MSI_ADDR_EXT_DEST_SHIFT, MSI_ADDRESS_BASE,
     MSI_DATA_DELIVERY_SHIFT, MSI_DATA_LEVEL_ASSERT, MSI_DATA_TRIGGER_LEVEL, MsiSink,
 };
@@ -284,10 +285,10 @@ fn dword(data: &[u8]) -> Option<u32> {
     Some(u32::from_le_bytes(data.try_into().ok()?))
 }
 
-impl BusDevice for Ioapic {
+impl DeviceMmio for Ioapic {
     /// Only aligned 32-bit reads of IOREGSEL and IOWIN return data; others
     /// read as 0.
-    fn read(&self, offset: u64, data: &mut [u8]) {
+    fn mmio_read(&self, _base: MmioAddress, offset: MmioAddressOffset, data: &mut [u8]) {
         data.fill(0);
         if data.len() != 4 {
             return;
@@ -302,7 +303,7 @@ impl BusDevice for Ioapic {
     }
 
     /// Only aligned 32-bit writes of IOREGSEL, IOWIN and EOI do anything.
-    fn write(&self, offset: u64, data: &[u8]) {
+    fn mmio_write(&self, _base: MmioAddress, offset: MmioAddressOffset, data: &[u8]) {
         let Some(value) = dword(data) else {
             return;
         };
@@ -349,15 +350,26 @@ pub(crate) mod tests {
         (rec, io)
     }
 
-    fn wr(io: &Ioapic, reg: u32, v: u32) {
-        io.write(IOREGSEL, &reg.to_le_bytes());
-        io.write(IOWIN, &v.to_le_bytes());
+    /// An MMIO write at `offset` of the window.
+    fn write(io: &Ioapic, offset: u64, data: &[u8]) {
+        io.mmio_write(MmioAddress(IOAPIC_BASE), offset, data);
+    }
+
+    /// An MMIO read at `offset` of the window.
+    fn read(io: &Ioapic, offset: u64, data: &mut [u8]) {
+        io.mmio_read(MmioAddress(IOAPIC_BASE), offset, data);
+    }
+
+    /// Writes register `reg` through IOREGSEL and IOWIN.
+    pub(crate) fn wr(io: &Ioapic, reg: u32, v: u32) {
+        write(io, IOREGSEL, &reg.to_le_bytes());
+        write(io, IOWIN, &v.to_le_bytes());
     }
 
     fn rd(io: &Ioapic, reg: u32) -> u32 {
-        io.write(IOREGSEL, &reg.to_le_bytes());
+        write(io, IOREGSEL, &reg.to_le_bytes());
         let mut b = [0u8; 4];
-        io.read(IOWIN, &mut b);
+        read(io, IOWIN, &mut b);
         u32::from_le_bytes(b)
     }
 
@@ -438,7 +450,7 @@ pub(crate) mod tests {
         assert_eq!(rec.take(), vec![msg], "still asserted: delivered again");
         io.set_irq(9, false);
         // EOI through the register.
-        io.write(IOEOI, &0x41u32.to_le_bytes());
+        write(&io, IOEOI, &0x41u32.to_le_bytes());
         assert!(rec.take().is_empty(), "deasserted: nothing");
         assert_eq!(io.redirection_entry(9).unwrap() & RTE_REMOTE_IRR, 0);
         // Asserted while masked, delivered on unmask.
@@ -488,17 +500,17 @@ pub(crate) mod tests {
     #[test]
     fn odd_sizes_and_offsets_are_ignored() {
         let (_, io) = setup();
-        io.write(IOREGSEL, &[1, 0]);
-        io.write(IOREGSEL + 1, &1u32.to_le_bytes());
-        io.write(IOREGSEL, &0x110u32.to_le_bytes());
+        write(&io, IOREGSEL, &[1, 0]);
+        write(&io, IOREGSEL + 1, &1u32.to_le_bytes());
+        write(&io, IOREGSEL, &0x110u32.to_le_bytes());
         let mut b = [0xFFu8; 4];
-        io.read(IOREGSEL, &mut b);
+        read(&io, IOREGSEL, &mut b);
         assert_eq!(u32::from_le_bytes(b), 0x10, "IOREGSEL keeps 8 bits");
         let mut b8 = [0xFFu8; 8];
-        io.read(IOWIN, &mut b8);
+        read(&io, IOWIN, &mut b8);
         assert_eq!(b8, [0; 8]);
         let mut b = [0xFFu8; 4];
-        io.read(0x20, &mut b);
+        read(&io, 0x20, &mut b);
         assert_eq!(b, [0; 4]);
     }
 
@@ -510,10 +522,10 @@ pub(crate) mod tests {
             let (_, io) = setup();
             for (off, size, val, is_write, pin) in ops {
                 if is_write {
-                    io.write(off, &val.to_le_bytes()[..size.min(8)]);
+                    write(&io, off, &val.to_le_bytes()[..size.min(8)]);
                 } else {
                     let mut b = vec![0u8; size];
-                    io.read(off, &mut b);
+                    read(&io, off, &mut b);
                 }
                 io.set_irq(pin, val & 1 != 0);
                 io.end_of_interrupt(val as u8);

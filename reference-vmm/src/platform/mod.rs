@@ -2,9 +2,13 @@
 //! the exit/power ports, QEMU's pc-testdev ports and the ACPI tables
 //! describing them.
 //!
-//! Every device is a plain state machine behind [`crate::devices::BusDevice`];
-//! none knows KVM. Interrupts leave through [`lines::MsiSink`] and stop
-//! requests through [`lines::VmStop`], which the VMM implements.
+//! Every device is a plain state machine behind vm-device's
+//! [`DevicePio`] or [`DeviceMmio`](vm_device::DeviceMmio)
+//! (`&self`: each keeps its state behind its own lock, as other threads
+//! reach it too: COM1 input, IOAPIC pins and EOIs); none knows KVM.
+//! [`Platform::register`] puts them on an [`IoManager`]. Interrupts leave
+//! through [`msi::MsiSink`] and stop requests through [`lines::VmStop`],
+//! which the VMM implements.
 //!
 //! | What | Where |
 //! |---|---|
@@ -24,29 +28,32 @@ pub mod exit_port;
 pub mod fw_cfg;
 pub mod ioapic;
 pub mod lines;
+pub mod msi;
 pub mod serial;
 pub mod testdev;
 
 use std::sync::Arc;
 
+use vm_device::DevicePio;
+use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioRange};
+use vm_device::device_manager::{IoManager, MmioManager, PioManager};
 use vm_memory::GuestMemoryMmap;
-
-use crate::devices::{self, BusDevice};
 
 use console::Console;
 use exit_port::{AcpiPm, DebugExit, ResetPort};
 use fw_cfg::FwCfg;
 use ioapic::Ioapic;
-use lines::{IrqLine, LineKind, MsiSink, VmStop};
+use lines::{IrqLine, LineKind, VmStop};
+use msi::MsiSink;
 use serial::Serial;
 use testdev::{IrqLines, Scratch};
 
 /// Errors of the platform.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A device range is taken on a bus.
+    /// A device range is taken (or empty) on a bus.
     #[error("registering a platform device: {0}")]
-    Bus(#[from] devices::Overlap),
+    Bus(#[from] vm_device::bus::Error),
     /// The ACPI tables could not be built or written.
     #[error(transparent)]
     Acpi(#[from] acpi::Error),
@@ -108,9 +115,10 @@ impl Platform {
     }
 
     /// Puts COM1, fw_cfg, the exit/power ports and the pc-testdev ports on
-    /// `pio` and the IOAPIC on `mmio`.
-    pub fn register(&self, pio: &mut devices::Bus, mmio: &mut devices::Bus) -> Result<(), Error> {
-        let pio_devices: [(u64, u64, Arc<dyn BusDevice>); 7] = [
+    /// the PIO bus of `io` and the IOAPIC on its MMIO bus.
+    pub fn register(&self, io: &mut IoManager) -> Result<(), Error> {
+        type Dev = Arc<dyn DevicePio + Send + Sync>;
+        let pio_devices: [(u16, u16, Dev); 7] = [
             (serial::COM1_PORT, serial::COM1_LEN, self.serial.clone()),
             (fw_cfg::FW_CFG_PORT, fw_cfg::FW_CFG_LEN, self.fw_cfg.clone()),
             (
@@ -136,11 +144,10 @@ impl Platform {
             ),
         ];
         for (base, len, dev) in pio_devices {
-            pio.insert(base, len, dev)?;
+            io.register_pio(PioRange::new(PioAddress(base), len)?, dev)?;
         }
-        mmio.insert(
-            ioapic::IOAPIC_BASE,
-            ioapic::IOAPIC_SIZE,
+        io.register_mmio(
+            MmioRange::new(MmioAddress(ioapic::IOAPIC_BASE), ioapic::IOAPIC_SIZE)?,
             self.ioapic.clone(),
         )?;
         Ok(())
@@ -208,17 +215,19 @@ mod tests {
             stop: sink.clone(),
             console: console.clone(),
         });
-        let (mut pio, mut mmio) = (devices::Bus::default(), devices::Bus::default());
-        p.register(&mut pio, &mut mmio).unwrap();
-        assert!(pio.write(0x3F8, b"A"));
+        let mut io = IoManager::new();
+        p.register(&mut io).unwrap();
+        let pio_w = |port, data: &[u8]| io.pio_write(PioAddress(port), data).is_ok();
+        let mmio_w = |addr, data: &[u8]| io.mmio_write(MmioAddress(addr), data).is_ok();
+        assert!(pio_w(0x3F8, b"A"));
         assert_eq!(console.contents(), "A");
-        assert!(pio.write(0x510, &5u16.to_le_bytes()));
+        assert!(pio_w(0x510, &5u16.to_le_bytes()));
         let mut b = [0u8];
-        assert!(pio.read(0x511, &mut b));
+        assert!(io.pio_read(PioAddress(0x511), &mut b).is_ok());
         assert_eq!(b[0], 2);
-        assert!(pio.write(0xF4, &[1]));
-        assert!(pio.write(0xCF9, &[6]));
-        assert!(pio.write(0x604, &(1u16 << 13 | 5 << 10).to_le_bytes()));
+        assert!(pio_w(0xF4, &[1]));
+        assert!(pio_w(0xCF9, &[6]));
+        assert!(pio_w(0x604, &(1u16 << 13 | 5 << 10).to_le_bytes()));
         assert_eq!(
             *sink.1.lock().unwrap(),
             vec![
@@ -228,20 +237,28 @@ mod tests {
             ]
         );
         // pc-testdev: line 4 through an edge entry with vector 0x44.
-        assert!(mmio.write(0xFEC0_0000, &0x18u32.to_le_bytes()));
-        assert!(mmio.write(0xFEC0_0010, &0x44u32.to_le_bytes()));
-        assert!(pio.write(0x2004, &[1]));
-        assert!(pio.write(0x2004, &[0]));
+        assert!(mmio_w(0xFEC0_0000, &0x18u32.to_le_bytes()));
+        assert!(mmio_w(0xFEC0_0010, &0x44u32.to_le_bytes()));
+        assert!(pio_w(0x2004, &[1]));
+        assert!(pio_w(0x2004, &[0]));
         assert_eq!(*sink.0.lock().unwrap(), vec![(0xFEE0_0000, 0x44)]);
-        assert!(pio.write(0xE9, &[0x5A]));
+        assert!(pio_w(0xE9, &[0x5A]));
         let mut s = [0u8; 4];
-        assert!(pio.read(0xE8, &mut s));
+        assert!(io.pio_read(PioAddress(0xE8), &mut s).is_ok());
         assert_eq!(s, [0, 0x5A, 0, 0]);
         let mut v = [0u8; 4];
-        assert!(mmio.write(0xFEC0_0000, &1u32.to_le_bytes()));
-        assert!(mmio.read(0xFEC0_0010, &mut v));
+        assert!(mmio_w(0xFEC0_0000, &1u32.to_le_bytes()));
+        assert!(io.mmio_read(MmioAddress(0xFEC0_0010), &mut v).is_ok());
         assert_eq!(u32::from_le_bytes(v), 0x0017_0020);
-        assert!(p.register(&mut pio, &mut mmio).is_err(), "twice overlaps");
+        // Unclaimed ports and accesses straddling a device's end miss.
+        assert!(!pio_w(0x3F7, &[0]), "one below COM1");
+        assert!(!pio_w(0x3FF, &[0, 0]), "past COM1's last port");
+        assert!(!pio_w(0x2018, &[1]), "one past the last IRQ line");
+        assert!(!mmio_w(0xFEC0_1000, &[0; 4]), "one past the IOAPIC");
+        assert!(
+            matches!(p.register(&mut io), Err(Error::Bus(_))),
+            "twice overlaps"
+        );
 
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let rsdp = p.write_acpi(&mem).unwrap();

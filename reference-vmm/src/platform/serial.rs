@@ -3,17 +3,17 @@
 
 use std::sync::{Mutex, MutexGuard};
 
+use vm_device::DevicePio;
+use vm_device::bus::{PioAddress, PioAddressOffset};
 use vm_superio::serial::NoEvents;
-
-use crate::devices::BusDevice;
 
 use super::console::Console;
 use super::lines::IrqLine;
 
 /// COM1 base port.
-pub const COM1_PORT: u64 = 0x3F8;
+pub const COM1_PORT: u16 = 0x3F8;
 /// Ports of a 16550.
-pub const COM1_LEN: u64 = 8;
+pub const COM1_LEN: u16 = 8;
 /// IOAPIC pin of COM1 (ISA IRQ 4, identity-mapped).
 pub const COM1_PIN: usize = 4;
 
@@ -48,10 +48,10 @@ impl Serial {
     }
 }
 
-impl BusDevice for Serial {
+impl DevicePio for Serial {
     /// Byte reads of the 8 registers; wider reads return the register at
     /// `offset` in the first byte and 0 in the rest.
-    fn read(&self, offset: u64, data: &mut [u8]) {
+    fn pio_read(&self, _base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
         data.fill(0);
         if offset >= COM1_LEN {
             return;
@@ -62,7 +62,7 @@ impl BusDevice for Serial {
     }
 
     /// Byte writes; only the first byte of a wider write is used.
-    fn write(&self, offset: u64, data: &[u8]) {
+    fn pio_write(&self, _base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
         if offset >= COM1_LEN {
             return;
         }
@@ -77,13 +77,13 @@ impl BusDevice for Serial {
 #[cfg(test)]
 mod tests {
     use super::super::ioapic::Ioapic;
-    use super::super::ioapic::tests::Recorder;
+    use super::super::ioapic::tests::{Recorder, wr};
     use super::super::lines::LineKind;
     use super::*;
     use proptest::prelude::*;
     use std::sync::Arc;
 
-    const IER: u64 = 1;
+    const IER: u16 = 1;
     const IER_THR_EMPTY: u8 = 0x02;
 
     fn setup() -> (Arc<Recorder>, Arc<Ioapic>, Console, Serial) {
@@ -97,24 +97,31 @@ mod tests {
         (rec, io, console, s)
     }
 
+    fn write(s: &Serial, offset: u16, data: &[u8]) {
+        s.pio_write(PioAddress(COM1_PORT), offset, data);
+    }
+
+    fn read(s: &Serial, offset: u16, data: &mut [u8]) {
+        s.pio_read(PioAddress(COM1_PORT), offset, data);
+    }
+
     #[test]
     fn output_reaches_console_and_thr_empty_raises_pin_4() {
         let (rec, io, console, s) = setup();
         // Unmask pin 4, vector 0x24, edge.
-        io.write(0, &(0x10u32 + 8).to_le_bytes());
-        io.write(0x10, &0x24u32.to_le_bytes());
+        wr(&io, 0x10 + 2 * COM1_PIN as u32, 0x24);
         for b in b"hi\n" {
-            s.write(0, &[*b]);
+            write(&s, 0, &[*b]);
         }
         assert_eq!(console.contents(), "hi\n");
         assert!(rec.take().is_empty(), "IER is 0");
-        s.write(IER, &[IER_THR_EMPTY]);
+        write(&s, IER, &[IER_THR_EMPTY]);
         assert_eq!(rec.take(), vec![(0xFEE0_0000, 0x24)]);
         // Reading IIR acknowledges THR empty; the next byte raises it again.
         let mut iir = [0u8];
-        s.read(2, &mut iir);
+        read(&s, 2, &mut iir);
         assert_eq!(iir[0] & 0x0F, 0x02);
-        s.write(0, b"x");
+        write(&s, 0, b"x");
         assert_eq!(rec.take().len(), 1);
     }
 
@@ -125,25 +132,25 @@ mod tests {
         // The FIFO holds 64 bytes: one past it is refused.
         assert_eq!(s.enqueue_input(&[b'z'; 63]), 62);
         let mut b = [0u8];
-        s.read(0, &mut b);
+        read(&s, 0, &mut b);
         assert_eq!(b[0], b'o');
         let mut wide = [0xFFu8; 4];
-        s.read(COM1_LEN, &mut wide);
+        read(&s, COM1_LEN, &mut wide);
         assert_eq!(wide, [0; 4], "past the last port");
     }
 
     proptest! {
         #[test]
         fn arbitrary_accesses_never_panic(
-            ops in prop::collection::vec((0u64..16, 0usize..5, any::<u32>(), any::<bool>()), 0..300)
+            ops in prop::collection::vec((0u16..16, 0usize..5, any::<u32>(), any::<bool>()), 0..300)
         ) {
             let (_, _, _, s) = setup();
             for (off, size, val, is_write) in ops {
                 if is_write {
-                    s.write(off, &val.to_le_bytes()[..size.min(4)]);
+                    write(&s, off, &val.to_le_bytes()[..size.min(4)]);
                 } else {
                     let mut b = vec![0u8; size];
-                    s.read(off, &mut b);
+                    read(&s, off, &mut b);
                 }
             }
         }

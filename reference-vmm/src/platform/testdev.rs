@@ -24,18 +24,19 @@
 
 use std::sync::Mutex;
 
-use crate::devices::BusDevice;
+use vm_device::DevicePio;
+use vm_device::bus::{PioAddress, PioAddressOffset};
 
 use super::lines::IrqLine;
 
 /// First port of the IRQ-line block.
-pub const IRQ_LINE_PORT: u64 = 0x2000;
+pub const IRQ_LINE_PORT: u16 = 0x2000;
 /// IRQ lines (one port each), the IOAPIC's inputs.
-pub const IRQ_LINES: u64 = 24;
+pub const IRQ_LINES: u16 = 24;
 /// The byte-accessed scratch register.
-pub const SCRATCH_PORT: u64 = 0xE8;
+pub const SCRATCH_PORT: u16 = 0xE8;
 /// Width of the scratch register.
-pub const SCRATCH_LEN: u64 = 4;
+pub const SCRATCH_LEN: u16 = 4;
 
 /// The IRQ-line ports at [`IRQ_LINE_PORT`]: offset n drives line n.
 pub struct IrqLines {
@@ -50,18 +51,18 @@ impl IrqLines {
     }
 }
 
-impl BusDevice for IrqLines {
+impl DevicePio for IrqLines {
     /// The ports have no read side: 0.
-    fn read(&self, _offset: u64, data: &mut [u8]) {
+    fn pio_read(&self, _base: PioAddress, _offset: PioAddressOffset, data: &mut [u8]) {
         data.fill(0);
     }
 
     /// A one-byte write sets line `offset` to `value != 0`.
-    fn write(&self, offset: u64, data: &[u8]) {
+    fn pio_write(&self, _base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
         let [value] = data else {
             return;
         };
-        let Some(line) = usize::try_from(offset).ok().and_then(|i| self.lines.get(i)) else {
+        let Some(line) = self.lines.get(usize::from(offset)) else {
             return;
         };
         line.set_level(*value != 0);
@@ -82,26 +83,24 @@ impl Scratch {
     }
 }
 
-impl BusDevice for Scratch {
-    fn read(&self, offset: u64, data: &mut [u8]) {
+impl DevicePio for Scratch {
+    fn pio_read(&self, _base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
         let bytes = self.value().to_le_bytes();
         for (i, b) in data.iter_mut().enumerate() {
-            *b = offset
-                .checked_add(i as u64)
-                .and_then(|o| usize::try_from(o).ok())
+            *b = usize::from(offset)
+                .checked_add(i)
                 .and_then(|o| bytes.get(o))
                 .copied()
                 .unwrap_or(0);
         }
     }
 
-    fn write(&self, offset: u64, data: &[u8]) {
+    fn pio_write(&self, _base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
         let mut v = self.value.lock().unwrap_or_else(|e| e.into_inner());
         let mut bytes = v.to_le_bytes();
         for (i, b) in data.iter().enumerate() {
-            if let Some(slot) = offset
-                .checked_add(i as u64)
-                .and_then(|o| usize::try_from(o).ok())
+            if let Some(slot) = usize::from(offset)
+                .checked_add(i)
                 .and_then(|o| bytes.get_mut(o))
             {
                 *slot = *b;
@@ -115,7 +114,7 @@ impl BusDevice for Scratch {
 mod tests {
     use super::*;
     use crate::platform::ioapic::Ioapic;
-    use crate::platform::ioapic::tests::Recorder;
+    use crate::platform::ioapic::tests::{Recorder, wr};
     use crate::platform::lines::LineKind;
     use std::sync::Arc;
 
@@ -136,20 +135,27 @@ mod tests {
     }
 
     fn route(io: &Ioapic, pin: u32, low: u32) {
-        io.write(0, &(REDTBL + 2 * pin).to_le_bytes());
-        io.write(0x10, &low.to_le_bytes());
+        wr(io, REDTBL + 2 * pin, low);
+    }
+
+    fn write(d: &dyn DevicePio, base: u16, offset: u16, data: &[u8]) {
+        d.pio_write(PioAddress(base), offset, data);
+    }
+
+    fn read(d: &dyn DevicePio, base: u16, offset: u16, data: &mut [u8]) {
+        d.pio_read(PioAddress(base), offset, data);
     }
 
     #[test]
     fn a_byte_write_raises_and_lowers_the_line() {
         let (rec, io, dev) = setup();
         route(&io, 10, 0x50);
-        dev.write(10, &[1]);
+        write(&dev, IRQ_LINE_PORT, 10, &[1]);
         assert_eq!(rec.take(), vec![(0xFEE0_0000, 0x50)], "rising edge");
-        dev.write(10, &[0xFF]);
+        write(&dev, IRQ_LINE_PORT, 10, &[0xFF]);
         assert!(rec.take().is_empty(), "still high: no edge");
-        dev.write(10, &[0]);
-        dev.write(10, &[7]);
+        write(&dev, IRQ_LINE_PORT, 10, &[0]);
+        write(&dev, IRQ_LINE_PORT, 10, &[7]);
         assert_eq!(rec.take().len(), 1, "second rising edge");
     }
 
@@ -157,11 +163,11 @@ mod tests {
     fn level_line_holds_until_lowered() {
         let (rec, io, dev) = setup();
         route(&io, 23, RTE_LEVEL | 0x51);
-        dev.write(23, &[1]);
+        write(&dev, IRQ_LINE_PORT, 23, &[1]);
         assert_eq!(rec.take(), vec![(0xFEE0_0000, 0x51 | MSI_LEVEL)]);
         io.end_of_interrupt(0x51);
         assert_eq!(rec.take().len(), 1, "still asserted at EOI");
-        dev.write(23, &[0]);
+        write(&dev, IRQ_LINE_PORT, 23, &[0]);
         io.end_of_interrupt(0x51);
         assert!(rec.take().is_empty(), "lowered before EOI");
     }
@@ -170,32 +176,32 @@ mod tests {
     fn wide_accesses_and_reads_do_nothing() {
         let (rec, io, dev) = setup();
         route(&io, 3, 0x52);
-        dev.write(3, &[1, 0]);
-        dev.write(3, &[]);
-        dev.write(IRQ_LINES, &[1]);
-        dev.write(u64::MAX, &[1]);
+        write(&dev, IRQ_LINE_PORT, 3, &[1, 0]);
+        write(&dev, IRQ_LINE_PORT, 3, &[]);
+        write(&dev, IRQ_LINE_PORT, IRQ_LINES, &[1]);
+        write(&dev, IRQ_LINE_PORT, u16::MAX, &[1]);
         assert!(rec.take().is_empty());
         let mut b = [0xAAu8; 2];
-        dev.read(3, &mut b);
+        read(&dev, IRQ_LINE_PORT, 3, &mut b);
         assert_eq!(b, [0, 0]);
     }
 
     #[test]
     fn scratch_is_a_byte_addressed_u32() {
         let s = Scratch::default();
-        s.write(0, &0x1122_3344u32.to_le_bytes());
-        s.write(2, &[0xAB]);
+        write(&s, SCRATCH_PORT, 0, &0x1122_3344u32.to_le_bytes());
+        write(&s, SCRATCH_PORT, 2, &[0xAB]);
         assert_eq!(s.value(), 0x11AB_3344);
         let mut b = [0u8; 2];
-        s.read(1, &mut b);
+        read(&s, SCRATCH_PORT, 1, &mut b);
         assert_eq!(b, [0x33, 0xAB]);
         // One past the register: dropped, reads 0.
-        s.write(3, &[0xCD, 0xEF]);
+        write(&s, SCRATCH_PORT, 3, &[0xCD, 0xEF]);
         assert_eq!(s.value(), 0xCDAB_3344);
         let mut b = [0xFFu8; 2];
-        s.read(SCRATCH_LEN - 1, &mut b);
+        read(&s, SCRATCH_PORT, SCRATCH_LEN - 1, &mut b);
         assert_eq!(b, [0xCD, 0]);
-        s.read(u64::MAX, &mut b);
+        read(&s, SCRATCH_PORT, u16::MAX, &mut b);
         assert_eq!(b, [0, 0]);
     }
 }
