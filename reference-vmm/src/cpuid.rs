@@ -32,7 +32,7 @@ pub enum Error {
 /// KVM's supported CPUID with x2APIC and the hypervisor bit set and
 /// TSC-deadline cleared (the built-in guests use the APIC timer; the
 /// VMM's APIC serves IA32_TSC_DEADLINE only approximately, see
-/// [`crate::vm::HostClock`]). Hypervisor leaves are KVM's until
+/// [`crate::clock::HostClock`]). Hypervisor leaves are KVM's until
 /// hv-enlightenments' `apply_to_kvm_entries` replaces them.
 pub fn base_table(kvm: &Kvm) -> Result<Vec<kvm_cpuid_entry2>, Error> {
     let supported = kvm
@@ -48,7 +48,7 @@ pub fn base_table(kvm: &Kvm) -> Result<Vec<kvm_cpuid_entry2>, Error> {
     Ok(out)
 }
 
-/// The table for one vCPU: APIC ID in leaf 1 EBX[31:24] (low 8 bits) and
+/// The table for one vCPU: APIC ID in leaf 1 EBX bits 31:24 (low 8 bits) and
 /// the x2APIC ID in leaves 0xB and 0x1F EDX.
 pub fn for_vcpu(base: &[kvm_cpuid_entry2], apic_id: u32) -> Result<CpuId, Error> {
     let mut v = base.to_vec();

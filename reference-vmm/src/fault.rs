@@ -40,7 +40,7 @@ pub fn disassemble(bytes: &[u8], bitness: u32, ip: u64) -> String {
     out
 }
 
-/// " instruction <bytes> (<disassembly>)" for a vCPU that stopped on an
+/// `" instruction <bytes> (<disassembly>)"` for a vCPU that stopped on an
 /// emulation failure; empty when nothing can be read.
 pub fn describe_instruction(fd: &VcpuFd, mem: &GuestMemoryMmap, data: &[u64]) -> String {
     let (Ok(regs), Ok(sregs)) = (fd.get_regs(), fd.get_sregs()) else {

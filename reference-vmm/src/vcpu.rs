@@ -55,7 +55,7 @@ pub struct State {
     /// INIT/SIPI state (used where the VMM runs that protocol).
     pub mp: crate::mp::MpEvents,
     /// NMIs to hand to KVM (`KVM_NMI`) before the next entry; at most
-    /// [`MAX_PENDING_NMIS`], as KVM keeps at most one pending behind the
+    /// two, as KVM keeps at most one pending behind the
     /// one being delivered (x86.c `process_nmi`).
     pub nmi_pending: u8,
     /// Kernel irqchip: the NMI pin (LINT1) was raised; the vCPU thread
