@@ -390,9 +390,10 @@ pub enum Case {
     /// (`kvm_vcpu_has_events` counts the pending SIPI). Value 0: the AP's
     /// wakes, compared between the irqchips; it must not restart.
     StraySipi,
-    /// In 64-bit mode: CR8 and TPR mirror each other (CR8 = TPR[7:4]),
-    /// TPR[3:0] survive a CR8 read, an interrupt of class <= CR8 is held
-    /// and delivered once CR8 is lowered, without another exit.
+    /// In 64-bit mode: CR8 and TPR mirror each other (CR8 = TPR bits 7:4),
+    /// TPR bits 3:0 survive a CR8 read, an interrupt of class <= CR8 is
+    /// held and delivered once CR8 is lowered (value
+    /// [`CR8_DELIVERY_SLOT`] says whether it took another exit).
     Cr8,
     /// A #GP from RDMSR of an undefined Hyper-V MSR, taken while a fixed
     /// interrupt is (or becomes) pending with IF=1, is not interrupted by
