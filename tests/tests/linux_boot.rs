@@ -9,12 +9,11 @@
 //! the run therefore stops as soon as the lines are seen, and a guest that
 //! dies first fails the test with the console tail and the vCPU error.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hv_enlightenments::accel::IrqchipMode;
-use hv_tests::kvm_available;
+use hv_tests::{guest_kernel, kvm_available};
 use reference_vmm::platform::console::Console;
 use reference_vmm::vm::{ExternalConfig, GuestExit, Vm};
 
@@ -33,27 +32,6 @@ const LAPIC_FREQUENCY: &str = "Hyper-V: LAPIC Timer Frequency: 0x";
 /// The end of `tsc_early_init`'s `tsc: Detected %lu.%03lu MHz processor`,
 /// printed soon after the Hyper-V lines.
 const TSC_DETECTED: &str = "MHz processor";
-
-/// Runs `scripts/fetch-guest-kernel` (it caches) and returns the vmlinux.
-fn fetch_kernel() -> PathBuf {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("scripts")
-        .join("fetch-guest-kernel");
-    let out = Command::new(&script)
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "{} failed: {}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let path = PathBuf::from(path.lines().last().unwrap_or_default());
-    assert!(path.is_file(), "no vmlinux at {}", path.display());
-    path
-}
 
 /// `CONFIG_HZ` of the fetched kernel, from the `config-*` file
 /// `scripts/fetch-guest-kernel` caches beside the vmlinux.
@@ -105,7 +83,9 @@ fn boot_linux(test: &str, irqchip: IrqchipMode) {
     if !kvm_available(test) {
         return;
     }
-    let kernel = fetch_kernel();
+    let Some(kernel) = guest_kernel(test) else {
+        return;
+    };
     let console = Console::default();
     let start = Instant::now();
     // When the first line appears (for the timings printed below).
@@ -246,7 +226,9 @@ fn bzimage_is_loaded_and_runs() {
     if !kvm_available(test) {
         return;
     }
-    let vmlinux = fetch_kernel();
+    let Some(vmlinux) = guest_kernel(test) else {
+        return;
+    };
     let name = vmlinux
         .file_name()
         .and_then(|n| n.to_str())
