@@ -12,7 +12,7 @@ use hv_enlightenments::hypercall::{HypercallRegs, decode};
 use lapic::LocalApic;
 use reference_vmm::clock::HostClock;
 use reference_vmm::guest::scenarios::ex64_input;
-use reference_vmm::hypercall::dispatch;
+use reference_vmm::hyperv::hypercall::dispatch;
 use reference_vmm::metrics::VcpuMetrics;
 use reference_vmm::vcpu::Vcpu;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};

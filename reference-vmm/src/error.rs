@@ -31,10 +31,10 @@ pub enum Error {
     Asm(#[from] crate::guest::asm::Error),
     /// The CPUID table could not be built.
     #[error(transparent)]
-    Cpuid(#[from] crate::cpuid::Error),
+    Cpuid(#[from] crate::kvm::cpuid::Error),
     /// Kicks could not be set up or sent.
     #[error(transparent)]
-    Kick(#[from] crate::kick::Error),
+    Kick(#[from] crate::kvm::kick::Error),
     /// More vCPUs than KVM allows.
     #[error("{requested} vCPUs requested, KVM allows {max}")]
     TooManyVcpus {
@@ -89,7 +89,7 @@ pub enum Error {
     #[error("loading the kernel: {0}")]
     Load(#[from] crate::loader::Error),
     /// A vCPU's own devices (APIC page, trap ports) could not be put on
-    /// its bus ([`crate::vcpu_io`]).
+    /// its bus ([`crate::vcpu::io`]).
     #[error("vCPU {vcpu}: registering its devices: {err}")]
     VcpuBus {
         /// vCPU index.

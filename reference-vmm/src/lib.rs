@@ -26,34 +26,25 @@
 //! ```
 
 pub mod bench;
-pub mod boot;
 pub mod clock;
-pub mod cpuid;
 pub mod demo;
 pub mod error;
-pub mod exits;
-pub mod external;
-pub mod fault;
-pub mod flush;
 pub mod goal;
 pub mod guest;
-pub mod hypercall;
-pub mod irq;
-pub mod kick;
-pub mod kirq;
-pub mod kvm_run;
-pub mod kvm_stats;
-pub mod layout;
+pub mod hyperv;
+pub mod irqchip;
+pub mod kvm;
 pub mod loader;
 pub mod metrics;
-pub mod mp;
-pub mod msr;
 pub mod platform;
 pub mod probe;
 pub mod scenario;
-pub mod timer;
 pub mod vcpu;
-pub mod vcpu_io;
 pub mod vm;
+
+// Paths the upper layers used before the folders; kept while they move.
+pub use guest::{boot, layout};
+pub use kvm::cpuid;
+pub use kvm::stats as kvm_stats;
 
 pub use error::Error;

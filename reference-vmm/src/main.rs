@@ -396,7 +396,7 @@ fn run(cmd: Command) -> Result<(), String> {
         }
         Command::Cpuid { vcpus, irqchip } => {
             let mode = IrqchipMode::from(irqchip);
-            use reference_vmm::cpuid;
+            use reference_vmm::kvm::cpuid;
             // What a VM would get: the guest TSC frequency KVM gives a vCPU.
             let freq = cpuid::frequencies(mode, cpuid::host_tsc_khz());
             let plan = cpuid::cpuid_plan(vcpus, mode, freq).map_err(|e| e.to_string())?;

@@ -9,7 +9,7 @@ use crate::clock::cycles_to_ns;
 use crate::error::Error;
 use crate::guest::asm;
 use crate::guest::scenarios::{self, EoiMode, FlushMode, IpiMode};
-use crate::kvm_stats::KvmVmCounters;
+use crate::kvm::stats::KvmVmCounters;
 use crate::metrics::VmMetrics;
 use crate::vm::{FlushMethod, Program, RunReport, Vm, VmConfig};
 use hv_enlightenments::accel::IrqchipMode;

@@ -11,7 +11,7 @@ use reference_vmm::guest::hostile;
 use reference_vmm::guest::scenarios::{self, EoiMode, FlushMode, IpiMode};
 use reference_vmm::scenario::{self, Figures, RunOptions, Scenario};
 use reference_vmm::vm::{FlushMethod, Vm, VmConfig};
-use reference_vmm::{irq, kirq};
+use reference_vmm::irqchip::{kernel as kirq, user as irq};
 
 fn run(s: Scenario, vcpus: u32) -> Figures {
     let opts = RunOptions {

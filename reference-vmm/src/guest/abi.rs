@@ -3,7 +3,7 @@
 
 use hv_enlightenments::hypercall::HypercallTrap;
 
-use crate::layout::SHARED;
+use crate::guest::layout::SHARED;
 
 /// How the hypercall page traps to the VMM: `out 0xE0, al; ret`
 /// (hv-enlightenments builds the page).

@@ -11,7 +11,7 @@ use super::asm::{Error, assemble};
 use super::kernel::HV_FAST;
 use super::scenarios::failure;
 use super::user::*;
-use crate::layout::{HYPERCALL_PAGE, USER_CODE};
+use crate::guest::layout::{HYPERCALL_PAGE, USER_CODE};
 use crate::vm::Program;
 use hv_enlightenments::hypercall::{CallCode, HvStatus};
 

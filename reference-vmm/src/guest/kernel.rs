@@ -12,7 +12,7 @@ use iced_x86::code_asm::*;
 
 use super::abi::{self, percpu as pc, shared};
 use super::asm::{Assembled, Error, assemble};
-use crate::layout::{HYPERCALL_PAGE, KERNEL_CODE, TLB_TEST_VA, USER_CODE, XAPIC_MMIO};
+use crate::guest::layout::{HYPERCALL_PAGE, KERNEL_CODE, TLB_TEST_VA, USER_CODE, XAPIC_MMIO};
 
 /// IA32_APIC_BASE.
 pub const MSR_APIC_BASE: u32 = 0x1B;
@@ -119,10 +119,10 @@ pub fn build() -> Result<Kernel, Error> {
     a.wrmsr()?;
     a.set_label(&mut nohv)?;
     // To CPL3 at the scenario entry.
-    a.push(i32::from(crate::boot::SEL_UDATA))?;
+    a.push(i32::from(crate::guest::boot::SEL_UDATA))?;
     a.push(gs(pc::USTACK))?;
     a.push(0x202)?;
-    a.push(i32::from(crate::boot::SEL_UCODE))?;
+    a.push(i32::from(crate::guest::boot::SEL_UCODE))?;
     a.push(USER_CODE as i32)?;
     a.iretq()?;
 

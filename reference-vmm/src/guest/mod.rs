@@ -2,14 +2,16 @@
 
 pub mod abi;
 pub mod asm;
+pub mod boot;
 pub mod hostile;
 pub mod kernel;
+pub mod layout;
 pub mod scenarios;
 pub mod user;
 
 #[cfg(test)]
 mod tests {
-    use crate::layout::{KERNEL_CODE_SIZE, USER_CODE_SIZE};
+    use crate::guest::layout::{KERNEL_CODE_SIZE, USER_CODE_SIZE};
     use crate::scenario::Scenario;
 
     #[test]
@@ -38,7 +40,8 @@ mod tests {
         }
         let h = super::hostile::program().unwrap();
         assert!(
-            (h.user_code.len() as u64) < super::hostile::INPUT_BASE - crate::layout::USER_CODE,
+            (h.user_code.len() as u64)
+                < super::hostile::INPUT_BASE - crate::guest::layout::USER_CODE,
             "hostile code overlaps its input pages"
         );
     }

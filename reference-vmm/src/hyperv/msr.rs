@@ -6,7 +6,7 @@
 use hv_enlightenments::msr::{self as hvmsr, HV_PAGE_SIZE, MsrAction, MsrOutcome, MsrScope};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
-use crate::irq::apply_apic_outcome;
+use crate::irqchip::user::apply_apic_outcome;
 use crate::metrics::bump;
 use crate::vcpu::Vcpu;
 use crate::vm::Machine;

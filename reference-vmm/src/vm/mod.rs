@@ -2,6 +2,8 @@
 //! vCPU threads work on, and a bounded run that reports what it waited
 //! for.
 
+pub mod external;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
@@ -15,21 +17,21 @@ use kvm_ioctls::{Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlag
 use vm_device::device_manager::IoManager;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use crate::boot;
 use crate::clock::HostClock;
-use crate::cpuid::{self, cpuid_plan};
 use crate::error::Error;
-pub use crate::external::{BootReport, ExternalConfig};
 use crate::guest::abi::{self, percpu as pc};
+use crate::guest::boot;
 use crate::guest::kernel;
-use crate::kick;
-use crate::kirq::{self, KernelIrqchip};
-use crate::kvm_stats::{KvmVmCounters, StatsReader};
-use crate::layout;
+use crate::guest::layout;
+use crate::irqchip::kernel::{self as kirq, KernelIrqchip};
+use crate::irqchip::timer::Timers;
+use crate::kvm::cpuid::{self, cpuid_plan};
+use crate::kvm::kick;
+use crate::kvm::stats::{KvmVmCounters, StatsReader};
 use crate::metrics::VmMetrics;
-use crate::timer::Timers;
+use crate::vcpu::io::VcpuIo;
 use crate::vcpu::{Runner, Vcpu};
-use crate::vcpu_io::VcpuIo;
+pub use crate::vm::external::{BootReport, ExternalConfig};
 use hv_enlightenments::accel::IrqchipMode;
 use hv_enlightenments::cpuid::CpuidPlan;
 use hv_enlightenments::msr::{Partition, PartitionConfig, Vp};
@@ -56,7 +58,7 @@ pub struct VmConfig {
     /// How a vCPU's guest TLB is flushed on request.
     pub flush: FlushMethod,
     /// Where the local APICs live: the VMM (`User`) or KVM (`Kernel`, a
-    /// split irqchip; see [`crate::kirq`]).
+    /// split irqchip; see [`crate::irqchip::kernel`]).
     pub irqchip: IrqchipMode,
 }
 
@@ -64,7 +66,7 @@ pub struct VmConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlushMethod {
     /// Reset the vCPU's MMU context: IA32_EFER.NXE toggled and restored
-    /// (see [`crate::flush::flush_guest_tlb`]).
+    /// (see [`crate::kvm::flush::flush_guest_tlb`]).
     MmuReset,
     /// Only make the vCPU leave guest mode, without flushing: exists to
     /// show, in tests, what happens without a flush.
@@ -163,7 +165,7 @@ pub struct Machine {
     pub flush: FlushMethod,
     /// The VM's PIO and MMIO buses (the platform devices of an external
     /// guest). Each vCPU looks at its own devices first
-    /// ([`crate::vcpu_io::VcpuIo`]).
+    /// ([`crate::vcpu::io::VcpuIo`]).
     pub io: IoManager,
     /// APIC timers.
     pub timers: Timers,
@@ -171,7 +173,7 @@ pub struct Machine {
     /// built-in one: no report MMIO address, no panic port, unknown ports
     /// and MMIO read all-ones and ignore writes.
     pub external: bool,
-    /// The VMM runs the INIT/SIPI protocol ([`crate::mp`]): external guests
+    /// The VMM runs the INIT/SIPI protocol ([`crate::irqchip::mp`]): external guests
     /// in the userspace-irqchip mode.
     pub user_mp: bool,
     /// Where EOIs of level-triggered vectors go (the IOAPIC).
@@ -340,7 +342,7 @@ pub struct Vm {
     pub(crate) machine: Arc<Machine>,
     pub(crate) entry: u64,
     /// Platform devices and loader facts of an external guest.
-    pub(crate) external: Option<Box<crate::external::External>>,
+    pub(crate) external: Option<Box<crate::vm::external::External>>,
 }
 
 fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {

@@ -6,7 +6,7 @@
 //!
 //! The boot vCPU starts where the loader says; the others wait for INIT
 //! and STARTUP IPIs (in the userspace-irqchip mode the VMM runs that
-//! protocol, see [`crate::mp`]; in the kernel mode KVM does). The run ends
+//! protocol, see [`crate::irqchip::mp`]; in the kernel mode KVM does). The run ends
 //! when the guest stops the machine (isa-debug-exit, ACPI power off,
 //! reset), when the console shows an awaited text, when a vCPU fails (an
 //! instruction KVM cannot emulate is named with its bytes), or at the
@@ -48,9 +48,9 @@ use kvm_ioctls::VmFd;
 use vm_device::device_manager::IoManager;
 
 use crate::error::Error;
+use crate::irqchip::mp::MpState;
 use crate::loader::{self, KernelKind, LoadOptions};
 use crate::metrics::VmMetrics;
-use crate::mp::MpState;
 use crate::platform::console::Console;
 use crate::platform::ioapic::{NUM_PINS, RouteListener};
 use crate::platform::lines::{StopReason, VmStop};
@@ -127,7 +127,7 @@ impl MachineLink {
 impl MsiSink for MachineLink {
     fn send_msi(&self, address: u64, data: u32) {
         if let Some(m) = self.machine() {
-            crate::irq::deliver_msi(&m, address, data);
+            crate::irqchip::user::deliver_msi(&m, address, data);
         }
     }
 }
@@ -172,7 +172,7 @@ fn mirror_routes(fd: Arc<VmFd>) -> RouteListener {
             .enumerate()
             .filter_map(|(gsi, rt)| {
                 let (address, data) = (*rt)?;
-                let msi = crate::kirq::kvm_msi_for(address, data);
+                let msi = crate::irqchip::kernel::kvm_msi_for(address, data);
                 let mut e = kvm_irq_routing_entry {
                     gsi: gsi as u32,
                     type_: KVM_IRQ_ROUTING_MSI,

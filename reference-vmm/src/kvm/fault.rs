@@ -46,7 +46,7 @@ pub fn describe_instruction(fd: &VcpuFd, mem: &GuestMemoryMmap, data: &[u64]) ->
     let (Ok(regs), Ok(sregs)) = (fd.get_regs(), fd.get_sregs()) else {
         return String::new();
     };
-    let bitness = if crate::boot::in_64bit_mode(&sregs) {
+    let bitness = if crate::kvm::in_64bit_mode(&sregs) {
         64
     } else if sregs.cr0 & CR0_PE != 0 && sregs.cs.db != 0 {
         32

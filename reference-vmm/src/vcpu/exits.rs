@@ -1,19 +1,19 @@
 //! Serving one exit of the vCPU run loop ([`crate::vcpu::Runner`]): MSR
 //! exits (the kernel-irqchip bridge or the userspace APIC and Hyper-V
 //! state), MMIO and port I/O through the vCPU's buses
-//! ([`crate::vcpu_io`]: its xAPIC page and trap ports, then the VM's
+//! ([`crate::vcpu::io`]: its xAPIC page and trap ports, then the VM's
 //! devices; port I/O element by element, string I/O included), the traps
 //! those accesses latched (hypercall, panic, report), and internal errors.
-//! The exit data is read from `kvm_run` ([`crate::kvm_run`]).
+//! The exit data is read from `kvm_run` ([`crate::kvm::exit_data`]).
 
 use kvm_bindings::kvm_regs;
 
 use crate::error::Error;
-use crate::kvm_run;
+use crate::hyperv::msr::{msr_read, msr_write};
+use crate::kvm::exit_data;
 use crate::metrics::ExitClass;
-use crate::msr::{msr_read, msr_write};
+use crate::vcpu::io::Trap;
 use crate::vcpu::{Runner, kvm_err};
-use crate::vcpu_io::Trap;
 use crate::vm::MSR_APIC_BASE;
 
 /// `kvm_run.internal.suberror` of an instruction emulation failure.
@@ -26,13 +26,13 @@ impl Runner<'_> {
         if error {
             self.note_exception();
         }
-        kvm_run::complete_msr(&mut self.fd, error, data);
+        exit_data::complete_msr(&mut self.fd, error, data);
     }
 
-    /// Serves an MSR exit: the kernel-irqchip bridge ([`crate::kirq`]) or
-    /// the userspace APIC and Hyper-V state ([`crate::msr`]).
+    /// Serves an MSR exit: the kernel-irqchip bridge ([`crate::irqchip::kernel`]) or
+    /// the userspace APIC and Hyper-V state ([`crate::hyperv::msr`]).
     pub(crate) fn msr(&mut self, write: bool) -> Result<(), Error> {
-        let (index, data) = kvm_run::msr(&mut self.fd);
+        let (index, data) = exit_data::msr(&mut self.fd);
         let (m, me) = (self.m, self.me);
         match (m.kernel.is_some(), write) {
             (true, false) => {
@@ -92,7 +92,7 @@ impl Runner<'_> {
         let n = (internal.ndata as usize).min(internal.data.len());
         let data = internal.data[..n].to_vec();
         let insn = if internal.suberror == KVM_INTERNAL_ERROR_EMULATION {
-            crate::fault::describe_instruction(&self.fd, &self.m.mem, &data)
+            crate::kvm::fault::describe_instruction(&self.fd, &self.m.mem, &data)
         } else {
             String::new()
         };
@@ -105,7 +105,7 @@ impl Runner<'_> {
     /// Serves an MMIO exit on the vCPU's buses. Returns `false` for a
     /// built-in guest's report (not counted as service).
     pub(crate) fn mmio(&mut self) -> bool {
-        let (addr, write, data) = kvm_run::mmio(&mut self.fd);
+        let (addr, write, data) = exit_data::mmio(&mut self.fd);
         if write {
             self.io.mmio_write(&self.m.io, addr, data);
         } else {
@@ -123,7 +123,7 @@ impl Runner<'_> {
     /// `count` elements of `size` bytes; devices see each access at the
     /// size the guest used), then the trap a port latched.
     pub(crate) fn pio(&mut self) -> Result<ExitClass, Error> {
-        let Some((io, data)) = kvm_run::pio(&mut self.fd) else {
+        let Some((io, data)) = exit_data::pio(&mut self.fd) else {
             return Err(Error::Guest {
                 vcpu: self.me.index,
                 reason: "KVM_EXIT_IO with an unexpected data layout".into(),

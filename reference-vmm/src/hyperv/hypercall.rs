@@ -42,7 +42,7 @@ impl Runner<'_> {
         // KVM kvm_hv_hypercall: 64-bit mode (EFER.LMA and CS.L) uses RCX,
         // RDX, R8; otherwise control, input and output come in register
         // pairs and the result goes back in EDX:EAX.
-        let mode = if crate::boot::in_64bit_mode(&sregs) {
+        let mode = if crate::kvm::in_64bit_mode(&sregs) {
             HypercallMode::Bits64
         } else {
             HypercallMode::Bits32
@@ -113,7 +113,11 @@ impl Runner<'_> {
             if m.kernel.is_some() {
                 // One KVM_SIGNAL_MSI per target (APIC ID = VP index); KVM
                 // kicks or wakes it.
-                crate::irq::deliver_msi(m, crate::kirq::msi_address(t.index), u32::from(vector));
+                crate::irqchip::user::deliver_msi(
+                    m,
+                    crate::irqchip::kernel::msi_address(t.index),
+                    u32::from(vector),
+                );
             } else {
                 t.post(vector);
             }

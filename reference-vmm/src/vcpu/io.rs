@@ -20,7 +20,7 @@
 //! into the runner.
 //!
 //! ```
-//! use reference_vmm::vcpu_io::{Trap, TrapPorts};
+//! use reference_vmm::vcpu::io::{Trap, TrapPorts};
 //! use vm_device::DevicePio;
 //! use vm_device::bus::PioAddress;
 //!
@@ -42,7 +42,7 @@ use vm_device::{DeviceMmio, DevicePio};
 
 use crate::error::Error;
 use crate::guest::abi;
-use crate::irq::apply_apic_outcome;
+use crate::irqchip::user::apply_apic_outcome;
 use crate::vm::Machine;
 
 /// What nothing answers reads as: an unclaimed ISA port or MMIO address

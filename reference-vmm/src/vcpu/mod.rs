@@ -2,8 +2,11 @@
 //! state, pending flush, kick target), its posted-interrupt descriptor and
 //! run state (ipiv), and its run loop: entry preparation (flush, posted
 //! vectors, NMIs, injection, CR8, lazy EOI), exit dispatch and HLT. Exits
-//! are served by [`crate::exits`], hypercalls by [`crate::hypercall`],
-//! APIC effects by [`crate::irq`].
+//! are served by [`crate::vcpu::exits`], hypercalls by [`crate::hyperv::hypercall`],
+//! APIC effects by [`crate::irqchip::user`].
+
+pub mod exits;
+pub mod io;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -17,12 +20,12 @@ use lapic::LocalApic;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::error::Error;
-use crate::flush::flush_guest_tlb;
-use crate::irq::{complete_lazy_eoi, deliver_posted};
-use crate::kick::KickTarget;
-use crate::kvm_run;
+use crate::irqchip::user::{complete_lazy_eoi, deliver_posted};
+use crate::kvm::exit_data;
+use crate::kvm::flush::flush_guest_tlb;
+use crate::kvm::kick::KickTarget;
 use crate::metrics::{ExitClass, VcpuMetrics, bump, tsc};
-use crate::vcpu_io::VcpuIo;
+use crate::vcpu::io::VcpuIo;
 use crate::vm::{FlushMethod, Machine};
 
 vmm_sys_util::ioctl_iow_nr!(KVM_INTERRUPT, kvm_bindings::KVMIO, 0x86, kvm_interrupt);
@@ -53,13 +56,13 @@ pub struct State {
     /// A halted vCPU was told to wake up.
     pub woken: bool,
     /// INIT/SIPI state (used where the VMM runs that protocol).
-    pub mp: crate::mp::MpEvents,
+    pub mp: crate::irqchip::mp::MpEvents,
     /// NMIs to hand to KVM (`KVM_NMI`) before the next entry; at most
     /// two, as KVM keeps at most one pending behind the
     /// one being delivered (x86.c `process_nmi`).
     pub nmi_pending: u8,
     /// Kernel irqchip: the NMI pin (LINT1) was raised; the vCPU thread
-    /// delivers it as KVM's LAPIC says ([`crate::kirq`]).
+    /// delivers it as KVM's LAPIC says ([`crate::irqchip::kernel`]).
     pub lint1_pending: bool,
     /// Kernel irqchip: the in-kernel state the thread saw when it
     /// stopped (for timeout reports).
@@ -97,7 +100,7 @@ impl Vcpu {
                 alive: false,
                 kick: None,
                 woken: false,
-                mp: crate::mp::MpEvents::default(),
+                mp: crate::irqchip::mp::MpEvents::default(),
                 nmi_pending: 0,
                 lint1_pending: false,
                 kernel_state: None,
@@ -294,8 +297,8 @@ impl Vcpu {
     pub fn describe(&self) -> String {
         let s = self.lock();
         let state = match s.mp.state {
-            crate::mp::MpState::WaitForSipi => "WaitForSipi".to_string(),
-            crate::mp::MpState::Runnable => format!("{:?}", self.run_state()),
+            crate::irqchip::mp::MpState::WaitForSipi => "WaitForSipi".to_string(),
+            crate::irqchip::mp::MpState::Runnable => format!("{:?}", self.run_state()),
         };
         let exits = self.metrics.exits.load(Ordering::Relaxed);
         // Kernel irqchip: the userspace APIC is unused; show KVM's.
@@ -313,7 +316,7 @@ impl Vcpu {
 
 /// Owned facts of one exit, taken before the `kvm_run` borrow ends; the
 /// data of I/O, MMIO and MSR exits is read from `kvm_run` afterwards
-/// ([`crate::kvm_run`]).
+/// ([`crate::kvm::exit_data`]).
 enum Exit {
     /// `KVM_EXIT_IO`.
     Pio,
@@ -402,13 +405,13 @@ impl<'a> Runner<'a> {
         self.fd.get_regs().map(|r| r.rip).unwrap_or(0)
     }
 
-    /// Completes the last exit if KVM has not yet (see [`kvm_run`]); call
+    /// Completes the last exit if KVM has not yet (see [`exit_data`]); call
     /// before any ioctl that changes the vCPU's state.
     pub(crate) fn complete_pending_exit(&mut self) -> Result<(), Error> {
         if !std::mem::take(&mut self.pending_completion) {
             return Ok(());
         }
-        kvm_run::complete_pending(&mut self.fd)
+        exit_data::complete_pending(&mut self.fd)
             .map_err(kvm_err(self.me.index, "KVM_RUN (completing an exit)"))
     }
 

@@ -5,7 +5,7 @@
 //! - VM setup: `KVM_CAP_SPLIT_IRQCHIP` (24 routes reserved for a userspace
 //!   IOAPIC) and `KVM_CAP_X2APIC_API` with 32-bit IDs, so that an MSI can
 //!   name any x2APIC ID;
-//! - PV IPI and [`crate::irq::deliver_msi`]: `KVM_SIGNAL_MSI`;
+//! - PV IPI and [`crate::irqchip::user::deliver_msi`]: `KVM_SIGNAL_MSI`;
 //! - synthetic EOI/ICR/TPR: replayed as host-initiated x2APIC MSR writes
 //!   when the in-kernel APIC is in x2APIC mode (KVM `kvm_hv_vapic_msr_write`
 //!   does the same); in xAPIC mode the ICR becomes MSIs and the EOI and
@@ -28,9 +28,9 @@ use lapic::{ApicMode, DeliveryMode, Ipi, Shorthand, VcpuSet};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::error::Error;
-use crate::kvm_stats::{KvmVmCounters, StatsReader};
+use crate::hyperv::msr::{apply_msr_action, count_msr, guest_ram};
+use crate::kvm::stats::{KvmVmCounters, StatsReader};
 use crate::metrics::bump;
-use crate::msr::{apply_msr_action, count_msr, guest_ram};
 use crate::platform::msi::{
     MSI_ADDR_DEST_MODE_LOGICAL, MSI_ADDR_DEST_SHIFT, MSI_ADDR_EXT_DEST_SHIFT, MSI_ADDRESS_BASE,
     MSI_DATA_LEVEL_ASSERT, MSI_DATA_TRIGGER_LEVEL,

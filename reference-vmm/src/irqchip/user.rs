@@ -98,7 +98,7 @@ pub fn apply_apic_outcome(m: &Machine, me: &Vcpu, o: Outcome) -> bool {
 /// which is notified. Kernel irqchip: `KVM_SIGNAL_MSI`.
 pub fn deliver_msi(m: &Machine, address: u64, data: u32) {
     if let Some(k) = m.kernel.as_ref() {
-        crate::kirq::signal_msi(k, address, data);
+        crate::irqchip::kernel::signal_msi(k, address, data);
         return;
     }
     let irq = Interrupt {
@@ -112,16 +112,16 @@ pub fn deliver_msi(m: &Machine, address: u64, data: u32) {
         // KVM `kvm_set_msi_irq` asserts every MSI; only an INIT level
         // de-assert is dropped (a no-op since the P4, SDM 10.6.1), in both
         // irqchips (`kirq::signal_msi` does not send it).
-        level_assert: !crate::kirq::is_init_deassert(data),
+        level_assert: !crate::irqchip::kernel::is_init_deassert(data),
     };
     let dest = Destination {
-        mode: if crate::kirq::msi_logical(address) {
+        mode: if crate::irqchip::kernel::msi_logical(address) {
             DestinationMode::Logical
         } else {
             DestinationMode::Physical
         },
         shorthand: Shorthand::None,
-        id: crate::kirq::msi_destination(address),
+        id: crate::irqchip::kernel::msi_destination(address),
     };
     let mut targets = VcpuSet::new();
     m.topology().resolve(None, dest, &irq, &mut targets);
@@ -154,7 +154,7 @@ fn deliver_to(
             let mut s = tv.lock();
             match s.apic.deliver(irq) {
                 lapic::Delivery::Nmi => tv.latch_nmi_locked(&mut s),
-                d if m.user_mp => crate::mp::latch(tv, &mut s, d),
+                d if m.user_mp => crate::irqchip::mp::latch(tv, &mut s, d),
                 _ => tv.notify_apic_locked(&mut s),
             }
         }

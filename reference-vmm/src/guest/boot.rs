@@ -5,7 +5,7 @@
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::layout::*;
+use crate::guest::layout::*;
 
 /// Kernel code selector.
 pub const SEL_KCODE: u16 = 0x08;
@@ -45,15 +45,7 @@ const CR0_LONG: u64 = 0x8005_0033;
 /// CR4: PAE | OSFXSR | OSXMMEXCPT.
 const CR4_LONG: u64 = (1 << 5) | (1 << 9) | (1 << 10);
 /// EFER: SCE | LME | LMA.
-const EFER_LONG: u64 = (1 << 0) | (1 << 8) | EFER_LMA;
-/// EFER.LMA: long mode active.
-const EFER_LMA: u64 = 1 << 10;
-
-/// Whether a vCPU with these special registers runs 64-bit code: long
-/// mode active and a 64-bit code segment (KVM `is_64_bit_mode`).
-pub fn in_64bit_mode(sregs: &kvm_sregs) -> bool {
-    sregs.efer & EFER_LMA != 0 && sregs.cs.l != 0
-}
+const EFER_LONG: u64 = (1 << 0) | (1 << 8) | (1 << 10);
 
 /// Writes the shared page tables: 0..1 GiB identity-mapped with 2 MiB
 /// user pages, the 4 KiB TLB test window mapping [`TLB_PAGE_A`], and the
@@ -238,7 +230,7 @@ mod tests {
     }
 
     fn layout_size() -> usize {
-        crate::layout::memory_size(2) as usize
+        crate::guest::layout::memory_size(2) as usize
     }
 
     #[test]

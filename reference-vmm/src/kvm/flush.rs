@@ -21,7 +21,7 @@ const EFER_NXE: u64 = 1 << 11;
 /// clears TPR bits 3:0 (`kvm_lapic_set_tpr`).
 ///
 /// Must run on the vCPU's own thread while it is outside `KVM_RUN`, after
-/// any pending exit was completed ([`crate::kvm_run::complete_pending`]).
+/// any pending exit was completed ([`crate::kvm::exit_data::complete_pending`]).
 pub fn flush_guest_tlb(fd: &VcpuFd) -> Result<(), kvm_ioctls::Error> {
     let refused = || kvm_ioctls::Error::new(libc::EINVAL);
     let mut msrs = efer(0)?;
