@@ -24,32 +24,68 @@ pub fn deliver_posted(s: &mut State, pending: PendingVectors) {
     }
 }
 
-/// After an exit: if lazy EOI was armed, read and clear `apic_assist`
-/// bit 0 and let lapic complete the EOI the guest skipped. Returns the
-/// vector to broadcast to the IOAPIC if the completed interrupt was
-/// level-triggered, exactly as an EOI write would (the caller sends it
-/// once this vCPU's lock is released: the IOAPIC may deliver to it).
-pub fn complete_lazy_eoi(m: &Machine, me: &Vcpu, s: &mut State) -> Option<u8> {
+/// What became of an armed lazy EOI at an exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LazyEoiExit {
+    /// Nothing was armed, or the guest had not completed the interrupt:
+    /// the bit is clear and lapic disarmed (the guest writes the EOI).
+    None,
+    /// The guest completed the interrupt lazily; `Some(vector)`: it was
+    /// level-triggered, tell the IOAPIC (with no vCPU lock held: the
+    /// IOAPIC may deliver to this vCPU).
+    Completed(Option<u8>),
+    /// The guest has not completed it yet, runs with IF=0 and another
+    /// interrupt waits behind it: the bit stays set and lapic stays armed,
+    /// and the next entry asks KVM to exit once the guest can take an
+    /// interrupt again (after its IRET), where the lazy EOI is seen and
+    /// the waiting one injected. Disarming instead would cost the guest an
+    /// EOI write for every interrupt that arrives during a handler.
+    Held,
+}
+
+/// After an exit: if lazy EOI was armed, read `apic_assist` bit 0 and let
+/// lapic complete the EOI the guest skipped, keep it armed
+/// ([`LazyEoiExit::Held`], only while `if_flag` is clear), or clear the
+/// bit and disarm.
+pub fn complete_lazy_eoi(m: &Machine, me: &Vcpu, s: &mut State, if_flag: bool) -> LazyEoiExit {
     if !s.apic.lazy_eoi_armed() {
-        return None;
+        return LazyEoiExit::None;
     }
     let page = s.vp.as_ref().and_then(|vp| vp.vp_assist_page());
-    let cleared = match page.map(|p| (p, m.mem.read_obj::<u32>(GuestAddress(p)))) {
-        Some((p, Ok(v))) => {
+    let word = page.and_then(|p| m.mem.read_obj::<u32>(GuestAddress(p)).ok().map(|v| (p, v)));
+    let cleared = match word {
+        Some((_, v)) if v & 1 != 0 && !if_flag && !s.apic.irr().is_empty() => {
+            return LazyEoiExit::Held;
+        }
+        Some((p, v)) => {
             if v & 1 != 0 {
                 let _ = m.mem.write_obj(v & !1, GuestAddress(p));
             }
             v & 1 == 0
         }
-        _ => false,
+        None => false,
     };
     // lapic arms lazy EOI only for an edge-triggered vector (KVM's rule),
     // but the same vector may be accepted again as level-triggered while
     // it is in service (the TMR follows the last acceptance): the EOI
     // then goes to the IOAPIC like any other.
-    let eoi = s.apic.complete_lazy_eoi(cleared)?;
-    bump(&me.metrics.eoi_lazy);
-    eoi.notify_ioapic.then_some(eoi.vector)
+    match s.apic.complete_lazy_eoi(cleared) {
+        Some(eoi) => {
+            bump(&me.metrics.eoi_lazy);
+            LazyEoiExit::Completed(eoi.notify_ioapic.then_some(eoi.vector))
+        }
+        None => LazyEoiExit::None,
+    }
+}
+
+/// Clears `apic_assist` bit 0 (a held lazy EOI that lapic no longer has
+/// armed, e.g. after an EOI write).
+pub fn clear_lazy_eoi_bit(m: &Machine, s: &State) {
+    if let Some(p) = s.vp.as_ref().and_then(|vp| vp.vp_assist_page()) {
+        if let Ok(v) = m.mem.read_obj::<u32>(GuestAddress(p)) {
+            let _ = m.mem.write_obj(v & !1, GuestAddress(p));
+        }
+    }
 }
 
 /// Applies what lapic asked for after a register write. `false`: #GP.

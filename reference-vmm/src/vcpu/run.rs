@@ -12,7 +12,7 @@ use vm_memory::{Bytes, GuestAddress};
 use super::io::VcpuIo;
 use super::{HALT_SLICE, State, Vcpu};
 use crate::error::Error;
-use crate::irqchip::user::{complete_lazy_eoi, deliver_posted};
+use crate::irqchip::user::{LazyEoiExit, clear_lazy_eoi_bit, complete_lazy_eoi, deliver_posted};
 use crate::kvm::exit_data;
 use crate::kvm::flush::flush_guest_tlb;
 use crate::kvm::kick::KickTarget;
@@ -62,6 +62,9 @@ pub struct Runner<'a> {
     exit_tsc: u64,
     /// The last exit is completed only by the next `KVM_RUN`.
     pending_completion: bool,
+    /// A lazy EOI was kept armed at the last exit
+    /// ([`LazyEoiExit::Held`]).
+    lazy_held: bool,
     /// An exception (#GP from an MSR exit, #UD from the hypercall trap)
     /// is delivered at the next entry: no interrupt may be injected with
     /// it, its handler runs with IF=0 (SDM 6.9, event priority).
@@ -80,6 +83,7 @@ impl<'a> Runner<'a> {
             exit_tsc: 0,
             pending_completion: false,
             exception_queued: false,
+            lazy_held: false,
         })
     }
 
@@ -288,6 +292,14 @@ impl<'a> Runner<'a> {
             Some(_) => self.fd.get_kvm_run().request_interrupt_window = 1,
             None => self.fd.get_kvm_run().request_interrupt_window = 0,
         }
+        if std::mem::take(&mut self.lazy_held) {
+            if s.apic.lazy_eoi_armed() {
+                // Exit as soon as the guest can take the waiting interrupt.
+                self.fd.get_kvm_run().request_interrupt_window = 1;
+                return Ok(());
+            }
+            clear_lazy_eoi_bit(self.m, &s);
+        }
         self.arm_lazy_eoi(&mut s);
         Ok(())
     }
@@ -316,7 +328,15 @@ impl<'a> Runner<'a> {
         let (m, me) = (self.m, self.me);
         let posted = me.posted.run_state().leave_guest(me.posted.descriptor());
         let mut s = me.lock();
-        let eoi = complete_lazy_eoi(m, me, &mut s);
+        let if_flag = self.fd.get_kvm_run().if_flag != 0;
+        let eoi = match complete_lazy_eoi(m, me, &mut s, if_flag) {
+            LazyEoiExit::Completed(ioapic) => ioapic,
+            LazyEoiExit::Held => {
+                self.lazy_held = true;
+                None
+            }
+            LazyEoiExit::None => None,
+        };
         deliver_posted(&mut s, posted);
         if m.kernel.is_none() {
             // KVM stores CR8 in kvm_run at every exit; a `mov cr8` that
