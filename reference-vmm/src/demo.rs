@@ -63,8 +63,9 @@ pub struct Row {
 pub struct Demo {
     /// vCPUs.
     pub vcpus: u32,
-    /// "user" or "kernel" irqchip.
-    pub irqchip: &'static str,
+    /// Where the local APICs were (serialized as "user" or "kernel").
+    #[serde(serialize_with = "scenario::serialize_irqchip")]
+    pub irqchip: IrqchipMode,
     /// Table rows.
     pub rows: Vec<Row>,
 }
@@ -151,7 +152,7 @@ pub fn run_with(vcpus: u32, timeout: Duration, irqchip: IrqchipMode) -> Result<D
     }
     Ok(Demo {
         vcpus,
-        irqchip: scenario::irqchip_name(irqchip),
+        irqchip,
         rows,
     })
 }
@@ -163,7 +164,8 @@ impl Demo {
         let _ = writeln!(
             s,
             "{} vCPUs, {} irqchip, per operation; off = no Hyper-V (x2APIC or xAPIC ICR and EOI, IPI shootdown), on = enlightened",
-            self.vcpus, self.irqchip
+            self.vcpus,
+            scenario::irqchip_name(self.irqchip)
         );
         let _ = writeln!(
             s,
@@ -225,7 +227,7 @@ impl Demo {
     /// VMM, so the claims about them are not applicable; lazy EOI is
     /// judged on what the guest counted.
     pub fn verdicts(&self) -> Vec<(String, String, Verdict)> {
-        let kernel = self.irqchip == "kernel";
+        let kernel = self.irqchip == IrqchipMode::Kernel;
         let mut out = Vec::new();
         let find = |name: &str| self.rows.iter().find(|r| r.on.scenario == name);
         if let Some(r) = find("broadcast-pv-fast").or_else(|| find("broadcast-pv-ex")) {

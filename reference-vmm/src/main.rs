@@ -305,7 +305,7 @@ fn run(cmd: Command) -> Result<(), String> {
             println!(
                 "{} ({} irqchip): {} ops in {:?} (run {:?}): {:.2} exits/op ({:.2} by vCPU 0), {:.2} kicks/op, {} wakeups/op, {:.1} us/op",
                 f.scenario,
-                f.irqchip,
+                scenario::irqchip_name(f.irqchip),
                 f.ops,
                 std::time::Duration::from_nanos((f.ns_per_op * f.ops as f64) as u64),
                 r.wall,

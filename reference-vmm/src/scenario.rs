@@ -234,8 +234,9 @@ pub struct Figures {
     pub guest_ns_per_op: f64,
     /// Counters of the measured phase.
     pub metrics: VmMetrics,
-    /// "user" or "kernel".
-    pub irqchip: &'static str,
+    /// Where the local APICs were (serialized as "user" or "kernel").
+    #[serde(serialize_with = "serialize_irqchip")]
+    pub irqchip: IrqchipMode,
     /// Names of the per-operation figures this irqchip mode cannot
     /// observe (their value is meaningless: print "n/a").
     pub unobserved: Vec<&'static str>,
@@ -275,6 +276,15 @@ pub fn irqchip_name(mode: IrqchipMode) -> &'static str {
         IrqchipMode::User => "user",
         IrqchipMode::Kernel => "kernel",
     }
+}
+
+/// Serializes an irqchip mode as its CLI name ([`irqchip_name`]), for
+/// `#[serde(serialize_with = "...")]` on fields of type [`IrqchipMode`].
+pub fn serialize_irqchip<S: serde::Serializer>(
+    mode: &IrqchipMode,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(irqchip_name(*mode))
 }
 
 /// Options of one run.
@@ -337,9 +347,22 @@ pub fn run_ops(s: Scenario, o: RunOptions, ops: u64) -> Result<(RunReport, Figur
         hypercall_service_ns: ns(t.svc_cycles_hypercall) / t.hypercalls.max(1) as f64,
         guest_ns_per_op: m.guest_elapsed.as_nanos() as f64 / ops,
         metrics: m.metrics,
-        irqchip: irqchip_name(o.irqchip),
+        irqchip: o.irqchip,
         unobserved: s.unobserved(o.irqchip),
         kvm: m.kvm,
     };
     Ok((report, f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn irqchip_serializes_as_its_cli_name() {
+        for mode in [IrqchipMode::User, IrqchipMode::Kernel] {
+            let v = serialize_irqchip(&mode, serde_json::value::Serializer).unwrap();
+            assert_eq!(v, irqchip_name(mode));
+        }
+    }
 }

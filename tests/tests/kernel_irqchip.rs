@@ -35,7 +35,7 @@ fn all_at(vcpus: u32) {
         }
         let f = run(s, vcpus);
         let t = &f.metrics.total;
-        assert_eq!(f.irqchip, "kernel");
+        assert_eq!(f.irqchip, IrqchipMode::Kernel);
         // KVM serves the APIC and HLT: no APIC MSR exit, no HLT exit, no
         // userspace injection.
         assert_eq!(t.msr_x2apic, 0, "{}: {t:?}", s.name());

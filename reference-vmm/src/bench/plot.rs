@@ -9,7 +9,11 @@ use std::sync::Once;
 use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 
-use super::{Cell, Op, Report};
+use hv_enlightenments::accel::IrqchipMode;
+
+use super::plan::{IRQCHIPS, Op};
+use super::stats::Cell;
+use crate::scenario::irqchip_name;
 
 /// DejaVu Sans (license in `assets/DejaVuSans-LICENSE`).
 static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
@@ -27,7 +31,7 @@ fn register() -> Result<(), String> {
 /// One line: label, colour, dashed, points.
 type Series = (String, RGBColor, bool, Vec<(f64, f64)>);
 
-fn series(r: &Report, value: fn(&Cell) -> f64) -> Vec<Series> {
+fn series(cells: &[Cell], value: fn(&Cell) -> f64) -> Vec<Series> {
     let colours = [
         (Op::Broadcast, false, RGBColor(0xD6, 0x27, 0x28)),
         (Op::Broadcast, true, RGBColor(0x1F, 0x77, 0xB4)),
@@ -35,10 +39,9 @@ fn series(r: &Report, value: fn(&Cell) -> f64) -> Vec<Series> {
         (Op::Shootdown, true, RGBColor(0x2C, 0xA0, 0x2C)),
     ];
     let mut out = Vec::new();
-    for chip in ["user", "kernel"] {
+    for chip in IRQCHIPS {
         for (op, on, colour) in colours {
-            let pts: Vec<(f64, f64)> = r
-                .cells
+            let pts: Vec<(f64, f64)> = cells
                 .iter()
                 .filter(|c| c.op == op.name() && c.irqchip == chip && c.enlightened == on)
                 .map(|c| (f64::from(c.vcpus), value(c)))
@@ -49,11 +52,12 @@ fn series(r: &Report, value: fn(&Cell) -> f64) -> Vec<Series> {
                 continue;
             }
             let label = format!(
-                "{} {} ({chip})",
+                "{} {} ({})",
                 op.name(),
-                if on { "PV" } else { "native" }
+                if on { "PV" } else { "native" },
+                irqchip_name(chip)
             );
-            out.push((label, colour, chip == "kernel", pts));
+            out.push((label, colour, chip == IrqchipMode::Kernel, pts));
         }
     }
     out
@@ -136,8 +140,8 @@ where
         .map_err(e)
 }
 
-/// Draws the scaling plot of `r` to `path` (PNG).
-pub fn scaling(r: &Report, path: &Path) -> Result<(), String> {
+/// Draws the scaling plot of `cells` to `path` (PNG).
+pub fn scaling(cells: &[Cell], path: &Path) -> Result<(), String> {
     register()?;
     let root = BitMapBackend::new(path, (1800, 600)).into_drawing_area();
     let e = |e: DrawingAreaErrorKind<_>| format!("{}: {e}", path.display());
@@ -147,19 +151,19 @@ pub fn scaling(r: &Report, path: &Path) -> Result<(), String> {
         &panels[0],
         "VM exits per operation (all vCPUs)",
         "exits / op",
-        &series(r, Cell::plot_exits),
+        &series(cells, Cell::plot_exits),
     )?;
     panel(
         &panels[1],
         "Sender (vCPU 0) exits per operation",
         "exits / op",
-        &series(r, Cell::plot_sender_exits),
+        &series(cells, Cell::plot_sender_exits),
     )?;
     panel(
         &panels[2],
         "Guest time per operation",
         "us / op (guest TSC)",
-        &series(r, |c| c.guest_ns_per_op.median / 1000.0),
+        &series(cells, |c| c.guest_ns_per_op.median / 1000.0),
     )?;
     root.present().map_err(e)
 }

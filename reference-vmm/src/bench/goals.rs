@@ -1,0 +1,151 @@
+//! The bench's goals: [`crate::goal`]'s checks against the cells.
+
+use hv_enlightenments::accel::IrqchipMode;
+
+use crate::goal::{self, Goal};
+
+use super::plan::Op;
+use super::stats::{Cell, find};
+
+/// The goals against the summaries (user irqchip unless said otherwise;
+/// medians, and for counts that must be zero, maxima).
+pub fn goals(cells: &[Cell]) -> Vec<Goal> {
+    let mut out = Vec::new();
+    // PV broadcast flat in N (N >= 2: on one vCPU the broadcast is a
+    // self-IPI).
+    let points: Vec<(u32, f64)> = cells
+        .iter()
+        .filter(|c| {
+            c.op == Op::Broadcast.name()
+                && c.irqchip == IrqchipMode::User
+                && c.enlightened
+                && c.vcpus >= 2
+        })
+        .map(|c| (c.vcpus, c.sender_exits_per_op.max))
+        .collect();
+    if points.is_empty() {
+        out.push(goal::not_measured(
+            "PV broadcast IPI flat in N at 1 exit per operation",
+            "broadcast not run",
+        ));
+    } else {
+        out.push(goal::broadcast_flat(&points));
+    }
+    // PV shootdown wakes none of the halted targets, at every N.
+    let pv: Vec<&Cell> = cells
+        .iter()
+        .filter(|c| c.op == Op::Shootdown.name() && c.irqchip == IrqchipMode::User && c.enlightened)
+        .collect();
+    match pv.iter().max_by_key(|c| c.vcpus) {
+        Some(big) => {
+            let worst = pv.iter().map(|c| c.wakeups_per_op.max).fold(0.0, f64::max);
+            let ipi = find(
+                cells,
+                Op::Shootdown,
+                Some(big.vcpus),
+                IrqchipMode::User,
+                false,
+            )
+            .map_or(f64::NAN, |c| c.wakeups_per_op.median);
+            let mut g = goal::shootdown_wakeups(big.halted, worst, ipi);
+            g.measured = format!(
+                "{} (worst over N = {})",
+                g.measured,
+                pv.iter()
+                    .map(|c| c.vcpus.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            if let Some(k) = find(
+                cells,
+                Op::Shootdown,
+                Some(big.vcpus),
+                IrqchipMode::Kernel,
+                true,
+            ) {
+                g.measured = format!(
+                    "{}; kernel irqchip (not judged): the halted vCPUs wait inside KVM_RUN and \
+                     are kicked, {:.2} kicks/op",
+                    g.measured, k.kicks_per_op.median
+                );
+            }
+            out.push(g);
+        }
+        None => out.push(goal::not_measured(
+            "PV TLB shootdown wakes 0 of the k halted vCPUs",
+            "shootdown not run",
+        )),
+    }
+    // Lazy EOI.
+    match (
+        find(cells, Op::Timer, None, IrqchipMode::User, true),
+        find(cells, Op::Timer, None, IrqchipMode::User, false),
+    ) {
+        (Some(on), Some(off)) => out.push(goal::lazy_eoi(
+            on.eoi_exits_per_op.median,
+            off.eoi_exits_per_op.median,
+        )),
+        _ => out.push(goal::not_measured(
+            "lazy EOI avoids >= 99% of EOI exits",
+            "timer not run",
+        )),
+    }
+    // 64-bank Ex hypercall service time, at the most vCPUs run (the
+    // most existing targets in the set).
+    match cells
+        .iter()
+        .filter(|c| c.op == Op::Ex64.name() && c.irqchip == IrqchipMode::User && c.enlightened)
+        .max_by_key(|c| c.vcpus)
+    {
+        Some(c) => {
+            let mut g = goal::ex64_service(c.hypercall_service_ns.median);
+            g.measured = format!(
+                "{} median, {} (min..max) at {} vCPUs",
+                g.measured,
+                c.hypercall_service_ns.show(0),
+                c.vcpus
+            );
+            out.push(g);
+        }
+        None => out.push(goal::not_measured(
+            "VMM service time of a 64-bank Ex hypercall < 1 us",
+            "ex64 not run",
+        )),
+    }
+    // User vs kernel irqchip unicast IPI round trip: the best round trip
+    // each irqchip offers (enlightenments off or on, whichever is faster),
+    // with all four shown.
+    let best = |chip: IrqchipMode| -> Option<(f64, &'static str)> {
+        [false, true]
+            .into_iter()
+            .filter_map(|on| {
+                find(cells, Op::PingPong, None, chip, on)
+                    .map(|c| (c.guest_ns_per_op.median, c.scenario))
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+    };
+    match (best(IrqchipMode::User), best(IrqchipMode::Kernel)) {
+        (Some((u, us)), Some((k, ks))) => {
+            let mut g = goal::user_vs_kernel_ipi(u, k);
+            let show = |chip: IrqchipMode, on: bool| {
+                find(cells, Op::PingPong, None, chip, on).map_or("-".to_string(), |c| {
+                    format!("{:.1}", c.guest_ns_per_op.median / 1000.0)
+                })
+            };
+            g.measured = format!(
+                "best of each: {} ({us}) vs ({ks}); x2APIC ICR {} vs {} us, PV IPI {} vs {} us",
+                g.measured,
+                show(IrqchipMode::User, false),
+                show(IrqchipMode::Kernel, false),
+                show(IrqchipMode::User, true),
+                show(IrqchipMode::Kernel, true),
+            );
+            out.push(g);
+        }
+        _ => out.push(goal::not_measured(
+            "user-irqchip unicast IPI round trip <= 1.5x the kernel irqchip's",
+            "ping-pong not run with both irqchips",
+        )),
+    }
+    out
+}

@@ -1,0 +1,23 @@
+//! The `bench` command: each operation with the enlightenments off and
+//! on, under the user and the kernel irqchip, at several vCPU counts, all
+//! in one run, interleaved and repeated; the medians, minima and maxima of
+//! the per-operation figures, the goals of [`crate::goal`], a markdown
+//! report, a JSON file with every repetition and a scaling plot.
+
+mod goals;
+mod plan;
+mod plot;
+mod report;
+mod run;
+mod sample;
+mod stats;
+#[cfg(test)]
+mod tests;
+
+pub use crate::scenario::irqchip_name;
+pub use goals::goals;
+pub use plan::{Config, Op, SCALING};
+pub use report::{Host, Report};
+pub use run::run;
+pub use sample::{ClassService, Sample};
+pub use stats::{Cell, Stat, summarize};

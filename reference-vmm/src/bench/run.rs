@@ -1,0 +1,139 @@
+//! Running the bench: every (operation, vCPUs, irqchip) point, off and on,
+//! repeated and interleaved, one sample per run.
+
+use std::time::Instant;
+
+use crate::clock::cycles_to_ns;
+use crate::error::Error;
+use crate::metrics::rdtsc_overhead_cycles;
+use crate::scenario::{self, RunOptions, Scenario, irqchip_name};
+use crate::vm::FlushMethod;
+
+use super::goals::goals;
+use super::plan::{Config, Op};
+use super::report::{Host, Report};
+use super::sample::{ClassService, Sample};
+use super::stats::summarize;
+
+fn sample(
+    op: Op,
+    s: Scenario,
+    o: RunOptions,
+    ops: u64,
+    rep: u32,
+    tsc_khz: &mut u64,
+) -> Result<Sample, Error> {
+    let start = Instant::now();
+    let (report, f) = scenario::run_ops(s, o, ops)?;
+    let wall = start.elapsed();
+    let t = &f.metrics.total;
+    let khz = report.measured.as_ref().map_or(0, |m| m.tsc_khz);
+    if khz != 0 {
+        *tsc_khz = khz;
+    }
+    let by_class = t
+        .service_by_class()
+        .into_iter()
+        .filter(|(_, n, _)| *n > 0)
+        .map(|(class, exits, cycles)| ClassService {
+            class,
+            exits,
+            ns_per_exit: cycles_to_ns(cycles as f64, khz) / exits as f64,
+        })
+        .collect();
+    Ok(Sample {
+        op: op.name(),
+        scenario: f.scenario,
+        vcpus: f.vcpus,
+        enlightened: f.hyperv || s == Scenario::NullHypercall,
+        irqchip: o.irqchip,
+        rep,
+        ops: f.ops,
+        exits_per_op: f.exits_per_op,
+        sender_exits_per_op: f.sender_exits_per_op,
+        kicks_per_op: f.kicks_per_op,
+        wakeups_per_op: f.wakeups_per_op,
+        eoi_exits_per_op: f.eoi_exits_per_op,
+        hypercalls_per_op: f.hypercalls_per_op,
+        service_ns_per_exit: f.service_ns_per_exit,
+        hypercall_service_ns: f.hypercall_service_ns,
+        guest_ns_per_op: f.guest_ns_per_op,
+        host_ns_per_op: f.ns_per_op,
+        wall_ms: wall.as_secs_f64() * 1000.0,
+        by_class,
+        unobserved: f.unobserved.clone(),
+        kvm_exits_per_op: f.kvm_exits_per_op(false),
+        kvm_sender_exits_per_op: f.kvm_exits_per_op(true),
+    })
+}
+
+/// Runs the bench, printing progress on stderr. Failed runs are listed
+/// in [`Report::problems`].
+pub fn run(cfg: &Config) -> Report {
+    let start = Instant::now();
+    let points = cfg.points();
+    let reps = cfg.reps.max(1);
+    let mut samples: Vec<Sample> = Vec::new();
+    let mut problems: Vec<String> = Vec::new();
+    let mut tsc_khz = 0u64;
+    for rep in 0..reps {
+        for &(op, vcpus) in &points {
+            for &irqchip in &cfg.irqchips {
+                let (off, on) = op.scenarios(vcpus);
+                let mut order: Vec<Scenario> = off.into_iter().chain([on]).collect();
+                // Alternate which side goes first.
+                if rep % 2 == 1 {
+                    order.reverse();
+                }
+                for s in order {
+                    if !s.supports(vcpus) {
+                        continue;
+                    }
+                    let o = RunOptions {
+                        vcpus,
+                        timeout: cfg.timeout,
+                        flush: FlushMethod::MmuReset,
+                        irqchip,
+                    };
+                    let ops = cfg
+                        .ops_override
+                        .unwrap_or_else(|| op.ops(s, vcpus, cfg.quick));
+                    eprintln!(
+                        "bench: rep {}/{reps} {} {vcpus} vCPUs {} irqchip ({} ops) ...",
+                        rep + 1,
+                        s.name(),
+                        irqchip_name(irqchip),
+                        ops
+                    );
+                    match sample(op, s, o, ops, rep, &mut tsc_khz) {
+                        Ok(x) => samples.push(x),
+                        Err(e) => problems.push(format!(
+                            "rep {} {} on {vcpus} vCPUs, {} irqchip: {e}",
+                            rep + 1,
+                            s.name(),
+                            irqchip_name(irqchip)
+                        )),
+                    }
+                }
+            }
+        }
+    }
+    let cells = summarize(&cfg.ops, &samples);
+    let goals = goals(&cells);
+    let pair = rdtsc_overhead_cycles(10_000);
+    Report {
+        command: cfg.command.clone(),
+        reps,
+        host: Host {
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            tsc_khz,
+            rdtsc_pair_cycles: pair,
+            rdtsc_pair_ns: cycles_to_ns(pair as f64, tsc_khz),
+        },
+        total_secs: start.elapsed().as_secs_f64(),
+        cells,
+        goals,
+        problems,
+        samples,
+    }
+}

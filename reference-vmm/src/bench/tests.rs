@@ -1,0 +1,135 @@
+//! The summaries, goals and markdown of a made-up bench.
+
+use hv_enlightenments::accel::IrqchipMode;
+
+use super::goals::goals;
+use super::plan::Op;
+use super::report::{Host, Report};
+use super::sample::Sample;
+use super::stats::{Stat, find, summarize};
+
+fn fake(op: Op, vcpus: u32, chip: IrqchipMode, on: bool, rep: u32, x: f64) -> Sample {
+    Sample {
+        op: op.name(),
+        scenario: if on { "on-scenario" } else { "off-scenario" },
+        vcpus,
+        enlightened: on,
+        irqchip: chip,
+        rep,
+        ops: 10,
+        exits_per_op: x,
+        sender_exits_per_op: if on { 1.0 } else { f64::from(vcpus) },
+        kicks_per_op: 0.0,
+        wakeups_per_op: if on { 0.0 } else { f64::from(vcpus) },
+        eoi_exits_per_op: if on { 0.0 } else { 1.0 },
+        hypercalls_per_op: 1.0,
+        service_ns_per_exit: 500.0,
+        hypercall_service_ns: 800.0,
+        guest_ns_per_op: 1000.0 * x,
+        host_ns_per_op: 1000.0 * x,
+        wall_ms: 1.0,
+        by_class: vec![],
+        unobserved: if chip == IrqchipMode::Kernel {
+            vec!["wakeups_per_op"]
+        } else {
+            vec![]
+        },
+        kvm_exits_per_op: (chip == IrqchipMode::Kernel).then_some(3.0 * x),
+        kvm_sender_exits_per_op: (chip == IrqchipMode::Kernel).then_some(x),
+    }
+}
+
+fn fake_report() -> Report {
+    let mut samples = Vec::new();
+    for rep in 0..3 {
+        let x = f64::from(rep + 1);
+        for n in [2, 64] {
+            for on in [false, true] {
+                samples.push(fake(Op::Broadcast, n, IrqchipMode::User, on, rep, x));
+                samples.push(fake(Op::Shootdown, n, IrqchipMode::User, on, rep, x));
+            }
+        }
+        for on in [false, true] {
+            samples.push(fake(Op::Timer, 1, IrqchipMode::User, on, rep, x));
+            samples.push(fake(Op::PingPong, 2, IrqchipMode::User, on, rep, x));
+            samples.push(fake(Op::PingPong, 2, IrqchipMode::Kernel, on, rep, x));
+        }
+        samples.push(fake(Op::Ex64, 1024, IrqchipMode::User, true, rep, x));
+    }
+    let cells = summarize(&Op::ALL, &samples);
+    Report {
+        command: "reference-vmm bench --quick".into(),
+        reps: 3,
+        host: Host {
+            cpus: 2,
+            tsc_khz: 2_000_000,
+            rdtsc_pair_cycles: 40,
+            rdtsc_pair_ns: 20.0,
+        },
+        total_secs: 1.0,
+        goals: goals(&cells),
+        cells,
+        problems: vec!["kernel irqchip skipped: test".into()],
+        samples,
+    }
+}
+
+#[test]
+fn cells_are_grouped_and_ordered() {
+    let r = fake_report();
+    // broadcast 2/64 x off/on, shootdown likewise, timer off/on,
+    // ping-pong user/kernel x off/on, ex64.
+    assert_eq!(r.cells.len(), 4 + 4 + 2 + 4 + 1);
+    assert_eq!(r.cells[0].op, "pingpong");
+    assert_eq!(r.cells[0].irqchip, IrqchipMode::User);
+    assert!(!r.cells[0].enlightened);
+    assert_eq!(r.cells[2].irqchip, IrqchipMode::Kernel);
+    let b = find(&r.cells, Op::Broadcast, Some(64), IrqchipMode::User, false).unwrap();
+    assert_eq!(b.reps, 3);
+    assert_eq!(b.exits_per_op, Stat::of(&[1.0, 2.0, 3.0]));
+    assert_eq!(b.halted, 0);
+    let sd = find(&r.cells, Op::Shootdown, Some(64), IrqchipMode::User, true).unwrap();
+    assert_eq!(sd.halted, 62);
+}
+
+#[test]
+fn json_names_the_irqchip() {
+    let v = serde_json::to_value(fake_report()).unwrap();
+    assert_eq!(v["cells"][0]["irqchip"], "user");
+    assert_eq!(v["cells"][2]["irqchip"], "kernel");
+    assert_eq!(v["samples"][0]["irqchip"], "user");
+}
+
+#[test]
+fn goals_from_cells() {
+    let r = fake_report();
+    let by = |claim: &str| r.goals.iter().find(|g| g.claim.contains(claim)).unwrap();
+    assert!(by("flat in N").pass);
+    assert!(by("wakes 0 of the 62").pass);
+    assert!(by("lazy EOI").pass);
+    assert!(by("64-bank").pass);
+    // Same guest times in both modes: ratio 1.
+    assert!(by("1.5x").pass, "{:?}", by("1.5x"));
+    assert_eq!(r.goals.len(), 5);
+}
+
+#[test]
+fn markdown_has_every_section_and_row() {
+    let r = fake_report();
+    let md = r.markdown();
+    for needle in [
+        "Command: `reference-vmm bench --quick`",
+        "## Goals",
+        "| PV broadcast IPI flat in N",
+        "## Per operation",
+        "| broadcast IPI | 64 | 0 | user | off | off-scenario | 2.00 [1.00..3.00] | 64.00 | - |",
+        "| unicast IPI round trip | 2 | 0 | kernel | on | on-scenario | 2.00 [1.00..3.00] | 1.00 | 6.00 (2.00) | 0.00 | n/a |",
+        "| TLB shootdown (1 reader running, N-2 halted) | 64 | 62 | user | on |",
+        "## Scaling (medians)",
+        "| broadcast | user | 64 | 2.00 | 2.00 | 64.00 | 1.00 | - | - | 64.00 | 0.00 | 2.0 | 2.0 |",
+        "## Problems",
+        "kernel irqchip skipped: test",
+    ] {
+        assert!(md.contains(needle), "missing {needle:?} in\n{md}");
+    }
+}
