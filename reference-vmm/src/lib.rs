@@ -42,9 +42,4 @@ pub mod scenario;
 pub mod vcpu;
 pub mod vm;
 
-// Paths the upper layers used before the folders; kept while they move.
-pub use guest::{boot, layout};
-pub use kvm::cpuid;
-pub use kvm::stats as kvm_stats;
-
 pub use error::Error;

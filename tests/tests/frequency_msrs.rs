@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use hv_enlightenments::accel::IrqchipMode;
 use hv_tests::kvm_available;
 use hv_tests::mbkernel::{self, Flavor, MsrRead};
-use reference_vmm::cpuid::{self, KVM_APIC_TIMER_HZ};
+use reference_vmm::kvm::cpuid::{self, KVM_APIC_TIMER_HZ};
 use reference_vmm::platform::console::Console;
 use reference_vmm::vm::{ExternalConfig, GuestExit, Vm};
 
