@@ -50,10 +50,7 @@ pub fn guest_kernel(test: &str) -> Option<std::path::PathBuf> {
             }
             format!("it printed no vmlinux path ({})", path.display())
         }
-        Ok(out) => format!(
-            "it failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
+        Ok(out) => format!("it failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
         Err(e) => format!("it cannot run: {e}"),
     };
     if std::env::var("REQUIRE_GUEST_KERNEL").as_deref() == Ok("1") {

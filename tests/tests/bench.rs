@@ -36,7 +36,11 @@ fn quick_bench_writes_consistent_results() {
     assert!(failed.is_empty(), "failed runs: {failed:#?}");
 
     // Every (operation, vCPUs, side) ran twice under the user irqchip.
-    let user: Vec<_> = r.samples.iter().filter(|s| s.irqchip == IrqchipMode::User).collect();
+    let user: Vec<_> = r
+        .samples
+        .iter()
+        .filter(|s| s.irqchip == IrqchipMode::User)
+        .collect();
     // ping-pong 2+2, broadcast 2+2, shootdown 2+2, timer 2+2,
     // null hypercall 2+2, ex64 1+1; times 2 repetitions.
     assert_eq!(user.len(), 2 * (5 * 4 + 2), "{user:#?}");
@@ -44,7 +48,11 @@ fn quick_bench_writes_consistent_results() {
     // The same runs under the kernel irqchip, where the PV forms still
     // cost the sender one exit to the VMM and KVM's statistics count the
     // in-kernel exits.
-    let kernel: Vec<_> = r.samples.iter().filter(|s| s.irqchip == IrqchipMode::Kernel).collect();
+    let kernel: Vec<_> = r
+        .samples
+        .iter()
+        .filter(|s| s.irqchip == IrqchipMode::Kernel)
+        .collect();
     assert_eq!(kernel.len(), user.len(), "{kernel:#?}");
     for s in &kernel {
         if s.scenario.starts_with("broadcast-pv") || s.scenario == "null-hypercall" {

@@ -76,7 +76,10 @@ fn cpl0_instruction_the_host_cannot_emulate_ends_cleanly() {
         Err(Error::Guest { vcpu, reason, rip }) => {
             assert_eq!(vcpu, 0);
             assert!(reason.contains("emulation failure"), "{reason}");
-            assert!(rip > reference_vmm::guest::layout::USER_CODE, "RIP {rip:#x}");
+            assert!(
+                rip > reference_vmm::guest::layout::USER_CODE,
+                "RIP {rip:#x}"
+            );
             eprintln!("vCPU {vcpu}: {reason} at {rip:#x}");
         }
         Err(e) => panic!("expected completion or an emulation failure, got {e}"),

@@ -9,9 +9,9 @@ use hv_enlightenments::accel::IrqchipMode;
 use hv_tests::kvm_available;
 use reference_vmm::guest::hostile;
 use reference_vmm::guest::scenarios::{self, EoiMode, FlushMode, IpiMode};
+use reference_vmm::irqchip::{kernel as kirq, user as irq};
 use reference_vmm::scenario::{self, Figures, RunOptions, Scenario};
 use reference_vmm::vm::{FlushMethod, Vm, VmConfig};
-use reference_vmm::irqchip::{kernel as kirq, user as irq};
 
 fn run(s: Scenario, vcpus: u32) -> Figures {
     let opts = RunOptions {

@@ -7,6 +7,7 @@
 
 pub mod exits;
 pub mod io;
+mod mp_start;
 mod run;
 
 pub use run::Runner;
@@ -23,6 +24,35 @@ use lapic::LocalApic;
 use crate::error::Error;
 use crate::kvm::kick::KickTarget;
 use crate::metrics::{VcpuMetrics, bump};
+
+/// Where a vCPU is in the INIT/SIPI protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MpState {
+    /// Runs guest code.
+    #[default]
+    Runnable,
+    /// After INIT (or at creation, for an external guest's application
+    /// processors): waits for a STARTUP IPI.
+    WaitForSipi,
+}
+
+/// INIT/SIPI state of one vCPU, kept under its lock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MpEvents {
+    /// Where the vCPU is.
+    pub state: MpState,
+    /// An INIT arrived and was not yet acted on.
+    pub init_pending: bool,
+    /// A STARTUP IPI arrived with this vector and was not yet acted on.
+    pub sipi_pending: Option<u8>,
+}
+
+impl MpEvents {
+    /// Whether the vCPU thread has something to act on.
+    pub fn pending(&self) -> bool {
+        self.init_pending || self.sipi_pending.is_some()
+    }
+}
 
 /// How long a halted vCPU sleeps before it re-checks for a stop request
 /// on its own (a stop also wakes it): long, so that a thousand halted
@@ -50,7 +80,7 @@ pub struct State {
     /// A halted vCPU was told to wake up.
     pub woken: bool,
     /// INIT/SIPI state (used where the VMM runs that protocol).
-    pub mp: crate::irqchip::mp::MpEvents,
+    pub mp: MpEvents,
     /// NMIs to hand to KVM (`KVM_NMI`) before the next entry; at most
     /// two, as KVM keeps at most one pending behind the
     /// one being delivered (x86.c `process_nmi`).
@@ -94,7 +124,7 @@ impl Vcpu {
                 alive: false,
                 kick: None,
                 woken: false,
-                mp: crate::irqchip::mp::MpEvents::default(),
+                mp: MpEvents::default(),
                 nmi_pending: 0,
                 lint1_pending: false,
                 kernel_state: None,
@@ -291,8 +321,8 @@ impl Vcpu {
     pub fn describe(&self) -> String {
         let s = self.lock();
         let state = match s.mp.state {
-            crate::irqchip::mp::MpState::WaitForSipi => "WaitForSipi".to_string(),
-            crate::irqchip::mp::MpState::Runnable => format!("{:?}", self.run_state()),
+            MpState::WaitForSipi => "WaitForSipi".to_string(),
+            MpState::Runnable => format!("{:?}", self.run_state()),
         };
         let exits = self.metrics.exits.load(Ordering::Relaxed);
         // Kernel irqchip: the userspace APIC is unused; show KVM's.

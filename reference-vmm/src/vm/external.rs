@@ -48,7 +48,6 @@ use kvm_ioctls::VmFd;
 use vm_device::device_manager::IoManager;
 
 use crate::error::Error;
-use crate::irqchip::mp::MpState;
 use crate::loader::{self, KernelKind, LoadOptions};
 use crate::metrics::VmMetrics;
 use crate::platform::console::Console;
@@ -56,6 +55,7 @@ use crate::platform::ioapic::{NUM_PINS, RouteListener};
 use crate::platform::lines::{StopReason, VmStop};
 use crate::platform::msi::MsiSink;
 use crate::platform::{Platform, PlatformConfig};
+use crate::vcpu::MpState;
 use crate::vcpu::kvm_err;
 use crate::vm::{Common, FlushMethod, GuestExit, Machine, MachineOptions, Vm, VmConfig};
 
