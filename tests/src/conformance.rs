@@ -723,6 +723,21 @@ impl Builder {
         self.apic_write(APIC_SVR, SVR_ENABLE)
     }
 
+    /// Waits until the dword at `at` reaches `want` (else fails with
+    /// `missing`), lets time pass with exits, and fails with `extra` if it
+    /// went past it.
+    fn wait_exactly(
+        &mut self,
+        at: u32,
+        want: u32,
+        missing: &'static str,
+        extra: &'static str,
+    ) -> Result<(), IcedError> {
+        self.wait(at, want, Wait::Exits, missing)?;
+        self.settle()?;
+        self.expect_eq(at, want, extra)
+    }
+
     /// Waits until the dword at `at` is at least `want`, else fails.
     fn wait(&mut self, at: u32, want: u32, how: Wait, what: &'static str) -> Result<(), IcedError> {
         let fail = self.fail(what);
@@ -1386,16 +1401,10 @@ impl Builder {
         self.rte(pin, v)?;
         self.a.sti()?;
         Self::line(&mut self.a, pin, true)?;
-        self.wait(
+        self.wait_exactly(
             count(0, v),
             1,
-            Wait::Exits,
             "edge: a rising edge on an unmasked edge entry was not delivered",
-        )?;
-        self.settle()?;
-        self.expect_eq(
-            count(0, v),
-            1,
             "edge: one rising edge was delivered more than once",
         )?;
         Self::line(&mut self.a, pin, true)?;
@@ -1407,16 +1416,10 @@ impl Builder {
         )?;
         Self::line(&mut self.a, pin, false)?;
         Self::line(&mut self.a, pin, true)?;
-        self.wait(
+        self.wait_exactly(
             count(0, v),
             2,
-            Wait::Exits,
             "edge: the second rising edge was not delivered",
-        )?;
-        self.settle()?;
-        self.expect_eq(
-            count(0, v),
-            2,
             "edge: the second rising edge was delivered more than once",
         )?;
         Self::line(&mut self.a, pin, false)
@@ -1479,16 +1482,10 @@ impl Builder {
         self.rte(pin, v | RTE_LEVEL)?;
         self.a.sti()?;
         Self::line(&mut self.a, pin, true)?;
-        self.wait(
+        self.wait_exactly(
             count(0, v),
             3,
-            Wait::Exits,
             "level: a line still asserted at the EOI was not delivered again",
-        )?;
-        self.settle()?;
-        self.expect_eq(
-            count(0, v),
-            3,
             "level: delivered again after the handler lowered the line",
         )
     }
@@ -1503,16 +1500,10 @@ impl Builder {
         self.settle()?;
         self.expect_eq(count(0, v), 0, "masked: a masked level entry delivered")?;
         self.rte(pin, v | RTE_LEVEL)?;
-        self.wait(
+        self.wait_exactly(
             count(0, v),
             1,
-            Wait::Exits,
             "masked: unmasking a level entry whose line is asserted did not deliver it",
-        )?;
-        self.settle()?;
-        self.expect_eq(
-            count(0, v),
-            1,
             "masked: delivered more than once after the unmask",
         )
     }
@@ -1528,16 +1519,10 @@ impl Builder {
         self.settle()?;
         self.expect_eq(count(0, v), 0, "coalesce: delivered with IF=0")?;
         self.a.sti()?;
-        self.wait(
+        self.wait_exactly(
             count(0, v),
             1,
-            Wait::Exits,
             "coalesce: not delivered after STI",
-        )?;
-        self.settle()?;
-        self.expect_eq(
-            count(0, v),
-            1,
             "coalesce: two edges raised before the first was serviced were delivered twice",
         )
     }
@@ -1690,16 +1675,10 @@ impl Builder {
             Wait::Exits,
             "sti;hlt: HLT with an interrupt pending did not wake",
         )?;
-        self.wait(
+        self.wait_exactly(
             count(1, VEC_HLT),
             1,
-            Wait::Exits,
             "cli;hlt: the interrupt pending since before the NMI was never delivered after STI",
-        )?;
-        self.settle()?;
-        self.expect_eq(
-            count(1, VEC_HLT),
-            1,
             "cli;hlt: the pending interrupt was delivered more than once",
         )?;
         self.expect_eq(
@@ -2285,18 +2264,7 @@ impl Builder {
         self.rte(pin, v | RTE_LEVEL)?;
         self.a.sti()?;
         Self::line(&mut self.a, pin, true)?;
-        self.wait(
-            count(0, v),
-            2,
-            Wait::Exits,
-            "level + lazy EOI: the still-asserted line was not delivered again (Remote IRR not cleared)",
-        )?;
-        self.settle()?;
-        self.expect_eq(
-            count(0, v),
-            2,
-            "level + lazy EOI: delivered again after the line was lowered",
-        )?;
+        self.wait_exactly(count(0, v), 2, "level + lazy EOI: the still-asserted line was not delivered again (Remote IRR not cleared)", "level + lazy EOI: delivered again after the line was lowered")?;
         self.rte_low(pin)?;
         self.save(1)?;
         self.a.mov(eax, dword_ptr(pc(0, P_LAZY)))?;
