@@ -64,9 +64,12 @@ fn main() -> ExitCode {
     let args = match parse(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => {
-            if !e.is_empty() {
-                eprintln!("error: {e}");
+            // `--help` asks for the usage: print it on stdout, succeed.
+            if e.is_empty() {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
             }
+            eprintln!("error: {e}");
             eprintln!("{USAGE}");
             return ExitCode::FAILURE;
         }

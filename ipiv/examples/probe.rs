@@ -5,7 +5,16 @@
 use hv_enlightenments::accel::IrqchipMode;
 use ipiv::{HostProbe, InhibitConfig, InhibitManager};
 
-fn main() {
+fn main() -> std::process::ExitCode {
+    if let Some(arg) = std::env::args().nth(1) {
+        // No options: `--help` says so; anything else is an error.
+        println!("usage: probe (prints the host's APIC acceleration and the inhibit decisions)");
+        return if arg == "-h" || arg == "--help" {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::FAILURE
+        };
+    }
     let probe = HostProbe::run();
     println!("{probe}");
     println!();
@@ -18,4 +27,5 @@ fn main() {
         println!("with irqchip {irqchip:?}:");
         print!("{}", manager.explain());
     }
+    std::process::ExitCode::SUCCESS
 }

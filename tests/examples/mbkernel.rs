@@ -7,11 +7,19 @@
 
 use hv_tests::mbkernel::{self, Apic, Flavor, Target};
 
+/// How to call it.
+const USAGE: &str = "usage: mbkernel OUT.elf [xapic|x2apic] [exit-code]";
+
 fn main() -> Result<(), String> {
     let mut args = std::env::args().skip(1);
-    let path = args
-        .next()
-        .ok_or("usage: mbkernel OUT.elf [xapic|x2apic] [exit-code]")?;
+    let path = args.next().ok_or(USAGE)?;
+    if path == "-h" || path == "--help" {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    if path.starts_with('-') {
+        return Err(format!("unknown option {path}\n{USAGE}"));
+    }
     let apic = match args.next().as_deref() {
         None | Some("x2apic") => Apic::X2apic,
         Some("xapic") => Apic::Xapic,
