@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use hv_enlightenments::accel::IrqchipMode;
 use reference_vmm::platform::console::Console;
@@ -46,13 +46,13 @@ enum Command {
     /// side-by-side table.
     Demo {
         /// Number of vCPUs.
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = 8, value_parser = vcpu_count())]
         vcpus: u32,
         /// Also write every figure as JSON to this file.
         #[arg(long)]
         metrics_json: Option<PathBuf>,
         /// Bound on each scenario run, in seconds.
-        #[arg(long, default_value_t = 120)]
+        #[arg(long, default_value_t = 120, value_parser = at_least_one::<u64>)]
         timeout: u64,
         /// Where the local APICs live.
         #[arg(long, value_enum, default_value_t = Irqchip::User)]
@@ -63,7 +63,7 @@ enum Command {
         /// Scenario name (see `reference-vmm list`).
         scenario: String,
         /// Number of vCPUs.
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 2, value_parser = vcpu_count())]
         vcpus: u32,
         /// How the VMM flushes a vCPU's TLB.
         #[arg(long, value_enum, default_value_t = Flush::MmuReset)]
@@ -72,7 +72,7 @@ enum Command {
         #[arg(long)]
         metrics_json: Option<PathBuf>,
         /// Bound on the run, in seconds.
-        #[arg(long, default_value_t = 120)]
+        #[arg(long, default_value_t = 120, value_parser = at_least_one::<u64>)]
         timeout: u64,
         /// Where the local APICs live.
         #[arg(long, value_enum, default_value_t = Irqchip::User)]
@@ -89,16 +89,16 @@ enum Command {
         /// vCPU counts for every operation, comma-separated (each
         /// operation's defaults when not given: 1,2,8,64,256,1024 for
         /// broadcast and shootdown).
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', value_parser = vcpu_count())]
         vcpus: Option<Vec<u32>>,
         /// Irqchip modes, comma-separated.
         #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Irqchip::User, Irqchip::Kernel])]
         irqchip: Vec<Irqchip>,
         /// Repetitions of every run.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, value_parser = at_least_one::<u32>)]
         reps: u32,
         /// Operations per run, for every scenario.
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one::<u64>)]
         ops: Option<u64>,
         /// A tenth of the operations per run (for tests).
         #[arg(long)]
@@ -111,7 +111,7 @@ enum Command {
         json: Option<PathBuf>,
         /// Bound on each run, in seconds (the largest default run takes
         /// about 10 s on a 2-core host).
-        #[arg(long, default_value_t = 60)]
+        #[arg(long, default_value_t = 60, value_parser = at_least_one::<u64>)]
         timeout: u64,
     },
     /// List the scenarios.
@@ -119,7 +119,7 @@ enum Command {
     /// Print the Hyper-V CPUID leaves the guest gets.
     Cpuid {
         /// Number of vCPUs.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = vcpu_count())]
         vcpus: u32,
         /// Irqchip mode the leaves are for.
         #[arg(long, value_enum, default_value_t = Irqchip::User)]
@@ -155,10 +155,10 @@ struct BootArgs {
     #[arg(long = "module")]
     modules: Vec<String>,
     /// Number of vCPUs.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = vcpu_count())]
     vcpus: u32,
-    /// RAM in MiB (at most 3072).
-    #[arg(long, default_value_t = 256)]
+    /// RAM in MiB (1 to 3072: below the 32-bit PCI hole).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=MAX_MEM_MIB))]
     mem: u64,
     /// Where the local APICs live.
     #[arg(long, value_enum, default_value_t = Irqchip::User)]
@@ -167,12 +167,106 @@ struct BootArgs {
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     hyperv: OnOff,
     /// Bound on the run, in seconds.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = at_least_one::<u64>)]
     timeout: u64,
     /// Stop successfully once the serial console shows this text (at the
     /// end of its line).
     #[arg(long)]
     until: Option<String>,
+}
+
+/// Most vCPUs any command accepts: x2APIC IDs and VP indices above are
+/// not served (KVM's own limit, checked before a run, is usually lower).
+const MAX_VCPUS: u32 = 4096;
+/// Most guest RAM `boot` accepts, in MiB.
+const MAX_MEM_MIB: u64 = 3072;
+
+/// `--vcpus`: 1 to [`MAX_VCPUS`].
+fn vcpu_count() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(1..=i64::from(MAX_VCPUS))
+}
+
+/// A count or duration that must be at least 1 (`--timeout`, `--reps`,
+/// `--ops`).
+fn at_least_one<T: std::str::FromStr + PartialEq + From<u8>>(s: &str) -> Result<T, String> {
+    let v: T = s.parse().map_err(|_| format!("{s} is not a number"))?;
+    if v == T::from(0) {
+        return Err("must be at least 1".into());
+    }
+    Ok(v)
+}
+
+/// A usage error found after parsing (exit code 2, as clap's own).
+fn usage_error(msg: impl std::fmt::Display) -> ! {
+    Cli::command()
+        .error(clap::error::ErrorKind::ValueValidation, msg)
+        .exit()
+}
+
+/// Checks what the parser cannot before anything runs: the vCPU count
+/// against KVM's limit, and that every output path can be written.
+fn validate(cmd: &Command) {
+    let (vcpus, outputs): (Vec<u32>, Vec<&PathBuf>) = match cmd {
+        Command::Demo {
+            vcpus,
+            metrics_json,
+            ..
+        } => (vec![*vcpus], metrics_json.iter().collect()),
+        Command::Run {
+            vcpus,
+            metrics_json,
+            ..
+        } => (vec![*vcpus], metrics_json.iter().collect()),
+        Command::Bench {
+            vcpus, json, out, ..
+        } => {
+            if let Err(e) = std::fs::create_dir_all(out) {
+                usage_error(format!("--out {}: {e}", out.display()));
+            }
+            let probe = out.join(".write-test");
+            if let Err(e) = std::fs::write(&probe, b"") {
+                usage_error(format!("--out {}: {e}", out.display()));
+            }
+            let _ = std::fs::remove_file(probe);
+            (vcpus.clone().unwrap_or_default(), json.iter().collect())
+        }
+        Command::Boot(a) => {
+            let modules = a
+                .modules
+                .iter()
+                .map(|m| m.split_once(',').map_or(m.as_str(), |(f, _)| f));
+            let inputs = [Some(a.kernel.as_path()), a.initrd.as_deref()]
+                .into_iter()
+                .flatten()
+                .chain(modules.map(std::path::Path::new));
+            for f in inputs {
+                if let Err(e) = std::fs::File::open(f) {
+                    usage_error(format!("{}: {e}", f.display()));
+                }
+            }
+            (vec![a.vcpus], Vec::new())
+        }
+        Command::Cpuid { .. } | Command::List | Command::Probe => (Vec::new(), Vec::new()),
+    };
+    if let Some(&most) = vcpus.iter().max() {
+        if let Ok(kvm) = kvm_ioctls::Kvm::new() {
+            let max = kvm.get_max_vcpus() as u32;
+            if most > max {
+                usage_error(format!(
+                    "--vcpus {most}: this host's KVM allows at most {max}"
+                ));
+            }
+        }
+    }
+    for p in outputs {
+        let open = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p);
+        if let Err(e) = open {
+            usage_error(format!("{}: {e}", p.display()));
+        }
+    }
 }
 
 fn write_json(path: &PathBuf, v: &impl serde::Serialize) -> Result<(), String> {
@@ -192,6 +286,7 @@ impl From<Irqchip> for IrqchipMode {
 fn main() -> ExitCode {
     env_logger::init();
     let cli = Cli::parse();
+    validate(&cli.command);
     let r = match cli.command {
         Command::Boot(args) => boot(args),
         other => run(other).map(|()| ExitCode::SUCCESS),

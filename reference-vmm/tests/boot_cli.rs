@@ -118,3 +118,39 @@ fn a_file_that_is_no_kernel_is_an_error() {
         "{stderr}"
     );
 }
+
+/// Every argument is checked before anything runs: a one-line error and
+/// exit code 2, as for any other usage error, and nothing started.
+#[test]
+fn bad_arguments_are_usage_errors() {
+    let missing = std::env::temp_dir().join(format!("boot-cli-{}-missing.elf", std::process::id()));
+    let unwritable = "/proc/version/x.json";
+    let cases: Vec<Vec<String>> = [
+        vec!["demo", "--vcpus", "0"],
+        vec!["demo", "--vcpus", "5000"],
+        vec!["run", "pingpong-pv", "--timeout", "0"],
+        vec!["bench", "--reps", "0"],
+        vec!["bench", "--ops", "0"],
+        vec!["demo", "--metrics-json", unwritable],
+        vec!["boot", "--kernel", "/dev/null", "--mem", "0"],
+        vec!["boot", "--kernel", "/dev/null", "--mem", "4096"],
+    ]
+    .into_iter()
+    .map(|v| v.into_iter().map(String::from).collect())
+    .chain([vec![
+        "boot".to_string(),
+        "--kernel".to_string(),
+        missing.display().to_string(),
+    ]])
+    .collect();
+    for args in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_reference-vmm"))
+            .args(&args)
+            .output()
+            .unwrap_or_else(|e| panic!("running reference-vmm: {e}"));
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?} ran: {}", text(&out.stdout));
+    }
+}
