@@ -22,6 +22,9 @@ pub enum Verdict {
     Fail,
     /// The claim is about something this irqchip mode cannot observe.
     NotApplicable,
+    /// The run cannot test the claim (too few vCPUs); the measured text
+    /// says why.
+    Skipped,
 }
 
 impl From<bool> for Verdict {
@@ -37,9 +40,16 @@ impl Verdict {
             Verdict::Pass => "PASS",
             Verdict::Fail => "FAIL",
             Verdict::NotApplicable => "n/a",
+            Verdict::Skipped => "SKIPPED",
         }
     }
 }
+
+/// Fewest vCPUs for a broadcast to have a target.
+const MIN_VCPUS_BROADCAST: u32 = 2;
+/// Fewest vCPUs for the shootdown to have a halted target (vCPU 0 flushes,
+/// vCPU 1 runs, the rest halt).
+const MIN_VCPUS_SHOOTDOWN: u32 = 3;
 
 /// A goal of [`crate::goal`] as a `(claim, measured, verdict)` triple.
 fn verdict(g: Goal) -> (String, String, Verdict) {
@@ -258,6 +268,12 @@ impl Demo {
                         Verdict::NotApplicable,
                     )),
                 }
+            } else if self.vcpus < MIN_VCPUS_BROADCAST {
+                out.push((
+                    "broadcast IPI: 1 exit to send by PV IPI".into(),
+                    format!("a broadcast needs at least {MIN_VCPUS_BROADCAST} vCPUs"),
+                    Verdict::Skipped,
+                ));
             } else {
                 out.push(verdict(goal::broadcast_send(
                     self.vcpus,
@@ -305,6 +321,14 @@ impl Demo {
                         r.on.kicks_per_op
                     ),
                     Verdict::NotApplicable,
+                ));
+            } else if self.vcpus < MIN_VCPUS_SHOOTDOWN {
+                out.push((
+                    "PV TLB shootdown wakes none of the halted vCPUs".into(),
+                    format!(
+                        "no vCPU halts below {MIN_VCPUS_SHOOTDOWN} vCPUs (one runs, one flushes)"
+                    ),
+                    Verdict::Skipped,
                 ));
             } else {
                 out.push(verdict(goal::shootdown_wakeups(

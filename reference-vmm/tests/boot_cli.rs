@@ -154,3 +154,31 @@ fn bad_arguments_are_usage_errors() {
         assert!(out.stdout.is_empty(), "{args:?} ran: {}", text(&out.stdout));
     }
 }
+
+/// A demo on one vCPU cannot test the broadcast and shootdown claims: it
+/// says SKIPPED with the reason, never FAIL or "0 of 0", and succeeds.
+#[test]
+fn demo_on_one_vcpu_skips_what_it_cannot_test() {
+    let test = "demo_on_one_vcpu_skips_what_it_cannot_test";
+    if !kvm_available(test) {
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_reference-vmm"))
+        .args(["demo", "--vcpus", "1"])
+        .output()
+        .unwrap_or_else(|e| panic!("running reference-vmm: {e}"));
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    let verdicts: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("PASS") || l.starts_with("FAIL") || l.starts_with("SKIPPED"))
+        .collect();
+    assert_eq!(verdicts.len(), 3, "{stdout}");
+    assert!(verdicts[0].starts_with("SKIPPED broadcast"), "{stdout}");
+    assert!(verdicts[1].starts_with("PASS lazy EOI"), "{stdout}");
+    assert!(
+        verdicts[2].starts_with("SKIPPED PV TLB shootdown"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("0 of 0"), "{stdout}");
+}
