@@ -82,6 +82,14 @@ impl HostApicAccel {
     /// in-kernel local APIC (KVM sets `APICV_INHIBIT_REASON_ABSENT`
     /// without one), so a userspace irqchip means `Some(false)`. `None`
     /// when the probe could not tell.
+    ///
+    /// ```
+    /// use hv_enlightenments::accel::{CpuVendor, HostApicAccel, IrqchipMode};
+    ///
+    /// let apicv = HostApicAccel { vendor: CpuVendor::Intel, apicv: Some(true), ..HostApicAccel::NONE };
+    /// assert_eq!(apicv.apic_virtualization_active(IrqchipMode::Kernel), Some(true));
+    /// assert_eq!(apicv.apic_virtualization_active(IrqchipMode::User), Some(false));
+    /// ```
     pub fn apic_virtualization_active(&self, irqchip: IrqchipMode) -> Option<bool> {
         match irqchip {
             IrqchipMode::User => Some(false),

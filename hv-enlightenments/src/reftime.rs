@@ -143,6 +143,16 @@ impl TscConversion {
     /// TSC `tsc`: for a VMM whose clock is not the TSC, read both at the
     /// same moment (KVM anchors the page at the kvmclock's
     /// `tsc_timestamp`/`system_time` pair the same way).
+    ///
+    /// ```
+    /// use hv_enlightenments::reftime::{TscConversion, TscFrequency};
+    ///
+    /// let freq = TscFrequency::from_khz(2_000_000).expect("non-zero");
+    /// // At guest TSC 4e9 the VMM's clock says 5 s of partition time.
+    /// let conv = TscConversion::anchored(freq, 4_000_000_000, 50_000_000)?;
+    /// assert_eq!(conv.reference_time(4_000_000_000), 50_000_000);
+    /// # Ok::<(), hv_enlightenments::reftime::Error>(())
+    /// ```
     pub const fn anchored(freq: TscFrequency, tsc: u64, ref_time: u64) -> Result<Self, Error> {
         match Self::scale(freq) {
             Ok(scale) => Ok(Self {

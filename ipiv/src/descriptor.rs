@@ -114,6 +114,15 @@ const _: () = {
 
 impl PostedInterruptDescriptor {
     /// An empty descriptor: no vector pending, ON and SN clear, NV and NDST 0.
+    ///
+    /// ```
+    /// use ipiv::PostedInterruptDescriptor;
+    ///
+    /// let pid = PostedInterruptDescriptor::new();
+    /// assert!(!pid.has_pending() && !pid.outstanding());
+    /// pid.set_notification(0xF2, 1); // NV, NDST
+    /// assert_eq!((pid.notification_vector(), pid.notification_destination()), (0xF2, 1));
+    /// ```
     pub fn new() -> Self {
         Self {
             pir: [
@@ -132,6 +141,18 @@ impl PostedInterruptDescriptor {
     ///
     /// Every `u8` is a valid PIR index; rejecting vectors 0..=15 is the
     /// caller's policy (see [`crate::ipi`]).
+    ///
+    /// ```
+    /// use ipiv::PostedInterruptDescriptor;
+    ///
+    /// let pid = PostedInterruptDescriptor::new();
+    /// assert!(pid.post(0x40)); // ON went 0 -> 1: notify the target
+    /// assert!(!pid.post(0x41)); // a notification is already outstanding
+    /// pid.take();
+    /// pid.set_suppress(); // SN: the target is preempted
+    /// assert!(!pid.post(0x42));
+    /// assert!(pid.is_pending(0x42));
+    /// ```
     #[inline]
     #[must_use = "a true result means the target must be notified"]
     pub fn post(&self, vector: u8) -> bool {
@@ -139,6 +160,15 @@ impl PostedInterruptDescriptor {
     }
 
     /// Posts `vector` and reports what happened (see [`PostOutcome`]).
+    ///
+    /// ```
+    /// use ipiv::{PostOutcome, PostedInterruptDescriptor};
+    ///
+    /// let pid = PostedInterruptDescriptor::new();
+    /// assert_eq!(pid.post_outcome(0x40), PostOutcome::Notify);
+    /// assert_eq!(pid.post_outcome(0x41), PostOutcome::Pending);
+    /// assert_eq!(pid.post_outcome(0x41), PostOutcome::Coalesced);
+    /// ```
     #[inline]
     #[must_use = "PostOutcome::Notify means the target must be notified"]
     pub fn post_outcome(&self, vector: u8) -> PostOutcome {
@@ -164,6 +194,17 @@ impl PostedInterruptDescriptor {
     /// Takes every pending vector: clears ON, then fetches and clears the
     /// PIR, one word at a time. Each posted vector is returned by exactly
     /// one `take`.
+    ///
+    /// ```
+    /// use ipiv::PostedInterruptDescriptor;
+    ///
+    /// let pid = PostedInterruptDescriptor::new();
+    /// pid.post(0x40);
+    /// pid.post(0xF0);
+    /// let pending = pid.take();
+    /// assert_eq!(pending.iter().collect::<Vec<_>>(), [0x40, 0xF0]);
+    /// assert!(pid.take().is_empty() && !pid.outstanding());
+    /// ```
     #[inline]
     pub fn take(&self) -> PendingVectors {
         // Clear ON before reading the PIR: a post racing with this take
@@ -302,6 +343,13 @@ impl PendingVectors {
     }
 
     /// The highest vector, the one a local APIC would deliver first.
+    ///
+    /// ```
+    /// use ipiv::PendingVectors;
+    ///
+    /// let pending = PendingVectors::from_words([0, 1 << 0x01, 0, 1 << 0x3F]); // 0x41, 0xFF
+    /// assert_eq!((pending.len(), pending.highest()), (2, Some(0xFF)));
+    /// ```
     pub fn highest(&self) -> Option<u8> {
         self.iter().next_back()
     }

@@ -60,6 +60,16 @@ fn check_vector(vector: u8) -> Result<(), Error> {
 
 impl PidTable {
     /// Posts `vector` to the vCPU with `apic_id`.
+    ///
+    /// ```
+    /// use ipiv::{HaltCheck, Notify, PidTable};
+    ///
+    /// let table = PidTable::new(1)?;
+    /// let vcpu = table.register(1)?;
+    /// assert_eq!(vcpu.run_state().prepare_halt(vcpu.descriptor()), HaltCheck::Sleep);
+    /// assert_eq!(table.post_one(1, 0x40)?, Notify::Wake); // unpark its thread
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
     pub fn post_one(&self, apic_id: u32, vector: u8) -> Result<Notify, pid_table::Error> {
         Ok(self.get(apic_id)?.post(vector))
@@ -107,6 +117,20 @@ impl PidTable {
 
     /// Posts `vector` to each target as the returned iterator is advanced,
     /// yielding one [`Delivery`] per target.
+    ///
+    /// ```
+    /// use ipiv::{ipi::Error, PidTable};
+    ///
+    /// let table = PidTable::new(3)?;
+    /// for apic_id in 0..=3 {
+    ///     table.register(apic_id)?;
+    /// }
+    /// // A broadcast, as a PV IPI hypercall's VP set names it.
+    /// let posted = table.post_ipi_iter(0..=3, 0x40)?.filter(|d| d.outcome.is_ok()).count();
+    /// assert_eq!(posted, 4);
+    /// assert_eq!(table.post_ipi_iter(0..=3, 0x0F).err(), Some(Error::InvalidVector(0x0F)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn post_ipi_iter<I>(
         &self,
         targets: I,

@@ -54,6 +54,16 @@ pub struct PostedVcpu {
 impl PostedVcpu {
     /// A vCPU with APIC ID `apic_id`, outside the guest, nothing pending.
     /// NDST is set to `apic_id`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use ipiv::{PidTable, PostedVcpu};
+    ///
+    /// let table = PidTable::new(7)?;
+    /// table.insert(Arc::new(PostedVcpu::new(5)))?;
+    /// assert_eq!(table.get(5)?.descriptor().notification_destination(), 5);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(apic_id: u32) -> Self {
         let descriptor = PostedInterruptDescriptor::new();
         descriptor.set_notification(0, apic_id);
@@ -83,6 +93,15 @@ impl PostedVcpu {
     /// notification is needed (the vector merged with a pending one, a
     /// notification is outstanding, SN is set, or the vCPU is outside the
     /// guest and will take it before entering), else kick or wake.
+    ///
+    /// ```
+    /// use ipiv::{Notify, PostedVcpu, RunState};
+    ///
+    /// let vcpu = PostedVcpu::new(0);
+    /// vcpu.run_state().set(RunState::InGuest);
+    /// assert_eq!(vcpu.post(0x40), Notify::Kick); // interrupt KVM_RUN
+    /// assert_eq!(vcpu.post(0x41), Notify::None); // the kick is on its way
+    /// ```
     #[inline]
     pub fn post(&self, vector: u8) -> Notify {
         self.post_outcome(vector).1
@@ -90,6 +109,14 @@ impl PostedVcpu {
 
     /// Like [`post`](Self::post), also saying what the descriptor did
     /// (whether the vector was newly pending).
+    ///
+    /// ```
+    /// use ipiv::{Notify, PostOutcome, PostedVcpu};
+    ///
+    /// let vcpu = PostedVcpu::new(0); // outside the guest
+    /// assert_eq!(vcpu.post_outcome(0x40), (PostOutcome::Notify, Notify::None));
+    /// assert_eq!(vcpu.post_outcome(0x40), (PostOutcome::Coalesced, Notify::None));
+    /// ```
     #[inline]
     pub fn post_outcome(&self, vector: u8) -> (PostOutcome, Notify) {
         let outcome = self.descriptor.post_outcome(vector);
@@ -113,6 +140,15 @@ pub struct PidTable {
 impl PidTable {
     /// A table for APIC IDs 0..=`last_index`; `last_index` must be below
     /// [`MAX_APIC_IDS`].
+    ///
+    /// ```
+    /// use ipiv::{pid_table::Error, PidTable, MAX_APIC_IDS};
+    ///
+    /// let table = PidTable::new(MAX_APIC_IDS - 1)?;
+    /// assert_eq!(table.last_index(), 4095);
+    /// assert_eq!(PidTable::new(MAX_APIC_IDS).err(), Some(Error::TableTooLarge(MAX_APIC_IDS)));
+    /// # Ok::<(), Error>(())
+    /// ```
     pub fn new(last_index: u32) -> Result<Self, Error> {
         if last_index >= MAX_APIC_IDS {
             return Err(Error::TableTooLarge(last_index));
@@ -139,6 +175,16 @@ impl PidTable {
 
     /// Creates and registers the entry for `apic_id`, returning it for the
     /// vCPU thread.
+    ///
+    /// ```
+    /// use ipiv::{pid_table::Error, PidTable};
+    ///
+    /// let table = PidTable::new(3)?;
+    /// let vcpu = table.register(2)?; // moved to vCPU 2's thread
+    /// assert_eq!(vcpu.apic_id(), 2);
+    /// assert_eq!(table.register(2).err(), Some(Error::AlreadyRegistered { apic_id: 2 }));
+    /// # Ok::<(), Error>(())
+    /// ```
     pub fn register(&self, apic_id: u32) -> Result<Arc<PostedVcpu>, Error> {
         let vcpu = Arc::new(PostedVcpu::new(apic_id));
         self.insert(Arc::clone(&vcpu))?;
@@ -154,6 +200,17 @@ impl PidTable {
     }
 
     /// The entry for `apic_id`.
+    ///
+    /// ```
+    /// use ipiv::{pid_table::Error, PidTable};
+    ///
+    /// let table = PidTable::new(3)?;
+    /// table.register(1)?;
+    /// assert_eq!(table.get(1)?.apic_id(), 1);
+    /// assert_eq!(table.get(2).err(), Some(Error::NoEntry { apic_id: 2 }));
+    /// assert!(matches!(table.get(4), Err(Error::ApicIdOutOfRange { apic_id: 4, .. })));
+    /// # Ok::<(), Error>(())
+    /// ```
     #[inline]
     pub fn get(&self, apic_id: u32) -> Result<&Arc<PostedVcpu>, Error> {
         self.slot(apic_id)?.get().ok_or(Error::NoEntry { apic_id })

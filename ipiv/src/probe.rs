@@ -61,7 +61,12 @@ pub struct HostCpuid;
 impl CpuidSource for HostCpuid {
     #[cfg(target_arch = "x86_64")]
     fn cpuid(&self, leaf: u32) -> Option<CpuidRegs> {
-        let r = core::arch::x86_64::__cpuid(leaf);
+        // `__cpuid` is a safe fn from Rust 1.94; the block keeps the crate
+        // building on older compilers.
+        #[allow(unused_unsafe)]
+        // SAFETY: CPUID is part of the x86_64 baseline and only reads
+        // registers.
+        let r = unsafe { core::arch::x86_64::__cpuid(leaf) };
         Some(CpuidRegs {
             eax: r.eax,
             ebx: r.ebx,
@@ -255,12 +260,38 @@ fn cpu_avic(cpuid: &dyn CpuidSource, vendor: CpuVendor) -> (Option<bool>, Option
 
 impl HostProbe {
     /// Probes this host: `/sys` and the executing CPU.
+    ///
+    /// ```
+    /// use ipiv::HostProbe;
+    ///
+    /// // Reads sysfs and CPUID only; what it finds depends on the host.
+    /// let probe = HostProbe::run();
+    /// let _policy_input = probe.accel; // for CpuidBuilder::host
+    /// println!("{probe}");
+    /// ```
     pub fn run() -> Self {
         Self::probe(Path::new("/sys"), &HostCpuid)
     }
 
     /// Probes with sysfs mounted at `sysfs_root` (tests pass a temporary
     /// directory) and CPUID from `cpuid`.
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// use ipiv::probe::{CpuidRegs, CpuidSource, HostProbe};
+    ///
+    /// /// A CPU whose CPUID cannot be read.
+    /// struct NoCpuid;
+    /// impl CpuidSource for NoCpuid {
+    ///     fn cpuid(&self, _leaf: u32) -> Option<CpuidRegs> {
+    ///         None
+    ///     }
+    /// }
+    /// // No sysfs at all: kvm is not loaded, so every parameter is unknown.
+    /// let probe = HostProbe::probe(Path::new("/nonexistent"), &NoCpuid);
+    /// assert!(!probe.kvm_loaded);
+    /// assert_eq!((probe.accel.apicv, probe.accel.avic), (None, None));
+    /// ```
     pub fn probe(sysfs_root: &Path, cpuid: &dyn CpuidSource) -> Self {
         let module_dir = sysfs_root.join("module");
         let present = |m: &str| module_dir.join(m).is_dir();

@@ -131,6 +131,15 @@ impl VcpuRunState {
 
     /// Step 1 of the protocol: publishes `InGuest`, then takes the vectors
     /// to inject before `KVM_RUN`.
+    ///
+    /// ```
+    /// use ipiv::{PostedInterruptDescriptor, RunState, VcpuRunState};
+    ///
+    /// let (state, pid) = (VcpuRunState::new(), PostedInterruptDescriptor::new());
+    /// pid.post(0x40);
+    /// let inject = state.enter_guest(&pid); // then KVM_RUN
+    /// assert_eq!((state.get(), inject.highest()), (RunState::InGuest, Some(0x40)));
+    /// ```
     #[inline]
     pub fn enter_guest(
         &self,
@@ -142,6 +151,16 @@ impl VcpuRunState {
 
     /// Step 2: publishes `OutsideGuest` after `KVM_RUN` returned, then
     /// takes what was posted meanwhile.
+    ///
+    /// ```
+    /// use ipiv::{PostedInterruptDescriptor, RunState, VcpuRunState};
+    ///
+    /// let (state, pid) = (VcpuRunState::new(), PostedInterruptDescriptor::new());
+    /// let _ = state.enter_guest(&pid);
+    /// pid.post(0x41); // while in KVM_RUN
+    /// assert!(state.leave_guest(&pid).contains(0x41));
+    /// assert_eq!(state.get(), RunState::OutsideGuest);
+    /// ```
     #[inline]
     pub fn leave_guest(
         &self,
@@ -154,6 +173,16 @@ impl VcpuRunState {
     /// Step 3: publishes `Halted`, clears SN, then re-checks ON and the
     /// PIR. On [`HaltCheck::Pending`] the state is `OutsideGuest` again
     /// and the thread must not sleep.
+    ///
+    /// ```
+    /// use ipiv::{HaltCheck, PostedInterruptDescriptor, RunState, VcpuRunState};
+    ///
+    /// let (state, pid) = (VcpuRunState::new(), PostedInterruptDescriptor::new());
+    /// assert_eq!(state.prepare_halt(&pid), HaltCheck::Sleep);
+    /// assert_eq!(state.get(), RunState::Halted);
+    /// pid.post(0x40); // a sender raced the halt
+    /// assert_eq!(state.prepare_halt(&pid), HaltCheck::Pending); // do not sleep
+    /// ```
     pub fn prepare_halt(&self, descriptor: &PostedInterruptDescriptor) -> HaltCheck {
         self.set(RunState::Halted);
         let pending = descriptor.clear_suppress() || descriptor.has_pending();

@@ -5,8 +5,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use lapic::regs::{APIC_BASE_ENABLE, APIC_BASE_EXTD, APIC_DEFAULT_BASE, MSR_APIC_BASE, SVR};
-use lapic::{
+use vm_lapic::regs::{APIC_BASE_ENABLE, APIC_BASE_EXTD, APIC_DEFAULT_BASE, MSR_APIC_BASE, SVR};
+use vm_lapic::{
     Config, Destination, DestinationMode, Interrupt, LocalApic, ManualClock, Shorthand, Topology,
     VcpuSet,
 };

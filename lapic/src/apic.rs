@@ -62,6 +62,13 @@ impl Config {
     /// in-kernel IOAPIC and the default MCG_CAP: x2APIC capable, no CMCI
     /// LVT, no EOI-broadcast suppression (version register 0x50014), KVM's
     /// bus cycle and periodic floor, MAXPHYADDR 46.
+    ///
+    /// ```
+    /// use vm_lapic::Config;
+    ///
+    /// let cfg = Config { cmci: true, ..Config::new(1) };
+    /// assert!(!cfg.bsp); // only APIC ID 0 is the BSP by default
+    /// ```
     pub fn new(apic_id: u32) -> Self {
         Self {
             apic_id,
@@ -93,6 +100,12 @@ pub enum ConfigError {
 /// Whether `msr` is one [`LocalApic::read_msr`] / [`LocalApic::write_msr`]
 /// implement: IA32_APIC_BASE, IA32_TSC_DEADLINE, 0x800-0x8FF and the
 /// Hyper-V EOI/ICR/TPR.
+///
+/// ```
+/// assert!(vm_lapic::handles_msr(0x80B)); // x2APIC EOI
+/// assert!(vm_lapic::handles_msr(vm_lapic::HV_X64_MSR_EOI));
+/// assert!(!vm_lapic::handles_msr(vm_lapic::HV_X64_MSR_VP_ASSIST_PAGE)); // hv-enlightenments' Vp
+/// ```
 pub fn handles_msr(msr: u32) -> bool {
     matches!(
         msr,
@@ -148,6 +161,18 @@ impl core::fmt::Debug for LocalApic {
 impl LocalApic {
     /// A local APIC in its power-up state (xAPIC mode, software-disabled,
     /// all LVTs masked).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vm_lapic::{ApicMode, Config, ConfigError, LocalApic, ManualClock, MAX_APIC_ID};
+    ///
+    /// let clock = Arc::new(ManualClock::new(2_000_000)); // 2 GHz guest TSC
+    /// let apic = LocalApic::new(Config::new(0), clock.clone())?;
+    /// assert_eq!((apic.mode(), apic.software_enabled()), (ApicMode::XApic, false));
+    /// let too_large = Config::new(MAX_APIC_ID + 1);
+    /// assert_eq!(LocalApic::new(too_large, clock).err(), Some(ConfigError::ApicId(MAX_APIC_ID + 1)));
+    /// # Ok::<(), ConfigError>(())
+    /// ```
     pub fn new(cfg: Config, clock: Arc<dyn Clock>) -> Result<Self, ConfigError> {
         if cfg.apic_id > MAX_APIC_ID {
             return Err(ConfigError::ApicId(cfg.apic_id));
@@ -201,6 +226,17 @@ impl LocalApic {
     /// INIT (KVM `kvm_lapic_reset(vcpu, true)`): registers back to reset
     /// values, keeping the mode, base and APIC ID. Returns the identity to
     /// pass to [`crate::Topology::update`]; the timer is stopped.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vm_lapic::{Config, LocalApic, ManualClock};
+    ///
+    /// let mut apic = LocalApic::new(Config::new(0), Arc::new(ManualClock::new(0)))?;
+    /// let _ = apic.write_mmio(0xF0, &0x1FFu32.to_le_bytes()); // SVR: software enable
+    /// let identity = apic.init_reset();
+    /// assert!(!identity.software_enabled);
+    /// # Ok::<(), vm_lapic::ConfigError>(())
+    /// ```
     pub fn init_reset(&mut self) -> ApicIdentity {
         self.reset_registers();
         self.identity()
@@ -380,6 +416,19 @@ impl LocalApic {
     /// The highest vector in the IRR whose priority class is above the
     /// PPR: what the vCPU should take next (KVM
     /// `apic_has_interrupt_for_ppr`). `None` while the APIC is disabled.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vm_lapic::{Config, LocalApic, ManualClock};
+    ///
+    /// let mut apic = LocalApic::new(Config::new(0), Arc::new(ManualClock::new(0)))?;
+    /// let _ = apic.write_mmio(0xF0, &0x1FFu32.to_le_bytes()); // SVR: software enable
+    /// let _ = apic.deliver(&vm_lapic::Interrupt::fixed(0x50));
+    /// assert_eq!(apic.pending(), Some(0x50));
+    /// let _ = apic.write_mmio(0x80, &0x60u32.to_le_bytes()); // TPR 0x60 masks class 5
+    /// assert_eq!(apic.pending(), None);
+    /// # Ok::<(), vm_lapic::ConfigError>(())
+    /// ```
     #[inline]
     pub fn pending(&self) -> Option<u8> {
         if self.mode == ApicMode::Disabled {
@@ -393,6 +442,19 @@ impl LocalApic {
     /// the ISR, or only clear the IRR for an AutoEOI vector (KVM
     /// `kvm_apic_ack_interrupt`). Returns false, changing nothing, if the
     /// vector was not requested.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vm_lapic::{Config, LocalApic, ManualClock};
+    ///
+    /// let mut apic = LocalApic::new(Config::new(0), Arc::new(ManualClock::new(0)))?;
+    /// let _ = apic.write_mmio(0xF0, &0x1FFu32.to_le_bytes()); // SVR: software enable
+    /// let _ = apic.deliver(&vm_lapic::Interrupt::fixed(0x40));
+    /// assert!(apic.acknowledge(0x40)); // injected: now in service
+    /// assert!(apic.isr().test(0x40) && !apic.irr().test(0x40));
+    /// assert!(!apic.acknowledge(0x41)); // never requested
+    /// # Ok::<(), vm_lapic::ConfigError>(())
+    /// ```
     #[inline]
     pub fn acknowledge(&mut self, vector: u8) -> bool {
         if !self.irr.clear(vector) {
@@ -414,6 +476,20 @@ impl LocalApic {
 
     /// EOI: clears the highest in-service vector (KVM `apic_set_eoi`).
     /// `None` if nothing was in service.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vm_lapic::{Config, LocalApic, ManualClock};
+    ///
+    /// let mut apic = LocalApic::new(Config::new(0), Arc::new(ManualClock::new(0)))?;
+    /// let _ = apic.write_mmio(0xF0, &0x1FFu32.to_le_bytes()); // SVR: software enable
+    /// let _ = apic.deliver(&vm_lapic::Interrupt::fixed(0x40));
+    /// assert_eq!(apic.acknowledge_pending(), Some(0x40));
+    /// let eoi = apic.eoi().expect("0x40 was in service");
+    /// assert_eq!((eoi.vector, eoi.notify_ioapic), (0x40, false)); // edge: no IOAPIC EOI
+    /// assert_eq!(apic.eoi(), None);
+    /// # Ok::<(), vm_lapic::ConfigError>(())
+    /// ```
     #[inline]
     pub fn eoi(&mut self) -> Option<Eoi> {
         let v = self.isr.highest()?;
@@ -448,6 +524,22 @@ impl LocalApic {
     /// no EOI since, and it is edge-triggered and not AutoEOI (KVM
     /// `apic_sync_pv_eoi_to_guest`). Every call re-decides: on false the
     /// VMM must leave the bit clear.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vm_lapic::{Config, LocalApic, ManualClock};
+    ///
+    /// let mut apic = LocalApic::new(Config::new(0), Arc::new(ManualClock::new(0)))?;
+    /// let _ = apic.write_mmio(0xF0, &0x1FFu32.to_le_bytes()); // SVR: software enable
+    /// let _ = apic.deliver(&vm_lapic::Interrupt::fixed(0x40));
+    /// apic.acknowledge(0x40);
+    /// assert!(apic.arm_lazy_eoi()); // set apic_assist bit 0, enter the guest
+    /// // After the exit: the guest had cleared the bit instead of writing EOI.
+    /// let eoi = apic.complete_lazy_eoi(true);
+    /// assert_eq!(eoi.map(|e| e.vector), Some(0x40));
+    /// assert!(apic.isr().is_empty());
+    /// # Ok::<(), vm_lapic::ConfigError>(())
+    /// ```
     pub fn arm_lazy_eoi(&mut self) -> bool {
         self.lazy_armed = None;
         if !self.irr.is_empty() {
@@ -468,6 +560,21 @@ impl LocalApic {
     /// whether the guest had cleared it. If it had, the armed vector's EOI
     /// is performed here (KVM `apic_sync_pv_eoi_from_guest`). A guest that
     /// wrote the EOI itself instead already disarmed it: nothing happens.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vm_lapic::{Config, LocalApic, ManualClock};
+    ///
+    /// let mut apic = LocalApic::new(Config::new(0), Arc::new(ManualClock::new(0)))?;
+    /// let _ = apic.write_mmio(0xF0, &0x1FFu32.to_le_bytes()); // SVR: software enable
+    /// let _ = apic.deliver(&vm_lapic::Interrupt::fixed(0x40));
+    /// apic.acknowledge(0x40);
+    /// assert!(apic.arm_lazy_eoi());
+    /// // The guest left the bit set: it has not finished the handler.
+    /// assert_eq!(apic.complete_lazy_eoi(false), None);
+    /// assert!(apic.isr().test(0x40));
+    /// # Ok::<(), vm_lapic::ConfigError>(())
+    /// ```
     pub fn complete_lazy_eoi(&mut self, guest_cleared: bool) -> Option<Eoi> {
         let v = self.lazy_armed.take()?;
         if !guest_cleared || !self.isr.test(v) {
@@ -490,6 +597,19 @@ impl LocalApic {
     /// INIT and SIPI (SDM 10.4.7.2). Level-triggered fixed,
     /// lowest-priority and INIT messages with the level de-asserted are
     /// ignored ([`Interrupt::is_level_deassert`]).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vm_lapic::{Config, Delivery, Interrupt, LocalApic, ManualClock};
+    ///
+    /// let mut apic = LocalApic::new(Config::new(0), Arc::new(ManualClock::new(0)))?;
+    /// // Software-disabled at power-up: fixed interrupts are refused.
+    /// assert_eq!(apic.deliver(&Interrupt::fixed(0x40)), Delivery::Ignored);
+    /// let _ = apic.write_mmio(0xF0, &0x1FFu32.to_le_bytes()); // SVR: software enable
+    /// assert_eq!(apic.deliver(&Interrupt::fixed(0x40)), Delivery::Accepted);
+    /// assert_eq!(apic.deliver(&Interrupt::fixed(0x40)), Delivery::Coalesced);
+    /// # Ok::<(), vm_lapic::ConfigError>(())
+    /// ```
     #[inline]
     pub fn deliver(&mut self, irq: &Interrupt) -> Delivery {
         if self.mode == ApicMode::Disabled {
@@ -527,6 +647,32 @@ impl LocalApic {
             DeliveryMode::ExtInt => Delivery::ExtInt,
             DeliveryMode::Reserved => Delivery::Ignored,
         }
+    }
+
+    /// Accepts an edge-triggered fixed interrupt on each of `vectors`, as
+    /// [`LocalApic::deliver`] of [`Interrupt::fixed`] one at a time: for a
+    /// batch of posted vectors (a posted-interrupt descriptor's PIR, a PV
+    /// IPI queue) moved into the IRR at once. Returns whether any vector
+    /// was newly set in the IRR ([`Delivery::Accepted`]); coalesced and
+    /// refused vectors (0..15: ESR illegal vector) do not count.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vm_lapic::{Config, LocalApic, ManualClock, regs};
+    ///
+    /// let mut apic = LocalApic::new(Config::new(0), Arc::new(ManualClock::new(0)))?;
+    /// let svr = regs::SVR_RESET | regs::SVR_ENABLE;
+    /// let _ = apic.write_mmio(regs::SVR.into(), &svr.to_le_bytes());
+    /// assert!(apic.deliver_fixed_vectors([0x41, 0x40]));
+    /// assert!(!apic.deliver_fixed_vectors([0x40])); // already pending
+    /// assert_eq!(apic.pending(), Some(0x41));
+    /// # Ok::<(), vm_lapic::ConfigError>(())
+    /// ```
+    pub fn deliver_fixed_vectors(&mut self, vectors: impl IntoIterator<Item = u8>) -> bool {
+        vectors.into_iter().fold(false, |any, v| {
+            let accepted = self.deliver(&Interrupt::fixed(v)) == Delivery::Accepted;
+            any | accepted
+        })
     }
 
     /// Signals a local interrupt source through its LVT (KVM
@@ -683,6 +829,20 @@ impl LocalApic {
     }
 
     /// When the timer next expires (absolute [`Clock::now_ns`] time).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vm_lapic::{Config, LocalApic, ManualClock};
+    ///
+    /// let clock = Arc::new(ManualClock::new(0));
+    /// let mut apic = LocalApic::new(Config::new(0), clock.clone())?;
+    /// let _ = apic.write_mmio(0xF0, &0x1FFu32.to_le_bytes()); // SVR: software enable
+    /// let _ = apic.write_mmio(0x3E0, &0xBu32.to_le_bytes()); // divide by 1
+    /// let _ = apic.write_mmio(0x320, &0x30u32.to_le_bytes()); // one-shot, vector 0x30
+    /// let _ = apic.write_mmio(0x380, &1000u32.to_le_bytes()); // 1000 ticks of 1 ns
+    /// assert_eq!(apic.next_deadline(), Some(1000));
+    /// # Ok::<(), vm_lapic::ConfigError>(())
+    /// ```
     pub fn next_deadline(&self) -> Option<u64> {
         self.timer.deadline_ns
     }
@@ -691,6 +851,23 @@ impl LocalApic {
     /// any time): fires an expired timer through the LVT timer and moves a
     /// periodic timer to its next period (ticks missed while the VMM was
     /// late are merged into one interrupt).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vm_lapic::{Config, LocalApic, ManualClock};
+    ///
+    /// let clock = Arc::new(ManualClock::new(0));
+    /// let mut apic = LocalApic::new(Config::new(0), clock.clone())?;
+    /// let _ = apic.write_mmio(0xF0, &0x1FFu32.to_le_bytes()); // SVR: software enable
+    /// let _ = apic.write_mmio(0x3E0, &0xBu32.to_le_bytes()); // divide by 1
+    /// let _ = apic.write_mmio(0x320, &0x30u32.to_le_bytes()); // one-shot, vector 0x30
+    /// let _ = apic.write_mmio(0x380, &1000u32.to_le_bytes());
+    /// clock.advance(1000); // the host timer fired
+    /// let poll = apic.poll_timer();
+    /// assert!(poll.expired && poll.next_deadline.is_none());
+    /// assert_eq!(apic.pending(), Some(0x30));
+    /// # Ok::<(), vm_lapic::ConfigError>(())
+    /// ```
     pub fn poll_timer(&mut self) -> TimerPoll {
         let now = self.clock.now_ns();
         let Some(deadline) = self.timer.deadline_ns else {
@@ -922,6 +1099,17 @@ impl LocalApic {
     /// registers, offsets past the page) reads zeros. While the APIC is
     /// disabled or in x2APIC mode the page reads all ones (KVM's
     /// `KVM_X86_QUIRK_LAPIC_MMIO_HOLE` behaviour).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vm_lapic::{Config, LocalApic, ManualClock};
+    ///
+    /// let apic = LocalApic::new(Config::new(0), Arc::new(ManualClock::new(0)))?;
+    /// let mut version = [0u8; 4];
+    /// apic.read_mmio(0x30, &mut version); // offset from the MMIO base
+    /// assert_eq!(u32::from_le_bytes(version), 0x0005_0014);
+    /// # Ok::<(), vm_lapic::ConfigError>(())
+    /// ```
     pub fn read_mmio(&self, offset: u64, data: &mut [u8]) {
         if self.mode != ApicMode::XApic {
             data.fill(u8::MAX);
@@ -950,6 +1138,20 @@ impl LocalApic {
     /// 16-byte aligned offset take effect (SDM 10.4.1, KVM
     /// `apic_mmio_write`); others, and all writes while the APIC is
     /// disabled or in x2APIC mode, are dropped. Never [`Outcome::Gp`].
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vm_lapic::{Config, Effect, LocalApic, ManualClock, Outcome};
+    ///
+    /// let mut apic = LocalApic::new(Config::new(0), Arc::new(ManualClock::new(0)))?;
+    /// // Software enable changes what IPI routing needs to know.
+    /// let out = apic.write_mmio(0xF0, &0x1FFu32.to_le_bytes());
+    /// assert!(matches!(out, Outcome::Effect(Effect::Topology(id)) if id.software_enabled));
+    /// // A 2-byte write is dropped (SDM 10.4.1).
+    /// assert_eq!(apic.write_mmio(0x80, &[0x20, 0]), Outcome::Done);
+    /// assert_eq!(apic.tpr(), 0);
+    /// # Ok::<(), vm_lapic::ConfigError>(())
+    /// ```
     pub fn write_mmio(&mut self, offset: u64, data: &[u8]) -> Outcome {
         if self.mode != ApicMode::XApic
             || offset >= MMIO_PAGE_SIZE
@@ -972,6 +1174,17 @@ impl LocalApic {
     }
 
     /// RDMSR of an MSR for which [`handles_msr`] is true; others are #GP.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vm_lapic::{Config, LocalApic, ManualClock, MsrRead};
+    ///
+    /// let apic = LocalApic::new(Config::new(0), Arc::new(ManualClock::new(0)))?;
+    /// // IA32_APIC_BASE: default base, enabled (bit 11), BSP (bit 8).
+    /// assert_eq!(apic.read_msr(0x1B), MsrRead::Value(0xFEE0_0900));
+    /// assert_eq!(apic.read_msr(0x802), MsrRead::Gp); // x2APIC ID, but in xAPIC mode
+    /// # Ok::<(), vm_lapic::ConfigError>(())
+    /// ```
     pub fn read_msr(&self, msr: u32) -> MsrRead {
         match msr {
             MSR_APIC_BASE => MsrRead::Value(self.apic_base),
@@ -1006,6 +1219,19 @@ impl LocalApic {
     }
 
     /// WRMSR of an MSR for which [`handles_msr`] is true; others are #GP.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vm_lapic::{Config, LocalApic, ManualClock, MsrRead, HV_X64_MSR_TPR};
+    ///
+    /// let mut apic = LocalApic::new(Config::new(5), Arc::new(ManualClock::new(0)))?;
+    /// let _ = apic.write_msr(0x1B, 0xFEE0_0C00); // IA32_APIC_BASE: EN | EXTD
+    /// assert_eq!(apic.read_msr(0x802), MsrRead::Value(5)); // x2APIC ID
+    /// assert!(!apic.write_msr(HV_X64_MSR_TPR, 0x20).is_gp());
+    /// assert_eq!(apic.tpr(), 0x20);
+    /// assert!(apic.write_msr(HV_X64_MSR_TPR, 0x100).is_gp()); // bits 63:8 reserved
+    /// # Ok::<(), vm_lapic::ConfigError>(())
+    /// ```
     pub fn write_msr(&mut self, msr: u32, value: u64) -> Outcome {
         match msr {
             MSR_APIC_BASE => self.set_apic_base(value, false),
@@ -1076,6 +1302,20 @@ impl LocalApic {
     /// without x2APIC support or without EN, and (unless `host_initiated`)
     /// x2APIC -> xAPIC and disabled -> x2APIC are #GP. Disabling resets the
     /// APIC to its power-up register state (SDM 10.12.5.1).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vm_lapic::{ApicMode, Config, LocalApic, ManualClock};
+    ///
+    /// let mut apic = LocalApic::new(Config::new(0), Arc::new(ManualClock::new(0)))?;
+    /// let x2apic = 0xFEE0_0000 | 1 << 11 | 1 << 10 | 1 << 8; // EN | EXTD | BSP
+    /// let _ = apic.set_apic_base(x2apic, false);
+    /// assert_eq!(apic.mode(), ApicMode::X2Apic);
+    /// // x2APIC -> xAPIC directly: #GP for the guest, allowed for the VMM.
+    /// assert!(apic.set_apic_base(0xFEE0_0900, false).is_gp());
+    /// assert!(!apic.set_apic_base(0xFEE0_0900, true).is_gp());
+    /// # Ok::<(), vm_lapic::ConfigError>(())
+    /// ```
     pub fn set_apic_base(&mut self, value: u64, host_initiated: bool) -> Outcome {
         if value == self.apic_base {
             return Outcome::Done;

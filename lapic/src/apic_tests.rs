@@ -394,6 +394,28 @@ fn xapic_icr_sends_typed_ipi() {
 }
 
 #[test]
+fn deliver_fixed_vectors_reports_new_ones_only() {
+    let (mut a, _) = enabled_xapic(0);
+    assert!(!a.deliver_fixed_vectors([]));
+    assert!(a.deliver_fixed_vectors([0x40, 0x50, 0x40]));
+    assert_eq!(a.irr().iter().collect::<Vec<_>>(), [0x40, 0x50]);
+    // Coalesced with what is pending: nothing new.
+    assert!(!a.deliver_fixed_vectors([0x50, 0x40]));
+    // An illegal vector is refused like a single delivery, and does not
+    // stop the rest of the batch.
+    assert!(a.deliver_fixed_vectors([0x0F, 0x60]));
+    assert!(!a.irr().test(0x0F) && a.irr().test(0x60));
+    assert_eq!(
+        mmio_write(&mut a, ESR, 0),
+        Outcome::Done,
+        "ESR write latches the error"
+    );
+    assert_eq!(mmio_read(&a, ESR), ESR_RECEIVE_ILLEGAL_VECTOR);
+    // Edge-triggered: the TMR stays clear.
+    assert!(a.tmr().is_empty());
+}
+
+#[test]
 fn tpr_ppr_masking() {
     let (mut a, _) = enabled_xapic(1);
     assert_eq!(a.deliver(&Interrupt::fixed(0x45)), Delivery::Accepted);

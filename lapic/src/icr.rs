@@ -114,6 +114,13 @@ const ICR_HIGH_SHIFT: u32 = 32;
 impl Ipi {
     /// Decodes an xAPIC ICR: `low` is offset 0x300, `high` offset 0x310
     /// (destination in bits 31:24).
+    ///
+    /// ```
+    /// use vm_lapic::{DeliveryMode, Ipi};
+    ///
+    /// let ipi = Ipi::from_xapic(0x0000_4040, 0x0200_0000); // fixed 0x40 to APIC ID 2
+    /// assert_eq!((ipi.vector, ipi.delivery_mode, ipi.destination), (0x40, DeliveryMode::Fixed, 2));
+    /// ```
     pub fn from_xapic(low: u32, high: u32) -> Self {
         decode_low(low, high >> ICR_XAPIC_DEST_SHIFT)
     }
@@ -126,6 +133,14 @@ impl Ipi {
     }
 
     /// Decodes a 64-bit x2APIC ICR: destination in bits 63:32.
+    ///
+    /// ```
+    /// use vm_lapic::{DeliveryMode, Ipi};
+    ///
+    /// let ipi = Ipi::from_x2apic(0x0000_0101_0000_4500); // INIT to x2APIC ID 0x101
+    /// assert_eq!((ipi.delivery_mode, ipi.destination), (DeliveryMode::Init, 0x101));
+    /// assert_eq!(ipi.to_x2apic(), 0x0000_0101_0000_4500);
+    /// ```
     pub fn from_x2apic(icr: u64) -> Self {
         // Truncation splits the 64-bit value into its halves.
         decode_low(icr as u32, (icr >> ICR_HIGH_SHIFT) as u32)

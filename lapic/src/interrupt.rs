@@ -79,6 +79,13 @@ pub struct Interrupt {
 
 impl Interrupt {
     /// An edge-triggered fixed interrupt, the common case.
+    ///
+    /// ```
+    /// use vm_lapic::{DeliveryMode, Interrupt, TriggerMode};
+    ///
+    /// let irq = Interrupt::fixed(0x40);
+    /// assert_eq!((irq.delivery_mode, irq.trigger_mode), (DeliveryMode::Fixed, TriggerMode::Edge));
+    /// ```
     pub const fn fixed(vector: u8) -> Self {
         Self {
             vector,

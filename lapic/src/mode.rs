@@ -15,6 +15,13 @@ pub enum ApicMode {
 
 impl ApicMode {
     /// Decodes the EN/EXTD bits; `None` for the invalid EXTD-without-EN.
+    ///
+    /// ```
+    /// use vm_lapic::ApicMode;
+    ///
+    /// assert_eq!(ApicMode::from_apic_base(0xFEE0_0C00), Some(ApicMode::X2Apic)); // EN | EXTD
+    /// assert_eq!(ApicMode::from_apic_base(0xFEE0_0400), None); // EXTD without EN
+    /// ```
     pub fn from_apic_base(base: u64) -> Option<Self> {
         match (base & APIC_BASE_ENABLE != 0, base & APIC_BASE_EXTD != 0) {
             (false, false) => Some(Self::Disabled),

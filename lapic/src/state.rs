@@ -86,6 +86,24 @@ const PLAIN_REGS: [u32; 14] = [
 
 impl LocalApic {
     /// The register page KVM's `KVM_GET_LAPIC` would return for this state.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vm_lapic::{Config, IdFormat, Interrupt, LocalApic, ManualClock};
+    ///
+    /// let clock = Arc::new(ManualClock::new(0));
+    /// let mut apic = LocalApic::new(Config::new(0), clock.clone())?;
+    /// let _ = apic.write_mmio(0xF0, &0x1FFu32.to_le_bytes()); // SVR: software enable
+    /// let _ = apic.deliver(&Interrupt::fixed(0x40));
+    /// let page = apic.save_state(IdFormat::X2ApicApi); // kvm_lapic_state.regs
+    ///
+    /// // Migrate: a fresh APIC with the same configuration takes the page.
+    /// let mut copy = LocalApic::new(Config::new(0), clock)?;
+    /// let identity = copy.restore_state(&page, IdFormat::X2ApicApi)?;
+    /// assert!(identity.software_enabled);
+    /// assert_eq!(copy.pending(), Some(0x40));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn save_state(&self, format: IdFormat) -> [u8; LAPIC_STATE_SIZE] {
         let mut page = [0u8; LAPIC_STATE_SIZE];
         let id = match (self.mode(), format) {
@@ -114,6 +132,19 @@ impl LocalApic {
     /// Returns the identity for [`crate::Topology::update`]; re-arm the host
     /// timer from [`LocalApic::next_deadline`]. Reserved bits are dropped,
     /// never trusted.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vm_lapic::{Config, IdFormat, LocalApic, ManualClock, LAPIC_STATE_SIZE};
+    ///
+    /// let mut apic = LocalApic::new(Config::new(0), Arc::new(ManualClock::new(0)))?;
+    /// let mut page = [0u8; LAPIC_STATE_SIZE];
+    /// page[0x80] = 0x20; // TPR
+    /// page[0xF0..0xF4].copy_from_slice(&0x1FFu32.to_le_bytes()); // SVR
+    /// apic.restore_state(&page, IdFormat::Legacy)?;
+    /// assert_eq!((apic.tpr(), apic.software_enabled()), (0x20, true));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn restore_state(
         &mut self,
         page: &[u8; LAPIC_STATE_SIZE],

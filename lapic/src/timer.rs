@@ -29,6 +29,15 @@ pub struct ManualClock {
 
 impl ManualClock {
     /// A clock at time 0 with a guest TSC of `tsc_khz` kHz (0 means 1 GHz).
+    ///
+    /// ```
+    /// use vm_lapic::{Clock, ManualClock};
+    ///
+    /// let clock = ManualClock::new(2_000_000); // 2 GHz
+    /// clock.advance(1_000);
+    /// assert_eq!(clock.now_ns(), 1_000);
+    /// assert_eq!(clock.tsc_at(1_000), 2_000);
+    /// ```
     pub fn new(tsc_khz: u64) -> Self {
         Self {
             now: AtomicU64::new(0),

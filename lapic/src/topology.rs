@@ -118,6 +118,15 @@ impl VcpuSet {
     }
 
     /// Adds `vcpu`; indices at or above [`MAX_VCPUS`] are ignored.
+    ///
+    /// ```
+    /// use vm_lapic::{VcpuSet, MAX_VCPUS};
+    ///
+    /// let mut set = VcpuSet::new();
+    /// set.insert(5);
+    /// set.insert(MAX_VCPUS); // ignored
+    /// assert_eq!((set.len(), set.contains(5)), (1, true));
+    /// ```
     pub fn insert(&mut self, vcpu: usize) {
         if let Some(w) = self.words.get_mut(vcpu / SET_WORD_BITS) {
             *w |= 1 << (vcpu % SET_WORD_BITS);
@@ -271,6 +280,20 @@ impl core::fmt::Debug for Topology {
 
 impl Topology {
     /// An empty topology.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vm_lapic::{Config, LocalApic, ManualClock, Topology};
+    ///
+    /// let clock = Arc::new(ManualClock::new(0));
+    /// let mut topo = Topology::new();
+    /// for (vcpu, apic_id) in [(0, 0), (1, 0x101)] {
+    ///     let apic = LocalApic::new(Config::new(apic_id), clock.clone())?;
+    ///     topo.add(vcpu, apic.identity())?;
+    /// }
+    /// assert_eq!(topo.vcpu_by_apic_id(0x101), Some(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new() -> Self {
         Self {
             entries: Vec::new(),
@@ -291,6 +314,18 @@ impl Topology {
 
     /// Adds vCPU `vcpu` with the APIC identity its [`crate::LocalApic`]
     /// reports.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vm_lapic::{topology, Config, LocalApic, ManualClock, Topology};
+    ///
+    /// let apic = LocalApic::new(Config::new(7), Arc::new(ManualClock::new(0)))?;
+    /// let mut topo = Topology::new();
+    /// topo.add(0, apic.identity())?;
+    /// // Two vCPUs cannot share an APIC ID.
+    /// assert_eq!(topo.add(1, apic.identity()), Err(topology::Error::DuplicateApicId(7, 0)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn add(&mut self, vcpu: usize, identity: ApicIdentity) -> Result<(), Error> {
         if vcpu >= MAX_VCPUS {
             return Err(Error::VcpuIndex(vcpu));
@@ -314,6 +349,20 @@ impl Topology {
     }
 
     /// Applies an [`crate::Effect::Topology`] from vCPU `vcpu`'s APIC.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vm_lapic::{Config, Effect, LocalApic, ManualClock, Outcome, Topology};
+    ///
+    /// let mut apic = LocalApic::new(Config::new(0), Arc::new(ManualClock::new(0)))?;
+    /// let mut topo = Topology::new();
+    /// topo.add(0, apic.identity())?;
+    /// if let Outcome::Effect(Effect::Topology(id)) = apic.write_mmio(0xD0, &0x0100_0000u32.to_le_bytes()) {
+    ///     topo.update(0, id)?; // the guest set its logical ID (LDR)
+    /// }
+    /// assert_eq!(topo.identity(0).map(|i| i.ldr), Some(0x0100_0000));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn update(&mut self, vcpu: usize, identity: ApicIdentity) -> Result<(), Error> {
         let old = self
             .entries
@@ -360,6 +409,25 @@ impl Topology {
     }
 
     /// Resolves an IPI sent by vCPU `source`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vm_lapic::{Config, Ipi, LocalApic, ManualClock, Topology, VcpuSet};
+    ///
+    /// let clock = Arc::new(ManualClock::new(0));
+    /// let mut topo = Topology::new();
+    /// for vcpu in 0..3 {
+    ///     let mut apic = LocalApic::new(Config::new(vcpu as u32), clock.clone())?;
+    ///     let _ = apic.write_mmio(0xF0, &0x1FFu32.to_le_bytes()); // SVR: software enable
+    ///     topo.add(vcpu, apic.identity())?;
+    /// }
+    /// // Fixed 0x40 to all excluding self (ICR shorthand 11b), from vCPU 1.
+    /// let ipi = Ipi::from_xapic(0x000C_4040, 0);
+    /// let mut targets = VcpuSet::new();
+    /// assert_eq!(topo.resolve_ipi(1, &ipi, &mut targets), 2);
+    /// assert_eq!(targets.iter().collect::<Vec<_>>(), [0, 2]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn resolve_ipi(&self, source: usize, ipi: &crate::Ipi, out: &mut VcpuSet) -> usize {
         self.resolve(Some(source), ipi.destination(), &ipi.interrupt(), out)
     }
@@ -369,6 +437,22 @@ impl Topology {
     /// for an IOAPIC or MSI message (for which an xAPIC broadcast also
     /// reaches x2APIC-mode APICs, as KVM's `kvm_apic_mda` does).
     /// A lowest-priority interrupt reaches at most one vCPU.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vm_lapic::{Config, Destination, Interrupt, LocalApic, ManualClock, Topology, VcpuSet};
+    ///
+    /// let mut apic = LocalApic::new(Config::new(3), Arc::new(ManualClock::new(0)))?;
+    /// let _ = apic.write_mmio(0xF0, &0x1FFu32.to_le_bytes()); // SVR: software enable
+    /// let mut topo = Topology::new();
+    /// topo.add(0, apic.identity())?;
+    /// // An MSI for physical APIC ID 3.
+    /// let dest = Destination { id: 3, ..Default::default() };
+    /// let mut out = VcpuSet::new();
+    /// assert_eq!(topo.resolve(None, dest, &Interrupt::fixed(0x50), &mut out), 1);
+    /// assert!(out.contains(0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn resolve(
         &self,
         source: Option<usize>,

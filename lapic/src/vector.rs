@@ -51,6 +51,15 @@ impl VectorBitmap {
     }
 
     /// Adds `vector`; returns whether it was already present.
+    ///
+    /// ```
+    /// use vm_lapic::VectorBitmap;
+    ///
+    /// let mut auto_eoi = VectorBitmap::EMPTY;
+    /// assert!(!auto_eoi.set(0x31));
+    /// assert!(auto_eoi.set(0x31)); // already there
+    /// assert_eq!(auto_eoi.highest(), Some(0x31));
+    /// ```
     #[inline]
     pub fn set(&mut self, vector: u8) -> bool {
         let w = &mut self.words[word_index(vector)];

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
+use hv_enlightenments::HV_PAGE_SIZE;
 use hv_enlightenments::cpuid::{CpuidBuilder, Enlightenments};
 use hv_enlightenments::hypercall::{self as hc, HvStatus, HypercallTrap};
 use hv_enlightenments::msr::VP_ASSIST_APIC_ASSIST_OFFSET as APIC_ASSIST;
@@ -19,7 +20,7 @@ use kvm_bindings::KVM_MSR_EXIT_REASON_FILTER as FILTER;
 use kvm_bindings::{KVM_CAP_X86_USER_SPACE_MSR, kvm_interrupt};
 use kvm_ioctls::{Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags};
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd, WriteMsrExit};
-use lapic::{Config, Interrupt, LocalApic, ManualClock, regs};
+use lapic::{Config, LocalApic, ManualClock, regs};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::signal::SIGRTMIN;
 
@@ -199,7 +200,7 @@ pub fn run(ipis: u32) -> Result<Summary> {
 
 /// Writes the guest (its call from the crate's encoder), page tables, GDT, IDT.
 fn load_guest(mem: &GuestMemoryMmap, ipis: u32) -> Result<[u64; VCPUS]> {
-    let mut page = [0u8; hc::HV_PAGE_SIZE];
+    let mut page = [0u8; HV_PAGE_SIZE];
     let targets = hc::Targets::new(&[RECEIVER]);
     let call = hc::encode_send_ipi(targets, IPI_VECTOR, Default::default(), &mut page, 0)?;
     let mut a = CodeAssembler::new(64)?;
@@ -262,9 +263,7 @@ fn run_vcpu(vm: &Vm, i: usize, fd: &mut VcpuFd, me: &PostedVcpu, vp: &mut Vp) ->
     let (run_state, pir) = (me.run_state(), me.descriptor());
     while !vm.done.load(SeqCst) {
         // Entry: posted vectors, then inject or ask for a window, arm lazy EOI.
-        for v in run_state.enter_guest(pir).iter() {
-            let _ = apic.deliver(&Interrupt::fixed(v));
-        }
+        apic.deliver_fixed_vectors(run_state.enter_guest(pir));
         let run = fd.get_kvm_run();
         let ready = run.ready_for_interrupt_injection != 0 && run.if_flag != 0;
         if let Some(v) = apic.pending().filter(|_| ready) {
@@ -290,9 +289,7 @@ fn run_vcpu(vm: &Vm, i: usize, fd: &mut VcpuFd, me: &PostedVcpu, vp: &mut Vp) ->
             let eoi = apic.complete_lazy_eoi(bits & NO_EOI == 0);
             lock(&vm.counts).lazy_eois += u64::from(eoi.is_some());
         }
-        for v in posted.iter() {
-            let _ = apic.deliver(&Interrupt::fixed(v));
-        }
+        apic.deliver_fixed_vectors(posted);
         match exit {
             Ok(VcpuExit::Hlt) if apic.pending().is_none() => {
                 while !vm.done.load(SeqCst) && run_state.prepare_halt(pir) == HaltCheck::Sleep {
@@ -338,16 +335,20 @@ fn wrmsr(vm: &Vm, vp: &mut Vp, apic: &mut LocalApic, exit: WriteMsrExit) -> Resu
     *exit.error = u8::from(gp);
     let (gpa, bytes) = match write {
         Some(GuestMemoryWrite::HypercallStub { gpa }) => (gpa, TRAP.stub().page().to_vec()),
-        Some(GuestMemoryWrite::Zero { gpa, len }) => (gpa, vec![0; len as usize]),
+        Some(GuestMemoryWrite::Zero { gpa, len }) => (gpa, vec![0; len]),
         None => return Ok(()),
     };
     Ok(vm.mem.write_slice(&bytes, GuestAddress(gpa))?)
 }
 
-/// The hypercall trap (a full VMM raises #UD first unless `caller_may_call`).
+/// The hypercall trap.
 fn hypercall(vm: &Vm, fd: &mut VcpuFd) -> Result<()> {
     let (regs, sregs) = (fd.sync_regs().regs, fd.sync_regs().sregs);
-    let mode = hc::HypercallMode::from_cpu(sregs.efer & EFER_LMA != 0, sregs.cs.l != 0);
+    if !hc::caller_may_call_sregs(&sregs) {
+        // A full VMM injects #UD; this guest only calls from CPL 0.
+        return Err("hypercall from CPL > 0 or real mode".into());
+    }
+    let mode = hc::HypercallMode::from(&sregs);
     let hregs = hc::HypercallGprs::from(&regs).hypercall_regs(mode);
     let status = match hc::decode(&hregs, &vm.mem) {
         Ok(hc::Hypercall::SendIpi(ipi)) => {

@@ -156,6 +156,16 @@ impl Decisions {
     }
 
     /// The decision about `item`.
+    ///
+    /// ```
+    /// use hv_enlightenments::cpuid::{CpuidBuilder, Item};
+    ///
+    /// let plan = CpuidBuilder::new(8).build()?;
+    /// let d = plan.decisions.get(Item::X2apic).expect("one decision per item");
+    /// assert!(!d.on);
+    /// println!("{d}"); // "x2APIC   off  240 vCPUs or fewer: xAPIC IDs suffice"
+    /// # Ok::<(), hv_enlightenments::cpuid::Error>(())
+    /// ```
     pub fn get(&self, item: Item) -> Option<&Decision> {
         self.list.iter().find(|d| d.item == item)
     }

@@ -29,6 +29,15 @@ impl From<CpuidEntry> for kvm_cpuid_entry2 {
 
 impl HvCpuid {
     /// The leaves as KVM entries.
+    ///
+    /// ```
+    /// use hv_enlightenments::cpuid::CpuidBuilder;
+    ///
+    /// let plan = CpuidBuilder::new(2).build()?;
+    /// let entries = plan.cpuid.to_kvm_entries();
+    /// assert_eq!(entries[1].eax, u32::from_le_bytes(*b"Hv#1"));
+    /// # Ok::<(), hv_enlightenments::cpuid::Error>(())
+    /// ```
     pub fn to_kvm_entries(&self) -> Vec<kvm_cpuid_entry2> {
         self.entries().into_iter().map(Into::into).collect()
     }
@@ -36,6 +45,19 @@ impl HvCpuid {
     /// Replaces every leaf of the hypervisor range in `entries` (KVM's own
     /// "KVMKVMKVM" leaves at 0x40000000 or 0x40000100 included: a guest
     /// that sees them may pick KVM instead of Hyper-V) with these leaves.
+    ///
+    /// ```
+    /// use hv_enlightenments::cpuid::CpuidBuilder;
+    /// use kvm_bindings::kvm_cpuid_entry2;
+    ///
+    /// // KVM_GET_SUPPORTED_CPUID's list holds KVM's own signature leaf.
+    /// let kvm_signature = kvm_cpuid_entry2 { function: 0x4000_0000, ..Default::default() };
+    /// let basic = kvm_cpuid_entry2 { function: 0x1, ..Default::default() };
+    /// let mut entries = vec![basic, kvm_signature];
+    /// CpuidBuilder::new(2).build()?.cpuid.apply_to_kvm_entries(&mut entries);
+    /// assert_eq!(entries.len(), 1 + 11); // leaf 1 kept, 0x40000000..=0x4000000A
+    /// # Ok::<(), hv_enlightenments::cpuid::Error>(())
+    /// ```
     pub fn apply_to_kvm_entries(&self, entries: &mut Vec<kvm_cpuid_entry2>) {
         entries.retain(|e| !(HYPERVISOR_RANGE_START..=HYPERVISOR_RANGE_END).contains(&e.function));
         entries.extend(self.entries().into_iter().map(kvm_cpuid_entry2::from));

@@ -389,6 +389,16 @@ pub struct HvCpuid {
 impl HvCpuid {
     /// The leaves in ascending order, 0x40000000 to 0x4000000A; leaves with
     /// nothing to say are all zero.
+    ///
+    /// ```
+    /// use hv_enlightenments::cpuid::CpuidBuilder;
+    ///
+    /// let plan = CpuidBuilder::new(4).build()?;
+    /// let leaves = plan.cpuid.entries();
+    /// assert_eq!((leaves[0].function, leaves[10].function), (0x4000_0000, 0x4000_000A));
+    /// assert_eq!(plan.cpuid.entry(0x4000_0005).map(|e| e.eax), Some(4)); // max VPs
+    /// # Ok::<(), hv_enlightenments::cpuid::Error>(())
+    /// ```
     pub fn entries(&self) -> [CpuidEntry; LEAF_COUNT] {
         let mut out = [CpuidEntry::default(); LEAF_COUNT];
         for (slot, function) in out.iter_mut().zip(LEAF_VENDOR_AND_MAX..) {

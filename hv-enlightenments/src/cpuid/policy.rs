@@ -181,6 +181,17 @@ impl CpuidBuilder {
     }
 
     /// Applies the policy.
+    ///
+    /// ```
+    /// use hv_enlightenments::cpuid::{CpuidBuilder, Error, Item};
+    ///
+    /// // 300 vCPUs: VP indices >= 64 need the Ex hypercalls, IDs > 254 x2APIC.
+    /// let plan = CpuidBuilder::new(300).build()?;
+    /// assert!(plan.decisions.is_on(Item::ExProcessorMasks));
+    /// assert!(plan.x2apic());
+    /// assert_eq!(CpuidBuilder::new(0).build(), Err(Error::NoVcpus));
+    /// # Ok::<(), Error>(())
+    /// ```
     pub fn build(&self) -> Result<CpuidPlan, Error> {
         if self.vcpus == 0 {
             return Err(Error::NoVcpus);

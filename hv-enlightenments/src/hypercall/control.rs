@@ -157,6 +157,14 @@ impl HypercallResult {
     }
 
     /// The RAX value. Reps completed is truncated to its 12-bit field.
+    ///
+    /// ```
+    /// use hv_enlightenments::hypercall::{HvStatus, HypercallResult};
+    ///
+    /// assert_eq!(HypercallResult::success(3).encode(), 3 << 32);
+    /// let refused = HypercallResult::from(HvStatus::INVALID_HYPERCALL_INPUT);
+    /// assert_eq!(HypercallResult::decode(refused.encode()), refused);
+    /// ```
     pub const fn encode(self) -> u64 {
         self.status.0 as u64
             | ((self.reps_completed as u64 & Self::REP_COMP_MASK) << Self::REP_COMP_OFFSET)

@@ -61,6 +61,14 @@ impl HypercallMode {
     /// The convention of a caller with `efer_lma` (EFER bit 10) and `cs_l`
     /// (the L bit of CS): 64-bit only with both, as KVM's
     /// `is_64_bit_hypercall`.
+    ///
+    /// ```
+    /// use hv_enlightenments::hypercall::HypercallMode;
+    ///
+    /// assert_eq!(HypercallMode::from_cpu(true, true), HypercallMode::Bits64);
+    /// // Compatibility mode: a 32-bit caller under a 64-bit kernel.
+    /// assert_eq!(HypercallMode::from_cpu(true, false), HypercallMode::Bits32);
+    /// ```
     pub const fn from_cpu(efer_lma: bool, cs_l: bool) -> Self {
         if efer_lma && cs_l {
             Self::Bits64
@@ -89,6 +97,14 @@ impl HypercallMode {
 /// Whether a caller may make a hypercall at all: protected mode (`cr0_pe`)
 /// at CPL 0 (`cpl`, SS.DPL). Real mode, CPL > 0 and virtual-8086 mode
 /// (whose CPL is 3) raise #UD (KVM `kvm_hv_hypercall`).
+///
+/// ```
+/// use hv_enlightenments::hypercall::caller_may_call;
+///
+/// assert!(caller_may_call(true, 0)); // kernel
+/// assert!(!caller_may_call(true, 3)); // user space: inject #UD
+/// assert!(!caller_may_call(false, 0)); // real mode: inject #UD
+/// ```
 pub const fn caller_may_call(cr0_pe: bool, cpl: u8) -> bool {
     cr0_pe && cpl == 0
 }
@@ -193,6 +209,59 @@ impl ResultRegs {
     }
 }
 
+/// EFER.LMA (bit 10): long mode is active.
+#[cfg(feature = "kvm")]
+const EFER_LMA: u64 = 1 << 10;
+/// CR0.PE (bit 0): protected mode.
+#[cfg(feature = "kvm")]
+const CR0_PE: u64 = 1;
+
+/// The convention of the caller whose system registers KVM reports
+/// (`KVM_GET_SREGS`, or `kvm_run`'s synced registers): EFER.LMA and CS.L,
+/// as [`HypercallMode::from_cpu`].
+///
+/// ```
+/// use hv_enlightenments::hypercall::HypercallMode;
+///
+/// let mut sregs = kvm_bindings::kvm_sregs::default();
+/// assert_eq!(HypercallMode::from(&sregs), HypercallMode::Bits32);
+/// (sregs.efer, sregs.cs.l) = (1 << 10 | 1 << 8, 1); // LMA | LME, 64-bit CS
+/// assert_eq!(HypercallMode::from(&sregs), HypercallMode::Bits64);
+/// ```
+#[cfg(feature = "kvm")]
+impl From<&kvm_bindings::kvm_sregs> for HypercallMode {
+    fn from(sregs: &kvm_bindings::kvm_sregs) -> Self {
+        Self::from_cpu(sregs.efer & EFER_LMA != 0, sregs.cs.l != 0)
+    }
+}
+
+/// [`caller_may_call`] for the caller whose system registers KVM reports:
+/// CR0.PE, and the CPL as SS.DPL, which `KVM_GET_SREGS` gives on both VMX
+/// (`vmx_get_cpl`) and SVM (`svm_get_segment` reports the VMCB's CPL).
+/// When false, inject #UD instead of decoding the call.
+///
+/// ```
+/// use hv_enlightenments::hypercall::caller_may_call_sregs;
+///
+/// let mut sregs = kvm_bindings::kvm_sregs::default();
+/// assert!(!caller_may_call_sregs(&sregs)); // real mode
+/// sregs.cr0 |= 1; // PE
+/// assert!(caller_may_call_sregs(&sregs));
+/// sregs.ss.dpl = 3; // user mode
+/// assert!(!caller_may_call_sregs(&sregs));
+/// ```
+#[cfg(feature = "kvm")]
+pub fn caller_may_call_sregs(sregs: &kvm_bindings::kvm_sregs) -> bool {
+    caller_may_call(sregs.cr0 & CR0_PE != 0, sregs.ss.dpl)
+}
+
+/// ```
+/// use hv_enlightenments::hypercall::{HypercallGprs, HypercallMode};
+///
+/// let regs = kvm_bindings::kvm_regs { rcx: 0x0001_0008, rdx: 7, ..Default::default() };
+/// let call = HypercallGprs::from(&regs).hypercall_regs(HypercallMode::Bits64);
+/// assert_eq!((call.rcx, call.rdx), (0x0001_0008, 7));
+/// ```
 #[cfg(feature = "kvm")]
 impl From<&kvm_bindings::kvm_regs> for HypercallGprs {
     fn from(regs: &kvm_bindings::kvm_regs) -> Self {
@@ -270,6 +339,23 @@ mod tests {
             .result_regs(v)
             .apply(&mut rax, &mut rdx);
         assert_eq!((rax, rdx), (v, 7));
+    }
+
+    #[cfg(feature = "kvm")]
+    #[test]
+    fn kvm_sregs_give_mode_and_permission() {
+        let mut s = kvm_bindings::kvm_sregs::default();
+        (s.efer, s.cs.l, s.cr0, s.ss.dpl) = (EFER_LMA, 1, CR0_PE, 0);
+        assert_eq!(HypercallMode::from(&s), HypercallMode::Bits64);
+        assert!(caller_may_call_sregs(&s));
+        // Compatibility mode; then CPL 3 (also what virtual-8086 mode reports).
+        s.cs.l = 0;
+        assert_eq!(HypercallMode::from(&s), HypercallMode::Bits32);
+        s.ss.dpl = 3;
+        assert!(!caller_may_call_sregs(&s));
+        // Real mode, whatever SS says.
+        (s.cr0, s.ss.dpl) = (0, 0);
+        assert!(!caller_may_call_sregs(&s));
     }
 
     fn mode() -> impl Strategy<Value = HypercallMode> {

@@ -5,10 +5,11 @@
 use zerocopy::IntoBytes;
 
 use super::control::{CallCode, Control, HypercallResult};
-use super::gva::{FlushFlags, GvaRanges, HV_PAGE_SIZE};
+use super::gva::{FlushFlags, GvaRanges};
 use super::memory::GuestMemoryRead;
 use super::status::HvStatus;
 use super::vpset::{GENERIC_SET_ALL, GENERIC_SET_SPARSE_4K, SparseVpSet, VpSet};
+use crate::HV_PAGE_SIZE;
 
 /// XMM registers that carry fast call input (`HV_HYPERCALL_MAX_XMM_REGISTERS`).
 pub const FAST_XMM_REGISTERS: usize = 6;
@@ -234,6 +235,20 @@ fn input<'m, M: GuestMemoryRead + ?Sized>(
 /// Not checked here, because they depend on what the VMM publishes: that
 /// the call is advertised in CPUID (KVM answers INVALID_HYPERCALL_CODE),
 /// and that XMM input is allowed for fast calls that use it.
+///
+/// ```
+/// use hv_enlightenments::hypercall::{
+///     decode, Hypercall, HypercallRegs, HvStatus, NoMemory, SliceMemory,
+/// };
+///
+/// // Fast NotifyLongSpinWait (code 0x0008), count 5 in RDX.
+/// let regs = HypercallRegs { rcx: 0x0001_0008, rdx: 5, ..Default::default() };
+/// assert_eq!(decode(&regs, &NoMemory), Ok(Hypercall::NotifyLongSpinWait { count: 5 }));
+/// // A memory-input IPI whose input GPA is not 8-byte aligned.
+/// let page = [0u8; 16];
+/// let regs = HypercallRegs { rcx: 0x000B, rdx: 0x1004, ..Default::default() };
+/// assert_eq!(decode(&regs, &SliceMemory::new(0x1000, &page)), Err(HvStatus::INVALID_ALIGNMENT));
+/// ```
 pub fn decode<M: GuestMemoryRead + ?Sized>(
     regs: &HypercallRegs,
     mem: &M,

@@ -13,8 +13,9 @@ use super::decode::{
     FAST_INPUT_WORDS, FAST_XMM_REGISTERS, GPR_INPUT_WORDS, HypercallRegs, IPI_LOW_VECTOR, WORD,
     WORDS_PER_XMM,
 };
-use super::gva::{FlushFlags, GvaRange, HV_PAGE_SIZE};
+use super::gva::{FlushFlags, GvaRange};
 use super::vpset::{self, GENERIC_SET_ALL, GENERIC_SET_SPARSE_4K, MAX_VPS, SparseVpSet};
+use crate::HV_PAGE_SIZE;
 
 /// Words the encoder may write: one page.
 const PAGE_WORDS: usize = HV_PAGE_SIZE / WORD;
@@ -226,6 +227,22 @@ impl<'p> Words<'p> {
 
 /// Builds SendSyntheticClusterIpi(Ex) for `vector` to `targets`, writing
 /// memory input (if any) into `page`, which the guest has at `input_gpa`.
+///
+/// ```
+/// use hv_enlightenments::HV_PAGE_SIZE;
+/// use hv_enlightenments::hypercall::{
+///     encode_send_ipi, CallCode, EncodeError, EncodeOptions, Targets,
+/// };
+///
+/// let mut page = [0u8; HV_PAGE_SIZE];
+/// // Every target below VP 64: a fast call, vector in RDX, mask in R8.
+/// let call = encode_send_ipi(Targets::new(&[0, 2]), 0x40, EncodeOptions::default(), &mut page, 0)?;
+/// assert_eq!((call.code(), call.rdx, call.r8), (CallCode::SEND_SYNTHETIC_CLUSTER_IPI, 0x40, 0b101));
+/// // VP 64 needs the Ex form, which CPUID must allow.
+/// let no_ex = encode_send_ipi(Targets::new(&[64]), 0x40, EncodeOptions::default(), &mut page, 0);
+/// assert_eq!(no_ex, Err(EncodeError::ExUnavailable));
+/// # Ok::<(), EncodeError>(())
+/// ```
 pub fn encode_send_ipi(
     targets: Targets<'_>,
     vector: u8,
@@ -265,6 +282,21 @@ pub fn encode_send_ipi(
 
 /// Builds the cheapest flush call for `request` on `targets`, writing
 /// memory input (if any) into `page`, which the guest has at `input_gpa`.
+///
+/// ```
+/// use hv_enlightenments::HV_PAGE_SIZE;
+/// use hv_enlightenments::hypercall::{
+///     encode_flush, CallCode, EncodeOptions, FlushFlags, FlushRequest, GvaRange, Targets,
+/// };
+///
+/// let mut page = [0u8; HV_PAGE_SIZE];
+/// let ranges = [GvaRange::new(0x7f00_0000_0000, 3)]; // 4 pages
+/// let request = FlushRequest { address_space: 0x1000, flags: FlushFlags::empty(), ranges: &ranges };
+/// let call = encode_flush(Targets::new(&[1]), request, EncodeOptions::default(), &mut page, 0x5000)?;
+/// assert_eq!(call.code(), CallCode::FLUSH_VIRTUAL_ADDRESS_LIST);
+/// assert_eq!((call.rdx, call.control.rep_count()), (0x5000, 1)); // input page, one entry
+/// # Ok::<(), hv_enlightenments::hypercall::EncodeError>(())
+/// ```
 pub fn encode_flush(
     targets: Targets<'_>,
     request: FlushRequest<'_>,

@@ -7,11 +7,8 @@ use core::fmt;
 use zerocopy::IntoBytes;
 
 use super::memory::{GuestMemoryRead, MemoryError};
+use crate::{HV_PAGE_SHIFT, HV_PAGE_SIZE};
 
-/// Bytes in a Hyper-V page (`HV_HYP_PAGE_SIZE`).
-pub const HV_PAGE_SIZE: usize = 4096;
-/// Bits of the page offset (`HV_HYP_PAGE_SHIFT`).
-const HV_PAGE_SHIFT: u32 = 12;
 /// The low 12 bits of a list entry: additional pages after the first.
 const ADDITIONAL_PAGES_MASK: u64 = (1 << HV_PAGE_SHIFT) - 1;
 

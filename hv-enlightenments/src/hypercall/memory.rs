@@ -30,6 +30,18 @@ pub struct SliceMemory<'a> {
 
 impl<'a> SliceMemory<'a> {
     /// `bytes` mapped at guest physical address `base`.
+    ///
+    /// ```
+    /// use hv_enlightenments::hypercall::{GuestMemoryRead, MemoryError, SliceMemory};
+    ///
+    /// let bytes = [1u8, 2, 3, 4];
+    /// let mem = SliceMemory::new(0x1000, &bytes);
+    /// let mut buf = [0u8; 2];
+    /// mem.read(0x1002, &mut buf)?;
+    /// assert_eq!(buf, [3, 4]);
+    /// assert!(mem.read(0x1003, &mut buf).is_err()); // runs past the end
+    /// # Ok::<(), MemoryError>(())
+    /// ```
     pub const fn new(base: u64, bytes: &'a [u8]) -> Self {
         Self { base, bytes }
     }

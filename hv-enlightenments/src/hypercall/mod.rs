@@ -56,7 +56,13 @@ mod vpset;
 #[cfg(test)]
 mod tests;
 
+/// The crate-root [`HV_PAGE_SIZE`], here for the
+/// page buffers of [`encode_send_ipi`], [`encode_flush`] and
+/// [`write_hypercall_page`].
+pub use crate::HV_PAGE_SIZE;
 pub use control::{CallCode, Control, HypercallResult};
+#[cfg(feature = "kvm")]
+pub use convention::caller_may_call_sregs;
 pub use convention::{HypercallGprs, HypercallMode, ResultRegs, caller_may_call};
 pub use decode::{
     FAST_INPUT_WORDS, FAST_XMM_REGISTERS, Flush, Hypercall, HypercallRegs, IPI_HIGH_VECTOR,
@@ -65,10 +71,7 @@ pub use decode::{
 pub use encode::{
     EncodeError, EncodeOptions, EncodedCall, FlushRequest, Targets, encode_flush, encode_send_ipi,
 };
-pub use gva::{
-    FlushFlags, GvaRange, GvaRangeIter, GvaRanges, HV_PAGE_SIZE, MAX_FAST_GVA_RANGES,
-    MAX_GVA_RANGES,
-};
+pub use gva::{FlushFlags, GvaRange, GvaRangeIter, GvaRanges, MAX_FAST_GVA_RANGES, MAX_GVA_RANGES};
 pub use memory::{GuestMemoryRead, MemoryError, NoMemory, SliceMemory};
 pub use page::{
     HYPERCALL_PAGE_FILLER, HypercallStub, HypercallTrap, MAX_STUB_LEN, TRAP_OFFSET,

@@ -33,7 +33,7 @@
 
 use core::ops::Range;
 
-use super::gva::HV_PAGE_SIZE;
+use crate::HV_PAGE_SIZE;
 
 /// `OUT imm8, AL` (SDM "OUT": `E6 ib`): writes AL to port `ib`. The port
 /// is an immediate, so no register of the calling convention is touched.

@@ -64,6 +64,15 @@ impl VpSet {
     /// VPs), in ascending order. [`VpSet::All`] yields `0..vp_count`.
     /// Indices at or above `vp_count` name no VP and are skipped, as KVM's
     /// `sparse_set_to_vcpu_mask` ignores them.
+    ///
+    /// ```
+    /// use hv_enlightenments::hypercall::{SparseVpSet, VpSet};
+    ///
+    /// let set = VpSet::Sparse(SparseVpSet::from_vps([1, 70, 300])?);
+    /// assert_eq!(set.iter_present(128).collect::<Vec<_>>(), [1, 70]);
+    /// assert_eq!(VpSet::All.iter_present(3).collect::<Vec<_>>(), [0, 1, 2]);
+    /// # Ok::<(), hv_enlightenments::hypercall::VpSetError>(())
+    /// ```
     pub fn iter_present(&self, vp_count: u32) -> PresentVps<'_> {
         match self {
             Self::All => PresentVps::All(0..vp_count),
@@ -165,6 +174,15 @@ impl SparseVpSet {
     /// present. Refuses any index at or above [`MAX_VPS`] (Linux's
     /// `cpumask_to_vpset` fails the same way for unknown or too large
     /// indices, and the caller then takes the native path).
+    ///
+    /// ```
+    /// use hv_enlightenments::hypercall::{SparseVpSet, VpSetError, MAX_VPS};
+    ///
+    /// let set = SparseVpSet::from_vps([3, 64, 65])?;
+    /// assert_eq!((set.bank_count(), set.len(), set.max_vp()), (2, 3, Some(65)));
+    /// assert_eq!(SparseVpSet::from_vps([MAX_VPS]), Err(VpSetError::VpIndexOutOfRange(MAX_VPS)));
+    /// # Ok::<(), VpSetError>(())
+    /// ```
     pub fn from_vps<I: IntoIterator<Item = u32>>(vps: I) -> Result<Self, Error> {
         let mut by_bank = [0u64; MAX_SPARSE_BANKS];
         for vp in vps {

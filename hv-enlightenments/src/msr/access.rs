@@ -19,6 +19,14 @@ const SYNIC_LAST: u32 = HV_X64_MSR_EOM;
 
 /// The state `msr` belongs to, or `None` for an MSR this crate does not
 /// implement (any access to it is #GP).
+///
+/// ```
+/// use hv_enlightenments::msr::{self, MsrScope};
+///
+/// assert_eq!(msr::scope(msr::HV_X64_MSR_HYPERCALL), Some(MsrScope::Partition));
+/// assert_eq!(msr::scope(msr::HV_X64_MSR_EOI), Some(MsrScope::Vp));
+/// assert_eq!(msr::scope(msr::HV_X64_MSR_RESET), None); // not implemented: #GP
+/// ```
 pub const fn scope(msr: u32) -> Option<MsrScope> {
     match msr {
         HV_X64_MSR_GUEST_OS_ID
@@ -60,6 +68,15 @@ pub const fn required_privilege(msr: u32) -> Option<Privileges> {
 
 /// Whether `privileges` let the guest touch `msr` (false for MSRs this
 /// crate does not implement).
+///
+/// ```
+/// use hv_enlightenments::cpuid::Privileges;
+/// use hv_enlightenments::msr::{self, granted};
+///
+/// let p = Privileges::HYPERCALL | Privileges::VP_INDEX;
+/// assert!(granted(p, msr::HV_X64_MSR_VP_INDEX));
+/// assert!(!granted(p, msr::HV_X64_MSR_EOI)); // needs APIC_ACCESS
+/// ```
 pub const fn granted(privileges: Privileges, msr: u32) -> bool {
     match required_privilege(msr) {
         Some(p) => privileges.contains(p),

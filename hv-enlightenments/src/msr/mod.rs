@@ -28,6 +28,17 @@ pub use vp::{Error, Vp};
 /// RDMSR dispatched to the partition or the VP by [`scope`]; for VMMs that
 /// hold both (tests, single-vCPU setups). `time` is read only for
 /// TIME_REF_COUNT.
+///
+/// ```
+/// use hv_enlightenments::cpuid::CpuidBuilder;
+/// use hv_enlightenments::msr::{self, MsrOutcome, Partition, Vp};
+///
+/// let plan = CpuidBuilder::new(1).build()?;
+/// let (partition, vp) = (Partition::new((&plan).into()), Vp::new(0, plan.privileges())?);
+/// assert_eq!(msr::read(&partition, &vp, msr::HV_X64_MSR_VP_INDEX, &0), MsrOutcome::Value(0));
+/// assert_eq!(msr::read(&partition, &vp, msr::HV_X64_MSR_TIME_REF_COUNT, &99), MsrOutcome::Value(99));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn read(partition: &Partition, vp: &Vp, msr: u32, time: &impl ReferenceTime) -> MsrOutcome {
     match scope(msr) {
         Some(MsrScope::Partition) => partition.read(msr, time),
@@ -38,6 +49,20 @@ pub fn read(partition: &Partition, vp: &Vp, msr: u32, time: &impl ReferenceTime)
 
 /// WRMSR dispatched to the partition or the VP by [`scope`]. `ram` is
 /// asked only when the write enables a page.
+///
+/// ```
+/// use hv_enlightenments::cpuid::CpuidBuilder;
+/// use hv_enlightenments::msr::{self, MsrOutcome, Partition, Vp};
+///
+/// let plan = CpuidBuilder::new(1).build()?;
+/// let mut partition = Partition::new((&plan).into());
+/// let mut vp = Vp::new(0, plan.privileges())?;
+/// let ram = |_gpa: u64| true;
+/// let out = msr::write(&mut partition, &mut vp, msr::HV_X64_MSR_GUEST_OS_ID, 1, &ram);
+/// assert_eq!(out, MsrOutcome::Done);
+/// assert_eq!(partition.guest_os_id(), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn write(
     partition: &mut Partition,
     vp: &mut Vp,

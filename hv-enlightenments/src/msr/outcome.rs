@@ -4,7 +4,8 @@
 //! RDMSR, an exception, an x2APIC register access, bytes in guest memory,
 //! a count to track), so it can be applied without Hyper-V knowledge.
 
-use super::values::{HV_PAGE_SIZE, VP_ASSIST_APIC_ASSIST_OFFSET, VP_ASSIST_APIC_ASSIST_SIZE};
+use super::values::{VP_ASSIST_APIC_ASSIST_OFFSET, VP_ASSIST_APIC_ASSIST_SIZE};
+use crate::HV_PAGE_SIZE;
 
 /// x2APIC MSR of the EOI register.
 pub const X2APIC_MSR_EOI: u32 = 0x80B;
@@ -55,7 +56,7 @@ pub enum GuestMemoryWrite {
         /// Guest physical address.
         gpa: u64,
         /// Number of bytes.
-        len: u64,
+        len: usize,
     },
     /// Write the VMM's hypercall page at `gpa`, the start of a page: the
     /// instruction that traps to the VMM, `ret`, then INT3 filler
@@ -122,12 +123,24 @@ pub enum MsrAction {
 
 impl MsrAction {
     /// The guest-memory write this action implies, if any.
+    ///
+    /// ```
+    /// use hv_enlightenments::msr::{GuestMemoryWrite, MsrAction};
+    ///
+    /// // Enabling the VP assist page clears its 4-byte apic_assist field.
+    /// let action = MsrAction::VpAssistPage { gpa: Some(0x7000) };
+    /// let Some(GuestMemoryWrite::Zero { gpa, len }) = action.guest_memory_write() else {
+    ///     unreachable!()
+    /// };
+    /// let zeros = vec![0u8; len]; // written at `gpa` through the VMM's memory
+    /// assert_eq!((gpa, zeros.len()), (0x7000, 4));
+    /// ```
     pub const fn guest_memory_write(&self) -> Option<GuestMemoryWrite> {
         match *self {
             MsrAction::WriteHypercallPage { gpa } => Some(GuestMemoryWrite::HypercallStub { gpa }),
             MsrAction::VpAssistPage { gpa: Some(gpa) } => Some(GuestMemoryWrite::Zero {
                 gpa: gpa + VP_ASSIST_APIC_ASSIST_OFFSET,
-                len: VP_ASSIST_APIC_ASSIST_SIZE as u64,
+                len: VP_ASSIST_APIC_ASSIST_SIZE,
             }),
             MsrAction::SynicMessagePage { gpa: Some(gpa) }
             | MsrAction::SynicEventFlagsPage { gpa: Some(gpa) } => Some(GuestMemoryWrite::Zero {

@@ -62,6 +62,16 @@ pub struct Partition {
 
 impl Partition {
     /// State at partition reset.
+    ///
+    /// ```
+    /// use hv_enlightenments::cpuid::CpuidBuilder;
+    /// use hv_enlightenments::msr::{Partition, PartitionConfig};
+    ///
+    /// let plan = CpuidBuilder::new(2).build()?;
+    /// let partition = Partition::new(PartitionConfig::from(&plan));
+    /// assert!(!partition.hypercalls_enabled());
+    /// # Ok::<(), hv_enlightenments::cpuid::Error>(())
+    /// ```
     pub fn new(config: PartitionConfig) -> Self {
         Self {
             config,
@@ -111,6 +121,21 @@ impl Partition {
 
     /// RDMSR of a partition-wide MSR. `time` is consulted only for
     /// TIME_REF_COUNT.
+    ///
+    /// ```
+    /// use hv_enlightenments::cpuid::CpuidBuilder;
+    /// use hv_enlightenments::msr::{self, MsrOutcome, Partition, PartitionConfig};
+    ///
+    /// let plan = CpuidBuilder::new(2).build()?;
+    /// let partition = Partition::new(PartitionConfig::from(&plan));
+    /// // The clock is read only for TIME_REF_COUNT.
+    /// let now = || 12_345u64;
+    /// let out = partition.read(msr::HV_X64_MSR_TIME_REF_COUNT, &now);
+    /// assert_eq!(out, MsrOutcome::Value(12_345));
+    /// // A per-VP MSR is not the partition's.
+    /// assert!(partition.read(msr::HV_X64_MSR_VP_INDEX, &now).is_gp());
+    /// # Ok::<(), hv_enlightenments::cpuid::Error>(())
+    /// ```
     pub fn read(&self, msr: u32, time: &impl ReferenceTime) -> MsrOutcome {
         if scope(msr) != Some(MsrScope::Partition) || !granted(self.config.privileges, msr) {
             return MsrOutcome::InjectGp;
@@ -139,6 +164,24 @@ impl Partition {
     /// WRMSR of a partition-wide MSR. `ram` is asked only when HYPERCALL
     /// enables the hypercall page: a page that is not guest RAM is #GP and
     /// the MSR keeps its value.
+    ///
+    /// ```
+    /// use hv_enlightenments::cpuid::CpuidBuilder;
+    /// use hv_enlightenments::msr::{self, MsrAction, MsrOutcome, Partition, PartitionConfig};
+    ///
+    /// let plan = CpuidBuilder::new(2).build()?;
+    /// let mut partition = Partition::new(PartitionConfig::from(&plan));
+    /// let ram = |gpa: u64| gpa < 0x10_0000;
+    /// let os_id = 0x8100_0000_0000_0000; // open source, Linux
+    /// assert_eq!(partition.write(msr::HV_X64_MSR_GUEST_OS_ID, os_id, &ram), MsrOutcome::Done);
+    /// // Enable the hypercall page at 0x6000: the VMM writes the stub there.
+    /// assert_eq!(
+    ///     partition.write(msr::HV_X64_MSR_HYPERCALL, 0x6001, &ram),
+    ///     MsrOutcome::Action(MsrAction::WriteHypercallPage { gpa: 0x6000 })
+    /// );
+    /// assert!(partition.hypercalls_enabled());
+    /// # Ok::<(), hv_enlightenments::cpuid::Error>(())
+    /// ```
     pub fn write(&mut self, msr: u32, value: u64, ram: &impl GuestRam) -> MsrOutcome {
         if scope(msr) != Some(MsrScope::Partition) || !granted(self.config.privileges, msr) {
             return MsrOutcome::InjectGp;
@@ -212,7 +255,6 @@ impl Partition {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::msr::HV_PAGE_SIZE;
     use proptest::prelude::*;
 
     const LINUX_OS_ID: u64 = 0x8100 << 48;
@@ -300,7 +342,7 @@ mod tests {
         let mut p = all();
         let _ = p.write(HV_X64_MSR_GUEST_OS_ID, LINUX_OS_ID, &RAM);
         // The last RAM page is accepted; one page past it is not.
-        let last = RAM_END - HV_PAGE_SIZE;
+        let last = RAM_END - crate::HV_PAGE_SIZE as u64;
         assert_eq!(
             p.write(HV_X64_MSR_HYPERCALL, last | 1, &RAM),
             MsrOutcome::Action(MsrAction::WriteHypercallPage { gpa: last })

@@ -14,13 +14,14 @@
 /// example with vm-memory:
 ///
 /// ```
-/// # fn check_range(_gpa: u64, _len: u64) -> bool { true }
-/// use hv_enlightenments::msr::{GuestRam, HV_PAGE_SIZE};
+/// # fn check_range(_gpa: u64, _len: usize) -> bool { true }
+/// use hv_enlightenments::HV_PAGE_SIZE;
+/// use hv_enlightenments::msr::GuestRam;
 /// let ram = |gpa: u64| check_range(gpa, HV_PAGE_SIZE);
 /// assert!(ram.is_ram_page(0x1000));
 /// ```
 pub trait GuestRam {
-    /// Whether the whole [`super::HV_PAGE_SIZE`]-byte page at `gpa` (page
+    /// Whether the whole [`HV_PAGE_SIZE`](crate::HV_PAGE_SIZE)-byte page at `gpa` (page
     /// aligned) is guest RAM the VMM can write.
     fn is_ram_page(&self, gpa: u64) -> bool;
 }

@@ -7,10 +7,7 @@
 
 use bitfield_struct::bitfield;
 
-/// Guest page size the Hyper-V MSRs use for GPAs (`HV_HYP_PAGE_SHIFT`).
-pub const HV_PAGE_SHIFT: u32 = 12;
-/// Guest page size in bytes.
-pub const HV_PAGE_SIZE: u64 = 1 << HV_PAGE_SHIFT;
+use crate::HV_PAGE_SHIFT;
 
 /// Lowest SINT vector; 0..15 are refused unless the SINT is masked
 /// (`HV_SYNIC_FIRST_VALID_VECTOR`, KVM `synic_set_sint`).

@@ -34,6 +34,18 @@ pub struct Vp {
 impl Vp {
     /// State at reset for the VP numbered `vp_index`, enforcing the
     /// privilege mask published in CPUID.
+    ///
+    /// ```
+    /// use hv_enlightenments::cpuid::{CpuidBuilder, MAX_VP_INDEX};
+    /// use hv_enlightenments::msr::{Error, Vp};
+    ///
+    /// let plan = CpuidBuilder::new(2).build()?;
+    /// let vp = Vp::new(1, plan.privileges())?;
+    /// assert_eq!(vp.vp_index(), 1);
+    /// let too_large = MAX_VP_INDEX + 1;
+    /// assert_eq!(Vp::new(too_large, plan.privileges()), Err(Error::VpIndexTooLarge(too_large)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(vp_index: u32, privileges: Privileges) -> Result<Self, Error> {
         if vp_index > MAX_VP_INDEX {
             return Err(Error::VpIndexTooLarge(vp_index));
@@ -64,6 +76,16 @@ impl Vp {
     }
 
     /// Sets the VP index (the VMM's write; the guest's is #GP).
+    ///
+    /// ```
+    /// use hv_enlightenments::cpuid::Privileges;
+    /// use hv_enlightenments::msr::Vp;
+    ///
+    /// let mut vp = Vp::new(0, Privileges::all())?;
+    /// vp.set_vp_index(7)?;
+    /// assert_eq!(vp.vp_index(), 7);
+    /// # Ok::<(), hv_enlightenments::msr::Error>(())
+    /// ```
     pub fn set_vp_index(&mut self, vp_index: u32) -> Result<(), Error> {
         if vp_index > MAX_VP_INDEX {
             return Err(Error::VpIndexTooLarge(vp_index));
@@ -121,6 +143,20 @@ impl Vp {
     }
 
     /// RDMSR of a per-VP MSR.
+    ///
+    /// ```
+    /// use hv_enlightenments::cpuid::Privileges;
+    /// use hv_enlightenments::msr::{self, ApicAccess, ApicRegister, MsrOutcome, Vp};
+    ///
+    /// let vp = Vp::new(3, Privileges::all())?;
+    /// assert_eq!(vp.read(msr::HV_X64_MSR_VP_INDEX), MsrOutcome::Value(3));
+    /// // The synthetic TPR is the local APIC's to answer.
+    /// assert_eq!(
+    ///     vp.read(msr::HV_X64_MSR_TPR),
+    ///     MsrOutcome::Apic(ApicAccess::Read(ApicRegister::Tpr))
+    /// );
+    /// # Ok::<(), hv_enlightenments::msr::Error>(())
+    /// ```
     pub fn read(&self, msr: u32) -> MsrOutcome {
         if !self.allowed(msr) {
             return MsrOutcome::InjectGp;
@@ -148,6 +184,21 @@ impl Vp {
     /// WRMSR of a per-VP MSR. `ram` is asked only when VP_ASSIST_PAGE,
     /// SIMP or SIEFP enables a page: a page that is not guest RAM is #GP
     /// and the MSR keeps its value (KVM `kvm_hv_set_msr`, `synic_set_msr`).
+    ///
+    /// ```
+    /// use hv_enlightenments::cpuid::Privileges;
+    /// use hv_enlightenments::msr::{self, MsrAction, MsrOutcome, Vp};
+    ///
+    /// let mut vp = Vp::new(0, Privileges::all())?;
+    /// let ram = |gpa: u64| gpa < 0x10_0000;
+    /// assert_eq!(
+    ///     vp.write(msr::HV_X64_MSR_VP_ASSIST_PAGE, 0x7001, &ram),
+    ///     MsrOutcome::Action(MsrAction::VpAssistPage { gpa: Some(0x7000) })
+    /// );
+    /// // VP_INDEX is read-only to the guest.
+    /// assert!(vp.write(msr::HV_X64_MSR_VP_INDEX, 5, &ram).is_gp());
+    /// # Ok::<(), hv_enlightenments::msr::Error>(())
+    /// ```
     pub fn write(&mut self, msr: u32, value: u64, ram: &impl GuestRam) -> MsrOutcome {
         if !self.allowed(msr) {
             return MsrOutcome::InjectGp;
@@ -292,7 +343,7 @@ mod tests {
 
     #[test]
     fn pages_outside_ram_are_gp_and_not_committed() {
-        let last = RAM_END - crate::msr::HV_PAGE_SIZE;
+        let last = RAM_END - crate::HV_PAGE_SIZE as u64;
         for (msr, action) in [
             (
                 HV_X64_MSR_VP_ASSIST_PAGE,

@@ -31,6 +31,15 @@ pub struct InhibitReport {
 
 impl InhibitManager {
     /// Each active reason with its cause and the change that lifts it.
+    ///
+    /// ```
+    /// use ipiv::{InhibitConfig, InhibitManager, InhibitReason};
+    ///
+    /// let report = InhibitManager::new(InhibitConfig::default()).explain();
+    /// let absent = report.reasons.iter().find(|e| e.reason == InhibitReason::Absent);
+    /// assert!(absent.is_some_and(|e| e.lift.contains("irqchip kernel")));
+    /// println!("{report}");
+    /// ```
     pub fn explain(&self) -> InhibitReport {
         let active = self.active();
         let reasons = active.iter().map(|r| self.explain_one(r)).collect();

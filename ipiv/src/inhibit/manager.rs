@@ -117,6 +117,15 @@ fn delta(old: bool, new: bool) -> isize {
 impl InhibitManager {
     /// The state of a VM with no vCPU yet: the configuration's reasons
     /// (DISABLED, ABSENT, PIT_REINJ, SEV) only.
+    ///
+    /// ```
+    /// use ipiv::{InhibitConfig, InhibitManager, InhibitReason};
+    ///
+    /// // No APIC virtualization on the host, userspace irqchip.
+    /// let manager = InhibitManager::new(InhibitConfig::default());
+    /// assert!(!manager.apicv_allowed());
+    /// assert!(manager.active().contains(InhibitReason::Absent));
+    /// ```
     pub fn new(config: InhibitConfig) -> Self {
         let mut raw = InhibitSet::EMPTY;
         raw.set(

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use hv_enlightenments::msr::{HV_X64_MSR_EOI, HV_X64_MSR_ICR, HV_X64_MSR_TPR};
-use lapic::regs::{
+use vm_lapic::regs::{
     APIC_BASE_ENABLE, APIC_BASE_EXTD, APIC_DEFAULT_BASE, MSR_APIC_BASE, MSR_TSC_DEADLINE,
     MSR_X2APIC_FIRST,
 };
-use lapic::{
+use vm_lapic::{
     ApicMode, Config, Delivery, DeliveryMode, Effect, IdFormat, Interrupt, LocalApic, Lvt,
     ManualClock, Outcome, Topology, TriggerMode, VcpuSet, VectorBitmap,
 };
@@ -255,7 +255,7 @@ pub fn run(data: &[u8]) -> Stats {
                 let p = vm.apics[i].poll_timer();
                 assert_eq!(p.next_deadline, vm.apics[i].next_deadline());
                 if let Some(d) = p.next_deadline {
-                    assert!(d > lapic::Clock::now_ns(&*vm.clock));
+                    assert!(d > vm_lapic::Clock::now_ns(&*vm.clock));
                 }
             }
             8 => {

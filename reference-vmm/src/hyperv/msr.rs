@@ -3,7 +3,8 @@
 //! `Vp`, APIC MSRs (x2APIC, IA32_APIC_BASE, TSC deadline, the Hyper-V
 //! EOI/ICR/TPR aliases) to the vCPU's lapic, everything else to #GP.
 
-use hv_enlightenments::msr::{self as hvmsr, HV_PAGE_SIZE, MsrAction, MsrOutcome, MsrScope};
+use hv_enlightenments::HV_PAGE_SIZE;
+use hv_enlightenments::msr::{self as hvmsr, MsrAction, MsrOutcome, MsrScope};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::irqchip::user::apply_apic_outcome;
@@ -28,8 +29,7 @@ pub(crate) fn count_msr(me: &Vcpu, index: u32) {
 /// under: the whole page must be guest RAM (hv-enlightenments refuses the
 /// write with #GP otherwise, as KVM does).
 pub(crate) fn guest_ram(m: &Machine) -> impl Fn(u64) -> bool + '_ {
-    // A page is 4 KiB: fits usize.
-    move |gpa| GuestMemoryBackend::check_range(&m.mem, GuestAddress(gpa), HV_PAGE_SIZE as usize)
+    move |gpa| GuestMemoryBackend::check_range(&m.mem, GuestAddress(gpa), HV_PAGE_SIZE)
 }
 
 /// RDMSR from the guest. `None`: #GP.
