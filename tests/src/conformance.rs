@@ -452,7 +452,8 @@ pub enum Case {
     /// LVT LINT1 in NMI mode: the NMI pin the test raises
     /// (`Machine::external_nmi`) after [`LINT1_READY`] delivers an NMI;
     /// after [`LINT1_MASKED`], with the LVT masked, a second one is
-    /// dropped.
+    /// dropped; after [`LINT1_APIC_DISABLED`] (IA32_APIC_BASE.EN = 0) a
+    /// third is an NMI again.
     Lint1Nmi,
     /// xAPIC mode: writes of the Hyper-V TPR and EOI MSRs. Values: 0 the
     /// TPR write faulted (1), 1 the MMIO TPR after it, 2 the EOI write
@@ -467,6 +468,8 @@ pub enum Case {
 pub const LINT1_READY: &str = "conformance: LINT1 ready";
 /// Console line [`Case::Lint1Nmi`] prints once LINT1 is masked.
 pub const LINT1_MASKED: &str = "conformance: LINT1 masked";
+/// Console line [`Case::Lint1Nmi`] prints once the APIC is disabled.
+pub const LINT1_APIC_DISABLED: &str = "conformance: APIC disabled";
 
 impl Case {
     /// vCPUs the case needs.
@@ -1351,6 +1354,18 @@ impl Builder {
             count(0, NMI),
             1,
             "lint1: the NMI pin delivered an NMI with LVT LINT1 masked",
+        )?;
+        // APIC hardware-disabled: LINT1 is the processor's NMI pin itself
+        // (SDM 10.4.3), whatever the LVT said.
+        self.rdmsr(MSR_APIC_BASE)?;
+        self.a.and(eax, !(APIC_BASE_EN | APIC_BASE_EXTD))?;
+        self.a.wrmsr()?;
+        self.puts(&format!("{LINT1_APIC_DISABLED}\n"))?;
+        self.wait(
+            count(0, NMI),
+            2,
+            Wait::Exits,
+            "lint1: the NMI pin delivered no NMI with the APIC disabled",
         )
     }
 
