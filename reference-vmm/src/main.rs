@@ -103,7 +103,7 @@ enum Command {
         /// A tenth of the operations per run (for tests).
         #[arg(long)]
         quick: bool,
-        /// Directory for bench.md, bench.json and scaling.png.
+        /// Directory for bench.md, bench.json and scaling.svg.
         #[arg(long, default_value = "bench-results")]
         out: PathBuf,
         /// Also write the JSON to this file.
@@ -469,7 +469,7 @@ fn run(cmd: Command) -> Result<(), String> {
                 println!("problem: {p}");
             }
             println!(
-                "bench: {:.0} s; wrote {}/bench.md, bench.json, scaling.png",
+                "bench: {:.0} s; wrote {}/bench.md, bench.json, scaling.svg",
                 report.total_secs,
                 out.display()
             );

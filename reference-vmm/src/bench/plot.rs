@@ -1,32 +1,17 @@
 //! The scaling plot: exits per operation (all vCPUs and the sender's) and
-//! guest time per operation against vCPUs (log-log), broadcast and shootdown, off and on. Text is
-//! drawn with an embedded DejaVu Sans (plotters' `ab_glyph` backend), so no
-//! system font is needed.
+//! guest time per operation against vCPUs (log-log), broadcast and
+//! shootdown, off and on, as SVG (plotters' SVG backend: the text is left
+//! to the viewer's fonts, so nothing is rasterised here).
 
 use std::path::Path;
-use std::sync::Once;
 
 use plotters::prelude::*;
-use plotters::style::{FontStyle, register_font};
 
 use hv_enlightenments::accel::IrqchipMode;
 
 use super::plan::{IRQCHIPS, Op};
 use super::stats::Cell;
 use crate::scenario::irqchip_name;
-
-/// DejaVu Sans (license in `assets/DejaVuSans-LICENSE`).
-static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
-
-fn register() -> Result<(), String> {
-    static ONCE: Once = Once::new();
-    let mut r = Ok(());
-    ONCE.call_once(|| {
-        r = register_font("sans-serif", FontStyle::Normal, FONT)
-            .map_err(|_| "the embedded font does not parse".to_string());
-    });
-    r
-}
 
 /// One line: label, colour, dashed, points.
 type Series = (String, RGBColor, bool, Vec<(f64, f64)>);
@@ -140,10 +125,9 @@ where
         .map_err(e)
 }
 
-/// Draws the scaling plot of `cells` to `path` (PNG).
+/// Draws the scaling plot of `cells` to `path` (SVG).
 pub fn scaling(cells: &[Cell], path: &Path) -> Result<(), String> {
-    register()?;
-    let root = BitMapBackend::new(path, (1800, 600)).into_drawing_area();
+    let root = SVGBackend::new(path, (1800, 600)).into_drawing_area();
     let e = |e: DrawingAreaErrorKind<_>| format!("{}: {e}", path.display());
     root.fill(&WHITE).map_err(e)?;
     let panels = root.split_evenly((1, 3));

@@ -215,7 +215,7 @@ impl Report {
         s
     }
 
-    /// Writes `bench.md`, `bench.json` and `scaling.png` into `dir` (the
+    /// Writes `bench.md`, `bench.json` and `scaling.svg` into `dir` (the
     /// JSON also to `json` when given).
     pub fn write(&self, dir: &Path, json: Option<&Path>) -> Result<(), String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -227,6 +227,6 @@ impl Report {
         if let Some(p) = json {
             std::fs::write(p, &text).map_err(|e| format!("{}: {e}", p.display()))?;
         }
-        plot::scaling(&self.cells, &dir.join("scaling.png"))
+        plot::scaling(&self.cells, &dir.join("scaling.svg"))
     }
 }
