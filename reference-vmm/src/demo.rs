@@ -45,6 +45,12 @@ impl Verdict {
     }
 }
 
+/// What the columns of [`Demo::table`] count, all per operation and all
+/// counted by this VMM (KVM's own counts are in [`Demo::kvm_table`]).
+const LEGEND: &str = "columns, per operation, counted by this VMM: exits = VM exits that reached the VMM (all vCPUs); \
+sender = those of vCPU 0, the sender; kicks = vCPUs signalled out of KVM_RUN; wakeups = halted vCPUs the VMM woke; \
+EOI-exits = EOI writes that reached the VMM; us/op = host wall time; n/a = not observable with this irqchip\n";
+
 /// Fewest vCPUs for a broadcast to have a target.
 const MIN_VCPUS_BROADCAST: u32 = 2;
 /// Fewest vCPUs for the shootdown to have a halted target (vCPU 0 flushes,
@@ -216,6 +222,7 @@ impl Demo {
                 ),
             );
         }
+        s.push_str(LEGEND);
         s
     }
 

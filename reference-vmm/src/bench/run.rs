@@ -76,6 +76,7 @@ pub fn run(cfg: &Config) -> Report {
     let mut samples: Vec<Sample> = Vec::new();
     let mut problems: Vec<String> = Vec::new();
     let mut tsc_khz = 0u64;
+    let progress = Progress::new(cfg, &points, reps);
     for rep in 0..reps {
         for &(op, vcpus) in &points {
             for &irqchip in &cfg.irqchips {
@@ -98,13 +99,13 @@ pub fn run(cfg: &Config) -> Report {
                     let ops = cfg
                         .ops_override
                         .unwrap_or_else(|| op.ops(s, vcpus, cfg.quick));
-                    eprintln!(
-                        "bench: rep {}/{reps} {} {vcpus} vCPUs {} irqchip ({} ops) ...",
+                    progress.next(format_args!(
+                        "rep {}/{reps} {} {vcpus} vCPUs {} irqchip ({} ops)",
                         rep + 1,
                         s.name(),
                         irqchip_name(irqchip),
                         ops
-                    );
+                    ));
                     match sample(op, s, o, ops, rep, &mut tsc_khz) {
                         Ok(x) => samples.push(x),
                         Err(e) => problems.push(format!(
@@ -135,5 +136,60 @@ pub fn run(cfg: &Config) -> Report {
         goals,
         problems,
         samples,
+    }
+}
+
+/// Progress of a bench on stderr: on a terminal one line per run with its
+/// place and an estimate of the time left (from the runs so far); off a
+/// terminal (CI, a pipe) only the total at the start, so logs stay short.
+struct Progress {
+    total: usize,
+    done: std::cell::Cell<usize>,
+    start: Instant,
+    terminal: bool,
+}
+
+impl Progress {
+    fn new(cfg: &Config, points: &[(Op, u32)], reps: u32) -> Self {
+        let per_rep: usize = points
+            .iter()
+            .map(|&(op, vcpus)| {
+                let (off, on) = op.scenarios(vcpus);
+                off.into_iter()
+                    .chain([on])
+                    .filter(|s| s.supports(vcpus))
+                    .count()
+                    * cfg.irqchips.len()
+            })
+            .sum();
+        let total = per_rep * reps as usize;
+        let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        if !terminal {
+            eprintln!("bench: {total} runs");
+        }
+        Self {
+            total,
+            done: std::cell::Cell::new(0),
+            start: Instant::now(),
+            terminal,
+        }
+    }
+
+    /// Announces the next run.
+    fn next(&self, what: std::fmt::Arguments<'_>) {
+        let done = self.done.get();
+        self.done.set(done + 1);
+        if !self.terminal {
+            return;
+        }
+        let eta = match done {
+            0 => "ETA -".to_string(),
+            _ => {
+                let per_run = self.start.elapsed().as_secs_f64() / done as f64;
+                let left = per_run * (self.total - done) as f64;
+                format!("ETA {}m{:02}s", (left / 60.0) as u64, left as u64 % 60)
+            }
+        };
+        eprintln!("bench: [{}/{}, {eta}] {what} ...", done + 1, self.total);
     }
 }
