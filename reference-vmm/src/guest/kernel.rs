@@ -13,9 +13,8 @@ use iced_x86::code_asm::*;
 use super::abi::{self, percpu as pc, shared};
 use super::asm::{Assembled, Error, assemble};
 use crate::guest::layout::{HYPERCALL_PAGE, KERNEL_CODE, TLB_TEST_VA, USER_CODE, XAPIC_MMIO};
+use crate::kvm::msr::MSR_APIC_BASE;
 
-/// IA32_APIC_BASE.
-pub const MSR_APIC_BASE: u32 = 0x1B;
 /// IA32_APIC_BASE global enable.
 const APIC_BASE_EN: u32 = 1 << 11;
 /// IA32_APIC_BASE x2APIC mode.

@@ -1,10 +1,9 @@
 //! Flushing a vCPU's guest TLB from userspace.
 
-use kvm_bindings::{Msrs, kvm_msr_entry};
 use kvm_ioctls::VcpuFd;
 
-/// IA32_EFER.
-const MSR_EFER: u32 = 0xC000_0080;
+use super::msr::{self, MSR_EFER};
+
 /// IA32_EFER.NXE (bit 11).
 const EFER_NXE: u64 = 1 << 11;
 
@@ -24,24 +23,11 @@ const EFER_NXE: u64 = 1 << 11;
 /// any pending exit was completed ([`crate::kvm::exit_data::complete_pending`]).
 pub fn flush_guest_tlb(fd: &VcpuFd) -> Result<(), kvm_ioctls::Error> {
     let refused = || kvm_ioctls::Error::new(libc::EINVAL);
-    let mut msrs = efer(0)?;
-    if fd.get_msrs(&mut msrs)? != 1 {
-        return Err(refused());
-    }
-    let value = msrs.as_slice().first().map_or(0, |e| e.data);
+    let value = msr::get(fd, MSR_EFER)?.ok_or_else(refused)?;
     for v in [value ^ EFER_NXE, value] {
-        if fd.set_msrs(&efer(v)?)? != 1 {
+        if !msr::set(fd, MSR_EFER, v)? {
             return Err(refused());
         }
     }
     Ok(())
-}
-
-fn efer(data: u64) -> Result<Msrs, kvm_ioctls::Error> {
-    Msrs::from_entries(&[kvm_msr_entry {
-        index: MSR_EFER,
-        data,
-        ..Default::default()
-    }])
-    .map_err(|_| kvm_ioctls::Error::new(libc::ENOMEM))
 }

@@ -8,6 +8,7 @@ pub mod exit_data;
 pub mod fault;
 pub mod flush;
 pub mod kick;
+pub mod msr;
 pub mod stats;
 
 use kvm_bindings::kvm_sregs;

@@ -11,10 +11,10 @@ use kvm_bindings::kvm_regs;
 use crate::error::Error;
 use crate::hyperv::msr::{msr_read, msr_write};
 use crate::kvm::exit_data;
+use crate::kvm::msr::MSR_APIC_BASE;
 use crate::metrics::ExitClass;
 use crate::vcpu::io::Trap;
 use crate::vcpu::{Runner, kvm_err};
-use crate::vm::MSR_APIC_BASE;
 
 /// `kvm_run.internal.suberror` of an instruction emulation failure.
 const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;

@@ -31,11 +31,10 @@ use hv_enlightenments::accel::IrqchipMode;
 use hv_enlightenments::cpuid::CpuidPlan;
 use lapic::Clock;
 
-/// IA32_TSC_DEADLINE: filtered in the userspace-irqchip mode so that a
-/// guest access exits to the userspace APIC instead of reaching KVM.
-pub const MSR_TSC_DEADLINE: u32 = 0x6E0;
-/// IA32_APIC_BASE: filtered likewise (KVM would answer it itself).
-pub const MSR_APIC_BASE: u32 = 0x1B;
+// IA32_TSC_DEADLINE and IA32_APIC_BASE are filtered in the
+// userspace-irqchip mode so that guest accesses exit to the userspace
+// APIC instead of reaching KVM (see `create::enable_user_msrs`).
+pub use crate::kvm::msr::{MSR_APIC_BASE, MSR_TSC_DEADLINE};
 
 /// Stack size of a vCPU thread.
 const VCPU_STACK: usize = 256 * 1024;

@@ -25,8 +25,8 @@ use hv_enlightenments::msr::{
 };
 use kvm_bindings::{
     KVM_CAP_SPLIT_IRQCHIP, KVM_CAP_X2APIC_API, KVM_MP_STATE_RUNNABLE,
-    KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK, KVM_X2APIC_API_USE_32BIT_IDS, Msrs, kvm_enable_cap,
-    kvm_lapic_state, kvm_mp_state, kvm_msr_entry,
+    KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK, KVM_X2APIC_API_USE_32BIT_IDS, kvm_enable_cap,
+    kvm_lapic_state, kvm_mp_state,
 };
 use kvm_ioctls::{VcpuFd, VmFd};
 use lapic::{ApicMode, DeliveryMode, Ipi, Shorthand, VcpuSet};
@@ -34,13 +34,13 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::error::Error;
 use crate::hyperv::msr::{apply_msr_action, count_msr, guest_ram};
+use crate::kvm::msr::MSR_APIC_BASE;
 use crate::kvm::stats::{KvmVmCounters, StatsReader};
 use crate::metrics::bump;
 use crate::platform::msi::{
     MSI_ADDR_DEST_MODE_LOGICAL, MSI_DATA_LEVEL_ASSERT, MSI_DATA_TRIGGER_LEVEL,
 };
 use crate::vcpu::{Runner, kvm_err};
-use crate::vm::MSR_APIC_BASE;
 
 /// IOAPIC pins whose GSI routes the split irqchip reserves (KVM api.rst,
 /// KVM_CAP_SPLIT_IRQCHIP: "the number of pins of the userspace IOAPIC").

@@ -5,6 +5,7 @@
 
 // The bridge shares the module's registers, constants and imports.
 use super::*;
+use crate::kvm::msr;
 
 impl Runner<'_> {
     fn kernel(&self) -> Option<&KernelIrqchip> {
@@ -12,31 +13,12 @@ impl Runner<'_> {
     }
 
     fn get_msr(&self, index: u32) -> Result<Option<u64>, Error> {
-        let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
-            index,
-            ..Default::default()
-        }])
-        .map_err(|e| Error::Memory(format!("MSR list: {e:?}")))?;
-        let n = self
-            .fd
-            .get_msrs(&mut msrs)
-            .map_err(kvm_err(self.me.index, "KVM_GET_MSRS"))?;
-        Ok((n == 1).then(|| msrs.as_slice()[0].data))
+        msr::get(&self.fd, index).map_err(kvm_err(self.me.index, "KVM_GET_MSRS"))
     }
 
     /// A host-initiated KVM_SET_MSRS of one MSR. `false`: KVM refused it.
     pub(crate) fn set_msr(&self, index: u32, data: u64) -> Result<bool, Error> {
-        let msrs = Msrs::from_entries(&[kvm_msr_entry {
-            index,
-            data,
-            ..Default::default()
-        }])
-        .map_err(|e| Error::Memory(format!("MSR list: {e:?}")))?;
-        let n = self
-            .fd
-            .set_msrs(&msrs)
-            .map_err(kvm_err(self.me.index, "KVM_SET_MSRS"))?;
-        Ok(n == 1)
+        msr::set(&self.fd, index, data).map_err(kvm_err(self.me.index, "KVM_SET_MSRS"))
     }
 
     /// The in-kernel APIC's mode, from its IA32_APIC_BASE.
