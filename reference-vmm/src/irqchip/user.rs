@@ -10,7 +10,9 @@ use lapic::{
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::metrics::bump;
-use crate::platform::msi::MSI_DATA_TRIGGER_LEVEL;
+use crate::platform::msi::{
+    MSI_DATA_TRIGGER_LEVEL, is_init_deassert, msi_destination, msi_logical,
+};
 use crate::vcpu::{State, Vcpu};
 use crate::vm::Machine;
 
@@ -148,16 +150,16 @@ pub fn deliver_msi(m: &Machine, address: u64, data: u32) {
         // KVM `kvm_set_msi_irq` asserts every MSI; only an INIT level
         // de-assert is dropped (a no-op since the P4, SDM 10.6.1), in both
         // irqchips (`kirq::signal_msi` does not send it).
-        level_assert: !crate::irqchip::kernel::is_init_deassert(data),
+        level_assert: !is_init_deassert(data),
     };
     let dest = Destination {
-        mode: if crate::irqchip::kernel::msi_logical(address) {
+        mode: if msi_logical(address) {
             DestinationMode::Logical
         } else {
             DestinationMode::Physical
         },
         shorthand: Shorthand::None,
-        id: crate::irqchip::kernel::msi_destination(address),
+        id: msi_destination(address),
     };
     let mut targets = VcpuSet::new();
     m.topology().resolve(None, dest, &irq, &mut targets);

@@ -16,7 +16,7 @@
 mod msi;
 mod vcpu;
 
-pub use msi::{is_init_deassert, kvm_msi_for, msi_address, msi_data, msi_destination, msi_logical};
+pub use msi::{kvm_msi_for, msi_address, msi_data};
 
 use std::sync::Arc;
 
@@ -38,7 +38,7 @@ use crate::kvm::msr::MSR_APIC_BASE;
 use crate::kvm::stats::{KvmVmCounters, StatsReader};
 use crate::metrics::bump;
 use crate::platform::msi::{
-    MSI_ADDR_DEST_MODE_LOGICAL, MSI_DATA_LEVEL_ASSERT, MSI_DATA_TRIGGER_LEVEL,
+    MSI_ADDR_DEST_MODE_LOGICAL, MSI_DATA_LEVEL_ASSERT, MSI_DATA_TRIGGER_LEVEL, is_init_deassert,
 };
 use crate::vcpu::{Runner, kvm_err};
 

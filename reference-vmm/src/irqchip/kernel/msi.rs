@@ -1,14 +1,13 @@
 //! MSI messages for `KVM_SIGNAL_MSI` with `KVM_CAP_X2APIC_API`: 32-bit
 //! destination IDs split between the address and `address_hi`, Linux's
-//! extended destination ID re-encoded, and the INIT de-assert KVM would
-//! otherwise deliver.
+//! extended destination ID re-encoded (the format itself is
+//! [`crate::platform::msi`]'s).
 
 use kvm_bindings::kvm_msi;
 use lapic::DeliveryMode;
 
 use crate::platform::msi::{
-    MSI_ADDR_DEST_MODE_LOGICAL, MSI_ADDR_DEST_SHIFT, MSI_ADDR_EXT_DEST_SHIFT, MSI_ADDRESS_BASE,
-    MSI_DATA_LEVEL_ASSERT, MSI_DATA_TRIGGER_LEVEL,
+    MSI_ADDR_DEST_MODE_LOGICAL, MSI_ADDR_DEST_SHIFT, MSI_ADDRESS_BASE, msi_destination, msi_logical,
 };
 
 /// The MSI address that names x2APIC ID `apic_id` (physical mode) in the
@@ -18,21 +17,6 @@ pub const fn msi_address(apic_id: u32) -> u64 {
     ((apic_id & 0xFFFF_FF00) as u64) << 32
         | MSI_ADDRESS_BASE
         | (((apic_id & 0xFF) as u64) << MSI_ADDR_DEST_SHIFT)
-}
-
-/// The destination ID an MSI address names: bits 19:12, the extended ID
-/// in bits 11:5 (bits 14:8 of the ID), or the X2APIC_API high word (bits
-/// 31:8 of the ID).
-pub const fn msi_destination(address: u64) -> u32 {
-    let low = ((address >> MSI_ADDR_DEST_SHIFT) & 0xFF) as u32;
-    let ext = ((address >> MSI_ADDR_EXT_DEST_SHIFT) & 0x7F) as u32;
-    let hi = ((address >> 32) as u32) & 0xFFFF_FF00;
-    low | (ext << 8) | hi
-}
-
-/// Whether an MSI address selects logical destination mode.
-pub const fn msi_logical(address: u64) -> bool {
-    address & MSI_ADDR_DEST_MODE_LOGICAL != 0
 }
 
 /// The `kvm_msi` for an MSI message, the destination re-encoded in the
@@ -57,15 +41,6 @@ pub fn kvm_msi_for(address: u64, data: u32) -> kvm_msi {
 /// sits in bits 10:8 as in the ICR (`DeliveryMode::to_reg`).
 pub fn msi_data(vector: u8, mode: DeliveryMode) -> u32 {
     u32::from(vector) | mode.to_reg()
-}
-
-/// Whether an MSI data word is an INIT level de-assert: a no-op on the
-/// P4 and later (SDM 10.6.1), which KVM's `kvm_set_msi_irq` would deliver
-/// as an INIT because it asserts every MSI.
-pub fn is_init_deassert(data: u32) -> bool {
-    DeliveryMode::from_reg(data) == DeliveryMode::Init
-        && data & MSI_DATA_TRIGGER_LEVEL != 0
-        && data & MSI_DATA_LEVEL_ASSERT == 0
 }
 
 #[cfg(test)]
