@@ -357,6 +357,7 @@ pub fn run_ops(s: Scenario, o: RunOptions, ops: u64) -> Result<(RunReport, Figur
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guest::layout::{KERNEL_CODE_SIZE, USER_CODE_SIZE};
 
     #[test]
     fn irqchip_serializes_as_its_cli_name() {
@@ -364,5 +365,37 @@ mod tests {
             let v = serialize_irqchip(&mode, serde_json::value::Serializer).unwrap();
             assert_eq!(v, irqchip_name(mode));
         }
+    }
+
+    #[test]
+    fn kernel_and_programs_assemble_and_fit() {
+        let k = crate::guest::kernel::build().unwrap();
+        assert!(k.code.len() as u64 <= KERNEL_CODE_SIZE);
+        assert_eq!(
+            crate::guest::abi::HYPERCALL_TRAP.stub().as_bytes(),
+            [0xE6, 0xE0, 0xC3]
+        );
+        assert_eq!(
+            crate::guest::abi::HYPERCALL_TRAP.io_port(),
+            Some(crate::guest::abi::HYPERCALL_PORT)
+        );
+        for n in [1, 2, 8, 64, 288, 1024] {
+            for s in Scenario::ALL {
+                if s.supports(n) {
+                    let p = s.program(n).unwrap();
+                    assert!(
+                        p.user_code.len() as u64 <= USER_CODE_SIZE,
+                        "{} at {n}",
+                        s.name()
+                    );
+                }
+            }
+        }
+        let h = crate::guest::hostile::program().unwrap();
+        assert!(
+            (h.user_code.len() as u64)
+                < crate::guest::hostile::INPUT_BASE - crate::guest::layout::USER_CODE,
+            "hostile code overlaps its input pages"
+        );
     }
 }

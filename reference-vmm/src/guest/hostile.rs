@@ -11,8 +11,8 @@ use super::asm::{Error, assemble};
 use super::kernel::HV_FAST;
 use super::scenarios::failure;
 use super::user::*;
+use crate::guest::Program;
 use crate::guest::layout::{HYPERCALL_PAGE, USER_CODE};
-use crate::vm::Program;
 use hv_enlightenments::hypercall::{CallCode, HvStatus};
 
 /// Input pages of the cases (inside the user code area, after the code).

@@ -18,6 +18,7 @@ use vm_device::device_manager::IoManager;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::error::Error;
+pub use crate::guest::Program;
 use crate::guest::abi::{self, percpu as pc};
 use crate::guest::boot;
 use crate::guest::kernel;
@@ -64,16 +65,6 @@ pub enum FlushMethod {
     /// Only make the vCPU leave guest mode, without flushing: exists to
     /// show, in tests, what happens without a flush.
     KickOnly,
-}
-
-/// A guest program for the built-in kernel: CPL3 code run by every vCPU
-/// at [`layout::USER_CODE`] and initial values of shared variables.
-#[derive(Debug, Clone, Default)]
-pub struct Program {
-    /// Machine code assembled for [`layout::USER_CODE`].
-    pub user_code: Vec<u8>,
-    /// `(address, value)` pairs written before start.
-    pub shared: Vec<(u64, u64)>,
 }
 
 /// How an external guest stopped.

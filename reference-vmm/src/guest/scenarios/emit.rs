@@ -6,11 +6,11 @@ use hv_enlightenments::hypercall::{CallCode, Control, EncodeOptions, EncodedCall
 use iced_x86::code_asm::*;
 
 use super::failure;
+use crate::guest::Program;
 use crate::guest::abi::{self, shared};
 use crate::guest::asm::{Error, assemble};
 use crate::guest::layout::{PERCPU_BASE, PERCPU_SIZE, PERCPU_VARS, USER_CODE, percpu};
 use crate::guest::user::*;
-use crate::vm::Program;
 
 /// The address of vCPU `cpu`'s variable `off`.
 pub(super) fn var(cpu: u64, off: u64) -> u64 {

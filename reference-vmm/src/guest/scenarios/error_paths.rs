@@ -5,11 +5,11 @@
 use iced_x86::code_asm::*;
 
 use super::emit::finish;
+use crate::guest::Program;
 use crate::guest::abi::{self, shared};
 use crate::guest::asm::{Error, assemble};
 use crate::guest::layout::USER_CODE;
 use crate::guest::user::*;
-use crate::vm::Program;
 
 /// A program that never reports: vCPU 0 spins at CPL3 (for the VMM's
 /// bounded wait).

@@ -10,12 +10,12 @@ use super::emit::{check_counts, emit_encoded, encode_options, finish, var, var_a
 use super::failure;
 use super::ipi::send_one;
 use super::mode::{FlushMode, IpiMode};
+use crate::guest::Program;
 use crate::guest::abi::{self, percpu as pc, shared};
 use crate::guest::asm::Error;
 use crate::guest::boot::{PTE_P, PTE_U, PTE_W};
 use crate::guest::layout::{PT_TEST, TLB_PAGE_A, TLB_PAGE_B, TLB_TEST_VA};
 use crate::guest::user::*;
-use crate::vm::Program;
 
 /// Marker stored in TLB test page A.
 pub const MARKER_A: u64 = 0xA0A0_A0A0_A0A0_A0A0;

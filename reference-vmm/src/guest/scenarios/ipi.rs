@@ -10,6 +10,7 @@ use super::emit::{
 };
 use super::failure;
 use super::mode::IpiMode;
+use crate::guest::Program;
 use crate::guest::abi::{self, percpu as pc, shared};
 use crate::guest::asm::Error;
 use crate::guest::kernel::{
@@ -17,7 +18,6 @@ use crate::guest::kernel::{
 };
 use crate::guest::layout::XAPIC_MMIO;
 use crate::guest::user::*;
-use crate::vm::Program;
 use hv_enlightenments::hypercall::CallCode;
 
 /// Sends `vector` to the vCPU in `target` (a register other than RAX,

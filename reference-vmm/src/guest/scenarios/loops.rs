@@ -6,11 +6,11 @@ use iced_x86::code_asm::*;
 
 use super::emit::{check_rax_zero, counted_loop, counted_loop_with, ex_control, vpset, words_at};
 use super::failure;
+use crate::guest::Program;
 use crate::guest::abi::{self, shared};
 use crate::guest::asm::Error;
 use crate::guest::kernel::{HV_FAST, HVCALL_SEND_IPI};
 use crate::guest::user::*;
-use crate::vm::Program;
 use hv_enlightenments::hypercall::CallCode;
 
 /// A CPL3 loop of `iters` `dec; jnz` iterations between the marks: shows

@@ -5,10 +5,10 @@ use iced_x86::code_asm::*;
 
 use super::emit::finish;
 use super::mode::EoiMode;
+use crate::guest::Program;
 use crate::guest::abi::{self, eoi_mode, percpu as pc, shared};
 use crate::guest::asm::Error;
 use crate::guest::user::*;
-use crate::vm::Program;
 
 /// x2APIC LVT timer register.
 const LVT_TIMER: u32 = 0x832;
