@@ -367,7 +367,8 @@ pub enum Case {
     /// the handler (third time) lowers it.
     IoapicLevelStillAsserted,
     /// A level line asserted while its entry is masked is delivered when
-    /// the entry is unmasked.
+    /// the entry is unmasked. Value [`ISR_SEEN`]: the ISR bit in the
+    /// handler.
     IoapicMaskedLevel,
     /// Two rising edges before the first is serviced (IF=0) coalesce into
     /// one interrupt in IRR.
@@ -1390,17 +1391,22 @@ impl Builder {
     }
 
     /// A hook that lowers pc-testdev line `pin` once vector `vector` was
-    /// counted `times`, then continues with `then`.
+    /// counted `times`, then continues with `then`; with `isr` it first
+    /// records the vector's ISR bit ([`Self::record_isr`]).
     fn hook_lower_line(
         &mut self,
         vector: u32,
         pin: u32,
         times: u32,
+        isr: bool,
         then: CodeLabel,
     ) -> Result<(), IcedError> {
         let mut l = self.h.create_label();
         let mut keep = self.h.create_label();
         self.h.set_label(&mut l)?;
+        if isr {
+            self.record_isr(vector)?;
+        }
         self.h.cmp(dword_ptr(rbx + P_COUNT + vector * 4), times)?;
         self.h.jb(keep)?;
         Self::line(&mut self.h, pin, false)?;
@@ -1446,11 +1452,7 @@ impl Builder {
         // the vector stays in service until the body's EOI.
         let mut l = self.h.create_label();
         self.h.set_label(&mut l)?;
-        self.h.mov(ecx, X2APIC_MSR_BASE + APIC_ISR / 16 + v / 32)?;
-        self.h.rdmsr()?;
-        self.h.shr(eax, v % 32)?;
-        self.h.and(eax, 1)?;
-        self.h.mov(dword_ptr(val(ISR_SEEN)), eax)?;
+        self.record_isr(v)?;
         self.h.ret()?;
         self.hook(v, Hook::Custom(l));
         self.rte(pin, v | RTE_LEVEL)?;
@@ -1493,7 +1495,7 @@ impl Builder {
     fn ioapic_level_still_asserted(&mut self) -> Result<(), IcedError> {
         let (pin, v) = (PIN_LEVEL_HELD, VEC_LEVEL_HELD);
         let eoi = self.hook_eoi;
-        self.hook_lower_line(v, pin, 3, eoi)?;
+        self.hook_lower_line(v, pin, 3, false, eoi)?;
         self.rte(pin, v | RTE_LEVEL)?;
         self.a.sti()?;
         Self::line(&mut self.a, pin, true)?;
@@ -1505,10 +1507,21 @@ impl Builder {
         )
     }
 
+    /// Handler code: stores vector `v`'s ISR bit, as the handler sees it,
+    /// in value [`ISR_SEEN`]. Clobbers eax, ecx, edx.
+    fn record_isr(&mut self, v: u32) -> Result<(), IcedError> {
+        self.h.mov(ecx, X2APIC_MSR_BASE + APIC_ISR / 16 + v / 32)?;
+        self.h.rdmsr()?;
+        self.h.shr(eax, v % 32)?;
+        self.h.and(eax, 1)?;
+        self.h.mov(dword_ptr(val(ISR_SEEN)), eax)
+    }
+
     fn ioapic_masked_level(&mut self) -> Result<(), IcedError> {
         let (pin, v) = (PIN_MASKED, VEC_MASKED);
         let eoi = self.hook_eoi;
-        self.hook_lower_line(v, pin, 1, eoi)?;
+        // Records the vector's ISR bit (value [`ISR_SEEN`]).
+        self.hook_lower_line(v, pin, 1, true, eoi)?;
         self.rte(pin, v | RTE_LEVEL | RTE_MASKED)?;
         self.a.sti()?;
         Self::line(&mut self.a, pin, true)?;
@@ -2274,7 +2287,7 @@ impl Builder {
         self.h.mov(eax, dword_ptr(rbx + P_ASSIST))?;
         self.h.or(dword_ptr(val(2)), eax)?;
         self.h.jmp(lazy)?;
-        self.hook_lower_line(v, pin, 2, record)?;
+        self.hook_lower_line(v, pin, 2, false, record)?;
         self.vp_assist_on()?;
         self.rte(pin, v | RTE_LEVEL)?;
         self.a.sti()?;

@@ -146,6 +146,35 @@ fn pass(test: &str, case: Case, irqchip: IrqchipMode) -> Option<Run> {
     Some(run)
 }
 
+/// Boots a case whose guest records, in value [`conformance::ISR_SEEN`],
+/// its level vector's ISR bit as the handler sees it, with KVM's LAPIC.
+/// Where that LAPIC keeps no ISR bit while the handler runs (seen on this
+/// host: the vector can then arrive again before its EOI), in-service
+/// behaviour has no KVM reference: a failure is reported as NOT CHECKED
+/// instead. Otherwise every check must pass.
+fn pass_unless_no_isr(test: &str, case: Case) {
+    if !kvm_available(test) {
+        return;
+    }
+    let run = {
+        let _shared = RSS.read().unwrap_or_else(|e| e.into_inner());
+        boot(test, case, IrqchipMode::Kernel)
+    };
+    let isr = run
+        .outcome
+        .as_ref()
+        .map(|o| o.values[conformance::ISR_SEEN as usize]);
+    if !run.passed() && isr == Some(0) {
+        eprintln!(
+            "!!!!! NOT CHECKED {test}: the in-kernel LAPIC keeps no ISR bit while the \
+             handler runs (read 0), so in-service behaviour is not KVM's reference here: {}",
+            run.explain()
+        );
+        return;
+    }
+    assert!(run.passed(), "{test}: {}", run.explain());
+}
+
 /// One module per case with a test per irqchip mode.
 macro_rules! both_irqchips {
     ($(#[$doc:meta])* $name:ident, $case:expr) => {
@@ -176,11 +205,24 @@ both_irqchips!(
     ioapic_level_still_asserted,
     Case::IoapicLevelStillAsserted
 );
-both_irqchips!(
-    /// Level line asserted while masked: delivered on unmask.
-    ioapic_masked_level,
-    Case::IoapicMaskedLevel
-);
+/// Level line asserted while masked: delivered on unmask, once.
+mod ioapic_masked_level {
+    use super::*;
+
+    #[test]
+    fn user_irqchip() {
+        pass(
+            "ioapic_masked_level::user",
+            Case::IoapicMaskedLevel,
+            IrqchipMode::User,
+        );
+    }
+
+    #[test]
+    fn kernel_irqchip() {
+        pass_unless_no_isr("ioapic_masked_level::kernel", Case::IoapicMaskedLevel);
+    }
+}
 both_irqchips!(
     /// Two edges before the first is serviced: one interrupt.
     ioapic_edges_coalesce,
@@ -323,27 +365,10 @@ mod ioapic_level_remote_irr {
 
     #[test]
     fn kernel_irqchip() {
-        let test = "ioapic_level_remote_irr::kernel";
-        if !kvm_available(test) {
-            return;
-        }
-        let run = {
-            let _shared = RSS.read().unwrap_or_else(|e| e.into_inner());
-            boot(test, Case::IoapicLevelRemoteIrr, IrqchipMode::Kernel)
-        };
-        let isr = run
-            .outcome
-            .as_ref()
-            .map(|o| o.values[conformance::ISR_SEEN as usize]);
-        if !run.passed() && isr == Some(0) {
-            eprintln!(
-                "!!!!! NOT CHECKED {test}: the in-kernel LAPIC keeps no ISR bit while the \
-                 handler runs (read 0), so in-service behaviour is not KVM's reference here: {}",
-                run.explain()
-            );
-            return;
-        }
-        assert!(run.passed(), "{test}: {}", run.explain());
+        pass_unless_no_isr(
+            "ioapic_level_remote_irr::kernel",
+            Case::IoapicLevelRemoteIrr,
+        );
     }
 }
 
