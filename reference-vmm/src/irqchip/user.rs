@@ -36,7 +36,9 @@ pub enum LazyEoiExit {
     /// level-triggered, tell the IOAPIC (with no vCPU lock held: the
     /// IOAPIC may deliver to this vCPU).
     Completed(Option<u8>),
-    /// The guest has not completed it yet, runs with IF=0 and another
+    /// The guest has not completed it yet, cannot take an interrupt now
+    /// (IF=0, or the interrupt KVM_INTERRUPT queued is still being
+    /// delivered, after which its handler runs with IF=0) and another
     /// interrupt waits behind it: the bit stays set and lapic stays armed,
     /// and the next entry asks KVM to exit once the guest can take an
     /// interrupt again (after its IRET), where the lazy EOI is seen and
@@ -47,16 +49,17 @@ pub enum LazyEoiExit {
 
 /// After an exit: if lazy EOI was armed, read `apic_assist` bit 0 and let
 /// lapic complete the EOI the guest skipped, keep it armed
-/// ([`LazyEoiExit::Held`], only while `if_flag` is clear), or clear the
+/// ([`LazyEoiExit::Held`], only while the guest cannot take an interrupt:
+/// `can_take` false), or clear the
 /// bit and disarm.
-pub fn complete_lazy_eoi(m: &Machine, me: &Vcpu, s: &mut State, if_flag: bool) -> LazyEoiExit {
+pub fn complete_lazy_eoi(m: &Machine, me: &Vcpu, s: &mut State, can_take: bool) -> LazyEoiExit {
     if !s.apic.lazy_eoi_armed() {
         return LazyEoiExit::None;
     }
     let page = s.vp.as_ref().and_then(|vp| vp.vp_assist_page());
     let word = page.and_then(|p| m.mem.read_obj::<u32>(GuestAddress(p)).ok().map(|v| (p, v)));
     let cleared = match word {
-        Some((_, v)) if v & 1 != 0 && !if_flag && !s.apic.irr().is_empty() => {
+        Some((_, v)) if v & 1 != 0 && !can_take && !s.apic.irr().is_empty() => {
             return LazyEoiExit::Held;
         }
         Some((p, v)) => {

@@ -328,8 +328,12 @@ impl<'a> Runner<'a> {
         let (m, me) = (self.m, self.me);
         let posted = me.posted.run_state().leave_guest(me.posted.descriptor());
         let mut s = me.lock();
-        let if_flag = self.fd.get_kvm_run().if_flag != 0;
-        let eoi = match complete_lazy_eoi(m, me, &mut s, if_flag) {
+        // KVM's `ready_for_interrupt_injection` is 0 while an interrupt
+        // queued with KVM_INTERRUPT has not been delivered yet (x86.c
+        // `kvm_cpu_accept_dm_intr`).
+        let run = self.fd.get_kvm_run();
+        let can_take = run.if_flag != 0 && run.ready_for_interrupt_injection != 0;
+        let eoi = match complete_lazy_eoi(m, me, &mut s, can_take) {
             LazyEoiExit::Completed(ioapic) => ioapic,
             LazyEoiExit::Held => {
                 self.lazy_held = true;
