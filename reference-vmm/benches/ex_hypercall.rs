@@ -21,7 +21,7 @@ const VCPUS: u32 = 1024;
 const INPUT_GPA: u64 = 0x10_0000;
 
 fn vcpus() -> Vec<Vcpu> {
-    let clock = Arc::new(HostClock::new(1_000_000));
+    let clock = Arc::new(HostClock::new(1_000_000, None));
     let table = ipiv::PidTable::new(VCPUS - 1).expect("PID table");
     (0..VCPUS)
         .map(|i| {

@@ -1,28 +1,59 @@
-//! Host time for the userspace APICs and the partition reference counter.
+//! Host time for the userspace APICs, and the partition reference time.
 
 use std::time::Instant;
 
+use hv_enlightenments::reftime::{TscConversion, TscFrequency};
 use lapic::Clock;
 
-/// Host monotonic time for the APICs, from VM creation.
+use crate::metrics::tsc;
+
+/// Host monotonic time for the APICs, from VM creation, and the Hyper-V
+/// partition reference time (TIME_REF_COUNT) from the guest's TSC.
 #[derive(Debug)]
 pub struct HostClock {
     start: Instant,
     tsc_khz: u64,
+    /// Guest TSC minus host TSC (KVM's TSC offset), and the guest TSC to
+    /// reference time conversion; `None` when the guest TSC frequency or
+    /// its value is unknown.
+    reference: Option<(u64, TscConversion)>,
 }
 
 impl HostClock {
     /// A clock starting now; `tsc_khz` is the guest TSC frequency
-    /// (KVM_GET_TSC_KHZ).
-    pub fn new(tsc_khz: u64) -> Self {
+    /// (KVM_GET_TSC_KHZ), `guest_tsc` the guest's TSC read just before
+    /// (IA32_TSC of a vCPU), if known.
+    pub fn new(tsc_khz: u64, guest_tsc: Option<u64>) -> Self {
+        let host = tsc();
+        let reference = guest_tsc
+            .zip(TscFrequency::from_khz(tsc_khz))
+            .and_then(|(g, f)| {
+                // Offset 0: the count starts at guest TSC 0, which KVM gives
+                // the first vCPU at its creation (hv-enlightenments
+                // `time_ref_count`).
+                TscConversion::new(f, 0)
+                    .ok()
+                    .map(|c| (g.wrapping_sub(host), c))
+            });
         Self {
             start: Instant::now(),
             tsc_khz,
+            reference,
         }
     }
-}
 
-impl HostClock {
+    /// The partition reference time in 100 ns units (TIME_REF_COUNT): the
+    /// guest's TSC now, converted as a reference TSC page would (so that
+    /// the MSR and a page never disagree, KVM `get_time_ref_counter`);
+    /// host time since creation when the guest TSC is unknown. The host
+    /// and guest TSCs tick at the same rate (no TSC scaling is set up).
+    pub fn reference_time(&self) -> u64 {
+        match self.reference {
+            Some((delta, conv)) => conv.reference_time(tsc().wrapping_add(delta)),
+            None => self.now_ns() / 100,
+        }
+    }
+
     /// The TSC frequency in kHz (KVM_GET_TSC_KHZ).
     pub fn tsc_khz(&self) -> u64 {
         self.tsc_khz

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::error::Error;
 use crate::goal::{self, Goal};
 use crate::guest::scenarios::{EoiMode, FlushMode, IpiMode};
+use crate::irqchip::Observes;
 use crate::scenario::{self, Figures, RunOptions, Scenario};
 use crate::vm::FlushMethod;
 use hv_enlightenments::accel::IrqchipMode;
@@ -244,12 +245,12 @@ impl Demo {
     /// VMM, so the claims about them are not applicable; lazy EOI is
     /// judged on what the guest counted.
     pub fn verdicts(&self) -> Vec<(String, String, Verdict)> {
-        let kernel = self.irqchip == IrqchipMode::Kernel;
+        let sees = Observes::of(self.irqchip);
         let mut out = Vec::new();
         let find = |name: &str| self.rows.iter().find(|r| r.on.scenario == name);
         if let Some(r) = find("broadcast-pv-fast").or_else(|| find("broadcast-pv-ex")) {
             let want_native = f64::from(self.vcpus.saturating_sub(1).max(1));
-            if kernel {
+            if !sees.icr_writes {
                 out.push((
                     "broadcast IPI: 1 exit to send by PV IPI".into(),
                     format!("{:.2}", r.on.sender_exits_per_op),
@@ -298,7 +299,7 @@ impl Demo {
                 v if v == "n/a" => v,
                 v => format!("{v}%"),
             };
-            let lazy = if kernel {
+            let lazy = if !sees.lazy_eois {
                 format!(
                     ", {:.0}% completed lazily by KVM's PV EOI",
                     100.0 * r.on.eoi_lazy_per_op
@@ -306,7 +307,7 @@ impl Demo {
             } else {
                 String::new()
             };
-            if kernel {
+            if !sees.lazy_eois {
                 out.push((
                     "lazy EOI: <= 1% of timer interrupts with an EOI exit".into(),
                     format!("{pct:.2}% (x2APIC EOI: {off}){lazy}"),
@@ -320,7 +321,7 @@ impl Demo {
             }
         }
         if let Some(r) = find("shootdown-pv") {
-            if kernel {
+            if !sees.wakeups {
                 out.push((
                     "PV TLB flush wakes none of the halted vCPUs".into(),
                     format!(

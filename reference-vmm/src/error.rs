@@ -89,7 +89,7 @@ pub enum Error {
     #[error("loading the kernel: {0}")]
     Load(#[from] crate::loader::Error),
     /// A vCPU's own devices (APIC page, trap ports) could not be put on
-    /// its bus ([`crate::vcpu::io`]).
+    /// its bus ([`crate::runner::io`]).
     #[error("vCPU {vcpu}: registering its devices: {err}")]
     VcpuBus {
         /// vCPU index.
@@ -112,4 +112,14 @@ pub enum Error {
         /// What was waited for, and the state seen.
         what: String,
     },
+}
+
+impl From<crate::kvm::vcpu::Error> for Error {
+    fn from(e: crate::kvm::vcpu::Error) -> Self {
+        Self::VcpuKvm {
+            vcpu: e.vcpu,
+            op: e.op,
+            err: e.err,
+        }
+    }
 }

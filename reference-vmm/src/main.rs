@@ -493,7 +493,8 @@ fn run(cmd: Command) -> Result<(), String> {
             let mode = IrqchipMode::from(irqchip);
             use reference_vmm::kvm::cpuid;
             // What a VM would get: the guest TSC frequency KVM gives a vCPU.
-            let freq = cpuid::frequencies(mode, cpuid::host_tsc_khz());
+            let apic_hz = reference_vmm::irqchip::apic_timer_hz(mode);
+            let freq = cpuid::frequencies(apic_hz, cpuid::host_tsc_khz());
             let plan = cpuid::cpuid_plan(vcpus, mode, freq).map_err(|e| e.to_string())?;
             for l in plan.cpuid.entries() {
                 println!(

@@ -9,6 +9,7 @@ use crate::clock::cycles_to_ns;
 use crate::error::Error;
 use crate::guest::asm;
 use crate::guest::scenarios::{self, EoiMode, FlushMode, IpiMode};
+use crate::irqchip::Observes;
 use crate::kvm::stats::KvmVmCounters;
 use crate::metrics::VmMetrics;
 use crate::vm::{FlushMethod, Program, RunReport, Vm, VmConfig};
@@ -128,16 +129,17 @@ impl Scenario {
     /// xAPIC MMIO) never leave the kernel, so EOI exits are observed only
     /// where every EOI is a synthetic EOI MSR write or lazy.
     pub fn unobserved(&self, mode: IrqchipMode) -> Vec<&'static str> {
-        if mode == IrqchipMode::User {
-            return Vec::new();
+        let sees = Observes::of(mode);
+        let mut v = Vec::new();
+        if !sees.wakeups {
+            v.push("wakeups_per_op");
         }
-        let mut v = vec!["wakeups_per_op"];
         let synthetic_eoi = match self {
             Scenario::PingPong(m) | Scenario::Broadcast(m) => m.enlightened(),
             Scenario::Timer(m) => *m != EoiMode::X2apic,
             _ => false,
         };
-        if !synthetic_eoi {
+        if !sees.eoi_writes && !synthetic_eoi {
             v.push("eoi_exits_per_op");
         }
         v
@@ -336,10 +338,11 @@ pub fn run_ops(s: Scenario, o: RunOptions, ops: u64) -> Result<(RunReport, Figur
         wakeups_per_op: t.wakeups as f64 / ops,
         ns_per_op: m.elapsed.as_nanos() as f64 / ops,
         eoi_exits_per_op: t.eoi_msr as f64 / ops,
-        eoi_lazy_per_op: match o.irqchip {
-            IrqchipMode::User => t.eoi_lazy,
+        eoi_lazy_per_op: if Observes::of(o.irqchip).lazy_eois {
+            t.eoi_lazy
+        } else {
             // KVM's PV-EOI engine completes them: the guest's own count.
-            IrqchipMode::Kernel => m.guest_lazy_eois,
+            m.guest_lazy_eois
         } as f64
             / ops,
         hypercalls_per_op: t.hypercalls as f64 / ops,

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use hv_enlightenments::accel::IrqchipMode;
 use hv_tests::kvm_available;
 use hv_tests::mbkernel::{self, Flavor, MsrRead};
-use reference_vmm::kvm::cpuid::{self, KVM_APIC_TIMER_HZ};
+use reference_vmm::irqchip::{apic_timer_hz, kernel::KVM_APIC_TIMER_HZ};
+use reference_vmm::kvm::cpuid;
 use reference_vmm::platform::console::Console;
 use reference_vmm::vm::{ExternalConfig, GuestExit, Vm};
 
@@ -80,7 +81,7 @@ fn serves_configured_values(test: &str, irqchip: IrqchipMode) {
     let khz = cpuid::host_tsc_khz().unwrap_or_else(|| panic!("{test}: KVM_GET_TSC_KHZ failed"));
     assert_eq!(f.tsc_hz, u64::from(khz) * 1000, "TSC frequency configured");
     let want_apic = match irqchip {
-        IrqchipMode::User => cpuid::apic_timer_hz(IrqchipMode::User),
+        IrqchipMode::User => apic_timer_hz(IrqchipMode::User),
         IrqchipMode::Kernel => KVM_APIC_TIMER_HZ,
     };
     assert_eq!(f.apic_hz, want_apic, "APIC frequency configured");
@@ -116,8 +117,8 @@ fn frequency_msrs_kernel_irqchip() {
 #[test]
 fn user_irqchip_apic_frequency_is_1ghz() {
     // The lapic crate models KVM's default 1 ns APIC bus cycle.
-    assert_eq!(cpuid::apic_timer_hz(IrqchipMode::User), 1_000_000_000);
-    assert_eq!(cpuid::apic_timer_hz(IrqchipMode::Kernel), KVM_APIC_TIMER_HZ);
+    assert_eq!(apic_timer_hz(IrqchipMode::User), 1_000_000_000);
+    assert_eq!(apic_timer_hz(IrqchipMode::Kernel), KVM_APIC_TIMER_HZ);
 }
 
 #[test]

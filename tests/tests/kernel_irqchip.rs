@@ -9,7 +9,7 @@ use hv_enlightenments::accel::IrqchipMode;
 use hv_tests::kvm_available;
 use reference_vmm::guest::hostile;
 use reference_vmm::guest::scenarios::{self, EoiMode, FlushMode, IpiMode};
-use reference_vmm::irqchip::{kernel as kirq, user as irq};
+use reference_vmm::irqchip::kernel as kirq;
 use reference_vmm::scenario::{self, Figures, RunOptions, Scenario};
 use reference_vmm::vm::{FlushMethod, Vm, VmConfig};
 
@@ -220,16 +220,16 @@ fn deliver_msi_in_user_mode_resolves_destinations() {
             .filter(|&i| m.vcpus[i].posted.descriptor().is_pending(v))
             .collect()
     };
-    irq::deliver_msi(m, kirq::msi_address(5), 0x41);
+    m.deliver_msi(kirq::msi_address(5), 0x41);
     assert_eq!(pending(0x41), vec![5]);
     // Broadcast destination from an MSI: every APIC.
-    irq::deliver_msi(m, kirq::msi_address(0xFF), 0x42);
+    m.deliver_msi(kirq::msi_address(0xFF), 0x42);
     assert_eq!(pending(0x42), (0..8).collect::<Vec<_>>());
     // A destination no APIC has: nobody.
-    irq::deliver_msi(m, kirq::msi_address(300), 0x43);
+    m.deliver_msi(kirq::msi_address(300), 0x43);
     assert!(pending(0x43).is_empty());
     // Vectors below 16 are not posted.
-    irq::deliver_msi(m, kirq::msi_address(1), 0x0F);
+    m.deliver_msi(kirq::msi_address(1), 0x0F);
     assert!(pending(0x0F).is_empty());
 }
 

@@ -156,7 +156,7 @@ fn boot_linux(test: &str, irqchip: IrqchipMode) {
     let f = plan
         .frequencies
         .unwrap_or_else(|| panic!("{test}: no frequency MSRs published"));
-    assert_eq!(f.apic_hz, reference_vmm::kvm::cpuid::apic_timer_hz(irqchip));
+    assert_eq!(f.apic_hz, reference_vmm::irqchip::apic_timer_hz(irqchip));
     let period = parse_lapic_period(&text)
         .unwrap_or_else(|| panic!("no LAPIC timer frequency line:\n{}", tail(&text, 30)));
     eprintln!(

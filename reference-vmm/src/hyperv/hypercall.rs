@@ -1,8 +1,8 @@
 //! The hypercall trap: the hypercall page's port write lands here. The
 //! registers come from kvm_run's synced copy; CPL and the hypercall page's
 //! state are checked, hv-enlightenments decodes, the VMM executes (PV IPI
-//! through ipiv, PV TLB flush through flush requests) and RAX goes back
-//! through the dirty-register mask.
+//! through the irqchip's send, PV TLB flush through flush requests) and
+//! RAX goes back through the dirty-register mask.
 
 use std::sync::atomic::Ordering;
 
@@ -10,11 +10,14 @@ use hv_enlightenments::hypercall::{
     self, Hypercall, HypercallGprs, HypercallMode, HypercallResult, caller_may_call,
 };
 use kvm_ioctls::SyncReg;
+use vm_memory::GuestMemoryMmap;
 
+use super::HyperV;
 use crate::error::Error;
 use crate::guest::abi;
+use crate::kvm::vcpu::KvmVcpu;
 use crate::metrics::{VcpuMetrics, bump};
-use crate::vcpu::{FLUSH_WAIT, Runner, Vcpu, kvm_err};
+use crate::vcpu::{FLUSH_WAIT, Vcpu};
 
 /// #UD vector.
 const UD_VECTOR: u8 = 6;
@@ -23,106 +26,99 @@ const CR0_PE: u64 = 1;
 /// Size of the XMM hypercall input (TLFS 3.7.2): XMM0..XMM5.
 const XMM_INPUT_REGS: usize = 6;
 
-impl Runner<'_> {
-    /// The hypercall trap: CPL and enable checks, decode, execute, RAX.
-    pub(crate) fn hypercall(&mut self) -> Result<(), Error> {
-        let idx = self.me.index;
-        let metrics = &self.me.metrics;
-        bump(&metrics.hypercalls);
-        let sync = self.fd.sync_regs();
-        let (regs, sregs) = (sync.regs, sync.sregs);
-        let enabled = self.m.hyperv && self.m.partition().hypercalls_enabled();
-        // KVM kvm_hv_hypercall: a Hyper-V hypercall in real mode, at
-        // CPL != 0 (virtual-8086 mode included: its SS.DPL is 3), or while
-        // the hypercall page is off, raises #UD.
-        if !caller_may_call(sregs.cr0 & CR0_PE != 0, sregs.ss.dpl) || !enabled {
-            bump(&metrics.hypercalls_ud);
-            return self.raise_ud();
-        }
-        // KVM kvm_hv_hypercall: 64-bit mode (EFER.LMA and CS.L) uses RCX,
-        // RDX, R8; otherwise control, input and output come in register
-        // pairs and the result goes back in EDX:EAX.
-        let mode = if crate::kvm::in_64bit_mode(&sregs) {
-            HypercallMode::Bits64
-        } else {
-            HypercallMode::Bits32
-        };
-        let mut hregs = HypercallGprs::from(&regs).hypercall_regs(mode);
-        if hregs.control().uses_xmm_input() {
-            bump(&metrics.hc_xmm_input);
-            let fpu = self.fd.get_fpu().map_err(kvm_err(idx, "KVM_GET_FPU"))?;
-            for (d, s) in hregs
-                .xmm
-                .iter_mut()
-                .zip(fpu.xmm.iter().take(XMM_INPUT_REGS))
-            {
-                *d = u128::from_le_bytes(*s);
-            }
-        }
-        let result = match hypercall::decode(&hregs, &self.m.mem) {
-            Err(status) => HypercallResult::from(status),
-            Ok(call) => self.execute(&call)?,
-        };
-        metrics.count_status(result.status.0);
-        // Only RAX (EDX:EAX in 32-bit mode) changes; KVM loads the synced
-        // registers before it completes the port write (and moves RIP past
-        // it).
-        let out = &mut self.fd.sync_regs_mut().regs;
-        mode.result_regs(result.encode())
-            .apply(&mut out.rax, &mut out.rdx);
-        self.fd.set_sync_dirty_reg(SyncReg::Register);
-        Ok(())
-    }
+/// How the trap ended for the run loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrapEnd {
+    /// RAX holds the result; the guest goes on after the call.
+    Returned,
+    /// The call raised #UD, delivered at the next entry (no interrupt may
+    /// be injected with it).
+    Exception,
+}
 
-    /// Raises #UD at the trapping instruction, as the hypercall
-    /// instruction itself would fault: the port write is completed first,
-    /// after which RIP is past it whichever way KVM ran it (its fast PIO
-    /// path exits with RIP at the instruction and skips it on completion,
-    /// its instruction emulator has moved RIP already), RIP is moved back
-    /// by the instruction's length, and the exception is queued (no
-    /// interrupt with it).
-    fn raise_ud(&mut self) -> Result<(), Error> {
-        let idx = self.me.index;
-        self.complete_pending_exit()?;
-        let mut regs = self.fd.get_regs().map_err(kvm_err(idx, "KVM_GET_REGS"))?;
-        regs.rip = regs
-            .rip
-            .wrapping_sub(abi::HYPERCALL_TRAP.instruction_len() as u64);
-        self.fd
-            .set_regs(&regs)
-            .map_err(kvm_err(idx, "KVM_SET_REGS"))?;
-        let mut ev = self
-            .fd
-            .get_vcpu_events()
-            .map_err(kvm_err(idx, "KVM_GET_VCPU_EVENTS"))?;
-        ev.exception.injected = 1;
-        ev.exception.nr = UD_VECTOR;
-        ev.exception.has_error_code = 0;
-        self.fd
-            .set_vcpu_events(&ev)
-            .map_err(kvm_err(idx, "KVM_SET_VCPU_EVENTS"))?;
-        // The synced copies in kvm_run are stale now.
-        self.fd.get_kvm_run().kvm_dirty_regs = 0;
-        self.note_exception();
-        Ok(())
+/// The hypercall trap of vCPU `me` (`kvm`: its fd, with the exit's
+/// registers synced in `kvm_run`): CPL and enable checks, decode, execute
+/// (PV IPIs through `send(target, vector)`), result in RAX.
+pub fn serve(
+    kvm: &mut KvmVcpu,
+    hv: &HyperV,
+    mem: &GuestMemoryMmap,
+    vcpus: &[Vcpu],
+    me: &Vcpu,
+    send: impl Fn(&Vcpu, u8),
+) -> Result<TrapEnd, Error> {
+    let metrics = &me.metrics;
+    bump(&metrics.hypercalls);
+    let sync = kvm.fd_mut().sync_regs();
+    let (regs, sregs) = (sync.regs, sync.sregs);
+    // KVM kvm_hv_hypercall: a Hyper-V hypercall in real mode, at CPL != 0
+    // (virtual-8086 mode included: its SS.DPL is 3), or while the
+    // hypercall page is off, raises #UD.
+    if !caller_may_call(sregs.cr0 & CR0_PE != 0, sregs.ss.dpl) || !hv.hypercalls_enabled() {
+        bump(&metrics.hypercalls_ud);
+        raise_ud(kvm)?;
+        return Ok(TrapEnd::Exception);
     }
+    // KVM kvm_hv_hypercall: 64-bit mode (EFER.LMA and CS.L) uses RCX,
+    // RDX, R8; otherwise control, input and output come in register pairs
+    // and the result goes back in EDX:EAX.
+    let mode = if crate::kvm::in_64bit_mode(&sregs) {
+        HypercallMode::Bits64
+    } else {
+        HypercallMode::Bits32
+    };
+    let mut hregs = HypercallGprs::from(&regs).hypercall_regs(mode);
+    if hregs.control().uses_xmm_input() {
+        bump(&metrics.hc_xmm_input);
+        let fpu = kvm.fd().get_fpu().map_err(kvm.err("KVM_GET_FPU"))?;
+        for (d, s) in hregs
+            .xmm
+            .iter_mut()
+            .zip(fpu.xmm.iter().take(XMM_INPUT_REGS))
+        {
+            *d = u128::from_le_bytes(*s);
+        }
+    }
+    let result = match hypercall::decode(&hregs, mem) {
+        Err(status) => HypercallResult::from(status),
+        Ok(call) => dispatch(vcpus, metrics, &call, send)?,
+    };
+    metrics.count_status(result.status.0);
+    // Only RAX (EDX:EAX in 32-bit mode) changes; KVM loads the synced
+    // registers before it completes the port write (and moves RIP past
+    // it).
+    let out = &mut kvm.fd_mut().sync_regs_mut().regs;
+    mode.result_regs(result.encode())
+        .apply(&mut out.rax, &mut out.rdx);
+    kvm.fd_mut().set_sync_dirty_reg(SyncReg::Register);
+    Ok(TrapEnd::Returned)
+}
 
-    fn execute(&self, call: &Hypercall) -> Result<HypercallResult, Error> {
-        let m = self.m;
-        dispatch(&m.vcpus, &self.me.metrics, call, |t, vector| {
-            if m.kernel.is_some() {
-                // One KVM_SIGNAL_MSI per target (APIC ID = VP index); KVM
-                // kicks or wakes it.
-                crate::irqchip::user::deliver_msi(
-                    m,
-                    crate::irqchip::kernel::msi_address(t.index),
-                    u32::from(vector),
-                );
-            } else {
-                t.post(vector);
-            }
-        })
-    }
+/// Raises #UD at the trapping instruction, as the hypercall instruction
+/// itself would fault: the port write is completed first, after which RIP
+/// is past it whichever way KVM ran it (its fast PIO path exits with RIP
+/// at the instruction and skips it on completion, its instruction
+/// emulator has moved RIP already), RIP is moved back by the
+/// instruction's length, and the exception is queued.
+fn raise_ud(kvm: &mut KvmVcpu) -> Result<(), Error> {
+    kvm.complete_pending_exit()?;
+    let mut regs = kvm.regs()?;
+    regs.rip = regs
+        .rip
+        .wrapping_sub(abi::HYPERCALL_TRAP.instruction_len() as u64);
+    kvm.fd().set_regs(&regs).map_err(kvm.err("KVM_SET_REGS"))?;
+    let mut ev = kvm
+        .fd()
+        .get_vcpu_events()
+        .map_err(kvm.err("KVM_GET_VCPU_EVENTS"))?;
+    ev.exception.injected = 1;
+    ev.exception.nr = UD_VECTOR;
+    ev.exception.has_error_code = 0;
+    kvm.fd()
+        .set_vcpu_events(&ev)
+        .map_err(kvm.err("KVM_SET_VCPU_EVENTS"))?;
+    kvm.drop_synced_regs();
+    Ok(())
 }
 
 /// Carries out a decoded hypercall for the vCPU whose counters are

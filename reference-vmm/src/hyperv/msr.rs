@@ -1,126 +1,137 @@
-//! Routing of userspace MSR exits: Hyper-V synthetic MSRs to
-//! hv-enlightenments' `Partition` (behind the VMM's lock) or the vCPU's
-//! `Vp`, APIC MSRs (x2APIC, IA32_APIC_BASE, TSC deadline, the Hyper-V
-//! EOI/ICR/TPR aliases) to the vCPU's lapic, everything else to #GP.
+//! Synthetic MSR exits: Hyper-V MSRs go to hv-enlightenments' `Partition`
+//! (behind [`HyperV`]'s lock) or the vCPU's `Vp`, and the actions their
+//! writes ask for are carried out on guest memory. What the APIC serves
+//! (the EOI/ICR/TPR aliases) and what is no Hyper-V MSR at all go back to
+//! the caller, for the irqchip.
 
 use hv_enlightenments::HV_PAGE_SIZE;
-use hv_enlightenments::msr::{self as hvmsr, MsrAction, MsrOutcome, MsrScope};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use hv_enlightenments::msr::{
+    self as hvmsr, ApicAccess, ApicRegister, MsrAction, MsrOutcome, MsrScope, Vp,
+};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use crate::irqchip::user::apply_apic_outcome;
-use crate::metrics::bump;
-use crate::vcpu::Vcpu;
-use crate::vm::Machine;
+use super::HyperV;
+use crate::guest::abi;
+use crate::metrics::{VcpuMetrics, bump};
 
-/// Which counter an MSR exit goes to.
-pub(crate) fn count_msr(me: &Vcpu, index: u32) {
+/// What became of an MSR exit at the Hyper-V layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MsrExit {
+    /// No Hyper-V MSR: the irqchip's (an APIC MSR) or #GP.
+    Other,
+    /// Served: a RDMSR's value (0 for a write), or `None` for #GP.
+    Served(Option<u64>),
+    /// A Hyper-V EOI/ICR/TPR alias: the irqchip serves it.
+    Apic(ApicRegister),
+    /// A write that moved (or turned off) the VP assist page, whose lazy
+    /// EOI bit the irqchip may need to know of.
+    VpAssistPage(Option<u64>),
+}
+
+/// Counts an MSR exit by kind.
+pub fn count(metrics: &VcpuMetrics, index: u32) {
     if hvmsr::scope(index).is_some()
         || (hvmsr::HV_X64_MSR_RANGE_START..hvmsr::HV_X64_MSR_RANGE_END).contains(&index)
     {
-        bump(&me.metrics.msr_synthetic);
+        bump(&metrics.msr_synthetic);
     } else if lapic::handles_msr(index) {
-        bump(&me.metrics.msr_x2apic);
+        bump(&metrics.msr_x2apic);
     } else {
-        bump(&me.metrics.msr_other);
+        bump(&metrics.msr_other);
     }
 }
 
 /// The check a synthetic MSR write that enables a page is committed
 /// under: the whole page must be guest RAM (hv-enlightenments refuses the
 /// write with #GP otherwise, as KVM does).
-pub(crate) fn guest_ram(m: &Machine) -> impl Fn(u64) -> bool + '_ {
-    move |gpa| GuestMemoryBackend::check_range(&m.mem, GuestAddress(gpa), HV_PAGE_SIZE)
+fn guest_ram(mem: &GuestMemoryMmap) -> impl Fn(u64) -> bool + '_ {
+    move |gpa| GuestMemoryBackend::check_range(mem, GuestAddress(gpa), HV_PAGE_SIZE)
 }
 
-/// RDMSR from the guest. `None`: #GP.
-pub fn msr_read(m: &Machine, me: &Vcpu, index: u32) -> Option<u64> {
-    count_msr(me, index);
-    let s = me.lock();
-    let outcome = match (hvmsr::scope(index), &s.vp) {
-        (Some(MsrScope::Partition), Some(_)) => m.partition().read(index, &|| m.reference_time()),
-        (Some(MsrScope::Vp), Some(vp)) => vp.read(index),
-        // Hyper-V off: the synthetic MSRs (the EOI/ICR/TPR aliases that
-        // lapic would serve included) do not exist.
-        (Some(_), None) => return None,
-        _ if lapic::handles_msr(index) => {
-            return match s.apic.read_msr(index) {
-                lapic::MsrRead::Value(v) => Some(v),
-                lapic::MsrRead::Gp => None,
-            };
+impl HyperV {
+    /// RDMSR of `index` by the vCPU whose VP state is `vp` (`None`: Hyper-V
+    /// off, where no synthetic MSR exists).
+    pub fn rdmsr(&self, vp: Option<&Vp>, index: u32) -> MsrExit {
+        let outcome = match (hvmsr::scope(index), vp) {
+            (None, _) => return MsrExit::Other,
+            // Hyper-V off: the synthetic MSRs (the EOI/ICR/TPR aliases
+            // that lapic would serve included) do not exist.
+            (Some(_), None) => return MsrExit::Served(None),
+            (Some(MsrScope::Partition), Some(_)) => {
+                self.partition().read(index, &|| self.reference_time())
+            }
+            (Some(MsrScope::Vp), Some(vp)) => vp.read(index),
+        };
+        match outcome {
+            MsrOutcome::Value(v) => MsrExit::Served(Some(v)),
+            MsrOutcome::Apic(ApicAccess::Read(reg) | ApicAccess::Write(reg, _)) => {
+                MsrExit::Apic(reg)
+            }
+            MsrOutcome::Done | MsrOutcome::Action(_) => MsrExit::Served(Some(0)),
+            MsrOutcome::InjectGp => MsrExit::Served(None),
         }
-        _ => {
-            log::debug!("vCPU {}: rdmsr {index:#x} -> #GP", me.index);
-            return None;
-        }
-    };
-    match outcome {
-        MsrOutcome::Value(v) => Some(v),
-        MsrOutcome::Apic(_) => match s.apic.read_msr(index) {
-            lapic::MsrRead::Value(v) => Some(v),
-            lapic::MsrRead::Gp => None,
-        },
-        MsrOutcome::Done | MsrOutcome::Action(_) => Some(0),
-        MsrOutcome::InjectGp => None,
     }
-}
 
-/// WRMSR from the guest. `false`: #GP.
-pub fn msr_write(m: &Machine, me: &Vcpu, index: u32, value: u64) -> bool {
-    count_msr(me, index);
-    let outcome = {
-        let mut s = me.lock();
-        match hvmsr::scope(index) {
-            Some(MsrScope::Partition) => match s.vp {
-                Some(_) => m.partition().write(index, value, &guest_ram(m)),
-                None => MsrOutcome::InjectGp,
-            },
-            Some(MsrScope::Vp) => match s.vp.as_mut() {
-                Some(vp) => vp.write(index, value, &guest_ram(m)),
-                None => MsrOutcome::InjectGp,
-            },
-            _ if lapic::handles_msr(index) => {
-                let o = s.apic.write_msr(index, value);
-                drop(s);
-                return apply_apic_outcome(m, me, o);
+    /// WRMSR of `index` by vCPU `vcpu`, whose VP state is `vp`; the
+    /// actions a write asks for are carried out on `mem`.
+    pub fn wrmsr(
+        &self,
+        vp: Option<&mut Vp>,
+        index: u32,
+        value: u64,
+        mem: &GuestMemoryMmap,
+        vcpu: u32,
+    ) -> MsrExit {
+        let outcome = match (hvmsr::scope(index), vp) {
+            (None, _) => return MsrExit::Other,
+            (Some(_), None) => return MsrExit::Served(None),
+            (Some(MsrScope::Partition), Some(_)) => {
+                self.partition().write(index, value, &guest_ram(mem))
             }
-            _ => {
-                log::debug!("vCPU {}: wrmsr {index:#x} <- {value:#x} -> #GP", me.index);
-                MsrOutcome::InjectGp
+            (Some(MsrScope::Vp), Some(vp)) => vp.write(index, value, &guest_ram(mem)),
+        };
+        match outcome {
+            MsrOutcome::Done | MsrOutcome::Value(_) => MsrExit::Served(Some(0)),
+            MsrOutcome::InjectGp => MsrExit::Served(None),
+            MsrOutcome::Apic(ApicAccess::Read(reg) | ApicAccess::Write(reg, _)) => {
+                MsrExit::Apic(reg)
             }
-        }
-    };
-    match outcome {
-        MsrOutcome::Done | MsrOutcome::Value(_) => true,
-        MsrOutcome::InjectGp => false,
-        MsrOutcome::Apic(_) => {
-            // EOI/ICR/TPR aliases: lapic serves them under their own index.
-            let o = me.lock().apic.write_msr(index, value);
-            apply_apic_outcome(m, me, o)
-        }
-        MsrOutcome::Action(a) => {
-            apply_msr_action(m, me, a);
-            true
+            MsrOutcome::Action(a) => apply_action(mem, vcpu, a),
         }
     }
 }
 
-pub(crate) fn apply_msr_action(m: &Machine, me: &Vcpu, a: MsrAction) {
+/// Carries out what a committed write asked for on guest memory.
+fn apply_action(mem: &GuestMemoryMmap, vcpu: u32, a: MsrAction) -> MsrExit {
     let zero_page = |gpa: u64| {
-        if m.mem.write_slice(&[0u8; 4096], GuestAddress(gpa)).is_err() {
-            log::warn!("vCPU {}: page {gpa:#x} is not guest RAM", me.index);
+        if mem
+            .write_slice(&[0u8; HV_PAGE_SIZE], GuestAddress(gpa))
+            .is_err()
+        {
+            log::warn!("vCPU {vcpu}: page {gpa:#x} is not guest RAM");
         }
     };
     match a {
-        MsrAction::WriteHypercallPage { gpa } => m.write_hypercall_page(gpa),
-        MsrAction::VpAssistPage { gpa: Some(gpa) } => {
-            // Zero `apic_assist` (offset 0), as KVM does on enable.
-            let _ = m.mem.write_obj(0u32, GuestAddress(gpa));
+        MsrAction::WriteHypercallPage { gpa } => {
+            // The write was refused with #GP if the page is not guest RAM.
+            let page = abi::HYPERCALL_TRAP.stub().page();
+            if mem.write_slice(&page, GuestAddress(gpa)).is_err() {
+                log::warn!("hypercall page {gpa:#x} is not guest RAM");
+            }
+        }
+        MsrAction::VpAssistPage { gpa } => {
+            if let Some(gpa) = gpa {
+                // Zero `apic_assist` (offset 0), as KVM does on enable.
+                let _ = mem.write_obj(0u32, GuestAddress(gpa));
+            }
+            return MsrExit::VpAssistPage(gpa);
         }
         MsrAction::SynicMessagePage { gpa: Some(gpa) }
         | MsrAction::SynicEventFlagsPage { gpa: Some(gpa) } => zero_page(gpa),
         MsrAction::AutoEoiChanged { old, new } => {
-            log::debug!("vCPU {}: AutoEOI use {old} -> {new}", me.index)
+            log::debug!("vCPU {vcpu}: AutoEOI use {old} -> {new}")
         }
-        other => log::debug!("vCPU {}: MSR action {other:?}", me.index),
+        other => log::debug!("vCPU {vcpu}: MSR action {other:?}"),
     }
+    MsrExit::Served(Some(0))
 }

@@ -74,33 +74,15 @@ pub fn served_enlightenments() -> Enlightenments {
         | Enlightenments::TIME_REF_COUNT
 }
 
-/// Nanoseconds per second.
-const NS_PER_SEC: u64 = 1_000_000_000;
-
-/// KVM's in-kernel APIC timer frequency: one count per APIC bus cycle of
-/// `APIC_BUS_CYCLE_NS_DEFAULT` = 1 ns (arch/x86/kvm/lapic.h), i.e. 1 GHz
-/// with divide-by-1. The VMM does not change it with
-/// KVM_CAP_X86_APIC_BUS_CYCLES_NS.
-pub const KVM_APIC_TIMER_HZ: u64 = NS_PER_SEC;
-
-/// The frequency the local APIC timer counts at with divide-by-1: the
-/// bus cycle of the lapic crate's default [`lapic::Config`] (the one the
-/// VMM's APICs use) or KVM's in-kernel APIC bus.
-pub fn apic_timer_hz(irqchip: IrqchipMode) -> u64 {
-    match irqchip {
-        IrqchipMode::User => NS_PER_SEC / lapic::Config::new(0).bus_cycle_ns.max(1),
-        IrqchipMode::Kernel => KVM_APIC_TIMER_HZ,
-    }
-}
-
 /// What the frequency MSRs serve for a guest TSC of `tsc_khz` (KVM_GET_TSC_KHZ)
-/// kHz: `None` (the MSRs stay unpublished) when the TSC frequency is
-/// unknown or 0.
-pub fn frequencies(irqchip: IrqchipMode, tsc_khz: Option<u32>) -> Option<Frequencies> {
+/// kHz and an APIC timer of `apic_hz` (the irqchip's,
+/// [`crate::irqchip::apic_timer_hz`]): `None` (the MSRs stay unpublished)
+/// when the TSC frequency is unknown or 0.
+pub fn frequencies(apic_hz: u64, tsc_khz: Option<u32>) -> Option<Frequencies> {
     let tsc_khz = tsc_khz.filter(|&k| k != 0)?;
     Some(Frequencies {
         tsc_hz: u64::from(tsc_khz) * 1000,
-        apic_hz: apic_timer_hz(irqchip),
+        apic_hz,
     })
 }
 

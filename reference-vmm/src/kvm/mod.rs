@@ -10,6 +10,7 @@ pub mod flush;
 pub mod kick;
 pub mod msr;
 pub mod stats;
+pub mod vcpu;
 
 use kvm_bindings::kvm_sregs;
 

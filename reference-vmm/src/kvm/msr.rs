@@ -5,6 +5,8 @@
 use kvm_bindings::{Msrs, kvm_msr_entry};
 use kvm_ioctls::VcpuFd;
 
+/// IA32_TIME_STAMP_COUNTER.
+pub const MSR_TSC: u32 = 0x10;
 /// IA32_APIC_BASE.
 pub const MSR_APIC_BASE: u32 = 0x1B;
 /// IA32_TSC_DEADLINE.

@@ -1,17 +1,8 @@
-//! A vCPU: the state other threads share with it (local APIC, Hyper-V VP
-//! state, pending flush, kick target), its posted-interrupt descriptor and
-//! run state (ipiv), and its run loop: entry preparation (flush, posted
-//! vectors, NMIs, injection, CR8, lazy EOI), exit dispatch and HLT. Exits
-//! are served by [`crate::vcpu::exits`], hypercalls by [`crate::hyperv::hypercall`],
-//! APIC effects by [`crate::irqchip::user`].
-
-pub mod exits;
-pub mod io;
-mod mp_start;
-mod run;
-
-pub use run::Runner;
-pub(crate) use run::kvm_err;
+//! A vCPU as every thread sees it: the state other threads share with it
+//! (local APIC, Hyper-V VP state, pending flush, NMIs, INIT/SIPI, kick
+//! target) behind its lock, its posted-interrupt descriptor and run state
+//! (ipiv), and the kick-or-wake rules that follow a change of that state.
+//! Its run loop is [`crate::runner`].
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -88,9 +79,9 @@ pub struct State {
     /// Kernel irqchip: the NMI pin (LINT1) was raised; the vCPU thread
     /// delivers it as KVM's LAPIC says ([`crate::irqchip::kernel`]).
     pub lint1_pending: bool,
-    /// Kernel irqchip: the in-kernel state the thread saw when it
-    /// stopped (for timeout reports).
-    pub kernel_state: Option<String>,
+    /// What the irqchip backend saw of this vCPU when its thread stopped,
+    /// where only that thread could read it (for timeout reports).
+    pub exit_snapshot: Option<String>,
 }
 
 /// A vCPU as seen by every thread.
@@ -127,7 +118,7 @@ impl Vcpu {
                 mp: MpEvents::default(),
                 nmi_pending: 0,
                 lint1_pending: false,
-                kernel_state: None,
+                exit_snapshot: None,
             }),
             cond: Condvar::new(),
             metrics: VcpuMetrics::default(),
@@ -198,35 +189,11 @@ impl Vcpu {
     }
 
     /// Kicks the vCPU out of guest mode or wakes it, whatever its IF.
-    fn latch_event_locked(&self, s: &mut State) {
+    pub(crate) fn latch_event_locked(&self, s: &mut State) {
         if self.run_state() == RunState::InGuest {
             self.kick_locked(s);
         } else {
             self.wake_locked(s);
-        }
-    }
-
-    /// Raises this vCPU's NMI pin, LINT1 (QEMU's `nmi` monitor command, a
-    /// watchdog): delivered as LVT LINT1 says (masked: dropped; NMI mode:
-    /// an NMI; fixed: its vector), or as an NMI while the APIC is
-    /// hardware-disabled, when LINT1 is the processor's NMI pin (SDM
-    /// 10.4.3). The kernel irqchip's vCPU thread reads KVM's LVT itself
-    /// before its next entry.
-    pub fn raise_lint1(&self, kernel_irqchip: bool) {
-        let mut s = self.lock();
-        if kernel_irqchip {
-            s.lint1_pending = true;
-            self.latch_event_locked(&mut s);
-            return;
-        }
-        if s.apic.mode() == lapic::ApicMode::Disabled {
-            self.latch_nmi_locked(&mut s);
-            return;
-        }
-        match s.apic.local_interrupt(lapic::Lvt::Lint1) {
-            lapic::Delivery::Nmi => self.latch_nmi_locked(&mut s),
-            lapic::Delivery::Accepted => self.notify_apic_locked(&mut s),
-            _ => {}
         }
     }
 
@@ -247,6 +214,49 @@ impl Vcpu {
             .wait_timeout(s, HALT_SLICE)
             .unwrap_or_else(|e| e.into_inner())
             .0
+    }
+
+    /// Blocks until woken or `done(state)` (re-checked every slice and at
+    /// every wake-up).
+    pub(crate) fn wait_woken<'g>(
+        &self,
+        mut s: MutexGuard<'g, State>,
+        done: impl Fn(&State) -> bool,
+    ) -> MutexGuard<'g, State> {
+        while !s.woken && !done(&s) {
+            s = self
+                .cond
+                .wait_timeout(s, HALT_SLICE)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        s
+    }
+
+    /// Its thread is running (`kick` reaches it until [`Vcpu::retire`]).
+    pub(crate) fn go_live(&self, kick: KickTarget) {
+        let mut s = self.lock();
+        s.kick = Some(kick);
+        s.alive = true;
+    }
+
+    /// Its thread stopped (`snapshot`: see [`State::exit_snapshot`]): no
+    /// more kicks, out of guest mode, flush waiters released.
+    pub(crate) fn retire(&self, snapshot: Option<String>) {
+        let mut s = self.lock();
+        s.exit_snapshot = snapshot;
+        s.alive = false;
+        s.kick = None;
+        self.posted.run_state().set(RunState::OutsideGuest);
+        self.cond.notify_all();
+    }
+
+    /// After a flush or an exit: wakes the threads waiting for this vCPU
+    /// to flush or leave guest mode.
+    pub(crate) fn release_flush_waiters(&self, s: &State) {
+        if s.flush_waiters > 0 {
+            self.cond.notify_all();
+        }
     }
 
     /// Posts a fixed interrupt through the posted-interrupt descriptor.
@@ -325,8 +335,8 @@ impl Vcpu {
             MpState::Runnable => format!("{:?}", self.run_state()),
         };
         let exits = self.metrics.exits.load(Ordering::Relaxed);
-        // Kernel irqchip: the userspace APIC is unused; show KVM's.
-        if let Some(k) = &s.kernel_state {
+        // What the backend recorded where the userspace APIC is unused.
+        if let Some(k) = &s.exit_snapshot {
             return format!("vCPU {}: {k}, exits {exits}", self.index);
         }
         format!(

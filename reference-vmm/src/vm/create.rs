@@ -5,7 +5,7 @@
 //! posted-interrupt entries.
 
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex};
 
 use kvm_bindings::{
     KVM_CAP_BINARY_STATS_FD, KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_FILTER,
@@ -16,20 +16,21 @@ use kvm_ioctls::{Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlag
 use vm_device::device_manager::IoManager;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use super::{
-    EoiHook, FlushMethod, MSR_APIC_BASE, MSR_TSC_DEADLINE, Machine, Marks, kvm_err, mem_err,
-};
+use super::{kvm_err, mem_err};
 use crate::clock::HostClock;
 use crate::error::Error;
-use crate::irqchip::kernel::{self as kirq, KernelIrqchip};
-use crate::irqchip::timer::Timers;
+use crate::hyperv::HyperV;
+use crate::irqchip::{self, ApStart, EoiHook, Irqchip, IrqchipConfig, Needs};
 use crate::kvm::cpuid::{self, cpuid_plan};
 use crate::kvm::kick;
+use crate::kvm::msr::MSR_TSC;
 use crate::kvm::stats::StatsReader;
+use crate::kvm::vcpu::KvmVcpu;
+use crate::machine::{FlushMethod, Machine, Marks};
 use crate::vcpu::Vcpu;
 use hv_enlightenments::accel::IrqchipMode;
 use hv_enlightenments::cpuid::CpuidPlan;
-use hv_enlightenments::msr::{Partition, PartitionConfig, Vp};
+use hv_enlightenments::msr::Vp;
 use lapic::{LocalApic, Topology};
 
 /// What both kinds of VM (built-in guest, external kernel) share: the KVM
@@ -46,6 +47,8 @@ pub(crate) struct Common {
     first_vcpu: Option<VcpuFd>,
     /// The guest TSC frequency (KVM_GET_TSC_KHZ), if KVM reported one.
     tsc_khz: Option<u32>,
+    /// vCPU 0's TSC right after its creation (IA32_TSC), if readable.
+    guest_tsc: Option<u64>,
     vcpus: u32,
     hyperv: bool,
     /// Whether KVM's per-vCPU statistics can be read (kernel irqchip).
@@ -58,7 +61,7 @@ pub(crate) struct MachineOptions {
     pub(crate) flush: FlushMethod,
     pub(crate) io: IoManager,
     pub(crate) external: bool,
-    pub(crate) user_mp: bool,
+    pub(crate) ap_start: ApStart,
     pub(crate) eoi_hook: Option<EoiHook>,
 }
 
@@ -82,11 +85,9 @@ impl Common {
         let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         fd.set_tss_address(0xFFFB_D000)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        let kernel_irqchip = irqchip == IrqchipMode::Kernel;
-        if kernel_irqchip {
-            kirq::setup_vm(&fd)?;
-        }
-        enable_user_msrs(&fd, irqchip)?;
+        let needs = Needs::of(irqchip);
+        irqchip::prepare_vm(irqchip, &fd)?;
+        enable_user_msrs(&fd, needs.filtered_msrs)?;
 
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_size as usize)])
             .map_err(mem_err)?;
@@ -122,13 +123,21 @@ impl Common {
                 None
             }
         };
-        let plan = cpuid_plan(vcpus, irqchip, cpuid::frequencies(irqchip, tsc_khz))?;
+        let guest_tsc = match crate::kvm::msr::get(&first, MSR_TSC) {
+            Ok(t) => t,
+            Err(e) => {
+                log::warn!("IA32_TSC of vCPU 0: {e}: reference time from host time");
+                None
+            }
+        };
+        let freq = cpuid::frequencies(needs.apic_timer_hz, tsc_khz);
+        let plan = cpuid_plan(vcpus, irqchip, freq)?;
         let mut base_cpuid = cpuid::base_table(&kvm)?;
-        if kernel_irqchip && kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
+        if needs.tsc_deadline && kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
             cpuid::offer_tsc_deadline(&mut base_cpuid);
         }
         let stats_cap =
-            kernel_irqchip && kvm.check_extension_raw(KVM_CAP_BINARY_STATS_FD.into()) > 0;
+            needs.kvm_stats && kvm.check_extension_raw(KVM_CAP_BINARY_STATS_FD.into()) > 0;
         if hyperv {
             plan.cpuid.apply_to_kvm_entries(&mut base_cpuid);
         }
@@ -141,6 +150,7 @@ impl Common {
             base_cpuid,
             first_vcpu: Some(first),
             tsc_khz,
+            guest_tsc,
             vcpus,
             hyperv,
             stats_cap,
@@ -183,7 +193,7 @@ impl Common {
         let table =
             ipiv::PidTable::new(n - 1).map_err(|e| Error::Memory(format!("PID table: {e}")))?;
         let tsc_khz = self.tsc_khz.map_or(1_000_000, u64::from);
-        let clock = Arc::new(HostClock::new(tsc_khz));
+        let clock = Arc::new(HostClock::new(tsc_khz, self.guest_tsc));
         let mut topology = Topology::new();
         let mut vcpus = Vec::with_capacity(n as usize);
         for i in 0..n {
@@ -219,41 +229,49 @@ impl Common {
         if stats.len() != n as usize {
             stats.clear();
         }
-        let kernel = (self.irqchip == IrqchipMode::Kernel).then(|| KernelIrqchip {
-            vm: Arc::clone(&self.fd),
-            stats,
-        });
-        Ok(Arc::new(Machine {
+        let hv = HyperV::new(self.hyperv, self.plan, Arc::clone(&clock));
+        let irqchip = Irqchip::new(
+            self.irqchip,
+            IrqchipConfig {
+                vm: Arc::clone(&self.fd),
+                stats,
+                topology,
+                ap_start: o.ap_start,
+                eoi_hook: o.eoi_hook,
+                lazy_eoi: hv.lazy_eoi(),
+            },
+        );
+        let m = Arc::new(Machine {
             mem: self.mem.clone(),
             vcpus,
-            hyperv: self.hyperv,
-            lazy_eoi: self.hyperv && self.plan.lazy_eoi(),
+            irqchip,
+            hv,
             clock,
             flush: o.flush,
             io: o.io,
-            timers: Timers::default(),
             external: o.external,
-            user_mp: o.user_mp,
-            eoi_hook: o.eoi_hook,
             guest_exit: Mutex::new(None),
-            irqchip: self.irqchip,
-            kernel,
-            plan: self.hyperv.then_some(self.plan),
-            partition: Mutex::new(Partition::new(PartitionConfig::from(&self.plan))),
-            topology: RwLock::new(topology),
             stop: AtomicBool::new(false),
             end: Mutex::new(None),
             end_cond: Condvar::new(),
             marks: Mutex::new(Marks::default()),
-        }))
+        });
+        Ok(m)
+    }
+
+    /// Puts each new vCPU into the start state the irqchip gives it.
+    pub(crate) fn start_vcpus(m: &Machine, fds: &[KvmVcpu]) -> Result<(), Error> {
+        for (v, k) in m.vcpus.iter().zip(fds) {
+            m.irqchip.start_vcpu(v, k)?;
+        }
+        Ok(())
     }
 }
 
 /// Userspace MSR exits for invalid, unknown and filtered MSRs, and a filter
-/// that denies the Hyper-V synthetic range and, with the userspace
-/// irqchip, IA32_TSC_DEADLINE and IA32_APIC_BASE so that they exit to the
-/// VMM (KVM's in-kernel LAPIC serves those two itself).
-fn enable_user_msrs(fd: &VmFd, irqchip: IrqchipMode) -> Result<(), Error> {
+/// that denies the Hyper-V synthetic range and the MSRs the irqchip
+/// backend serves in userspace (`apic`), so that they exit to the VMM.
+fn enable_user_msrs(fd: &VmFd, apic: &[u32]) -> Result<(), Error> {
     let cap = kvm_enable_cap {
         cap: KVM_CAP_X86_USER_SPACE_MSR,
         args: [
@@ -278,30 +296,18 @@ fn enable_user_msrs(fd: &VmFd, irqchip: IrqchipMode) -> Result<(), Error> {
     let rw = MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE;
     // The x2APIC range needs no filter: without an in-kernel APIC KVM
     // answers those MSRs with a userspace exit (reason INVAL).
-    let ranges = [
-        MsrFilterRange {
-            flags: rw,
-            base: hv_enlightenments::msr::HV_X64_MSR_RANGE_START,
-            msr_count: count,
-            bitmap: &deny,
-        },
-        MsrFilterRange {
-            flags: rw,
-            base: MSR_TSC_DEADLINE,
-            msr_count: 1,
-            bitmap: &deny_one,
-        },
-        MsrFilterRange {
-            flags: rw,
-            base: MSR_APIC_BASE,
-            msr_count: 1,
-            bitmap: &deny_one,
-        },
-    ];
-    let n = match irqchip {
-        IrqchipMode::User => ranges.len(),
-        IrqchipMode::Kernel => 1,
-    };
-    fd.set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges[..n])
+    let mut ranges = vec![MsrFilterRange {
+        flags: rw,
+        base: hv_enlightenments::msr::HV_X64_MSR_RANGE_START,
+        msr_count: count,
+        bitmap: &deny,
+    }];
+    ranges.extend(apic.iter().map(|&base| MsrFilterRange {
+        flags: rw,
+        base,
+        msr_count: 1,
+        bitmap: &deny_one,
+    }));
+    fd.set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges)
         .map_err(kvm_err("KVM_X86_SET_MSR_FILTER"))
 }

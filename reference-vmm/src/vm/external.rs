@@ -39,24 +39,21 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use hv_enlightenments::accel::IrqchipMode;
-use kvm_bindings::{KVM_IRQ_ROUTING_MSI, KvmIrqRouting, kvm_irq_routing_entry};
-use kvm_ioctls::VmFd;
 use vm_device::device_manager::IoManager;
 
 use crate::error::Error;
+use crate::irqchip::ApStart;
+use crate::kvm::vcpu::{KvmVcpu, kvm_err};
 use crate::loader::{self, KernelKind, LoadOptions};
 use crate::metrics::VmMetrics;
 use crate::platform::console::Console;
-use crate::platform::ioapic::{NUM_PINS, RouteListener};
 use crate::platform::lines::{StopReason, VmStop};
 use crate::platform::msi::MsiSink;
 use crate::platform::{Platform, PlatformConfig};
-use crate::vcpu::MpState;
-use crate::vcpu::kvm_err;
 use crate::vm::{Common, FlushMethod, GuestExit, Machine, MachineOptions, Vm, VmConfig};
 
 /// Most RAM an external guest gets: one region at 0 below the 32-bit
@@ -127,7 +124,7 @@ impl MachineLink {
 impl MsiSink for MachineLink {
     fn send_msi(&self, address: u64, data: u32) {
         if let Some(m) = self.machine() {
-            crate::irqchip::user::deliver_msi(&m, address, data);
+            m.deliver_msi(address, data);
         }
     }
 }
@@ -157,62 +154,12 @@ fn line_complete(console: &Console, text: &str) -> bool {
     false
 }
 
-/// Kernel irqchip: mirrors the IOAPIC's routes into KVM's GSI routing (GSI
-/// = pin, within the routes the split irqchip reserves), so that KVM's LAPIC
-/// knows which vectors are level-triggered IOAPIC ones and reports their
-/// EOIs with `KVM_EXIT_IOAPIC_EOI` (KVM `kvm_scan_ioapic_routes`).
-fn mirror_routes(fd: Arc<VmFd>) -> RouteListener {
-    let routes: Mutex<[Option<(u64, u32)>; NUM_PINS]> = Mutex::new([None; NUM_PINS]);
-    Box::new(move |pin, route| {
-        let mut r = routes.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(slot) = r.get_mut(pin) else { return };
-        *slot = route;
-        let entries: Vec<kvm_irq_routing_entry> = r
-            .iter()
-            .enumerate()
-            .filter_map(|(gsi, rt)| {
-                let (address, data) = (*rt)?;
-                let msi = crate::irqchip::kernel::kvm_msi_for(address, data);
-                let mut e = kvm_irq_routing_entry {
-                    gsi: gsi as u32,
-                    type_: KVM_IRQ_ROUTING_MSI,
-                    ..Default::default()
-                };
-                e.u.msi.address_lo = msi.address_lo;
-                e.u.msi.address_hi = msi.address_hi;
-                e.u.msi.data = msi.data;
-                Some(e)
-            })
-            .collect();
-        let set = KvmIrqRouting::from_entries(&entries)
-            .map_err(|e| format!("{e:?}"))
-            .and_then(|t| fd.set_gsi_routing(&t).map_err(|e| e.to_string()));
-        if let Err(e) = set {
-            log::warn!("KVM_SET_GSI_ROUTING for IOAPIC pin {pin}: {e}");
-        }
-    })
-}
-
 fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, Error> {
     std::fs::read(path).map_err(|err| Error::File {
         what,
         path: path.to_path_buf(),
         err,
     })
-}
-
-impl Machine {
-    /// The guest stopped the machine: record how (the first reason wins)
-    /// and end the run.
-    pub fn guest_stopped(&self, exit: GuestExit) {
-        {
-            let mut g = self.guest_exit.lock().unwrap_or_else(|e| e.into_inner());
-            if g.is_none() {
-                *g = Some(exit);
-            }
-        }
-        self.finish(Ok(0));
-    }
 }
 
 impl Vm {
@@ -274,25 +221,21 @@ impl Vm {
                 vfd.set_regs(&setup.entry.regs())
                     .map_err(kvm_err(i, "KVM_SET_REGS"))?;
             }
-            vcpu_fds.push(vfd);
+            vcpu_fds.push(KvmVcpu::new(vfd, i));
         }
-        let user_mp = cfg.irqchip == IrqchipMode::User;
         let ioapic = platform.ioapic().clone();
-        if cfg.irqchip == IrqchipMode::Kernel {
-            ioapic.set_route_listener(mirror_routes(Arc::clone(&c.fd)));
-        }
+        let eoi_ioapic = ioapic.clone();
         let machine = c.machine(MachineOptions {
             flush: FlushMethod::MmuReset,
             io,
             external: true,
-            user_mp,
-            eoi_hook: Some(Box::new(move |vector| ioapic.end_of_interrupt(vector))),
+            ap_start: ApStart::WaitForSipi,
+            eoi_hook: Some(Box::new(move |vector| eoi_ioapic.end_of_interrupt(vector))),
         })?;
-        if user_mp {
-            for v in machine.vcpus.iter().skip(1) {
-                v.lock().mp.state = MpState::WaitForSipi;
-            }
+        if let Some(listener) = machine.irqchip.route_listener() {
+            ioapic.set_route_listener(listener);
         }
+        Common::start_vcpus(&machine, &vcpu_fds)?;
         // Cannot fail: the link was created above and set nowhere else.
         let _ = link.0.set(Arc::downgrade(&machine));
         Ok(Self {

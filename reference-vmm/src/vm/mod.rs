@@ -4,16 +4,14 @@
 
 mod create;
 pub mod external;
-mod machine;
 
+pub use crate::machine::{FlushMethod, GuestExit, Machine, Measured, RunReport};
 pub(crate) use create::{Common, MachineOptions};
-use machine::Marks;
-pub use machine::{EoiHook, Machine, Measured, RunReport};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Kvm, VmFd};
 use vm_device::device_manager::IoManager;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -23,10 +21,12 @@ use crate::guest::abi::{self, percpu as pc};
 use crate::guest::boot;
 use crate::guest::kernel;
 use crate::guest::layout;
-use crate::irqchip::kernel as kirq;
+use crate::irqchip::ApStart;
+use crate::kvm::vcpu::KvmVcpu;
 use crate::metrics::VmMetrics;
-use crate::vcpu::Runner;
-use crate::vcpu::io::VcpuIo;
+use crate::runner::Runner;
+use crate::runner::io::VcpuIo;
+use crate::vcpu::Vcpu;
 pub use crate::vm::external::{BootReport, ExternalConfig};
 use hv_enlightenments::accel::IrqchipMode;
 use hv_enlightenments::cpuid::CpuidPlan;
@@ -56,38 +56,12 @@ pub struct VmConfig {
     pub irqchip: IrqchipMode,
 }
 
-/// How the VMM flushes a vCPU's guest TLB before its next entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlushMethod {
-    /// Reset the vCPU's MMU context: IA32_EFER.NXE toggled and restored
-    /// (see [`crate::kvm::flush::flush_guest_tlb`]).
-    MmuReset,
-    /// Only make the vCPU leave guest mode, without flushing: exists to
-    /// show, in tests, what happens without a flush.
-    KickOnly,
-}
-
-/// How an external guest stopped.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GuestExit {
-    /// It wrote `status` to the isa-debug-exit port (the process exit
-    /// code is `status >> 1`, as with QEMU's isa-debug-exit).
-    DebugExit(u32),
-    /// It powered off (ACPI S5).
-    PowerOff,
-    /// It reset the machine (port 0xCF9, keyboard controller or triple
-    /// fault is reported as an error instead).
-    Reset,
-    /// The console showed the text the run waited for.
-    ConsoleMatched(String),
-}
-
 /// A VM ready to run one program.
 pub struct Vm {
     pub(crate) config: VmConfig,
     pub(crate) _kvm: Kvm,
     pub(crate) _fd: Arc<VmFd>,
-    pub(crate) vcpu_fds: Vec<VcpuFd>,
+    pub(crate) vcpu_fds: Vec<KvmVcpu>,
     pub(crate) machine: Arc<Machine>,
     pub(crate) entry: u64,
     /// Platform devices and loader facts of an external guest.
@@ -152,20 +126,17 @@ impl Vm {
                 .map_err(verr("KVM_SET_SREGS"))?;
             vfd.set_regs(&boot::entry_regs(vi, k.entry, u64::from(config.vcpus)))
                 .map_err(verr("KVM_SET_REGS"))?;
-            if c.irqchip == IrqchipMode::Kernel {
-                // Every built-in vCPU starts at the kernel entry, not in
-                // KVM's wait-for-SIPI.
-                kirq::make_runnable(&vfd, i)?;
-            }
-            vcpu_fds.push(vfd);
+            vcpu_fds.push(KvmVcpu::new(vfd, i));
         }
         let machine = c.machine(MachineOptions {
             flush: config.flush,
             io: IoManager::new(),
             external: false,
-            user_mp: false,
+            // Every built-in vCPU starts at the kernel entry.
+            ap_start: ApStart::AtEntry,
             eoi_hook: None,
         })?;
+        Common::start_vcpus(&machine, &vcpu_fds)?;
         Ok(Self {
             config,
             _kvm: c.kvm,
@@ -267,11 +238,8 @@ impl Vm {
             .stack_size(VCPU_STACK)
             .spawn(move || {
                 let tm = &timer_m;
-                tm.timers.run(
-                    || tm.stopping(),
-                    || tm.clock.now_ns(),
-                    |i| tm.vcpus.get(i).and_then(|v| v.timer_fire()),
-                )
+                tm.irqchip
+                    .run_timers(&tm.vcpus, || tm.stopping(), || tm.clock.now_ns())
             });
         let timer = match timer {
             Ok(t) => Some(t),
@@ -328,10 +296,7 @@ impl Vm {
                 let left = self.config.timeout.saturating_sub(start.elapsed());
                 if left.is_zero() {
                     let mut what = format!("{what}; vCPU states:");
-                    // Kernel irqchip: described once the threads stopped.
-                    if m.kernel.is_none() {
-                        describe_vcpus(&m, &mut what);
-                    }
+                    describe_vcpus(&m, &mut what, |v| m.irqchip.describe_live(v));
                     *e = Some(Err(Error::Timeout {
                         waited: self.config.timeout,
                         what,
@@ -360,21 +325,24 @@ impl Vm {
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .unwrap_or(Ok(0));
-        // Kernel irqchip: each thread recorded KVM's view of its vCPU on
-        // the way out (only it could ask KVM, outside KVM_RUN).
-        if timed_out && m.kernel.is_some() {
+        // Where only a vCPU's own thread could read its state (outside
+        // KVM_RUN), it recorded it on the way out.
+        if timed_out {
             if let Err(Error::Timeout { what, .. }) = &mut result {
-                describe_vcpus(&m, what);
+                describe_vcpus(&m, what, |v| {
+                    v.lock().exit_snapshot.is_some().then(|| v.describe())
+                });
             }
         }
         (result, wall)
     }
 }
 
-/// Appends one line per vCPU (the first 16) for a timeout report.
-fn describe_vcpus(m: &Machine, what: &mut String) {
-    for v in m.vcpus.iter().take(16) {
+/// Appends one line per vCPU (the first 16) that `describe` describes,
+/// for a timeout report.
+fn describe_vcpus(m: &Machine, what: &mut String, describe: impl Fn(&Vcpu) -> Option<String>) {
+    for line in m.vcpus.iter().take(16).filter_map(describe) {
         what.push_str("\n  ");
-        what.push_str(&v.describe());
+        what.push_str(&line);
     }
 }

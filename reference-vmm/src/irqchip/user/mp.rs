@@ -15,9 +15,11 @@
 //! module is used there.
 
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
-use lapic::Delivery;
+use lapic::{ApicIdentity, Delivery};
 
-use crate::vcpu::{State, Vcpu};
+use crate::error::Error;
+use crate::irqchip::VcpuCtx;
+use crate::vcpu::{MpState, State, Vcpu};
 
 /// CR0 after INIT: CD | NW | ET (SDM Vol. 3 Table 10-1).
 const CR0_INIT: u64 = 0x6000_0010;
@@ -49,6 +51,61 @@ pub fn latch(target: &Vcpu, s: &mut State, d: Delivery) {
         }
     }
     target.notify_mp_locked(s);
+}
+
+/// Acts on latched INIT/SIPI events and blocks while the vCPU waits for
+/// a SIPI; `new_identity` records the APIC identity an INIT reset gave.
+/// Returns `false` when `stop()`.
+pub(super) fn accept_events(
+    cx: &mut VcpuCtx,
+    stop: &dyn Fn() -> bool,
+    new_identity: impl Fn(ApicIdentity),
+) -> Result<bool, Error> {
+    let me = cx.me;
+    let mut s = me.lock();
+    loop {
+        if stop() {
+            return Ok(false);
+        }
+        if s.mp.init_pending {
+            // KVM: INIT resets the vCPU; an application processor (and,
+            // with no firmware to run here, the BSP too) then waits for
+            // a SIPI. Pending fixed interrupts are gone with the reset.
+            s.mp.init_pending = false;
+            s.mp.state = MpState::WaitForSipi;
+            new_identity(s.apic.init_reset());
+            log::debug!("vCPU {}: INIT, waiting for SIPI", me.index);
+        }
+        if let Some(v) = s.mp.sipi_pending.take() {
+            if s.mp.state == MpState::WaitForSipi {
+                s.mp.state = MpState::Runnable;
+                drop(s);
+                log::debug!("vCPU {}: SIPI vector {v:#x}", me.index);
+                return start_at_sipi(cx, v).map(|()| true);
+            }
+            log::debug!("vCPU {}: SIPI {v:#x} while running: dropped", me.index);
+        }
+        if s.mp.state == MpState::Runnable {
+            return Ok(true);
+        }
+        s = me.wait_event(s);
+    }
+}
+
+fn start_at_sipi(cx: &mut VcpuCtx, vector: u8) -> Result<(), Error> {
+    let k = &mut *cx.kvm;
+    // An I/O exit from before the INIT completes first, or KVM would
+    // finish it on the new state.
+    k.complete_pending_exit()?;
+    let sregs = k.fd().get_sregs().map_err(k.err("KVM_GET_SREGS"))?;
+    k.fd()
+        .set_sregs(&sipi_sregs(sregs, vector))
+        .map_err(k.err("KVM_SET_SREGS (SIPI)"))?;
+    k.fd()
+        .set_regs(&sipi_regs())
+        .map_err(k.err("KVM_SET_REGS (SIPI)"))?;
+    k.drop_synced_regs();
+    Ok(())
 }
 
 fn real_mode_segment(selector: u16, base: u64, type_: u8, s: u8) -> kvm_segment {

@@ -1,6 +1,6 @@
 //! A vCPU's view of the I/O buses: its own devices on a vm-device
 //! [`IoManager`] of its own, consulted before the VM's (the platform
-//! devices, [`Machine::io`]). Its own devices are its xAPIC page (userspace
+//! devices, [`Machine::io`](crate::machine::Machine::io)). Its own devices are its xAPIC page (userspace
 //! irqchip) and the VMM's trap ports: the hypercall trap, and the built-in
 //! guest's panic port and report address.
 //!
@@ -20,7 +20,7 @@
 //! into the runner.
 //!
 //! ```
-//! use reference_vmm::vcpu::io::{Trap, TrapPorts};
+//! use reference_vmm::runner::io::{Trap, TrapPorts};
 //! use vm_device::DevicePio;
 //! use vm_device::bus::PioAddress;
 //!
@@ -32,7 +32,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use lapic::ApicMode;
 use lapic::regs::MMIO_PAGE_SIZE;
 use vm_device::bus::{
     MmioAddress, MmioAddressOffset, MmioRange, PioAddress, PioAddressOffset, PioRange,
@@ -42,8 +41,8 @@ use vm_device::{DeviceMmio, DevicePio};
 
 use crate::error::Error;
 use crate::guest::abi;
-use crate::irqchip::user::apply_apic_outcome;
-use crate::vm::Machine;
+use crate::machine::Machine;
+use crate::vcpu::Vcpu;
 
 /// What nothing answers reads as: an unclaimed ISA port or MMIO address
 /// floats high.
@@ -122,10 +121,11 @@ impl DeviceMmio for TrapPorts {
     }
 }
 
-/// One vCPU's xAPIC page (userspace irqchip): MMIO into its lapic register
-/// file; what a write asks for (an IPI, an EOI, a timer) is applied at
-/// once, with the vCPU's lock released. It holds the [`Machine`], which
-/// never holds a vCPU's bus (the runner owns it): no reference cycle.
+/// One vCPU's xAPIC page, where the irqchip says the VMM decodes it: MMIO
+/// into its local APIC; what a write asks for (an IPI, an EOI, a timer) is
+/// applied at once, with the vCPU's lock released. It holds the
+/// [`Machine`], which never holds a vCPU's bus (the runner owns it): no
+/// reference cycle.
 struct ApicPage {
     m: Arc<Machine>,
     index: usize,
@@ -134,18 +134,17 @@ struct ApicPage {
 impl DeviceMmio for ApicPage {
     fn mmio_read(&self, _base: MmioAddress, offset: MmioAddressOffset, data: &mut [u8]) {
         match self.m.vcpus.get(self.index) {
-            Some(me) => me.lock().apic.read_mmio(offset, data),
+            Some(me) => self.m.irqchip.apic_mmio_read(me, offset, data),
             None => data.fill(UNCLAIMED),
         }
     }
 
     fn mmio_write(&self, _base: MmioAddress, offset: MmioAddressOffset, data: &[u8]) {
-        let Some(me) = self.m.vcpus.get(self.index) else {
-            return;
-        };
-        let o = me.lock().apic.write_mmio(offset, data);
-        // An MMIO write has no #GP: a refused write is dropped.
-        let _ = apply_apic_outcome(&self.m, me, o);
+        if let Some(me) = self.m.vcpus.get(self.index) {
+            self.m
+                .irqchip
+                .apic_mmio_write(&self.m.vcpus, me, offset, data);
+        }
     }
 }
 
@@ -154,7 +153,7 @@ impl DeviceMmio for ApicPage {
 pub struct VcpuIo {
     local: IoManager,
     traps: Arc<TrapPorts>,
-    /// The xAPIC page (`None` with the kernel irqchip: KVM serves it).
+    /// The xAPIC page device.
     apic: Option<Arc<ApicPage>>,
     /// Where the APIC page is on `local` (`None`: off the bus).
     apic_at: Option<u64>,
@@ -163,15 +162,15 @@ pub struct VcpuIo {
 impl VcpuIo {
     /// The bus of vCPU `index` of `m`: the hypercall port when the guest is
     /// built in or Hyper-V is on, the panic port and report address for the
-    /// built-in guest, and the APIC page where the vCPU's IA32_APIC_BASE
-    /// puts it (userspace irqchip).
+    /// built-in guest, and the APIC page where the irqchip says
+    /// ([`crate::irqchip::Irqchip::apic_page_base`]).
     pub fn new(m: &Arc<Machine>, index: usize) -> Result<Self, Error> {
         let vcpu = index as u32;
         let err = |err| Error::VcpuBus { vcpu, err };
         let traps = Arc::new(TrapPorts::default());
         let mut local = IoManager::new();
         let mut ports = Vec::new();
-        if !m.external || m.hyperv {
+        if !m.external || m.hv.enabled() {
             ports.push(abi::HYPERCALL_PORT);
         }
         if !m.external {
@@ -183,34 +182,31 @@ impl VcpuIo {
             let range = PioRange::new(PioAddress(port), TRAP_PORT_LEN).map_err(err)?;
             local.register_pio(range, traps.clone()).map_err(err)?;
         }
-        let apic = m.kernel.is_none().then(|| {
-            Arc::new(ApicPage {
-                m: Arc::clone(m),
-                index,
-            })
-        });
+        let apic = Some(Arc::new(ApicPage {
+            m: Arc::clone(m),
+            index,
+        }));
         let mut io = Self {
             local,
             traps,
             apic,
             apic_at: None,
         };
-        io.follow_apic_base();
+        if let Some(me) = m.vcpus.get(index) {
+            io.follow_apic_base(m, me);
+        }
         Ok(io)
     }
 
-    /// Moves the APIC page to the base IA32_APIC_BASE names, or takes it off
-    /// the bus outside xAPIC mode (x2APIC or disabled: the page is not
-    /// decoded, SDM 10.12.2). Call after every IA32_APIC_BASE write: lapic
-    /// changes base and mode only there (INIT keeps both).
-    pub fn follow_apic_base(&mut self) {
+    /// Moves the APIC page of `me` to where the irqchip decodes it, or
+    /// takes it off the bus (outside xAPIC mode, or where KVM decodes it).
+    /// Call after every IA32_APIC_BASE write: the APIC changes base and
+    /// mode only there (INIT keeps both).
+    pub fn follow_apic_base(&mut self, m: &Machine, me: &Vcpu) {
         let Some(page) = &self.apic else {
             return;
         };
-        let want = page.m.vcpus.get(page.index).and_then(|me| {
-            let s = me.lock();
-            (s.apic.mode() == ApicMode::XApic).then(|| s.apic.mmio_base())
-        });
+        let want = m.irqchip.apic_page_base(me);
         if want == self.apic_at {
             return;
         }

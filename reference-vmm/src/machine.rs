@@ -1,28 +1,52 @@
 //! The state every vCPU thread of a VM shares ([`Machine`]): guest memory,
-//! the vCPUs, buses, timers, the Hyper-V partition state, the APIC
-//! topology, the end of the run and the measured phase's marks.
+//! the vCPUs, the irqchip, the Hyper-V partition state, the buses, the end
+//! of the run and the measured phase's marks. The run loop
+//! ([`crate::runner`]) works on it; [`crate::vm`] builds it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use vm_device::device_manager::IoManager;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::{FlushMethod, GuestExit};
 use crate::clock::HostClock;
 use crate::error::Error;
 use crate::guest::abi::{self, percpu as pc};
 use crate::guest::layout;
-use crate::irqchip::kernel::KernelIrqchip;
-use crate::irqchip::timer::Timers;
+use crate::hyperv::HyperV;
+use crate::irqchip::Irqchip;
 use crate::kvm::stats::KvmVmCounters;
 use crate::metrics::VmMetrics;
 use crate::vcpu::Vcpu;
-use hv_enlightenments::accel::IrqchipMode;
 use hv_enlightenments::cpuid::CpuidPlan;
 use hv_enlightenments::msr::Partition;
-use lapic::{Clock, Topology};
+
+/// How the VMM flushes a vCPU's guest TLB before its next entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushMethod {
+    /// Reset the vCPU's MMU context: IA32_EFER.NXE toggled and restored
+    /// (see [`crate::kvm::flush::flush_guest_tlb`]).
+    MmuReset,
+    /// Only make the vCPU leave guest mode, without flushing: exists to
+    /// show, in tests, what happens without a flush.
+    KickOnly,
+}
+
+/// How an external guest stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestExit {
+    /// It wrote `status` to the isa-debug-exit port (the process exit
+    /// code is `status >> 1`, as with QEMU's isa-debug-exit).
+    DebugExit(u32),
+    /// It powered off (ACPI S5).
+    PowerOff,
+    /// It reset the machine (port 0xCF9, keyboard controller or triple
+    /// fault is reported as an error instead).
+    Reset,
+    /// The console showed the text the run waited for.
+    ConsoleMatched(String),
+}
 
 /// The measured phase of a run, between the guest's MARK_START and
 /// MARK_END reports.
@@ -65,14 +89,14 @@ pub struct RunReport {
 
 #[derive(Debug, Default)]
 pub(crate) struct Marks {
-    pub(super) start: Option<(Instant, VmMetrics, u64)>,
-    pub(super) end: Option<(Instant, VmMetrics, u32)>,
+    pub(crate) start: Option<(Instant, VmMetrics, u64)>,
+    pub(crate) end: Option<(Instant, VmMetrics, u32)>,
     /// Guest TSC at MARK_START and MARK_END.
-    pub(super) guest_tsc: (u64, u64),
-    pub(super) values: Vec<(u32, u64, u64)>,
+    pub(crate) guest_tsc: (u64, u64),
+    pub(crate) values: Vec<(u32, u64, u64)>,
     /// KVM counters and guest lazy-EOI count at MARK_START / MARK_END.
-    pub(super) kstart: Option<(Option<KvmVmCounters>, u64)>,
-    pub(super) kend: Option<(Option<KvmVmCounters>, u64)>,
+    pub(crate) kstart: Option<(Option<KvmVmCounters>, u64)>,
+    pub(crate) kend: Option<(Option<KvmVmCounters>, u64)>,
 }
 
 /// State shared by every vCPU thread of a VM.
@@ -81,63 +105,43 @@ pub struct Machine {
     pub mem: GuestMemoryMmap,
     /// The vCPUs.
     pub vcpus: Vec<Vcpu>,
-    /// Whether the Hyper-V enlightenments are on.
-    pub hyperv: bool,
-    /// Whether lazy EOI is offered (APIC_ACCESS_RECOMMENDED published).
-    pub lazy_eoi: bool,
+    /// Where the local APICs live.
+    pub irqchip: Irqchip,
+    /// The Hyper-V partition state.
+    pub hv: HyperV,
     /// The APICs' clock.
     pub clock: Arc<HostClock>,
     /// How TLB flushes are done.
     pub flush: FlushMethod,
     /// The VM's PIO and MMIO buses (the platform devices of an external
     /// guest). Each vCPU looks at its own devices first
-    /// ([`crate::vcpu::io::VcpuIo`]).
+    /// ([`crate::runner::io::VcpuIo`]).
     pub io: IoManager,
-    /// APIC timers.
-    pub timers: Timers,
     /// An external guest (a kernel loaded from a file) rather than the
     /// built-in one: no report MMIO address, no panic port, unknown ports
     /// and MMIO read all-ones and ignore writes.
     pub external: bool,
-    /// The VMM runs the INIT/SIPI protocol ([`crate::irqchip::mp`]): external guests
-    /// in the userspace-irqchip mode.
-    pub user_mp: bool,
-    /// Where EOIs of level-triggered vectors go (the IOAPIC).
-    pub(super) eoi_hook: Option<EoiHook>,
     /// How an external guest stopped.
     pub(crate) guest_exit: Mutex<Option<GuestExit>>,
-    /// Where the local APICs live.
-    pub irqchip: IrqchipMode,
-    /// The kernel-irqchip state (`None` in the userspace-irqchip mode).
-    pub kernel: Option<KernelIrqchip>,
-    /// The Hyper-V CPUID plan the vCPUs got (`None`: Hyper-V off).
-    pub(super) plan: Option<CpuidPlan>,
-    pub(super) partition: Mutex<Partition>,
-    pub(super) topology: RwLock<Topology>,
-    pub(super) stop: AtomicBool,
-    pub(super) end: Mutex<Option<Result<u64, Error>>>,
-    pub(super) end_cond: Condvar,
-    pub(super) marks: Mutex<Marks>,
+    pub(crate) stop: AtomicBool,
+    pub(crate) end: Mutex<Option<Result<u64, Error>>>,
+    pub(crate) end_cond: Condvar,
+    pub(crate) marks: Mutex<Marks>,
 }
 
-/// Receives the vector of every EOI the local APICs broadcast (SDM Vol. 3
-/// 10.8.5: level-triggered vectors, unless SVR suppresses it).
-pub type EoiHook = Box<dyn Fn(u8) + Send + Sync>;
-
 impl Machine {
-    /// Tells the IOAPIC that a level-triggered `vector` was completed.
-    pub fn broadcast_eoi(&self, vector: u8) {
-        if let Some(h) = &self.eoi_hook {
-            h(vector);
-        }
+    /// Delivers an MSI-format message to the local APICs (see
+    /// [`Irqchip::deliver_msi`]).
+    pub fn deliver_msi(&self, address: u64, data: u32) {
+        self.irqchip.deliver_msi(&self.vcpus, address, data);
     }
 
     /// Raises the NMI pin (LINT1) of every vCPU, as QEMU's `nmi` monitor
     /// command does: each takes it as its LVT LINT1 says (see
-    /// [`Vcpu::raise_lint1`]).
+    /// [`Irqchip::raise_lint1`]).
     pub fn external_nmi(&self) {
         for v in &self.vcpus {
-            v.raise_lint1(self.kernel.is_some());
+            self.irqchip.raise_lint1(v);
         }
     }
 
@@ -149,36 +153,24 @@ impl Machine {
     /// The Hyper-V CPUID plan published to the guest, with the values the
     /// frequency MSRs serve (`None`: Hyper-V off).
     pub fn cpuid_plan(&self) -> Option<&CpuidPlan> {
-        self.plan.as_ref()
+        self.hv.cpuid_plan()
     }
 
     /// The partition-wide Hyper-V state.
     pub fn partition(&self) -> MutexGuard<'_, Partition> {
-        self.partition.lock().unwrap_or_else(|e| e.into_inner())
+        self.hv.partition()
     }
 
-    /// The APIC topology (destination resolution).
-    pub fn topology(&self) -> RwLockReadGuard<'_, Topology> {
-        self.topology.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The APIC topology, for updates.
-    pub fn topology_mut(&self) -> RwLockWriteGuard<'_, Topology> {
-        self.topology.write().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The partition reference time (100 ns units since VM creation).
-    pub fn reference_time(&self) -> u64 {
-        self.clock.now_ns() / 100
-    }
-
-    /// Fills the guest's hypercall page with the trapping stub (the MSR
-    /// write was refused with #GP if the page is not guest RAM).
-    pub fn write_hypercall_page(&self, gpa: u64) {
-        let page = abi::HYPERCALL_TRAP.stub().page();
-        if self.mem.write_slice(&page, GuestAddress(gpa)).is_err() {
-            log::warn!("hypercall page {gpa:#x} is not guest RAM");
+    /// The guest stopped the machine: record how (the first reason wins)
+    /// and end the run.
+    pub fn guest_stopped(&self, exit: GuestExit) {
+        {
+            let mut g = self.guest_exit.lock().unwrap_or_else(|e| e.into_inner());
+            if g.is_none() {
+                *g = Some(exit);
+            }
         }
+        self.finish(Ok(0));
     }
 
     /// Counters of every vCPU now.
@@ -196,7 +188,7 @@ impl Machine {
         }
         self.stop.store(true, Ordering::Release);
         self.end_cond.notify_all();
-        self.timers.wake();
+        self.irqchip.wake_timers();
         for v in &self.vcpus {
             v.stop();
         }
@@ -204,7 +196,7 @@ impl Machine {
 
     /// KVM's counters (kernel irqchip) and the guest's lazy-EOI count.
     fn extra_counters(&self) -> (Option<KvmVmCounters>, u64) {
-        let kvm = self.kernel.as_ref().and_then(KernelIrqchip::counters);
+        let kvm = self.irqchip.counters();
         let lazy = (0..self.vcpus.len() as u64)
             .filter_map(|i| {
                 let a = layout::percpu(i) + layout::PERCPU_VARS + pc::LAZY_EOIS;

@@ -1,0 +1,228 @@
+//! The userspace irqchip around each `KVM_RUN`: posted vectors into the
+//! IRR, NMIs, interrupt injection (`KVM_INTERRUPT`) and the interrupt
+//! window, CR8 both ways, lazy EOI armed at entry and completed at exit,
+//! and HLT, which KVM leaves to userspace without an in-kernel APIC.
+
+use ipiv::{HaltCheck, PendingVectors};
+use kvm_bindings::kvm_interrupt;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::UserIrqchip;
+use crate::error::Error;
+use crate::irqchip::VcpuCtx;
+use crate::metrics::bump;
+use crate::vcpu::{State, Vcpu};
+
+vmm_sys_util::ioctl_iow_nr!(KVM_INTERRUPT, kvm_bindings::KVMIO, 0x86, kvm_interrupt);
+
+/// `apic_assist` bit 0 in the VP assist page: "the guest may skip the EOI
+/// of the interrupt in service" (TLFS 10.3.5).
+const APIC_ASSIST_NO_EOI: u32 = 1;
+
+/// Moves posted vectors into the APIC's IRR.
+pub fn deliver_posted(s: &mut State, pending: PendingVectors) {
+    for v in pending.iter() {
+        let _ = s.apic.deliver(&lapic::Interrupt::fixed(v));
+    }
+}
+
+/// What became of an armed lazy EOI at an exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LazyEoiExit {
+    /// Nothing was armed, or the guest had not completed the interrupt:
+    /// the bit is clear and lapic disarmed (the guest writes the EOI).
+    None,
+    /// The guest completed the interrupt lazily; `Some(vector)`: it was
+    /// level-triggered, tell the IOAPIC (with no vCPU lock held: the
+    /// IOAPIC may deliver to this vCPU).
+    Completed(Option<u8>),
+    /// The guest has not completed it yet, cannot take an interrupt now
+    /// (IF=0, or the interrupt KVM_INTERRUPT queued is still being
+    /// delivered, after which its handler runs with IF=0) and another
+    /// interrupt waits behind it: the bit stays set and lapic stays armed,
+    /// and the next entry asks KVM to exit once the guest can take an
+    /// interrupt again (after its IRET), where the lazy EOI is seen and
+    /// the waiting one injected. Disarming instead would cost the guest an
+    /// EOI write for every interrupt that arrives during a handler.
+    Held,
+}
+
+/// After an exit: if lazy EOI was armed, read `apic_assist` bit 0 and let
+/// lapic complete the EOI the guest skipped, keep it armed
+/// ([`LazyEoiExit::Held`], only while the guest cannot take an interrupt:
+/// `can_take` false), or clear the bit and disarm.
+pub fn complete_lazy_eoi(
+    mem: &GuestMemoryMmap,
+    me: &Vcpu,
+    s: &mut State,
+    can_take: bool,
+) -> LazyEoiExit {
+    if !s.apic.lazy_eoi_armed() {
+        return LazyEoiExit::None;
+    }
+    let page = s.vp.as_ref().and_then(|vp| vp.vp_assist_page());
+    let word = page.and_then(|p| mem.read_obj::<u32>(GuestAddress(p)).ok().map(|v| (p, v)));
+    let cleared = match word {
+        Some((_, v)) if v & APIC_ASSIST_NO_EOI != 0 && !can_take && !s.apic.irr().is_empty() => {
+            return LazyEoiExit::Held;
+        }
+        Some((p, v)) => {
+            if v & APIC_ASSIST_NO_EOI != 0 {
+                let _ = mem.write_obj(v & !APIC_ASSIST_NO_EOI, GuestAddress(p));
+            }
+            v & APIC_ASSIST_NO_EOI == 0
+        }
+        None => false,
+    };
+    // lapic arms lazy EOI only for an edge-triggered vector (KVM's rule),
+    // but the same vector may be accepted again as level-triggered while
+    // it is in service (the TMR follows the last acceptance): the EOI
+    // then goes to the IOAPIC like any other.
+    match s.apic.complete_lazy_eoi(cleared) {
+        Some(eoi) => {
+            bump(&me.metrics.eoi_lazy);
+            LazyEoiExit::Completed(eoi.notify_ioapic.then_some(eoi.vector))
+        }
+        None => LazyEoiExit::None,
+    }
+}
+
+/// Clears `apic_assist` bit 0 (a held lazy EOI that lapic no longer has
+/// armed, e.g. after an EOI write).
+fn clear_lazy_eoi_bit(mem: &GuestMemoryMmap, s: &State) {
+    if let Some(p) = s.vp.as_ref().and_then(|vp| vp.vp_assist_page()) {
+        if let Ok(v) = mem.read_obj::<u32>(GuestAddress(p)) {
+            let _ = mem.write_obj(v & !APIC_ASSIST_NO_EOI, GuestAddress(p));
+        }
+    }
+}
+
+impl UserIrqchip {
+    /// See [`Irqchip::prepare_entry`](crate::irqchip::Irqchip::prepare_entry).
+    pub(in crate::irqchip) fn prepare_entry(
+        &self,
+        cx: &mut VcpuCtx,
+        s: &mut State,
+        posted: PendingVectors,
+        exception: bool,
+    ) -> Result<(), Error> {
+        let me = cx.me;
+        // KVM queues NMIs itself and injects each when NMIs are unblocked
+        // (x86.c `process_nmi`, at most one pending behind one in service).
+        for _ in 0..std::mem::take(&mut s.nmi_pending) {
+            cx.kvm.fd().nmi().map_err(cx.kvm.err("KVM_NMI"))?;
+            bump(&me.metrics.nmis);
+        }
+        deliver_posted(s, posted);
+        let run = cx.kvm.run_area();
+        // KVM loads CR8 from kvm_run at every entry without an in-kernel
+        // APIC (x86.c `kvm_arch_vcpu_ioctl_run`): TPR[7:4] = CR8[3:0].
+        run.cr8 = s.apic.cr8();
+        let can_inject = run.ready_for_interrupt_injection != 0 && run.if_flag != 0 && !exception;
+        match s.apic.pending() {
+            Some(v) if can_inject => {
+                let irq = kvm_interrupt { irq: u32::from(v) };
+                // SAFETY: KVM_INTERRUPT reads one kvm_interrupt from the
+                // reference, which outlives the call; the fd is a vCPU fd.
+                let r = unsafe {
+                    vmm_sys_util::ioctl::ioctl_with_ref(cx.kvm.fd(), KVM_INTERRUPT(), &irq)
+                };
+                if r < 0 {
+                    return Err(cx.kvm.err("KVM_INTERRUPT")(kvm_ioctls::Error::last()).into());
+                }
+                s.apic.acknowledge(v);
+                bump(&me.metrics.injections);
+                cx.kvm.run_area().request_interrupt_window = u8::from(s.apic.pending().is_some());
+            }
+            Some(_) => cx.kvm.run_area().request_interrupt_window = 1,
+            None => cx.kvm.run_area().request_interrupt_window = 0,
+        }
+        if std::mem::take(&mut cx.local.lazy_held) {
+            if s.apic.lazy_eoi_armed() {
+                // Exit as soon as the guest can take the waiting interrupt.
+                cx.kvm.run_area().request_interrupt_window = 1;
+                return Ok(());
+            }
+            clear_lazy_eoi_bit(cx.mem, s);
+        }
+        self.arm_lazy_eoi(cx.mem, s);
+        Ok(())
+    }
+
+    /// Sets `apic_assist` bit 0 when lapic says the in-service interrupt
+    /// may be completed without an EOI write (DESIGN.md "Lazy EOI").
+    fn arm_lazy_eoi(&self, mem: &GuestMemoryMmap, s: &mut State) {
+        if !self.lazy_eoi {
+            return;
+        }
+        let Some(page) = s.vp.as_ref().and_then(|vp| vp.vp_assist_page()) else {
+            return;
+        };
+        if s.apic.arm_lazy_eoi()
+            && mem
+                .write_obj(APIC_ASSIST_NO_EOI, GuestAddress(page))
+                .is_err()
+        {
+            // Not guest RAM: the guest cannot see the bit, so do not arm.
+            let _ = s.apic.complete_lazy_eoi(false);
+        }
+    }
+
+    /// See [`Irqchip::sync_after_exit`](crate::irqchip::Irqchip::sync_after_exit):
+    /// the lazy EOI and the guest's CR8, before anything else touches the
+    /// APIC.
+    pub(in crate::irqchip) fn sync_after_exit(
+        &self,
+        cx: &mut VcpuCtx,
+        s: &mut State,
+        posted: PendingVectors,
+    ) -> Option<u8> {
+        // KVM's `ready_for_interrupt_injection` is 0 while an interrupt
+        // queued with KVM_INTERRUPT has not been delivered yet (x86.c
+        // `kvm_cpu_accept_dm_intr`).
+        let run = cx.kvm.run_area();
+        let can_take = run.if_flag != 0 && run.ready_for_interrupt_injection != 0;
+        let eoi = match complete_lazy_eoi(cx.mem, cx.me, s, can_take) {
+            LazyEoiExit::Completed(ioapic) => ioapic,
+            LazyEoiExit::Held => {
+                cx.local.lazy_held = true;
+                None
+            }
+            LazyEoiExit::None => None,
+        };
+        deliver_posted(s, posted);
+        // KVM stores CR8 in kvm_run at every exit; a `mov cr8` that lowers
+        // it exits with KVM_EXIT_SET_TPR, one that raises it is seen here
+        // at the next exit. Unchanged: TPR[3:0] stay.
+        let cr8 = cx.kvm.run_area().cr8;
+        if cr8 != s.apic.cr8() {
+            s.apic.set_cr8(cr8);
+        }
+        eoi
+    }
+}
+
+/// HLT in userspace: block until an interrupt can be taken (one is pending
+/// and the guest halted with IF=1), an NMI or INIT/SIPI arrives, or
+/// `stop()`. `cli; hlt` with a maskable interrupt pending stays halted, as
+/// KVM's `kvm_vcpu_has_events` decides. The "halted" run state is
+/// published with ipiv's protocol, so posters know to wake this thread.
+pub fn halt(me: &Vcpu, if_flag: bool, stop: &dyn Fn() -> bool) {
+    let desc = me.posted.descriptor();
+    let run_state = me.posted.run_state();
+    let mut s = me.lock();
+    let wakes =
+        |s: &State| (if_flag && s.apic.pending().is_some()) || s.nmi_pending > 0 || s.mp.pending();
+    loop {
+        if stop() || wakes(&s) {
+            break;
+        }
+        s.woken = false;
+        if run_state.prepare_halt(desc) == HaltCheck::Pending {
+            deliver_posted(&mut s, run_state.leave_guest(desc));
+            continue;
+        }
+        s = me.wait_woken(s, |s| stop() || wakes(s));
+        deliver_posted(&mut s, run_state.leave_guest(desc));
+    }
+}

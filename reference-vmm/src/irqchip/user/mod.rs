@@ -1,0 +1,279 @@
+//! The userspace irqchip: a lapic [`LocalApic`](lapic::LocalApic) per
+//! vCPU, owned by the vCPU's [`State`]. Fixed edge interrupts are posted
+//! through ipiv's descriptors and moved into the IRR at entry and exit;
+//! everything else is delivered to the lapic under the target's lock.
+//! The run-loop side (injection, CR8, lazy EOI, HLT) is in [`entry`], the
+//! APIC timers in [`timer`], INIT/SIPI in [`mp`].
+
+pub mod entry;
+pub mod mp;
+pub mod timer;
+
+pub use entry::{LazyEoiExit, halt};
+
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use lapic::{
+    DeliveryMode, Destination, DestinationMode, Effect, Interrupt, Outcome, Shorthand, Topology,
+    TriggerMode, VcpuSet,
+};
+
+use super::{ApStart, EoiHook, IrqchipConfig, VcpuCtx};
+use crate::error::Error;
+use crate::kvm::msr::MSR_APIC_BASE;
+use crate::metrics::bump;
+use crate::platform::msi::{
+    MSI_DATA_TRIGGER_LEVEL, is_init_deassert, msi_destination, msi_logical,
+};
+use crate::vcpu::{MpState, Vcpu};
+use timer::Timers;
+
+/// Lowest vector a fixed interrupt may carry (SDM 10.5.2).
+const FIRST_LEGAL_VECTOR: u8 = 16;
+/// Nanoseconds per second.
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// The frequency the userspace APIC timer counts at with divide-by-1: the
+/// bus cycle of the lapic crate's default [`lapic::Config`], which the
+/// VMM's APICs use.
+pub fn apic_timer_hz() -> u64 {
+    NS_PER_SEC / lapic::Config::new(0).bus_cycle_ns.max(1)
+}
+
+/// The userspace irqchip's VM-wide state.
+pub struct UserIrqchip {
+    topology: RwLock<Topology>,
+    /// The APIC timers' deadlines.
+    pub(super) timers: Timers,
+    /// The VMM runs the INIT/SIPI protocol ([`mp`]).
+    runs_mp: bool,
+    /// Where level-triggered EOIs go.
+    pub(super) eoi_hook: Option<EoiHook>,
+    /// Lazy EOI is offered.
+    lazy_eoi: bool,
+}
+
+impl UserIrqchip {
+    /// The backend for `c`.
+    pub fn new(c: IrqchipConfig) -> Self {
+        Self {
+            topology: RwLock::new(c.topology),
+            timers: Timers::default(),
+            runs_mp: c.ap_start == ApStart::WaitForSipi,
+            eoi_hook: c.eoi_hook,
+            lazy_eoi: c.lazy_eoi,
+        }
+    }
+
+    /// The APIC topology (destination resolution).
+    pub fn topology(&self) -> RwLockReadGuard<'_, Topology> {
+        self.topology.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn topology_mut(&self) -> RwLockWriteGuard<'_, Topology> {
+        self.topology.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records vCPU `index`'s new APIC identity.
+    fn update_topology(&self, index: u32, id: lapic::ApicIdentity) {
+        if let Err(e) = self.topology_mut().update(index as usize, id) {
+            log::warn!("vCPU {index}: topology update: {e}");
+        }
+    }
+
+    /// With the INIT/SIPI protocol, every vCPU but the first waits for a
+    /// SIPI.
+    pub(super) fn start_vcpu(&self, v: &Vcpu) {
+        if self.runs_mp && v.index > 0 {
+            v.lock().mp.state = MpState::WaitForSipi;
+        }
+    }
+
+    fn eoi(&self, vector: u8) {
+        if let Some(h) = &self.eoi_hook {
+            h(vector);
+        }
+    }
+
+    /// Applies what lapic asked for after a register write of vCPU `me`.
+    /// `false`: #GP.
+    pub fn apply_apic_outcome(&self, vcpus: &[Vcpu], me: &Vcpu, o: Outcome) -> bool {
+        let e = match o {
+            Outcome::Done => return true,
+            Outcome::Gp => return false,
+            Outcome::Effect(e) => e,
+        };
+        match e {
+            Effect::SendIpi(ipi) => {
+                let mut targets = VcpuSet::new();
+                self.topology()
+                    .resolve_ipi(me.index as usize, &ipi, &mut targets);
+                let irq = ipi.interrupt();
+                let fixed = matches!(
+                    irq.delivery_mode,
+                    DeliveryMode::Fixed | DeliveryMode::LowestPriority
+                ) && irq.vector >= FIRST_LEGAL_VECTOR;
+                self.deliver_to(vcpus, &targets, &irq, fixed, || {
+                    bump(&me.metrics.ipis_posted)
+                });
+            }
+            Effect::SelfDelivered(_) => {}
+            Effect::Eoi(e) => {
+                bump(&me.metrics.eoi_msr);
+                if e.notify_ioapic {
+                    self.eoi(e.vector);
+                }
+            }
+            Effect::Timer(Some(deadline)) => self.timers.arm(me.index as usize, deadline),
+            Effect::Timer(None) => self.timers.disarm(me.index as usize),
+            Effect::Topology(id) => self.update_topology(me.index, id),
+        }
+        true
+    }
+
+    /// WRMSR of an APIC MSR or a Hyper-V alias lapic serves (`false`:
+    /// #GP). IA32_APIC_BASE is mirrored to KVM.
+    pub(super) fn wrmsr(&self, cx: &mut VcpuCtx, index: u32, value: u64) -> Result<bool, Error> {
+        if !lapic::handles_msr(index) {
+            log::debug!(
+                "vCPU {}: wrmsr {index:#x} <- {value:#x} -> #GP",
+                cx.me.index
+            );
+            return Ok(false);
+        }
+        let o = cx.me.lock().apic.write_msr(index, value);
+        let ok = self.apply_apic_outcome(cx.vcpus, cx.me, o);
+        if ok && index == MSR_APIC_BASE {
+            mirror_apic_base(cx)?;
+        }
+        Ok(ok)
+    }
+
+    /// Delivers an MSI-format message: resolved against the APIC topology
+    /// and delivered to each target's lapic (fixed edge vectors through
+    /// the posted-interrupt path), which is notified.
+    pub fn deliver_msi(&self, vcpus: &[Vcpu], address: u64, data: u32) {
+        let irq = Interrupt {
+            vector: data as u8,
+            delivery_mode: DeliveryMode::from_reg(data),
+            trigger_mode: if data & MSI_DATA_TRIGGER_LEVEL != 0 {
+                TriggerMode::Level
+            } else {
+                TriggerMode::Edge
+            },
+            // KVM `kvm_set_msi_irq` asserts every MSI; only an INIT level
+            // de-assert is dropped (a no-op since the P4, SDM 10.6.1), in
+            // both irqchips (the kernel backend does not send it).
+            level_assert: !is_init_deassert(data),
+        };
+        let dest = Destination {
+            mode: if msi_logical(address) {
+                DestinationMode::Logical
+            } else {
+                DestinationMode::Physical
+            },
+            shorthand: Shorthand::None,
+            id: msi_destination(address),
+        };
+        let mut targets = VcpuSet::new();
+        self.topology().resolve(None, dest, &irq, &mut targets);
+        let fixed = matches!(
+            irq.delivery_mode,
+            DeliveryMode::Fixed | DeliveryMode::LowestPriority
+        ) && irq.vector >= FIRST_LEGAL_VECTOR
+            && irq.trigger_mode == TriggerMode::Edge;
+        self.deliver_to(vcpus, &targets, &irq, fixed, || {});
+    }
+
+    /// Delivers `irq` to every vCPU in `targets`, calling `each` once per
+    /// existing target. `posted`: a fixed edge vector, which goes through
+    /// the posted-interrupt path; anything else is delivered to the lapic
+    /// under the target's lock (NMIs latched for `KVM_NMI`, INIT and SIPI
+    /// latched for the MP protocol when the VMM runs it).
+    fn deliver_to(
+        &self,
+        vcpus: &[Vcpu],
+        targets: &VcpuSet,
+        irq: &Interrupt,
+        posted: bool,
+        mut each: impl FnMut(),
+    ) {
+        for t in targets.iter() {
+            let Some(tv) = vcpus.get(t) else { continue };
+            each();
+            if posted {
+                tv.post(irq.vector);
+            } else {
+                let mut s = tv.lock();
+                match s.apic.deliver(irq) {
+                    lapic::Delivery::Nmi => tv.latch_nmi_locked(&mut s),
+                    d if self.runs_mp => mp::latch(tv, &mut s, d),
+                    _ => tv.notify_apic_locked(&mut s),
+                }
+            }
+        }
+    }
+
+    /// Acts on latched INIT/SIPI events where the VMM runs that protocol.
+    pub(super) fn accept_mp_events(
+        &self,
+        cx: &mut VcpuCtx,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<bool, Error> {
+        if !self.runs_mp {
+            return Ok(true);
+        }
+        mp::accept_events(cx, stop, |id| self.update_topology(cx.me.index, id))
+    }
+}
+
+/// RDMSR of an APIC MSR or a Hyper-V alias lapic serves (`None`: #GP).
+pub fn rdmsr(me: &Vcpu, index: u32) -> Option<u64> {
+    if !lapic::handles_msr(index) {
+        log::debug!("vCPU {}: rdmsr {index:#x} -> #GP", me.index);
+        return None;
+    }
+    match me.lock().apic.read_msr(index) {
+        lapic::MsrRead::Value(v) => Some(v),
+        lapic::MsrRead::Gp => None,
+    }
+}
+
+/// Tells KVM the APIC base the guest set, so that KVM's runtime CPUID
+/// update makes CPUID.1:EDX.APIC follow IA32_APIC_BASE.EN (x86.c
+/// `__kvm_apic_set_base` -> `kvm_update_cpuid_runtime`). A host-initiated
+/// write passes the MSR filter; KVM keeps the value even without an
+/// in-kernel APIC.
+fn mirror_apic_base(cx: &mut VcpuCtx) -> Result<(), Error> {
+    let base = cx.me.lock().apic.apic_base();
+    cx.kvm.complete_pending_exit()?;
+    if !cx.kvm.set_msr(MSR_APIC_BASE, base)? {
+        log::warn!(
+            "vCPU {}: KVM refused IA32_APIC_BASE = {base:#x}",
+            cx.me.index
+        );
+    }
+    Ok(())
+}
+
+/// Where `me`'s xAPIC page is (`None` outside xAPIC mode: x2APIC or
+/// disabled, the page is not decoded, SDM 10.12.2).
+pub fn apic_page_base(me: &Vcpu) -> Option<u64> {
+    let s = me.lock();
+    (s.apic.mode() == lapic::ApicMode::XApic).then(|| s.apic.mmio_base())
+}
+
+/// Raises `v`'s LINT1 on its lapic (see
+/// [`Irqchip::raise_lint1`](super::Irqchip::raise_lint1)).
+pub fn raise_lint1(v: &Vcpu) {
+    let mut s = v.lock();
+    if s.apic.mode() == lapic::ApicMode::Disabled {
+        v.latch_nmi_locked(&mut s);
+        return;
+    }
+    match s.apic.local_interrupt(lapic::Lvt::Lint1) {
+        lapic::Delivery::Nmi => v.latch_nmi_locked(&mut s),
+        lapic::Delivery::Accepted => v.notify_apic_locked(&mut s),
+        _ => {}
+    }
+}

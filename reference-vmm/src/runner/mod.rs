@@ -1,0 +1,274 @@
+//! The run loop of one vCPU thread ([`Runner`]): entry preparation (flush,
+//! then the irqchip's injection), `KVM_RUN`, the sync after each exit,
+//! exit dispatch to the services ([`exits`]) and HLT. It calls down into
+//! the irqchip seam ([`crate::irqchip::Irqchip`]) and the Hyper-V services
+//! ([`crate::hyperv`]); they never call back up. Port I/O and MMIO go
+//! through the vCPU's own buses ([`io`]).
+
+pub mod exits;
+pub mod io;
+
+use std::sync::atomic::Ordering;
+
+use kvm_ioctls::{SyncReg, VcpuExit};
+
+use crate::error::Error;
+use crate::irqchip::{VcpuCtx, VcpuLocal};
+use crate::kvm::flush::flush_guest_tlb;
+use crate::kvm::kick::KickTarget;
+use crate::kvm::vcpu::KvmVcpu;
+use crate::machine::{FlushMethod, Machine};
+use crate::metrics::{ExitClass, bump, tsc};
+use crate::vcpu::Vcpu;
+use io::VcpuIo;
+
+/// Owned facts of one exit, taken before the `kvm_run` borrow ends; the
+/// data of I/O, MMIO and MSR exits is read from `kvm_run` afterwards
+/// ([`crate::kvm::exit_data`]).
+enum Exit {
+    /// `KVM_EXIT_IO`.
+    Pio,
+    /// `KVM_EXIT_MMIO`.
+    Mmio,
+    /// `KVM_EXIT_X86_RDMSR` / `KVM_EXIT_X86_WRMSR`.
+    Msr {
+        write: bool,
+    },
+    Hlt,
+    Handled,
+    Intr,
+    IoapicEoi(u8),
+    Fatal(String),
+}
+
+impl Exit {
+    /// Whether KVM completes this exit only at the next `KVM_RUN`.
+    fn needs_completion(&self) -> bool {
+        matches!(self, Exit::Pio | Exit::Mmio | Exit::Msr { .. })
+    }
+}
+
+/// The run loop of one vCPU thread.
+pub struct Runner<'a> {
+    m: &'a Machine,
+    me: &'a Vcpu,
+    kvm: KvmVcpu,
+    /// This vCPU's own devices over the VM's buses.
+    io: VcpuIo,
+    /// The irqchip backend's state of this vCPU.
+    local: VcpuLocal,
+    /// Host TSC when the last `KVM_RUN` returned.
+    exit_tsc: u64,
+    /// An exception (#GP from an MSR exit, #UD from the hypercall trap)
+    /// is delivered at the next entry: no interrupt may be injected with
+    /// it, its handler runs with IF=0 (SDM 6.9, event priority).
+    exception_queued: bool,
+}
+
+impl<'a> Runner<'a> {
+    /// A runner for vCPU `index` of `m` on its fd `kvm`, dispatching its
+    /// I/O through `io`.
+    pub fn new(m: &'a Machine, index: usize, kvm: KvmVcpu, io: VcpuIo) -> Option<Self> {
+        let me = m.vcpus.get(index)?;
+        Some(Self {
+            m,
+            me,
+            kvm,
+            io,
+            local: VcpuLocal::default(),
+            exit_tsc: 0,
+            exception_queued: false,
+        })
+    }
+
+    /// What the irqchip backend works on for this vCPU.
+    fn cx(&mut self) -> VcpuCtx<'_> {
+        VcpuCtx {
+            me: self.me,
+            vcpus: &self.m.vcpus,
+            mem: &self.m.mem,
+            kvm: &mut self.kvm,
+            local: &mut self.local,
+        }
+    }
+
+    /// Runs until the machine stops or this vCPU fails.
+    pub fn run(mut self) -> Result<(), Error> {
+        self.me
+            .go_live(KickTarget::current(&mut self.kvm.run_area().immediate_exit));
+        // KVM copies the registers into kvm_run at every exit: the
+        // hypercall and report paths read them there instead of paying
+        // for KVM_GET_REGS/KVM_GET_SREGS.
+        self.kvm.fd_mut().set_sync_valid_reg(SyncReg::Register);
+        self.kvm
+            .fd_mut()
+            .set_sync_valid_reg(SyncReg::SystemRegister);
+        let r = self.run_loop();
+        let m = self.m;
+        let snapshot = m.irqchip.exit_snapshot(&mut self.cx());
+        self.me.retire(snapshot);
+        r
+    }
+
+    fn run_loop(&mut self) -> Result<(), Error> {
+        let m = self.m;
+        let stop = || m.stopping();
+        loop {
+            if m.stopping() || !m.irqchip.accept_events(&mut self.cx(), &stop)? {
+                return Ok(());
+            }
+            let t_entry = tsc();
+            self.prepare_entry()?;
+            let metrics = &self.me.metrics;
+            metrics
+                .svc_cycles_entry
+                .fetch_add(tsc().wrapping_sub(t_entry), Ordering::Relaxed);
+            let exit = self.run_once();
+            self.kvm.set_exit_pending(exit.needs_completion());
+            if let Some(vector) = self.sync_after_exit() {
+                m.irqchip.broadcast_eoi(vector);
+            }
+            bump(&self.me.metrics.exits);
+            match exit {
+                Exit::Handled => {
+                    let class = self.exit_class();
+                    self.account(class);
+                }
+                Exit::Intr => {
+                    bump(&self.me.metrics.exit_intr);
+                    if let Some(k) = &self.me.lock().kick {
+                        k.clear();
+                    }
+                    self.account(ExitClass::Other);
+                }
+                Exit::Hlt => {
+                    bump(&self.me.metrics.exit_hlt);
+                    // The sleep is not service time.
+                    self.account(ExitClass::Hlt);
+                    let if_flag = self.kvm.run_area().if_flag != 0;
+                    m.irqchip.halt(&mut self.cx(), if_flag, &stop);
+                }
+                Exit::Pio => {
+                    bump(&self.me.metrics.exit_io);
+                    let class = self.pio()?;
+                    self.account(class);
+                }
+                Exit::Mmio => {
+                    bump(&self.me.metrics.exit_mmio);
+                    // Reports are the measurement's own exits: not counted.
+                    if self.mmio() {
+                        self.account(ExitClass::Mmio);
+                    }
+                }
+                Exit::Msr { write } => {
+                    if write {
+                        bump(&self.me.metrics.exit_wrmsr);
+                    } else {
+                        bump(&self.me.metrics.exit_rdmsr);
+                    }
+                    self.msr(write)?;
+                    self.account(ExitClass::Msr);
+                }
+                // Split irqchip: KVM's LAPIC completed a level-triggered
+                // vector routed from the userspace IOAPIC.
+                Exit::IoapicEoi(vector) => {
+                    m.irqchip.broadcast_eoi(vector);
+                    self.account(ExitClass::Other);
+                }
+                Exit::Fatal(reason) => {
+                    return Err(Error::Guest {
+                        vcpu: self.me.index,
+                        reason,
+                        rip: self.kvm.rip(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// The class of the exit `KVM_RUN` last returned, from `kvm_run`.
+    fn exit_class(&mut self) -> ExitClass {
+        match self.kvm.run_area().exit_reason {
+            kvm_bindings::KVM_EXIT_X86_RDMSR | kvm_bindings::KVM_EXIT_X86_WRMSR => ExitClass::Msr,
+            kvm_bindings::KVM_EXIT_IO => ExitClass::Pio,
+            kvm_bindings::KVM_EXIT_MMIO => ExitClass::Mmio,
+            kvm_bindings::KVM_EXIT_HLT => ExitClass::Hlt,
+            _ => ExitClass::Other,
+        }
+    }
+
+    /// Adds the host TSC cycles since `KVM_RUN` returned to `class`.
+    fn account(&self, class: ExitClass) {
+        self.me
+            .metrics
+            .add_service(class, tsc().wrapping_sub(self.exit_tsc));
+    }
+
+    /// The flush, then the irqchip's entry work (NMIs, posted vectors,
+    /// injection, CR8, lazy EOI); the run state becomes "in guest" under
+    /// the vCPU's lock, so a timer or flush request from now on kicks.
+    fn prepare_entry(&mut self) -> Result<(), Error> {
+        let (m, me) = (self.m, self.me);
+        let mut s = me.lock();
+        if s.flush_pending {
+            if m.flush == FlushMethod::MmuReset {
+                // Under the lock: no kick can race the immediate_exit
+                // this uses.
+                self.kvm.complete_pending_exit()?;
+                flush_guest_tlb(self.kvm.fd()).map_err(self.kvm.err("KVM_SET_MSRS (TLB flush)"))?;
+            }
+            s.flush_pending = false;
+            bump(&me.metrics.flushes_done);
+            me.release_flush_waiters(&s);
+        }
+        let exception = std::mem::take(&mut self.exception_queued);
+        let posted = me.posted.run_state().enter_guest(me.posted.descriptor());
+        m.irqchip
+            .prepare_entry(&mut self.cx(), &mut s, posted, exception)
+    }
+
+    /// Out of guest mode before the exit is handled, so that handlers (a
+    /// self-IPI, a flush of oneself) see it so; then the irqchip's sync.
+    /// Returns the vector of a level-triggered EOI for the IOAPIC (sent by
+    /// the caller, with no vCPU lock held).
+    fn sync_after_exit(&mut self) -> Option<u8> {
+        let (m, me) = (self.m, self.me);
+        let posted = me.posted.run_state().leave_guest(me.posted.descriptor());
+        let mut s = me.lock();
+        let eoi = m.irqchip.sync_after_exit(&mut self.cx(), &mut s, posted);
+        me.release_flush_waiters(&s);
+        eoi
+    }
+
+    fn run_once(&mut self) -> Exit {
+        let r = self.kvm.fd_mut().run();
+        self.exit_tsc = tsc();
+        match r {
+            Ok(VcpuExit::IoOut(..) | VcpuExit::IoIn(..)) => Exit::Pio,
+            Ok(VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..)) => Exit::Mmio,
+            Ok(VcpuExit::X86Rdmsr(_)) => Exit::Msr { write: false },
+            Ok(VcpuExit::X86Wrmsr(_)) => Exit::Msr { write: true },
+            Ok(VcpuExit::Hlt) => Exit::Hlt,
+            Ok(VcpuExit::IoapicEoi(vector)) => Exit::IoapicEoi(vector),
+            // The CR8 write is picked up by `sync_after_exit`.
+            Ok(VcpuExit::SetTpr) => Exit::Handled,
+            Ok(VcpuExit::IrqWindowOpen) => {
+                bump(&self.me.metrics.exit_irq_window);
+                Exit::Handled
+            }
+            Ok(VcpuExit::Intr) => Exit::Intr,
+            Ok(VcpuExit::Shutdown) => Exit::Fatal("shutdown (triple fault)".into()),
+            Ok(VcpuExit::InternalError) => Exit::Fatal(self.internal_error()),
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Exit::Fatal(format!(
+                "KVM_EXIT_FAIL_ENTRY: hardware reason {reason:#x} on host CPU {cpu}"
+            )),
+            Ok(other) => {
+                bump(&self.me.metrics.exit_other);
+                Exit::Fatal(format!("unexpected exit {other:?}"))
+            }
+            Err(e) if e.errno() == libc::EINTR => Exit::Intr,
+            Err(e) if e.errno() == libc::EAGAIN => Exit::Handled,
+            Err(e) => Exit::Fatal(format!("KVM_RUN failed: {e}")),
+        }
+    }
+}
