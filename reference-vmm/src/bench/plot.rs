@@ -13,8 +13,27 @@ use super::plan::{IRQCHIPS, Op};
 use super::stats::Cell;
 use crate::scenario::irqchip_name;
 
-/// One line: label, colour, dashed, points.
+/// One line: label, colour, kernel irqchip (dashed, with hollow square
+/// markers; the user irqchip's line is solid with filled dots, so that
+/// two series that coincide both stay visible), points.
 type Series = (String, RGBColor, bool, Vec<(f64, f64)>);
+
+/// Half sides of the markers in pixels: a user-irqchip point is a small
+/// filled square, a kernel-irqchip one a larger hollow square, so that one
+/// on the other still shows.
+const DOT: i32 = 3;
+const SQUARE: i32 = 6;
+
+/// The marker of a user (`kernel` false) or kernel irqchip point at `at`.
+fn marker<C: Into<ShapeStyle>>(at: (i32, i32), kernel: bool, colour: C) -> Rectangle<(i32, i32)> {
+    let style: ShapeStyle = colour.into();
+    let (h, style) = if kernel {
+        (SQUARE, style.stroke_width(2))
+    } else {
+        (DOT, style.filled())
+    };
+    Rectangle::new([(at.0 - h, at.1 - h), (at.0 + h, at.1 + h)], style)
+}
 
 fn series(cells: &[Cell], value: fn(&Cell) -> f64) -> Vec<Series> {
     let colours = [
@@ -101,8 +120,10 @@ where
         } else {
             chart.draw_series(LineSeries::new(pts.iter().copied(), style))
         };
-        let (c, gap) = (*colour, if *dashed { 5 } else { 0 });
-        // The legend sample is dashed like its line (two strokes with a gap).
+        let (c, kernel) = (*colour, *dashed);
+        let gap = if kernel { 5 } else { 0 };
+        // The legend sample is dashed like its line (two strokes with a
+        // gap) and carries its marker.
         drawn
             .map_err(e)?
             .label(label.as_str())
@@ -110,9 +131,13 @@ where
                 EmptyElement::at((x, y))
                     + PathElement::new(vec![(0, 0), (7, 0)], c.stroke_width(2))
                     + PathElement::new(vec![(7 + gap, 0), (19, 0)], c.stroke_width(2))
+                    + marker((10, 0), kernel, c)
             });
         chart
-            .draw_series(pts.iter().map(|&p| Circle::new(p, 3, colour.filled())))
+            .draw_series(
+                pts.iter()
+                    .map(|&p| EmptyElement::at(p) + marker((0, 0), kernel, *colour)),
+            )
             .map_err(e)?;
     }
     chart

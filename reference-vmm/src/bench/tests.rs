@@ -133,3 +133,42 @@ fn markdown_has_every_section_and_row() {
         assert!(md.contains(needle), "missing {needle:?} in\n{md}");
     }
 }
+
+#[test]
+fn scaling_plot_is_written() {
+    // Kernel-irqchip broadcasts equal to the user ones: coinciding series.
+    let mut samples = Vec::new();
+    for chip in [IrqchipMode::User, IrqchipMode::Kernel] {
+        for n in [2, 64] {
+            samples.push(fake(Op::Broadcast, n, chip, true, 0, 1.0));
+        }
+    }
+    let cells = summarize(&Op::ALL, &samples);
+    let r = Report {
+        cells,
+        ..fake_report()
+    };
+    let dir = std::env::temp_dir().join(format!("hv-plot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("scaling.svg");
+    super::plot::scaling(&r.cells, &path).unwrap();
+    let svg = std::fs::read_to_string(&path).unwrap();
+    // Both irqchips' series with their own markers, and labelled axes.
+    assert!(
+        svg.contains("(kernel)") && svg.contains("(user)"),
+        "legend names both irqchips"
+    );
+    // One marker per point and one in each legend entry: filled small
+    // squares for the user irqchip, hollow large ones for the kernel's.
+    let squares = |side: &str| {
+        svg.matches(&format!("width=\"{side}\" height=\"{side}\""))
+            .count()
+    };
+    assert!(squares("6") >= 3 * 3, "user markers: {}", squares("6"));
+    assert!(squares("12") >= 3 * 3, "kernel markers: {}", squares("12"));
+    assert!(svg.contains("vCPUs") && svg.contains("exits / op") && svg.contains("us / op"));
+    if let Ok(keep) = std::env::var("HV_KEEP_PLOT") {
+        std::fs::copy(&path, keep).unwrap();
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
