@@ -504,10 +504,26 @@ fn run(cmd: Command) -> Result<(), String> {
             }
             println!();
             match freq {
-                Some(f) => println!(
-                    "frequency MSRs: TSC {} Hz, APIC timer {} Hz",
-                    f.tsc_hz, f.apic_hz
-                ),
+                Some(f) => {
+                    use hv_enlightenments::msr::{
+                        HV_X64_MSR_APIC_FREQUENCY, HV_X64_MSR_TSC_FREQUENCY,
+                    };
+                    println!("frequency MSRs:");
+                    for (name, index, hz) in [
+                        (
+                            "HV_X64_MSR_TSC_FREQUENCY",
+                            HV_X64_MSR_TSC_FREQUENCY,
+                            f.tsc_hz,
+                        ),
+                        (
+                            "HV_X64_MSR_APIC_FREQUENCY",
+                            HV_X64_MSR_APIC_FREQUENCY,
+                            f.apic_hz,
+                        ),
+                    ] {
+                        println!("  {name} ({index:#010x}) = {hz:#x} ({hz} Hz)");
+                    }
+                }
                 None => println!("frequency MSRs: none (KVM_GET_TSC_KHZ unreadable)"),
             }
             println!();

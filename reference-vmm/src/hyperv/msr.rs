@@ -131,7 +131,7 @@ fn apply_action(mem: &GuestMemoryMmap, vcpu: u32, a: MsrAction) -> MsrExit {
         MsrAction::AutoEoiChanged { old, new } => {
             log::debug!("vCPU {vcpu}: AutoEOI use {old} -> {new}")
         }
-        other => log::debug!("vCPU {vcpu}: MSR action {other:?}"),
+        other => log::debug!("vCPU {vcpu}: MSR action {other:x?}"),
     }
     MsrExit::Served(Some(0))
 }

@@ -264,7 +264,7 @@ impl<'a> Runner<'a> {
             )),
             Ok(other) => {
                 bump(&self.me.metrics.exit_other);
-                Exit::Fatal(format!("unexpected exit {other:?}"))
+                Exit::Fatal(format!("unexpected exit {other:x?}"))
             }
             Err(e) if e.errno() == libc::EINTR => Exit::Intr,
             Err(e) if e.errno() == libc::EAGAIN => Exit::Handled,

@@ -339,11 +339,12 @@ impl Vcpu {
         if let Some(k) = &s.exit_snapshot {
             return format!("vCPU {}: {k}, exits {exits}", self.index);
         }
+        let hex = |v: Option<u8>| v.map_or_else(|| "none".to_string(), |v| format!("{v:#04x}"));
         format!(
-            "vCPU {}: {state}, APIC pending {:?}, ISR top {:?}, exits {exits}",
+            "vCPU {}: {state}, APIC pending {}, ISR top {}, exits {exits}",
             self.index,
-            s.apic.pending(),
-            s.apic.isr().highest(),
+            hex(s.apic.pending()),
+            hex(s.apic.isr().highest()),
         )
     }
 }
