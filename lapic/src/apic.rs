@@ -137,6 +137,9 @@ pub struct LocalApic {
     isr: VectorBitmap,
     tmr: VectorBitmap,
     auto_eoi: VectorBitmap,
+    /// Pending vectors delivered with [`LocalApic::deliver_auto_eoi`]:
+    /// their next acknowledge skips the ISR once.
+    auto_eoi_once: VectorBitmap,
     timer: Timer,
     /// Last vector moved to the ISR with no EOI since (KVM
     /// `highest_isr_cache`).
@@ -203,6 +206,7 @@ impl LocalApic {
             isr: VectorBitmap::EMPTY,
             tmr: VectorBitmap::EMPTY,
             auto_eoi: VectorBitmap::EMPTY,
+            auto_eoi_once: VectorBitmap::EMPTY,
             timer: Timer::default(),
             lazy_known: None,
             lazy_armed: None,
@@ -258,6 +262,7 @@ impl LocalApic {
         self.lvt = [LVT_RESET; LVT_COUNT];
         self.irr.clear_all();
         self.isr.clear_all();
+        self.auto_eoi_once.clear_all();
         self.tmr.clear_all();
         self.timer = Timer::default();
         self.lazy_known = None;
@@ -460,7 +465,8 @@ impl LocalApic {
         if !self.irr.clear(vector) {
             return false;
         }
-        if !self.auto_eoi.test(vector) {
+        let once = self.auto_eoi_once.clear(vector);
+        if !(once || self.auto_eoi.test(vector)) {
             self.isr.set(vector);
             self.lazy_known = Some(vector);
             self.update_ppr();
@@ -647,6 +653,38 @@ impl LocalApic {
             DeliveryMode::ExtInt => Delivery::ExtInt,
             DeliveryMode::Reserved => Delivery::Ignored,
         }
+    }
+
+    /// Accepts an edge-triggered fixed interrupt on `vector` with AutoEOI:
+    /// when the vCPU takes it ([`LocalApic::acknowledge`]) it leaves the
+    /// IRR without entering the ISR, so no EOI follows and the PPR does
+    /// not rise (TLFS SINTx AutoEOI; KVM `kvm_apic_ack_interrupt` for a
+    /// vector in the SynIC's `auto_eoi_bitmap`). For a VMM that knows per
+    /// delivery that the source is an AutoEOI SINT (a SynIC interrupt
+    /// with its `auto_eoi` flag) instead of keeping
+    /// [`LocalApic::set_auto_eoi_vectors`] in step with the SINTs. The
+    /// mark lasts until this vector is next acknowledged or the APIC is
+    /// reset; a plain delivery of the same vector before then coalesces
+    /// with it, as the IRR does. Not part of [`LocalApic::save_state`]
+    /// (KVM's `kvm_lapic_state` has no such bit).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vm_lapic::{Config, Delivery, LocalApic, ManualClock};
+    ///
+    /// let mut apic = LocalApic::new(Config::new(0), Arc::new(ManualClock::new(0)))?;
+    /// let _ = apic.write_mmio(0xF0, &0x1FFu32.to_le_bytes()); // SVR: software enable
+    /// assert_eq!(apic.deliver_auto_eoi(0x52), Delivery::Accepted);
+    /// assert_eq!(apic.acknowledge_pending(), Some(0x52));
+    /// assert!(apic.isr().is_empty()); // no EOI expected
+    /// # Ok::<(), vm_lapic::ConfigError>(())
+    /// ```
+    pub fn deliver_auto_eoi(&mut self, vector: u8) -> Delivery {
+        let d = self.deliver(&Interrupt::fixed(vector));
+        if matches!(d, Delivery::Accepted | Delivery::Coalesced) {
+            self.auto_eoi_once.set(vector);
+        }
+        d
     }
 
     /// Accepts an edge-triggered fixed interrupt on each of `vectors`, as

@@ -507,6 +507,35 @@ fn auto_eoi_skips_isr() {
 }
 
 #[test]
+fn deliver_auto_eoi_skips_isr_once() {
+    let (mut a, _) = enabled_xapic(1);
+    assert_eq!(a.deliver_auto_eoi(0x51), Delivery::Accepted);
+    assert!(a.acknowledge(0x51));
+    assert!(a.isr().is_empty());
+    assert_eq!(a.ppr(), 0);
+    assert_eq!(a.eoi(), None);
+    // The mark is gone: a plain delivery of the vector goes in service.
+    let _ = a.deliver(&Interrupt::fixed(0x51));
+    assert!(a.acknowledge(0x51));
+    assert!(a.isr().test(0x51));
+    assert!(a.eoi().is_some());
+    // Refused deliveries leave no mark (vector 15 is illegal).
+    assert_eq!(a.deliver_auto_eoi(15), Delivery::Ignored);
+    let _ = a.deliver(&Interrupt::fixed(0x52));
+    let _ = a.deliver_auto_eoi(0x53);
+    assert_eq!(a.acknowledge_pending(), Some(0x53));
+    assert_eq!(a.acknowledge_pending(), Some(0x52));
+    assert_eq!(a.isr().highest(), Some(0x52));
+    // Reset drops a pending mark.
+    let _ = a.deliver_auto_eoi(0x60);
+    a.reset();
+    let _ = mmio_write(&mut a, SVR, SVR_ENABLE | 0xFF);
+    let _ = a.deliver(&Interrupt::fixed(0x60));
+    assert!(a.acknowledge(0x60));
+    assert!(a.isr().test(0x60));
+}
+
+#[test]
 fn software_disable() {
     let (mut a, _) = enabled_xapic(1);
     let _ = mmio_write(&mut a, LVT_LINT0, 0x700);
