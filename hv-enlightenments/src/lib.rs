@@ -13,6 +13,11 @@
 //! - [`reftime::TscConversion`] and [`reftime::time_ref_count`]: the
 //!   partition reference time.
 //! - [`accel::HostApicAccel`]: what the host does for APIC accesses.
+//! - [`synic`]: message slots, event flags, [`synic::MessageQueue`] and
+//!   [`synic::Connections`]; [`hypercall::decode_synic`] decodes
+//!   HvPostMessage/HvSignalEvent, [`hypercall::HypercallAccess`] makes
+//!   KVM's privilege checks.
+//! - [`stimer`]: synthetic timers, run by [`msr::Vp::process_stimers`].
 //!
 //! The crate is `#![no_std]` with default features off; `alloc`, `std`,
 //! `vm-memory` and `kvm` add conveniences.
@@ -30,6 +35,8 @@ pub mod cpuid;
 pub mod hypercall;
 pub mod msr;
 pub mod reftime;
+pub mod stimer;
+pub mod synic;
 
 /// Bits of a Hyper-V page offset (`HV_HYP_PAGE_SHIFT`).
 pub const HV_PAGE_SHIFT: u32 = 12;

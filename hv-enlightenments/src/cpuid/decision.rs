@@ -49,11 +49,23 @@ pub enum Item {
     SpinlockRetries,
     /// Implementation limits leaf (0x40000005).
     MaxVps,
+    /// Feature synthetic timer direct mode (0x40000003 EDX bit 19).
+    StimerDirectMode,
+    /// Feature guest crash MSRs (0x40000003 EDX bit 10).
+    CrashMsrs,
+    /// Privilege RESET.
+    ResetMsr,
+    /// Privilege VP_RUNTIME.
+    VpRuntime,
+    /// Privilege PostMessages (EBX bit 4).
+    PostMessages,
+    /// Privilege SignalEvents (EBX bit 5).
+    SignalEvents,
 }
 
 impl Item {
     /// Every item, in the order decisions are listed.
-    pub const ALL: [Item; 21] = [
+    pub const ALL: [Item; 27] = [
         Item::Vendor,
         Item::Interface,
         Item::HypercallAndVpIndex,
@@ -64,6 +76,7 @@ impl Item {
         Item::ApicAccessMsrs,
         Item::Synic,
         Item::SyntheticTimers,
+        Item::StimerDirectMode,
         Item::TscInvariant,
         Item::XmmHypercallInput,
         Item::RelaxedTiming,
@@ -75,6 +88,11 @@ impl Item {
         Item::X2apic,
         Item::SpinlockRetries,
         Item::MaxVps,
+        Item::CrashMsrs,
+        Item::ResetMsr,
+        Item::VpRuntime,
+        Item::PostMessages,
+        Item::SignalEvents,
     ];
 
     /// Short name as printed.
@@ -101,6 +119,12 @@ impl Item {
             Item::X2apic => "x2APIC",
             Item::SpinlockRetries => "spinlock retries",
             Item::MaxVps => "max VPs leaf",
+            Item::StimerDirectMode => "stimer direct mode",
+            Item::CrashMsrs => "crash MSRs",
+            Item::ResetMsr => "RESET MSR",
+            Item::VpRuntime => "VP_RUNTIME",
+            Item::PostMessages => "PostMessages",
+            Item::SignalEvents => "SignalEvents",
         }
     }
 }

@@ -15,5 +15,5 @@ pub use decision::{Decision, Decisions, Item};
 pub use leaves::*;
 pub use policy::{
     CpuidBuilder, CpuidPlan, Enlightenments, Error, FIRST_VP_INDEX_NEEDING_EX, Frequencies,
-    MAX_VCPUS, MAX_VP_INDEX, X2APIC_VCPU_THRESHOLD,
+    MAX_VCPUS, MAX_VP_INDEX, Served, X2APIC_VCPU_THRESHOLD,
 };

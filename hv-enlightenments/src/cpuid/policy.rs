@@ -56,6 +56,39 @@ impl Default for Enlightenments {
     }
 }
 
+bitflags! {
+    /// Enlightenments only a VMM that serves them may publish: each needs
+    /// the VMM to act (run timers, route messages, handle a crash or
+    /// reset). None is published unless named here
+    /// ([`CpuidBuilder::serves`]); the default is empty, so a VMM that does
+    /// not call it publishes exactly what it did before.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct Served: u32 {
+        /// Synthetic timers (privilege EAX bit 3): the VMM runs
+        /// [`Vp::process_stimers`](crate::msr::Vp::process_stimers) at
+        /// [`Vp::stimer_deadline`](crate::msr::Vp::stimer_deadline).
+        /// Published only with the SynIC.
+        const SYNTHETIC_TIMERS = 1 << 0;
+        /// Synthetic timer direct mode (EDX bit 19,
+        /// `HV_STIMER_DIRECT_MODE_AVAILABLE`): the VMM raises a direct
+        /// timer's vector. Published only with synthetic timers.
+        const STIMER_DIRECT_MODE = 1 << 1;
+        /// Crash MSRs (EDX bit 10): the VMM handles
+        /// [`MsrAction::GuestCrashed`](crate::msr::MsrAction::GuestCrashed).
+        const CRASH_MSRS = 1 << 2;
+        /// RESET MSR (privilege EAX bit 7): the VMM handles
+        /// [`MsrAction::ResetRequested`](crate::msr::MsrAction::ResetRequested).
+        const RESET = 1 << 3;
+        /// VP_RUNTIME (privilege EAX bit 0): the VMM supplies the runtime.
+        const VP_RUNTIME = 1 << 4;
+        /// HvPostMessage (privilege EBX bit 4): the VMM routes it through
+        /// [`Connections`](crate::synic::Connections). Only with the SynIC.
+        const POST_MESSAGES = 1 << 5;
+        /// HvSignalEvent (privilege EBX bit 5). Only with the SynIC.
+        const SIGNAL_EVENTS = 1 << 6;
+    }
+}
+
 /// Fixed frequencies served by the frequency MSRs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Frequencies {
@@ -119,6 +152,7 @@ pub struct CpuidBuilder {
     tsc_stable: bool,
     force_x2apic: bool,
     frequencies: Option<Frequencies>,
+    served: Served,
 }
 
 impl CpuidBuilder {
@@ -135,7 +169,29 @@ impl CpuidBuilder {
             tsc_stable: false,
             force_x2apic: false,
             frequencies: None,
+            served: Served::empty(),
         }
+    }
+
+    /// The enlightenments the VMM serves beyond the defaults (default:
+    /// none).
+    ///
+    /// ```
+    /// use hv_enlightenments::cpuid::{CpuidBuilder, FeaturesEdx, Item, Privileges, Served};
+    ///
+    /// let plain = CpuidBuilder::new(2).build()?;
+    /// assert!(!plain.cpuid.privileges.contains(Privileges::SYNTHETIC_TIMERS));
+    /// let timers = CpuidBuilder::new(2)
+    ///     .serves(Served::SYNTHETIC_TIMERS | Served::STIMER_DIRECT_MODE)
+    ///     .build()?;
+    /// assert!(timers.cpuid.privileges.contains(Privileges::SYNTHETIC_TIMERS));
+    /// assert!(timers.cpuid.features.contains(FeaturesEdx::STIMER_DIRECT_MODE));
+    /// assert!(timers.decisions.is_on(Item::StimerDirectMode));
+    /// # Ok::<(), hv_enlightenments::cpuid::Error>(())
+    /// ```
+    pub fn serves(mut self, served: Served) -> Self {
+        self.served = served;
+        self
     }
 
     /// The enlightenments wanted.
@@ -235,10 +291,16 @@ impl CpuidBuilder {
             (Item::SyntheticTimers, Privileges::SYNTHETIC_TIMERS),
             (Item::TscInvariant, Privileges::TSC_INVARIANT),
             (Item::AccessPartitionId, Privileges::ACCESS_PARTITION_ID),
+            (Item::ResetMsr, Privileges::RESET),
+            (Item::VpRuntime, Privileges::VP_RUNTIME),
+            (Item::PostMessages, Privileges::POST_MESSAGES),
+            (Item::SignalEvents, Privileges::SIGNAL_EVENTS),
         ] {
             privileges.set(privilege, on(item));
         }
         features.set(FeaturesEdx::FREQUENCY_MSRS, on(Item::FrequencyMsrs));
+        features.set(FeaturesEdx::STIMER_DIRECT_MODE, on(Item::StimerDirectMode));
+        features.set(FeaturesEdx::GUEST_CRASH_MSRS, on(Item::CrashMsrs));
         features.set(
             FeaturesEdx::XMM_HYPERCALL_INPUT,
             on(Item::XmmHypercallInput),
@@ -290,6 +352,8 @@ impl CpuidBuilder {
     fn decide(&self, item: Item, max_vp_index: u32) -> (bool, &'static str) {
         const NOT_WANTED: (bool, &str) = (false, "not requested");
         let wants = |e| self.wanted.contains(e);
+        let serves = |s| self.served.contains(s);
+        let synic = self.wanted.contains(Enlightenments::SYNIC);
         let user_apic = self.irqchip == IrqchipMode::User;
         let hw_apic_virt = self.host.apic_virtualization_active(self.irqchip);
         match item {
@@ -351,7 +415,60 @@ impl CpuidBuilder {
                 true,
                 "SynIC MSRs kept; AutoEOI use is reported for the APICv inhibit",
             ),
-            Item::SyntheticTimers => (false, "not implemented"),
+            Item::SyntheticTimers => {
+                if !serves(Served::SYNTHETIC_TIMERS) {
+                    (false, "not served (CpuidBuilder::serves)")
+                } else if !synic {
+                    (
+                        false,
+                        "needs the SynIC: expiries are SynIC messages (KVM: #GP without it)",
+                    )
+                } else {
+                    (
+                        true,
+                        "served: the VMM runs the timers on reference time (Vp::process_stimers)",
+                    )
+                }
+            }
+            Item::StimerDirectMode => {
+                if !serves(Served::STIMER_DIRECT_MODE) {
+                    (false, "not served (CpuidBuilder::serves)")
+                } else if !self.decide(Item::SyntheticTimers, max_vp_index).0 {
+                    (false, "synthetic timers not published")
+                } else {
+                    (
+                        true,
+                        "expiry raises the timer's own vector: no message page round trip",
+                    )
+                }
+            }
+            Item::CrashMsrs if serves(Served::CRASH_MSRS) => (
+                true,
+                "guest panics reported through CRASH_P0-P4 and CRASH_CTL (Linux hyperv_report_panic)",
+            ),
+            Item::ResetMsr if serves(Served::RESET) => {
+                (true, "a RESET write of 1 asks the VMM for a system reset")
+            }
+            Item::VpRuntime if serves(Served::VP_RUNTIME) => {
+                (true, "VP run time in 100 ns units from the VMM")
+            }
+            Item::PostMessages | Item::SignalEvents => {
+                let flag = if item == Item::PostMessages {
+                    Served::POST_MESSAGES
+                } else {
+                    Served::SIGNAL_EVENTS
+                };
+                if !serves(flag) {
+                    (false, "not served (CpuidBuilder::serves)")
+                } else if !synic {
+                    (false, "needs the SynIC (KVM refuses the call without it)")
+                } else {
+                    (true, "routed through the VMM's connection table")
+                }
+            }
+            Item::CrashMsrs | Item::ResetMsr | Item::VpRuntime => {
+                (false, "not served (CpuidBuilder::serves)")
+            }
             Item::XmmHypercallInput if wants(Enlightenments::XMM_HYPERCALL_INPUT) => (
                 true,
                 "fast hypercalls may carry input in XMM0-5 (the decoder reads them)",

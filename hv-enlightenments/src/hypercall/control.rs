@@ -99,6 +99,16 @@ impl CallCode {
     pub const FLUSH_VIRTUAL_ADDRESS_LIST_EX: Self = Self(0x0014);
     /// HvCallSendSyntheticClusterIpiEx (`HVCALL_SEND_IPI_EX`).
     pub const SEND_SYNTHETIC_CLUSTER_IPI_EX: Self = Self(0x0015);
+    /// HvCallPostMessage (`HVCALL_POST_MESSAGE`).
+    pub const POST_MESSAGE: Self = Self(0x005C);
+    /// HvCallSignalEvent (`HVCALL_SIGNAL_EVENT`).
+    pub const SIGNAL_EVENT: Self = Self(0x005D);
+    /// HvExtCallQueryCapabilities, the first extended hypercall
+    /// (`HV_EXT_CALL_QUERY_CAPABILITIES`).
+    pub const EXT_QUERY_CAPABILITIES: Self = Self(0x8001);
+    /// The last extended hypercall KVM knows (`HV_EXT_CALL_MAX`: 0x8001 +
+    /// 64).
+    pub const EXT_LAST: Self = Self(0x8041);
 
     /// The TLFS name of the call, or `None` for a code not decoded here.
     pub const fn name(self) -> Option<&'static str> {
@@ -110,6 +120,8 @@ impl CallCode {
             Self::FLUSH_VIRTUAL_ADDRESS_SPACE_EX => "FlushVirtualAddressSpaceEx",
             Self::FLUSH_VIRTUAL_ADDRESS_LIST_EX => "FlushVirtualAddressListEx",
             Self::SEND_SYNTHETIC_CLUSTER_IPI_EX => "SendSyntheticClusterIpiEx",
+            Self::POST_MESSAGE => "PostMessage",
+            Self::SIGNAL_EVENT => "SignalEvent",
             _ => return None,
         })
     }

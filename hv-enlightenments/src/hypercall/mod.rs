@@ -43,6 +43,7 @@
 //! assert_eq!(rax, 0);
 //! ```
 
+mod access;
 mod control;
 mod convention;
 mod decode;
@@ -51,6 +52,7 @@ mod gva;
 mod memory;
 mod page;
 mod status;
+mod synic;
 mod vpset;
 
 #[cfg(test)]
@@ -60,6 +62,7 @@ mod tests;
 /// page buffers of [`encode_send_ipi`], [`encode_flush`] and
 /// [`write_hypercall_page`].
 pub use crate::HV_PAGE_SIZE;
+pub use access::{HypercallAccess, Refusal};
 pub use control::{CallCode, Control, HypercallResult};
 #[cfg(feature = "kvm")]
 pub use convention::caller_may_call_sregs;
@@ -78,6 +81,10 @@ pub use page::{
     write_hypercall_page,
 };
 pub use status::HvStatus;
+pub use synic::{
+    CONNECTION_ID_MASK, PostMessage, PostMessageInput, SignalEvent, SynicHypercall, decode_synic,
+    post_message_input, signal_event_input,
+};
 pub use vpset::{
     Error as VpSetError, GENERIC_SET_ALL, GENERIC_SET_SPARSE_4K, MAX_SPARSE_BANKS, MAX_VPS,
     PresentVps, SparseVpIter, SparseVpSet, VPS_PER_BANK, VpSet,

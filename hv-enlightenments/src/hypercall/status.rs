@@ -30,6 +30,16 @@ impl HvStatus {
     pub const OPERATION_DENIED: Self = Self(0x8);
     /// A virtual processor index is invalid.
     pub const INVALID_VP_INDEX: Self = Self(0xE);
+    /// The port is not a port of the right kind (a message port for
+    /// HvPostMessage, an event port for HvSignalEvent), or is gone.
+    pub const INVALID_PORT_ID: Self = Self(0x11);
+    /// No connection has this id.
+    pub const INVALID_CONNECTION_ID: Self = Self(0x12);
+    /// The target has no buffer for the message now; the guest retries.
+    pub const INSUFFICIENT_BUFFERS: Self = Self(0x13);
+    /// The target SynIC, its page or the SINT is disabled or masked
+    /// (not in `hvgdk_mini.h`; TLFS `HvStatus.h`, openvmm `hvdef`).
+    pub const INVALID_SYNIC_STATE: Self = Self(0x18);
 
     /// Whether this is [`HvStatus::SUCCESS`].
     pub const fn is_success(self) -> bool {
@@ -48,6 +58,10 @@ impl HvStatus {
             Self::INVALID_PARTITION_STATE => "INVALID_PARTITION_STATE",
             Self::OPERATION_DENIED => "OPERATION_DENIED",
             Self::INVALID_VP_INDEX => "INVALID_VP_INDEX",
+            Self::INVALID_PORT_ID => "INVALID_PORT_ID",
+            Self::INVALID_CONNECTION_ID => "INVALID_CONNECTION_ID",
+            Self::INSUFFICIENT_BUFFERS => "INSUFFICIENT_BUFFERS",
+            Self::INVALID_SYNIC_STATE => "INVALID_SYNIC_STATE",
             _ => return None,
         })
     }
@@ -84,6 +98,10 @@ mod tests {
         assert_eq!(HvStatus::INVALID_PARAMETER.0, 5);
         assert_eq!(HvStatus::ACCESS_DENIED.0, 6);
         assert_eq!(HvStatus::INVALID_VP_INDEX.0, 0xE);
+        assert_eq!(HvStatus::INVALID_PORT_ID.0, 0x11);
+        assert_eq!(HvStatus::INVALID_CONNECTION_ID.0, 0x12);
+        assert_eq!(HvStatus::INSUFFICIENT_BUFFERS.0, 0x13);
+        assert_eq!(HvStatus::INVALID_SYNIC_STATE.0, 0x18);
         assert!(HvStatus::SUCCESS.is_success());
         assert!(!HvStatus::INVALID_ALIGNMENT.is_success());
         assert_eq!(HvStatus(0x99).name(), None);

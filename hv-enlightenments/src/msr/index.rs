@@ -73,16 +73,42 @@ pub const HV_X64_MSR_SINT15: u32 = 0x4000_009F;
 pub const HV_SINT_COUNT: usize = 16;
 /// Synthetic timer 0 configuration; timer n config is `+ 2n`, count `+ 2n + 1`.
 pub const HV_X64_MSR_STIMER0_CONFIG: u32 = 0x4000_00B0;
+/// Synthetic timer 0 count.
+pub const HV_X64_MSR_STIMER0_COUNT: u32 = 0x4000_00B1;
+/// Synthetic timer 1 configuration.
+pub const HV_X64_MSR_STIMER1_CONFIG: u32 = 0x4000_00B2;
+/// Synthetic timer 1 count.
+pub const HV_X64_MSR_STIMER1_COUNT: u32 = 0x4000_00B3;
+/// Synthetic timer 2 configuration.
+pub const HV_X64_MSR_STIMER2_CONFIG: u32 = 0x4000_00B4;
+/// Synthetic timer 2 count.
+pub const HV_X64_MSR_STIMER2_COUNT: u32 = 0x4000_00B5;
+/// Synthetic timer 3 configuration.
+pub const HV_X64_MSR_STIMER3_CONFIG: u32 = 0x4000_00B6;
 /// Last synthetic timer MSR (timer 3 count).
 pub const HV_X64_MSR_STIMER3_COUNT: u32 = 0x4000_00B7;
 /// Guest idle (reading it idles the VP).
 pub const HV_X64_MSR_GUEST_IDLE: u32 = 0x4000_00F0;
 /// Crash parameter 0; P0..P4 are consecutive.
 pub const HV_X64_MSR_CRASH_P0: u32 = 0x4000_0100;
+/// Crash parameter 1.
+pub const HV_X64_MSR_CRASH_P1: u32 = 0x4000_0101;
+/// Crash parameter 2.
+pub const HV_X64_MSR_CRASH_P2: u32 = 0x4000_0102;
+/// Crash parameter 3.
+pub const HV_X64_MSR_CRASH_P3: u32 = 0x4000_0103;
 /// Crash parameter 4.
 pub const HV_X64_MSR_CRASH_P4: u32 = 0x4000_0104;
+/// Number of crash parameter MSRs (`HV_X64_MSR_CRASH_PARAMS`).
+pub const HV_CRASH_PARAMS: usize = 5;
 /// Crash control.
 pub const HV_X64_MSR_CRASH_CTL: u32 = 0x4000_0105;
+/// CRASH_CTL bit 63: the guest crashed; P0-P4 say how
+/// (`HV_CRASH_CTL_CRASH_NOTIFY`).
+pub const HV_CRASH_CTL_CRASH_NOTIFY: u64 = 1 << 63;
+/// CRASH_CTL bit 62: P3/P4 name a crash message buffer
+/// (`HV_CRASH_CTL_CRASH_NOTIFY_MSG`; not offered here).
+pub const HV_CRASH_CTL_CRASH_NOTIFY_MSG: u64 = 1 << 62;
 /// Reenlightenment control.
 pub const HV_X64_MSR_REENLIGHTENMENT_CONTROL: u32 = 0x4000_0106;
 /// TSC emulation control.

@@ -14,7 +14,9 @@ mod ram;
 mod values;
 mod vp;
 
-pub use access::{MsrScope, granted, required_privilege, scope};
+pub use access::{
+    MsrScope, Requirement, allowed, granted, required_access, required_privilege, scope,
+};
 pub use index::*;
 pub use outcome::{
     ApicAccess, ApicRegister, GuestMemoryWrite, MsrAction, MsrOutcome, X2APIC_MSR_EOI,
@@ -114,6 +116,135 @@ mod tests {
             read(&p, &v, HV_X64_MSR_TIME_REF_COUNT, &5),
             MsrOutcome::Value(5)
         );
+    }
+
+    /// KVM selftest `hyperv_features.c` `guest_test_msrs_access`, as a
+    /// table: each MSR with its privilege or feature bit clear (#GP on
+    /// read and write) and set (no #GP on read).
+    #[test]
+    fn msr_access_matrix_matches_kvm() {
+        use crate::cpuid::{FeaturesEdx, Privileges};
+        let rows: [(u32, Requirement); 22] = [
+            (
+                HV_X64_MSR_GUEST_OS_ID,
+                Requirement::Privilege(Privileges::HYPERCALL),
+            ),
+            (
+                HV_X64_MSR_HYPERCALL,
+                Requirement::Privilege(Privileges::HYPERCALL),
+            ),
+            (
+                HV_X64_MSR_VP_INDEX,
+                Requirement::Privilege(Privileges::VP_INDEX),
+            ),
+            (HV_X64_MSR_RESET, Requirement::Privilege(Privileges::RESET)),
+            (
+                HV_X64_MSR_VP_RUNTIME,
+                Requirement::Privilege(Privileges::VP_RUNTIME),
+            ),
+            (
+                HV_X64_MSR_TIME_REF_COUNT,
+                Requirement::Privilege(Privileges::TIME_REF_COUNT),
+            ),
+            (
+                HV_X64_MSR_REFERENCE_TSC,
+                Requirement::Privilege(Privileges::REFERENCE_TSC),
+            ),
+            (
+                HV_X64_MSR_TSC_FREQUENCY,
+                Requirement::Privilege(Privileges::FREQUENCY_MSRS),
+            ),
+            (
+                HV_X64_MSR_APIC_FREQUENCY,
+                Requirement::Privilege(Privileges::FREQUENCY_MSRS),
+            ),
+            (
+                HV_X64_MSR_EOI,
+                Requirement::Privilege(Privileges::APIC_ACCESS),
+            ),
+            (
+                HV_X64_MSR_VP_ASSIST_PAGE,
+                Requirement::Privilege(Privileges::APIC_ACCESS),
+            ),
+            (
+                HV_X64_MSR_SCONTROL,
+                Requirement::Privilege(Privileges::SYNIC),
+            ),
+            (
+                HV_X64_MSR_SVERSION,
+                Requirement::Privilege(Privileges::SYNIC),
+            ),
+            (HV_X64_MSR_EOM, Requirement::Privilege(Privileges::SYNIC)),
+            (HV_X64_MSR_SINT15, Requirement::Privilege(Privileges::SYNIC)),
+            (
+                HV_X64_MSR_STIMER0_CONFIG,
+                Requirement::Privilege(Privileges::SYNTHETIC_TIMERS),
+            ),
+            (
+                HV_X64_MSR_STIMER3_COUNT,
+                Requirement::Privilege(Privileges::SYNTHETIC_TIMERS),
+            ),
+            (
+                HV_X64_MSR_TSC_INVARIANT_CONTROL,
+                Requirement::Privilege(Privileges::TSC_INVARIANT),
+            ),
+            (
+                HV_X64_MSR_CRASH_P0,
+                Requirement::Feature(FeaturesEdx::GUEST_CRASH_MSRS),
+            ),
+            (
+                HV_X64_MSR_CRASH_P4,
+                Requirement::Feature(FeaturesEdx::GUEST_CRASH_MSRS),
+            ),
+            (
+                HV_X64_MSR_CRASH_CTL,
+                Requirement::Feature(FeaturesEdx::GUEST_CRASH_MSRS),
+            ),
+            (
+                HV_X64_MSR_TPR,
+                Requirement::Privilege(Privileges::APIC_ACCESS),
+            ),
+        ];
+        let freq = Some(crate::cpuid::Frequencies {
+            tsc_hz: 1,
+            apic_hz: 1,
+        });
+        for (msr, req) in rows {
+            assert_eq!(required_access(msr), Some(req), "{msr:#x}");
+            let (p_off, f_off) = match req {
+                Requirement::Privilege(p) => (Privileges::all() - p, FeaturesEdx::all()),
+                Requirement::Feature(f) => (Privileges::all(), FeaturesEdx::all() - f),
+            };
+            for (privileges, features, on) in [
+                (p_off, f_off, false),
+                (Privileges::all(), FeaturesEdx::all(), true),
+            ] {
+                let config = PartitionConfig {
+                    privileges,
+                    frequencies: freq,
+                };
+                let mut p = Partition::with_features(config, features);
+                let mut v = Vp::with_features(0, privileges, features).unwrap();
+                let r = read(&p, &v, msr, &0);
+                assert_eq!(!r.is_gp(), on, "read {msr:#x} on={on}: {r:?}");
+                if !on {
+                    assert!(write(&mut p, &mut v, msr, 0, &ALL_RAM).is_gp(), "{msr:#x}");
+                }
+            }
+        }
+        // Every implemented MSR is in the table or a sibling of one in it.
+        let covered = |m: u32| {
+            rows.iter().any(|(r, _)| *r == m)
+                || (HV_X64_MSR_SINT0..=HV_X64_MSR_SINT15).contains(&m)
+                || (HV_X64_MSR_STIMER0_CONFIG..=HV_X64_MSR_STIMER3_COUNT).contains(&m)
+                || (HV_X64_MSR_CRASH_P0..=HV_X64_MSR_CRASH_P4).contains(&m)
+                || matches!(m, HV_X64_MSR_ICR | HV_X64_MSR_SIEFP | HV_X64_MSR_SIMP)
+        };
+        for m in HV_X64_MSR_RANGE_START..HV_X64_MSR_RANGE_END {
+            if scope(m).is_some() {
+                assert!(covered(m), "{m:#x} missing from the matrix");
+            }
+        }
     }
 
     use proptest::prelude::*;

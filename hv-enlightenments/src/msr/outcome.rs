@@ -117,8 +117,28 @@ pub enum MsrAction {
         gpa: Option<u64>,
     },
     /// End of message: the guest freed a message slot; pending SynIC
-    /// messages may be delivered again.
+    /// messages may be delivered again
+    /// ([`crate::synic::MessageQueue::end_of_message`]), and synthetic
+    /// timers whose message waited are due for
+    /// [`Vp::process_stimers`](super::Vp::process_stimers).
     EndOfMessage,
+    /// A synthetic timer's CONFIG or COUNT changed (the timer is
+    /// cancelled and, if enabled, waits to be started): run
+    /// [`Vp::process_stimers`](super::Vp::process_stimers) with the
+    /// current reference time before the next entry, then arm the host
+    /// timer for [`Vp::stimer_deadline`](super::Vp::stimer_deadline).
+    SyntheticTimersChanged,
+    /// The guest reported a crash (CRASH_CTL write with CRASH_NOTIFY, bit
+    /// 63): P0-P4 as it left them (Linux `hyperv_report_panic`: P0 the
+    /// panic code, P1 GUEST_OS_ID, P2 RIP, P3 RAX, P4 RSP). KVM exits with
+    /// `KVM_SYSTEM_EVENT_CRASH`.
+    GuestCrashed {
+        /// CRASH_P0..P4.
+        params: [u64; super::index::HV_CRASH_PARAMS],
+    },
+    /// The guest asked for a system reset (RESET MSR write of 1; KVM:
+    /// `KVM_SYSTEM_EVENT_RESET`).
+    ResetRequested,
 }
 
 impl MsrAction {

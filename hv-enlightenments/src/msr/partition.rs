@@ -1,15 +1,16 @@
-//! Partition-wide synthetic MSR state: GUEST_OS_ID, HYPERCALL,
-//! REFERENCE_TSC, TIME_REF_COUNT, TSC_INVARIANT_CONTROL, the frequency MSRs.
+//! Partition-wide synthetic MSR state: GUEST_OS_ID, HYPERCALL, RESET,
+//! REFERENCE_TSC, TIME_REF_COUNT, TSC_INVARIANT_CONTROL, the frequency
+//! MSRs, the crash MSRs.
 //!
 //! The VMM keeps one [`Partition`] behind its own lock (KVM holds `hv_lock`
 //! for exactly these MSRs); the crate does no locking.
 
-use super::access::{MsrScope, granted, scope};
+use super::access::{MsrScope, allowed, scope};
 use super::index::*;
 use super::outcome::{MsrAction, MsrOutcome};
 use super::ram::GuestRam;
 use super::values::{HypercallMsr, ReferenceTscMsr, TscInvariantControlMsr};
-use crate::cpuid::{CpuidPlan, Frequencies, Privileges};
+use crate::cpuid::{CpuidPlan, FeaturesEdx, Frequencies, Privileges};
 
 /// The partition reference time, in 100 ns units since partition start.
 ///
@@ -54,6 +55,8 @@ impl From<&CpuidPlan> for PartitionConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Partition {
     config: PartitionConfig,
+    features: FeaturesEdx,
+    crash_params: [u64; HV_CRASH_PARAMS],
     guest_os_id: u64,
     hypercall: HypercallMsr,
     reference_tsc: ReferenceTscMsr,
@@ -73,8 +76,18 @@ impl Partition {
     /// # Ok::<(), hv_enlightenments::cpuid::Error>(())
     /// ```
     pub fn new(config: PartitionConfig) -> Self {
+        Self::with_features(config, FeaturesEdx::empty())
+    }
+
+    /// State at partition reset, also enforcing the features published in
+    /// CPUID 0x40000003 EDX (the crash MSRs need
+    /// [`FeaturesEdx::GUEST_CRASH_MSRS`]). [`Partition::new`] publishes
+    /// none.
+    pub fn with_features(config: PartitionConfig, features: FeaturesEdx) -> Self {
         Self {
             config,
+            features,
+            crash_params: [0; HV_CRASH_PARAMS],
             guest_os_id: 0,
             hypercall: HypercallMsr::new(),
             reference_tsc: ReferenceTscMsr::new(),
@@ -82,15 +95,46 @@ impl Partition {
         }
     }
 
+    /// State at partition reset for what `plan` publishes: its
+    /// privileges, features and frequencies.
+    ///
+    /// ```
+    /// use hv_enlightenments::cpuid::{CpuidBuilder, Served};
+    /// use hv_enlightenments::msr::{self, MsrAction, MsrOutcome, Partition};
+    ///
+    /// let plan = CpuidBuilder::new(1).serves(Served::CRASH_MSRS).build()?;
+    /// let mut p = Partition::from_plan(&plan);
+    /// let ram = |_gpa: u64| true;
+    /// let _ = p.write(msr::HV_X64_MSR_CRASH_P0, 0xDEAD, &ram);
+    /// assert_eq!(
+    ///     p.write(msr::HV_X64_MSR_CRASH_CTL, 1 << 63, &ram),
+    ///     MsrOutcome::Action(MsrAction::GuestCrashed { params: [0xDEAD, 0, 0, 0, 0] })
+    /// );
+    /// # Ok::<(), hv_enlightenments::cpuid::Error>(())
+    /// ```
+    pub fn from_plan(plan: &CpuidPlan) -> Self {
+        Self::with_features(PartitionConfig::from(plan), plan.cpuid.features)
+    }
+
     /// The configuration.
     pub fn config(&self) -> &PartitionConfig {
         &self.config
     }
 
+    /// The features enforced (CPUID 0x40000003 EDX).
+    pub fn features(&self) -> FeaturesEdx {
+        self.features
+    }
+
+    /// CRASH_P0..P4 as the guest last wrote them.
+    pub fn crash_params(&self) -> [u64; HV_CRASH_PARAMS] {
+        self.crash_params
+    }
+
     /// Back to the reset state (this is the only way to clear the
     /// HYPERCALL lock bit).
     pub fn reset(&mut self) {
-        *self = Self::new(self.config);
+        *self = Self::with_features(self.config, self.features);
     }
 
     /// GUEST_OS_ID as last written.
@@ -137,11 +181,24 @@ impl Partition {
     /// # Ok::<(), hv_enlightenments::cpuid::Error>(())
     /// ```
     pub fn read(&self, msr: u32, time: &impl ReferenceTime) -> MsrOutcome {
-        if scope(msr) != Some(MsrScope::Partition) || !granted(self.config.privileges, msr) {
+        if !self.allowed(msr) {
             return MsrOutcome::InjectGp;
         }
         let value = match msr {
             HV_X64_MSR_GUEST_OS_ID => self.guest_os_id,
+            // KVM kvm_hv_get_msr_pw: RESET reads as 0.
+            HV_X64_MSR_RESET => 0,
+            // What the host supports: KVM returns the host-set value masked
+            // to CRASH_NOTIFY (kvm_hv_msr_set_crash_ctl); no crash message
+            // buffer (bit 62) is offered, so Linux takes the
+            // hyperv_report_panic path.
+            HV_X64_MSR_CRASH_CTL => HV_CRASH_CTL_CRASH_NOTIFY,
+            HV_X64_MSR_CRASH_P0..=HV_X64_MSR_CRASH_P4 => {
+                match self.crash_params.get((msr - HV_X64_MSR_CRASH_P0) as usize) {
+                    Some(v) => *v,
+                    None => return MsrOutcome::InjectGp,
+                }
+            }
             HV_X64_MSR_HYPERCALL => self.hypercall.into_bits(),
             HV_X64_MSR_TIME_REF_COUNT => time.time_ref_count(),
             HV_X64_MSR_REFERENCE_TSC => self.reference_tsc.into_bits(),
@@ -183,10 +240,34 @@ impl Partition {
     /// # Ok::<(), hv_enlightenments::cpuid::Error>(())
     /// ```
     pub fn write(&mut self, msr: u32, value: u64, ram: &impl GuestRam) -> MsrOutcome {
-        if scope(msr) != Some(MsrScope::Partition) || !granted(self.config.privileges, msr) {
+        if !self.allowed(msr) {
             return MsrOutcome::InjectGp;
         }
         match msr {
+            // KVM kvm_hv_set_msr_pw: only 1 requests a reset; other values
+            // are ignored without #GP.
+            HV_X64_MSR_RESET if value == 1 => MsrOutcome::Action(MsrAction::ResetRequested),
+            HV_X64_MSR_RESET => MsrOutcome::Done,
+            HV_X64_MSR_CRASH_P0..=HV_X64_MSR_CRASH_P4 => {
+                match self
+                    .crash_params
+                    .get_mut((msr - HV_X64_MSR_CRASH_P0) as usize)
+                {
+                    Some(p) => {
+                        *p = value;
+                        MsrOutcome::Done
+                    }
+                    None => MsrOutcome::InjectGp,
+                }
+            }
+            // KVM: a guest write does not change the stored CRASH_CTL; with
+            // CRASH_NOTIFY it reports the crash (KVM_REQ_HV_CRASH).
+            HV_X64_MSR_CRASH_CTL if value & HV_CRASH_CTL_CRASH_NOTIFY != 0 => {
+                MsrOutcome::Action(MsrAction::GuestCrashed {
+                    params: self.crash_params,
+                })
+            }
+            HV_X64_MSR_CRASH_CTL => MsrOutcome::Done,
             HV_X64_MSR_GUEST_OS_ID => {
                 self.guest_os_id = value;
                 // KVM kvm_hv_set_msr_pw: "setting guest os id to zero
@@ -218,6 +299,11 @@ impl Partition {
             // Read-only: TIME_REF_COUNT, TSC_FREQUENCY, APIC_FREQUENCY.
             _ => MsrOutcome::InjectGp,
         }
+    }
+
+    fn allowed(&self, msr: u32) -> bool {
+        scope(msr) == Some(MsrScope::Partition)
+            && allowed(self.config.privileges, self.features, msr)
     }
 
     fn write_hypercall(&mut self, value: u64, ram: &impl GuestRam) -> MsrOutcome {
@@ -477,12 +563,73 @@ mod tests {
         for msr in [
             HV_X64_MSR_VP_INDEX,
             HV_X64_MSR_EOI,
-            HV_X64_MSR_RESET,
+            HV_X64_MSR_STIMER0_CONFIG,
+            HV_X64_MSR_GUEST_IDLE,
             0x4000_0200,
         ] {
             assert!(p.read(msr, &0).is_gp());
             assert!(p.write(msr, 0, &RAM).is_gp());
         }
+    }
+
+    fn crash_capable() -> Partition {
+        Partition::with_features(
+            PartitionConfig {
+                privileges: Privileges::all(),
+                frequencies: None,
+            },
+            FeaturesEdx::GUEST_CRASH_MSRS,
+        )
+    }
+
+    #[test]
+    fn crash_msrs_report_as_kvm_does() {
+        let mut p = crash_capable();
+        for (i, msr) in (HV_X64_MSR_CRASH_P0..=HV_X64_MSR_CRASH_P4).enumerate() {
+            assert_eq!(p.write(msr, i as u64 + 10, &RAM), MsrOutcome::Done);
+            assert_eq!(p.read(msr, &0), MsrOutcome::Value(i as u64 + 10));
+        }
+        assert_eq!(
+            p.read(HV_X64_MSR_CRASH_CTL, &0),
+            MsrOutcome::Value(HV_CRASH_CTL_CRASH_NOTIFY)
+        );
+        assert_eq!(p.write(HV_X64_MSR_CRASH_CTL, 1, &RAM), MsrOutcome::Done);
+        assert_eq!(
+            p.write(
+                HV_X64_MSR_CRASH_CTL,
+                HV_CRASH_CTL_CRASH_NOTIFY | HV_CRASH_CTL_CRASH_NOTIFY_MSG,
+                &RAM
+            ),
+            MsrOutcome::Action(MsrAction::GuestCrashed {
+                params: [10, 11, 12, 13, 14]
+            })
+        );
+        // The guest's write does not change what CRASH_CTL reads.
+        assert_eq!(
+            p.read(HV_X64_MSR_CRASH_CTL, &0),
+            MsrOutcome::Value(HV_CRASH_CTL_CRASH_NOTIFY)
+        );
+        assert_eq!(p.crash_params(), [10, 11, 12, 13, 14]);
+        // Without the feature (Partition::new): #GP, even with every privilege.
+        let mut plain = all();
+        assert!(plain.read(HV_X64_MSR_CRASH_CTL, &0).is_gp());
+        assert!(plain.write(HV_X64_MSR_CRASH_P0, 1, &RAM).is_gp());
+        p.reset();
+        assert_eq!(p.crash_params(), [0; 5]);
+        assert_eq!(p.features(), FeaturesEdx::GUEST_CRASH_MSRS);
+    }
+
+    #[test]
+    fn reset_msr_requests_a_reset_only_for_1() {
+        let mut p = all();
+        assert_eq!(
+            p.write(HV_X64_MSR_RESET, 1, &RAM),
+            MsrOutcome::Action(MsrAction::ResetRequested)
+        );
+        for v in [0, 2, 3, u64::MAX] {
+            assert_eq!(p.write(HV_X64_MSR_RESET, v, &RAM), MsrOutcome::Done);
+        }
+        assert_eq!(p.read(HV_X64_MSR_RESET, &0), MsrOutcome::Value(0));
     }
 
     proptest! {

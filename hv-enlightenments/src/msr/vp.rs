@@ -1,14 +1,18 @@
-//! Per-virtual-processor synthetic MSR state: VP_INDEX, VP_ASSIST_PAGE, the
-//! SynIC registers and the EOI/ICR/TPR aliases.
+//! Per-virtual-processor synthetic MSR state: VP_INDEX, VP_RUNTIME,
+//! VP_ASSIST_PAGE, the SynIC registers, the synthetic timers and the
+//! EOI/ICR/TPR aliases.
 //!
 //! One [`Vp`] per vCPU, owned by that vCPU's thread: no locking.
 
-use super::access::{MsrScope, granted, scope};
+use super::access::{MsrScope, allowed, scope};
 use super::index::*;
 use super::outcome::{ApicAccess, ApicRegister, MsrAction, MsrOutcome};
+use super::partition::ReferenceTime;
 use super::ram::GuestRam;
 use super::values::{SYNIC_VERSION, ScontrolMsr, SiefpMsr, SimpMsr, SintMsr, VpAssistPageMsr};
-use crate::cpuid::{MAX_VP_INDEX, Privileges};
+use crate::cpuid::{CpuidPlan, FeaturesEdx, MAX_VP_INDEX, Privileges};
+use crate::stimer::{ExpiryTarget, HV_STIMER_COUNT, Stimer, StimerExpiry, Stimers};
+use crate::synic::{SintInterrupt, SlotWrite, SynicMemory, TimerMessagePayload, WhenBusy};
 
 /// Why the VMM's request was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -23,7 +27,10 @@ pub enum Error {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Vp {
     privileges: Privileges,
+    features: FeaturesEdx,
     vp_index: u32,
+    vp_runtime: u64,
+    stimers: Stimers,
     vp_assist: VpAssistPageMsr,
     scontrol: ScontrolMsr,
     siefp: SiefpMsr,
@@ -47,16 +54,35 @@ impl Vp {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn new(vp_index: u32, privileges: Privileges) -> Result<Self, Error> {
+        Self::with_features(vp_index, privileges, FeaturesEdx::empty())
+    }
+
+    /// As [`Vp::new`], also enforcing the features published in CPUID
+    /// 0x40000003 EDX: synthetic timer direct mode needs
+    /// [`FeaturesEdx::STIMER_DIRECT_MODE`] (KVM `stimer_set_config`).
+    pub fn with_features(
+        vp_index: u32,
+        privileges: Privileges,
+        features: FeaturesEdx,
+    ) -> Result<Self, Error> {
         if vp_index > MAX_VP_INDEX {
             return Err(Error::VpIndexTooLarge(vp_index));
         }
-        Ok(Self::at_reset(vp_index, privileges))
+        Ok(Self::at_reset(vp_index, privileges, features))
     }
 
-    fn at_reset(vp_index: u32, privileges: Privileges) -> Self {
+    /// The VP numbered `vp_index` for what `plan` publishes.
+    pub fn from_plan(vp_index: u32, plan: &CpuidPlan) -> Result<Self, Error> {
+        Self::with_features(vp_index, plan.privileges(), plan.cpuid.features)
+    }
+
+    fn at_reset(vp_index: u32, privileges: Privileges, features: FeaturesEdx) -> Self {
         Self {
             privileges,
+            features,
             vp_index,
+            vp_runtime: 0,
+            stimers: Stimers::default(),
             vp_assist: VpAssistPageMsr::new(),
             scontrol: ScontrolMsr::new(),
             siefp: SiefpMsr::new(),
@@ -67,7 +93,7 @@ impl Vp {
 
     /// Back to the reset state (the VP index is kept).
     pub fn reset(&mut self) {
-        *self = Self::at_reset(self.vp_index, self.privileges);
+        *self = Self::at_reset(self.vp_index, self.privileges, self.features);
     }
 
     /// This VP's index.
@@ -133,8 +159,101 @@ impl Vp {
             .any(|s| s.delivers_auto_eoi() && s.vector() == vector)
     }
 
+    /// Sets what VP_RUNTIME reads: the time this VP has run, in 100 ns
+    /// units (KVM: the vCPU thread's user + system time). The VMM updates
+    /// it, or answers VP_RUNTIME with [`Vp::read_with_runtime`].
+    pub fn set_vp_runtime(&mut self, runtime: u64) {
+        self.vp_runtime = runtime;
+    }
+
+    /// RDMSR, with VP_RUNTIME read from `runtime` (100 ns units) at the
+    /// time of the read; every other MSR as [`Vp::read`].
+    pub fn read_with_runtime(&self, msr: u32, runtime: &impl ReferenceTime) -> MsrOutcome {
+        if msr == HV_X64_MSR_VP_RUNTIME && self.allowed(msr) {
+            return MsrOutcome::Value(runtime.time_ref_count());
+        }
+        self.read(msr)
+    }
+
+    /// Synthetic timer `n` (0..=3).
+    pub fn stimer(&self, n: usize) -> Option<&Stimer> {
+        self.stimers.get(n)
+    }
+
+    /// The earliest synthetic timer expiry, in reference time (100 ns):
+    /// arm the host timer for it and call [`Vp::process_stimers`] then.
+    pub fn stimer_deadline(&self) -> Option<u64> {
+        self.stimers.next_deadline()
+    }
+
+    /// Whether [`Vp::process_stimers`] has work at reference time `now`.
+    pub fn stimers_need_processing(&self, now: u64) -> bool {
+        self.stimers.needs_processing(now)
+    }
+
+    /// Starts, expires and delivers the synthetic timers at reference
+    /// time `now` (KVM `kvm_hv_process_stimers`): after a
+    /// [`MsrAction::SyntheticTimersChanged`] or
+    /// [`MsrAction::EndOfMessage`], when the host timer armed for
+    /// [`Vp::stimer_deadline`] fires, and after [`Vp::sint_eoi`]. Expired
+    /// message-mode timers write `HVMSG_TIMER_EXPIRED` into this VP's
+    /// message page through `mem`; the result lists the interrupts to
+    /// raise on this VP.
+    ///
+    /// ```
+    /// use hv_enlightenments::cpuid::{FeaturesEdx, Privileges};
+    /// use hv_enlightenments::msr::{self, MsrAction, MsrOutcome, Vp};
+    /// use hv_enlightenments::synic::CellMemory;
+    ///
+    /// let mut vp = Vp::new(0, Privileges::all())?;
+    /// let ram = |_gpa: u64| true;
+    /// for (m, v) in [(msr::HV_X64_MSR_SCONTROL, 1), (msr::HV_X64_MSR_SIMP, 0x1001), (msr::HV_X64_MSR_SINT2, 0x52)] {
+    ///     let _ = vp.write(m, v, &ram);
+    /// }
+    /// // Linux: stimer0 one-shot, auto-enable, SINT 2; COUNT = now + delta.
+    /// let _ = vp.write(msr::HV_X64_MSR_STIMER0_CONFIG, (1 << 3) | (2 << 16), &ram);
+    /// let out = vp.write(msr::HV_X64_MSR_STIMER0_COUNT, 10_000, &ram);
+    /// assert_eq!(out, MsrOutcome::Action(MsrAction::SyntheticTimersChanged));
+    /// let mut page = [0u8; 4096];
+    /// let mem = CellMemory::new(0x1000, &mut page);
+    /// assert!(vp.process_stimers(9_000, &mem).is_empty());
+    /// assert_eq!(vp.stimer_deadline(), Some(10_000)); // arm the host timer
+    /// let fired = vp.process_stimers(10_000, &mem);
+    /// assert_eq!(fired.vectors().next(), Some((0x52, false)));
+    /// # Ok::<(), msr::Error>(())
+    /// ```
+    pub fn process_stimers(&mut self, now: u64, mem: &impl SynicMemory) -> StimerExpiry {
+        let mut timers = self.stimers;
+        let out = timers.process(now, &mut TimerSender { vp: self, mem });
+        self.stimers = timers;
+        out
+    }
+
+    /// The guest EOI'd `vector`: SINTs using it are acknowledged, so
+    /// synthetic timers waiting on them are due again (KVM
+    /// `kvm_hv_synic_send_eoi`). Returns whether any unmasked SINT uses
+    /// `vector` (then also retry the VMM's queued messages for it:
+    /// [`crate::synic::MessageQueue::retry`]).
+    pub fn sint_eoi(&mut self, vector: u8) -> bool {
+        let mut any = false;
+        for (n, s) in self.sints.iter().enumerate() {
+            if !s.masked() && s.vector() == vector {
+                // n < 16.
+                self.stimers.sint_acked(n as u8);
+                any = true;
+            }
+        }
+        any
+    }
+
     fn allowed(&self, msr: u32) -> bool {
-        scope(msr) == Some(MsrScope::Vp) && granted(self.privileges, msr)
+        scope(msr) == Some(MsrScope::Vp) && allowed(self.privileges, self.features, msr)
+    }
+
+    /// Timer number and whether `msr` is its COUNT.
+    fn stimer_slot(msr: u32) -> Option<(usize, bool)> {
+        let off = msr.checked_sub(HV_X64_MSR_STIMER0_CONFIG)? as usize;
+        (off < 2 * HV_STIMER_COUNT).then_some((off / 2, off % 2 == 1))
     }
 
     fn sint_slot(msr: u32) -> Option<usize> {
@@ -163,6 +282,14 @@ impl Vp {
         }
         let value = match msr {
             HV_X64_MSR_VP_INDEX => u64::from(self.vp_index),
+            HV_X64_MSR_VP_RUNTIME => self.vp_runtime,
+            HV_X64_MSR_STIMER0_CONFIG..=HV_X64_MSR_STIMER3_COUNT => {
+                match Self::stimer_slot(msr).and_then(|(n, c)| Some((self.stimers.get(n)?, c))) {
+                    Some((t, true)) => t.count(),
+                    Some((t, false)) => t.config().into_bits(),
+                    None => return MsrOutcome::InjectGp,
+                }
+            }
             HV_X64_MSR_EOI => return MsrOutcome::Apic(ApicAccess::Read(ApicRegister::Eoi)),
             HV_X64_MSR_ICR => return MsrOutcome::Apic(ApicAccess::Read(ApicRegister::Icr)),
             HV_X64_MSR_TPR => return MsrOutcome::Apic(ApicAccess::Read(ApicRegister::Tpr)),
@@ -205,7 +332,21 @@ impl Vp {
         }
         match msr {
             // Read-only to the guest (KVM: only host-initiated writes).
-            HV_X64_MSR_VP_INDEX | HV_X64_MSR_SVERSION => MsrOutcome::InjectGp,
+            HV_X64_MSR_VP_INDEX | HV_X64_MSR_SVERSION | HV_X64_MSR_VP_RUNTIME => {
+                MsrOutcome::InjectGp
+            }
+            HV_X64_MSR_STIMER0_CONFIG..=HV_X64_MSR_STIMER3_COUNT => {
+                let direct = self.features.contains(FeaturesEdx::STIMER_DIRECT_MODE);
+                let done = match Self::stimer_slot(msr) {
+                    Some((n, true)) => self.stimers.write_count(n, value),
+                    Some((n, false)) => self.stimers.write_config(n, value, direct),
+                    None => None,
+                };
+                match done {
+                    Some(()) => MsrOutcome::Action(MsrAction::SyntheticTimersChanged),
+                    None => MsrOutcome::InjectGp,
+                }
+            }
             HV_X64_MSR_EOI => MsrOutcome::Apic(ApicAccess::Write(ApicRegister::Eoi, value)),
             HV_X64_MSR_ICR => MsrOutcome::Apic(ApicAccess::Write(ApicRegister::Icr, value)),
             HV_X64_MSR_TPR => MsrOutcome::Apic(ApicAccess::Write(ApicRegister::Tpr, value)),
@@ -249,8 +390,14 @@ impl Vp {
                 }
                 None => MsrOutcome::InjectGp,
             },
-            // Any value signals end of message (KVM synic_set_msr).
-            HV_X64_MSR_EOM => MsrOutcome::Action(MsrAction::EndOfMessage),
+            // Any value signals end of message and acknowledges every
+            // SINT (KVM synic_set_msr -> kvm_hv_notify_acked_sint).
+            HV_X64_MSR_EOM => {
+                for sint in 0..HV_SINT_COUNT as u8 {
+                    self.stimers.sint_acked(sint);
+                }
+                MsrOutcome::Action(MsrAction::EndOfMessage)
+            }
             _ => self.write_sint(msr, value),
         }
     }
@@ -272,6 +419,36 @@ impl Vp {
                 old: old_usage,
                 new: new_usage,
             })
+        }
+    }
+}
+
+/// Sends timer messages into the VP's own message page.
+struct TimerSender<'a, M> {
+    vp: &'a Vp,
+    mem: &'a M,
+}
+
+impl<M: SynicMemory> ExpiryTarget for TimerSender<'_, M> {
+    fn send(
+        &mut self,
+        index: u8,
+        sint: u8,
+        expiration: u64,
+        now: u64,
+        drop_if_busy: bool,
+    ) -> Result<Option<SintInterrupt>, ()> {
+        let msg = TimerMessagePayload::message(index, expiration, now);
+        let when_busy = if drop_if_busy {
+            WhenBusy::Drop
+        } else {
+            WhenBusy::SetPending
+        };
+        match crate::synic::write_message(self.vp, sint, &msg, self.mem, when_busy) {
+            Ok(SlotWrite::Delivered(irq)) => Ok(irq),
+            // KVM stimer_send_msg: a dropped periodic tick counts as sent.
+            Ok(SlotWrite::Busy) if drop_if_busy => Ok(None),
+            Ok(SlotWrite::Busy) | Err(_) => Err(()),
         }
     }
 }
@@ -515,13 +692,104 @@ mod tests {
         for msr in [
             HV_X64_MSR_HYPERCALL,
             HV_X64_MSR_GUEST_OS_ID,
-            HV_X64_MSR_STIMER0_CONFIG,
+            HV_X64_MSR_RESET,
+            HV_X64_MSR_CRASH_CTL,
             HV_X64_MSR_SINT15 + 1,
             HV_X64_MSR_EOM + 1,
         ] {
             assert!(v.read(msr).is_gp(), "{msr:#x}");
             assert!(v.write(msr, 0, &RAM).is_gp(), "{msr:#x}");
         }
+    }
+
+    #[test]
+    fn vp_runtime_is_read_only_and_from_the_vmm() {
+        let mut v = vp();
+        v.set_vp_runtime(42);
+        assert_eq!(v.read(HV_X64_MSR_VP_RUNTIME), MsrOutcome::Value(42));
+        assert_eq!(
+            v.read_with_runtime(HV_X64_MSR_VP_RUNTIME, &|| 77u64),
+            MsrOutcome::Value(77)
+        );
+        assert_eq!(
+            v.read_with_runtime(HV_X64_MSR_VP_INDEX, &0),
+            MsrOutcome::Value(3)
+        );
+        assert!(v.write(HV_X64_MSR_VP_RUNTIME, 1, &RAM).is_gp());
+        let no = Vp::new(0, Privileges::all() - Privileges::VP_RUNTIME).unwrap();
+        assert!(no.read_with_runtime(HV_X64_MSR_VP_RUNTIME, &0).is_gp());
+    }
+
+    fn synic_vp(features: FeaturesEdx) -> Vp {
+        let mut v = Vp::with_features(0, Privileges::all(), features).unwrap();
+        for (m, val) in [
+            (HV_X64_MSR_SCONTROL, 1),
+            (HV_X64_MSR_SIMP, 0x1001),
+            (HV_X64_MSR_SINT2, 0x52),
+        ] {
+            assert!(!v.write(m, val, &RAM).is_gp());
+        }
+        v
+    }
+
+    #[test]
+    fn stimer_msrs_round_trip_and_gate_direct_mode() {
+        let mut v = synic_vp(FeaturesEdx::empty());
+        let cfg = 1 | (1 << 3) | (2 << 16);
+        assert_eq!(
+            v.write(HV_X64_MSR_STIMER1_CONFIG, cfg, &RAM),
+            MsrOutcome::Action(MsrAction::SyntheticTimersChanged)
+        );
+        assert_eq!(v.read(HV_X64_MSR_STIMER1_CONFIG), MsrOutcome::Value(cfg));
+        assert_eq!(
+            v.write(HV_X64_MSR_STIMER3_COUNT, 99, &RAM),
+            MsrOutcome::Action(MsrAction::SyntheticTimersChanged)
+        );
+        assert_eq!(v.read(HV_X64_MSR_STIMER3_COUNT), MsrOutcome::Value(99));
+        // Reserved bits, direct mode without EDX bit 19.
+        assert!(v.write(HV_X64_MSR_STIMER0_CONFIG, 1 << 20, &RAM).is_gp());
+        assert!(v.write(HV_X64_MSR_STIMER0_CONFIG, 1 << 12, &RAM).is_gp());
+        let mut d = synic_vp(FeaturesEdx::STIMER_DIRECT_MODE);
+        assert!(!d.write(HV_X64_MSR_STIMER0_CONFIG, 1 << 12, &RAM).is_gp());
+        // One past the last timer MSR is not a timer.
+        assert!(v.read(HV_X64_MSR_STIMER3_COUNT + 1).is_gp());
+        assert!(v.stimer(4).is_none());
+    }
+
+    #[test]
+    fn stimer_message_waits_for_eom() {
+        let mut v = synic_vp(FeaturesEdx::empty());
+        let mut page = [0u8; 0x1000];
+        let mem = crate::synic::CellMemory::new(0x1000, &mut page);
+        // Slot 2 busy with an earlier message.
+        let other = crate::synic::HvMessage::new(1, 0, &[]).unwrap();
+        let _ = crate::synic::write_message(&v, 2, &other, &mem, WhenBusy::SetPending).unwrap();
+        let _ = v.write(HV_X64_MSR_STIMER0_CONFIG, (1 << 3) | (2 << 16), &RAM);
+        let _ = v.write(HV_X64_MSR_STIMER0_COUNT, 100, &RAM);
+        assert!(v.process_stimers(100, &mem).is_empty());
+        assert!(v.stimer(0).unwrap().message_pending());
+        // The guest frees the slot and writes EOM: the expiry goes in.
+        crate::synic::SynicMemory::write(&mem, 0x1000 + 2 * 256, &[0; 4]).unwrap();
+        assert_eq!(
+            v.write(HV_X64_MSR_EOM, 0, &RAM),
+            MsrOutcome::Action(MsrAction::EndOfMessage)
+        );
+        assert!(v.stimers_need_processing(120));
+        let out = v.process_stimers(120, &mem);
+        assert_eq!(out.vectors().next(), Some((0x52, false)));
+        let mut slot = [0u8; 40];
+        crate::hypercall::GuestMemoryRead::read(&mem, 0x1000 + 2 * 256, &mut slot).unwrap();
+        let msg = crate::synic::HvMessage::new(0x8000_0010, 0, &slot[16..40]).ok();
+        let payload = msg.and_then(|m| crate::synic::TimerMessagePayload::from_message(&m));
+        assert_eq!(
+            payload.map(|p| (p.expiration_time.get(), p.delivery_time.get())),
+            Some((100, 120))
+        );
+        // An EOI of the SINT's vector acknowledges it too.
+        assert!(v.sint_eoi(0x52));
+        assert!(!v.sint_eoi(0x53));
+        v.reset();
+        assert_eq!(v.stimer_deadline(), None);
     }
 
     proptest! {
