@@ -510,9 +510,12 @@ impl CpuidBuilder {
                     true,
                     "host APIC virtualization unknown: assume active so AutoEOI cannot inhibit it",
                 ),
+                // KVM's LAPIC acknowledges a SINT vector without ISR only
+                // with KVM's own Hyper-V (`auto_eoi_bitmap`), which a
+                // userspace SynIC does not have.
                 (false, Some(false)) => (
-                    false,
-                    "kernel irqchip without APICv/AVIC: AutoEOI saves an EOI exit",
+                    true,
+                    "KVM's LAPIC cannot skip the ISR for a userspace SynIC: the guest must EOI SINT vectors",
                 ),
             },
             Item::RemoteTlbFlush if wants(Enlightenments::PV_TLB_FLUSH) => (
@@ -536,9 +539,12 @@ impl CpuidBuilder {
                         "a VP index is >= 64: the 64-bit masks of the non-Ex forms cannot name it",
                     )
                 } else {
+                    // KVM refuses the Ex forms without the hint
+                    // (`hv_check_hypercall_access`); Linux still picks the
+                    // non-Ex forms while every VP index fits their masks.
                     (
-                        false,
-                        "every VP index < 64: the cheaper non-Ex forms suffice",
+                        true,
+                        "every VP index < 64: guests use the non-Ex forms, the Ex forms stay allowed (as QEMU's hv-ipi/hv-tlbflush publish them)",
                     )
                 }
             }
@@ -664,7 +670,7 @@ mod tests {
     }
 
     #[test]
-    fn deprecating_aeoi_follows_apicv() {
+    fn deprecating_aeoi_with_any_in_kernel_lapic() {
         let k = |host| build(CpuidBuilder::new(8).irqchip(IrqchipMode::Kernel).host(host));
         assert!(
             k(apicv_host())
@@ -672,8 +678,10 @@ mod tests {
                 .hints
                 .contains(Hints::DEPRECATING_AEOI)
         );
+        // Without APICv too: KVM's LAPIC cannot auto-EOI for a userspace
+        // SynIC.
         assert!(
-            !k(HostApicAccel::NONE)
+            k(HostApicAccel::NONE)
                 .cpuid
                 .hints
                 .contains(Hints::DEPRECATING_AEOI)
@@ -698,13 +706,18 @@ mod tests {
     }
 
     #[test]
-    fn ex_processor_masks_from_vp_index_64() {
+    fn ex_processor_masks_with_the_pv_calls() {
+        // At any size: KVM refuses the Ex forms without the hint.
         assert!(
-            !build(CpuidBuilder::new(64))
+            build(CpuidBuilder::new(2))
                 .cpuid
                 .hints
                 .contains(Hints::EX_PROCESSOR_MASKS)
         );
+        let no_pv = CpuidBuilder::new(2).enlightenments(
+            Enlightenments::all() - Enlightenments::PV_TLB_FLUSH - Enlightenments::PV_IPI,
+        );
+        assert!(!build(no_pv).cpuid.hints.contains(Hints::EX_PROCESSOR_MASKS));
         assert!(
             build(CpuidBuilder::new(65))
                 .cpuid
