@@ -42,6 +42,12 @@ impl HostClock {
         }
     }
 
+    /// The guest TSC to reference time conversion (`None`: the guest TSC
+    /// or its frequency is unknown), for a reference TSC page.
+    pub fn tsc_conversion(&self) -> Option<TscConversion> {
+        self.reference.map(|(_, c)| c)
+    }
+
     /// The partition reference time in 100 ns units (TIME_REF_COUNT): the
     /// guest's TSC now, converted as a reference TSC page would (so that
     /// the MSR and a page never disagree, KVM `get_time_ref_counter`);

@@ -61,6 +61,19 @@ pub enum Error {
         /// Guest RIP (0 when it could not be read).
         rip: u64,
     },
+    /// The guest reported a crash through the Hyper-V crash MSRs
+    /// (CRASH_CTL.CRASH_NOTIFY; Linux `hyperv_report_panic`: P0 the panic
+    /// code, P1 its guest OS id, P2 RIP, P3 RAX, P4 RSP).
+    #[error(
+        "guest crashed (reported by vCPU {vcpu} through the Hyper-V crash MSRs): P0 {:#x}, P1 {:#x}, P2 {:#x}, P3 {:#x}, P4 {:#x}",
+        params[0], params[1], params[2], params[3], params[4]
+    )]
+    GuestCrashed {
+        /// Reporting vCPU.
+        vcpu: u32,
+        /// HV_X64_MSR_CRASH_P0..P4.
+        params: [u64; 5],
+    },
     /// The guest reported a failed check.
     #[error(
         "scenario failed on vCPU {vcpu}: code {code}, detail {detail:#x}, last value {last_value:x?}"

@@ -41,6 +41,7 @@ pub mod platform;
 pub mod probe;
 pub mod runner;
 pub mod scenario;
+pub mod timers;
 pub mod vcpu;
 pub mod vm;
 

@@ -18,9 +18,11 @@ use crate::hyperv::HyperV;
 use crate::irqchip::Irqchip;
 use crate::kvm::stats::KvmVmCounters;
 use crate::metrics::VmMetrics;
+use crate::timers::Timers;
 use crate::vcpu::Vcpu;
 use hv_enlightenments::cpuid::CpuidPlan;
 use hv_enlightenments::msr::Partition;
+use lapic::Clock;
 
 /// How the VMM flushes a vCPU's guest TLB before its next entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +115,8 @@ pub struct Machine {
     pub clock: Arc<HostClock>,
     /// How TLB flushes are done.
     pub flush: FlushMethod,
+    /// The synthetic timers' host deadlines (one per vCPU: its earliest).
+    pub stimers: Timers,
     /// The VM's PIO and MMIO buses (the platform devices of an external
     /// guest). Each vCPU looks at its own devices first
     /// ([`crate::runner::io::VcpuIo`]).
@@ -134,6 +138,28 @@ impl Machine {
     /// [`Irqchip::deliver_msi`]).
     pub fn deliver_msi(&self, address: u64, data: u32) {
         self.irqchip.deliver_msi(&self.vcpus, address, data);
+    }
+
+    /// Runs `me`'s synthetic timers now (after a CONFIG/COUNT write or an
+    /// EOM, or when their host deadline fired), raises what expired, and
+    /// arms the host deadline of the next expiry. Returns that deadline
+    /// (APIC clock nanoseconds).
+    pub fn service_stimers(&self, me: &Vcpu) -> Option<u64> {
+        let (raise, next) = self.hv.run_stimers(me, &self.mem);
+        for (vector, auto_eoi) in raise.iter() {
+            self.irqchip.deliver_sint(me, vector, auto_eoi);
+        }
+        // Reference time (100 ns) to the timer thread's clock: the two
+        // start together, so the time left is the same in both.
+        let deadline = next.map(|at| {
+            let left = at.saturating_sub(self.hv.reference_time());
+            self.clock.now_ns().saturating_add(left.saturating_mul(100))
+        });
+        match deadline {
+            Some(ns) => self.stimers.arm(me.index as usize, ns),
+            None => self.stimers.disarm(me.index as usize),
+        }
+        deadline
     }
 
     /// Raises the NMI pin (LINT1) of every vCPU, as QEMU's `nmi` monitor
@@ -189,6 +215,7 @@ impl Machine {
         self.stop.store(true, Ordering::Release);
         self.end_cond.notify_all();
         self.irqchip.wake_timers();
+        self.stimers.wake();
         for v in &self.vcpus {
             v.stop();
         }

@@ -494,8 +494,10 @@ fn run(cmd: Command) -> Result<(), String> {
             use reference_vmm::kvm::cpuid;
             // What a VM would get: the guest TSC frequency KVM gives a vCPU.
             let apic_hz = reference_vmm::irqchip::apic_timer_hz(mode);
-            let freq = cpuid::frequencies(apic_hz, cpuid::host_tsc_khz());
-            let plan = cpuid::cpuid_plan(vcpus, mode, freq).map_err(|e| e.to_string())?;
+            let host = cpuid::host_tsc();
+            let freq = cpuid::frequencies(apic_hz, host.map(|(khz, _)| khz));
+            let stable = host.is_some_and(|(_, stable)| stable);
+            let plan = cpuid::cpuid_plan(vcpus, mode, freq, stable).map_err(|e| e.to_string())?;
             for l in plan.cpuid.entries() {
                 println!(
                     "{:#010x}: eax={:#010x} ebx={:#010x} ecx={:#010x} edx={:#010x}",

@@ -116,6 +116,10 @@ counters!(
         eoi_lazy,
         /// Timer interrupts raised.
         timer_fires,
+        /// Synthetic timer expiries delivered (message or direct mode).
+        stimer_expiries,
+        /// HvPostMessage / HvSignalEvent calls.
+        hc_synic,
         /// Remote flushes this vCPU requested (one per target).
         flush_requested,
         /// Requested flushes whose target was not in guest mode (done at

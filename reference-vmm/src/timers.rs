@@ -1,6 +1,8 @@
-//! Host-time local APIC timers: one thread per VM sleeps until the earliest
-//! armed deadline and fires it (the APIC raises its vector and the vCPU is
-//! kicked or woken). Deadlines are in the APIC clock's nanoseconds.
+//! Host-time timer deadlines, at most one per vCPU per queue: a thread
+//! sleeps until the earliest armed deadline and fires it. The userspace
+//! irqchip's APIC timers use one queue (the APIC raises its vector and the
+//! vCPU is kicked or woken), the Hyper-V synthetic timers another.
+//! Deadlines are in the APIC clock's nanoseconds.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -39,7 +41,7 @@ impl Queue {
     }
 }
 
-/// The vCPUs' armed APIC timer deadlines, earliest first.
+/// The vCPUs' armed deadlines, earliest first.
 #[derive(Debug, Default)]
 pub struct Timers {
     queue: Mutex<Queue>,
@@ -56,7 +58,7 @@ impl Timers {
     }
 
     /// Arms vCPU `vcpu`'s timer for `deadline_ns`, replacing the deadline
-    /// it had (firing re-checks the APIC's own deadline all the same).
+    /// it had (firing re-checks the timer's own deadline all the same).
     pub fn arm(&self, vcpu: usize, deadline_ns: u64) {
         self.lock().arm(vcpu, deadline_ns);
         self.cond.notify_one();

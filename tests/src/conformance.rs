@@ -93,6 +93,14 @@ const PD: u32 = PML4 + 0x2000;
 const VARS: u32 = LOAD_ADDR + 0x1_6000;
 /// Where the Hyper-V hypercall page is placed.
 const HCALL_PAGE: u32 = LOAD_ADDR + 0x1_7000;
+/// The SynIC message page and the reference TSC page: RAM above the image.
+const SIMP_PAGE: u32 = 0x20_0000;
+const TSC_PAGE: u32 = 0x20_1000;
+const SIEFP_PAGE: u32 = 0x20_2000;
+const SIMP_PAGE_AP: u32 = 0x20_3000;
+const SIEFP_PAGE_AP: u32 = 0x20_4000;
+/// HvPostMessage input (8-byte aligned, within one page).
+const POST_INPUT: u32 = 0x20_5000;
 /// Per-vCPU blocks, aligned to their size.
 const PERCPU: u32 = LOAD_ADDR + 0x1_8000;
 const PERCPU_SIZE: u32 = 0x4000;
@@ -283,6 +291,74 @@ const HV_EOI: u32 = 0x4000_0070;
 const HV_ICR: u32 = 0x4000_0071;
 const HV_TPR: u32 = 0x4000_0072;
 const HV_VP_ASSIST_PAGE: u32 = 0x4000_0073;
+const HV_VP_RUNTIME: u32 = 0x4000_0010;
+const HV_TIME_REF_COUNT: u32 = 0x4000_0020;
+const HV_REFERENCE_TSC: u32 = 0x4000_0021;
+const HV_SCONTROL: u32 = 0x4000_0080;
+const HV_SIEFP: u32 = 0x4000_0082;
+const HV_SIMP: u32 = 0x4000_0083;
+const HV_EOM: u32 = 0x4000_0084;
+const HV_SINT0: u32 = 0x4000_0090;
+const HV_STIMER0_CONFIG: u32 = 0x4000_00B0;
+const HV_STIMER0_COUNT: u32 = 0x4000_00B1;
+const HV_CRASH_P0: u32 = 0x4000_0100;
+const HV_CRASH_CTL: u32 = 0x4000_0105;
+/// CRASH_CTL.CRASH_NOTIFY (bit 63), as the high half of the write.
+const HV_CRASH_NOTIFY_HIGH: u32 = 1 << 31;
+/// What [`Case::CrashMsrs`] writes to CRASH_P0-P4.
+pub const CRASH_PARAMS: [u32; 5] = [0xC0DE, 0x11, 0x22, 0x33, 0x44];
+/// CPUID 0x40000003 EBX: AccessPostMessages, AccessSignalEvents; EDX:
+/// GuestCrashMsrsAvailable.
+const HV_POST_MESSAGES: u32 = 1 << 4;
+const HV_SIGNAL_EVENTS: u32 = 1 << 5;
+const HV_GUEST_CRASH_MSRS: u32 = 1 << 10;
+/// Hypercall codes and the fast bit of the control word.
+const HVCALL_POST_MESSAGE: u32 = 0x5C;
+const HVCALL_SIGNAL_EVENT: u32 = 0x5D;
+const HV_CONTROL_FAST: u32 = 1 << 16;
+/// [`Case::SynicMessages`]: the connection the BSP posts to (the AP's
+/// SINT 3, port id = connection id), the one the AP signals (the BSP's
+/// SINT 3, event flags 0..64, port id = connection id), and one nobody
+/// registered.
+pub const SYNIC_MSG_CONNECTION: u32 = 0x10;
+pub const SYNIC_EVENT_CONNECTION: u32 = 0x11;
+const SYNIC_NO_CONNECTION: u32 = 0x99;
+/// The SINT both vCPUs use, the event flag, the message type and payload.
+pub const SYNIC_SINT: u32 = 3;
+const SYNIC_FLAG: u32 = 5;
+const SYNIC_MSG_TYPE: u32 = 1;
+const SYNIC_PING: u64 = 0x474E_4950_2121_2121;
+/// Bytes of one SINT's event flags (2048 bits).
+const HV_EVENT_FLAGS_SIZE: u32 = 256;
+/// CPUID 0x40000003: privileges (EAX) and features (EDX).
+const HV_CPUID_FEATURES: u32 = 0x4000_0003;
+/// EAX: HV_MSR_SYNIC_AVAILABLE, HV_MSR_SYNTIMER_AVAILABLE,
+/// HV_MSR_REFERENCE_TSC_AVAILABLE; EDX: HV_STIMER_DIRECT_MODE_AVAILABLE.
+const HV_VP_RUNTIME_AVAILABLE: u32 = 1;
+const HV_SYNIC_AVAILABLE: u32 = 1 << 2;
+const HV_SYNTIMER_AVAILABLE: u32 = 1 << 3;
+const HV_REFERENCE_TSC_AVAILABLE: u32 = 1 << 9;
+const HV_STIMER_DIRECT_MODE: u32 = 1 << 19;
+/// STIMERx_CONFIG bits (`union hv_stimer_config`).
+const STIMER_ENABLE: u32 = 1;
+const STIMER_PERIODIC: u32 = 1 << 1;
+const STIMER_VECTOR_SHIFT: u32 = 4;
+const STIMER_DIRECT: u32 = 1 << 12;
+const STIMER_SINTX_SHIFT: u32 = 16;
+/// The SINT the message-mode timer uses.
+const STIMER_SINT: u32 = 2;
+/// One-shot delay and period, 100 ns units (1 ms, 2 ms).
+const STIMER_DELAY: i32 = 10_000;
+const STIMER_PERIOD: u32 = 20_000;
+/// Settles that span several periods.
+const STIMER_SETTLES: u32 = 10;
+/// One second of reference time (100 ns units).
+const REF_TIME_1S: i32 = 10_000_000;
+/// A SynIC message slot, its payload offset (`struct hv_message`), and
+/// HVMSG_TIMER_EXPIRED.
+const HV_MESSAGE_SIZE: u32 = 256;
+const MSG_PAYLOAD: u32 = 16;
+const HVMSG_TIMER_EXPIRED: u32 = 0x8000_0010;
 /// An MSR of the Hyper-V range that no TLFS version defines.
 const HV_UNDEFINED: u32 = 0x4000_00FF;
 /// GUEST_OS_ID high half: an open-source OS.
@@ -328,6 +404,8 @@ const TPR_CLASS_SHIFT: u32 = 4;
 // Vectors the cases use.
 const VEC_EDGE: u32 = 0x50;
 const VEC_LEVEL: u32 = 0x51;
+const VEC_STIMER: u32 = 0x60;
+const VEC_SINT: u32 = 0x61;
 const VEC_LEVEL_HELD: u32 = 0x52;
 const VEC_MASKED: u32 = 0x53;
 const VEC_COALESCE: u32 = 0x54;
@@ -456,6 +534,36 @@ pub enum Case {
     /// dropped; after [`LINT1_APIC_DISABLED`] (IA32_APIC_BASE.EN = 0) a
     /// third is an NMI again.
     Lint1Nmi,
+    /// The reference TSC page (HV_X64_MSR_REFERENCE_TSC): when CPUID
+    /// publishes it (value 0 = 1; else skipped with 0), the page's
+    /// sequence is valid and its scale/offset applied to the guest's own
+    /// TSC give the same time as TIME_REF_COUNT read right after (value
+    /// 2: the MSR's lead, 100 ns units).
+    ReferenceTscPage,
+    /// Synthetic timer 0 in direct mode (published: value 0 = 1): a
+    /// one-shot expiry raises its vector once, a periodic timer keeps
+    /// raising it, and disabling it stops it.
+    StimerDirect,
+    /// Synthetic timer 0 in message mode on SINT 2 (published: value 0 =
+    /// 1): the expiry writes HVMSG_TIMER_EXPIRED with the timer index and
+    /// the expiration time into the message page and raises SINT 2's
+    /// vector; EOM after freeing the slot. Value 1: the expiration time
+    /// written (low half); 2: VP_RUNTIME (low half, non-zero).
+    StimerMessage,
+    /// SynIC messages and events between two vCPUs (published: value 0 =
+    /// 1), on connections the test registers with the VMM
+    /// ([`SYNIC_MSG_CONNECTION`] to the AP's SINT 3,
+    /// [`SYNIC_EVENT_CONNECTION`] to the BSP's SINT 3): the BSP posts a
+    /// message (HvPostMessage), the AP finds it in its message page, frees
+    /// the slot, EOMs and signals event flag 5 (fast HvSignalEvent), which
+    /// the BSP finds set in its event flags page. Value 1: the status of a
+    /// post to an unknown connection; 2: of a second signal of the same
+    /// flag (still set: no interrupt).
+    SynicMessages,
+    /// Crash MSRs: CRASH_P0-P4 then CRASH_CTL.CRASH_NOTIFY; the VMM ends
+    /// the run with the guest's crash report. Reaching the end is a
+    /// failure unless the MSRs are not published (value 0 = 0).
+    CrashMsrs,
     /// xAPIC mode: writes of the Hyper-V TPR and EOI MSRs. Values: 0 the
     /// TPR write faulted (1), 1 the MMIO TPR after it, 2 the EOI write
     /// faulted (1). The userspace irqchip serves them; the kernel irqchip
@@ -481,7 +589,8 @@ impl Case {
             | Case::CliHlt
             | Case::StraySipi
             | Case::GpNotInterrupted
-            | Case::InitDeassert(_) => 2,
+            | Case::InitDeassert(_)
+            | Case::SynicMessages => 2,
             _ => 1,
         }
     }
@@ -1232,7 +1341,342 @@ impl Builder {
             Case::IoapicNmi => self.ioapic_nmi(),
             Case::Lint1Nmi => self.lint1_nmi(),
             Case::SyntheticXapic => self.synthetic_xapic(),
+            Case::ReferenceTscPage => self.reference_tsc_page(),
+            Case::StimerDirect => self.stimer_direct(),
+            Case::StimerMessage => self.stimer_message(),
+            Case::SynicMessages => self.synic_messages(),
+            Case::CrashMsrs => self.crash_msrs(),
         }
+    }
+
+    /// CPUID 0x40000003 EBX (the partition privileges' high half) into
+    /// EBX.
+    fn hv_privileges_high(&mut self) -> Result<(), IcedError> {
+        self.a.mov(eax, HV_CPUID_FEATURES)?;
+        self.a.xor(ecx, ecx)?;
+        self.a.cpuid()
+    }
+
+    /// A SynIC with SINT 3 on [`VEC_SINT`] and the message page at `simp`
+    /// or the event flags page at `siefp`, for this vCPU.
+    fn synic_on(&mut self, simp: u32, siefp: u32) -> Result<(), IcedError> {
+        self.wrmsr(HV_SIMP, simp | HV_PAGE_ENABLE, 0)?;
+        self.wrmsr(HV_SIEFP, siefp | HV_PAGE_ENABLE, 0)?;
+        self.wrmsr(HV_SINT0 + SYNIC_SINT, VEC_SINT, 0)?;
+        self.wrmsr(HV_SCONTROL, 1, 0)
+    }
+
+    /// Calls the hypercall page with RCX = `control`, RDX = `input`.
+    fn hypercall(&mut self, control: u32, input: u64) -> Result<(), IcedError> {
+        self.a.mov(ecx, control)?;
+        self.a.mov(rdx, input)?;
+        self.a.xor(r8d, r8d)?;
+        self.a.mov(ebp, HCALL_PAGE)?;
+        self.a.call(rbp)
+    }
+
+    fn synic_messages(&mut self) -> Result<(), IcedError> {
+        let mut skip = self.a.create_label();
+        self.hv_features_or(HV_SYNIC_AVAILABLE, 0, skip)?;
+        self.hv_privileges_high()?;
+        self.a.and(ebx, HV_POST_MESSAGES | HV_SIGNAL_EVENTS)?;
+        self.a.cmp(ebx, HV_POST_MESSAGES | HV_SIGNAL_EVENTS)?;
+        let mut unpublished = self.a.create_label();
+        self.a.jne(unpublished)?;
+        self.hook(VEC_SINT, Hook::Eoi);
+        self.wrmsr(HV_GUEST_OS_ID, 1, GUEST_OS_ID_HIGH)?;
+        self.wrmsr(HV_HYPERCALL, HCALL_PAGE | HV_PAGE_ENABLE, 0)?;
+        self.synic_on(SIMP_PAGE, SIEFP_PAGE)?;
+        self.a.sti()?;
+        self.wait(
+            pc(1, P_SPIN),
+            1,
+            Wait::Exits,
+            "synic: the AP never set up its SynIC",
+        )?;
+        // HV_INPUT_POST_MESSAGE: connection id, reserved, type, size,
+        // payload.
+        let a = &mut self.a;
+        a.mov(eax, SYNIC_MSG_CONNECTION)?;
+        a.mov(qword_ptr(POST_INPUT), rax)?;
+        a.mov(rax, (8u64 << 32) | u64::from(SYNIC_MSG_TYPE))?;
+        a.mov(qword_ptr(POST_INPUT + 8), rax)?;
+        a.mov(rax, SYNIC_PING)?;
+        a.mov(qword_ptr(POST_INPUT + 16), rax)?;
+        self.hypercall(HVCALL_POST_MESSAGE, u64::from(POST_INPUT))?;
+        let f = self.fail("synic: HvPostMessage did not return HV_STATUS_SUCCESS");
+        self.a.test(ax, ax)?;
+        self.a.jnz(f)?;
+        self.wait(
+            count(0, VEC_SINT),
+            1,
+            Wait::Exits,
+            "synic: the AP's event never raised the BSP's SINT 3",
+        )?;
+        let f = self.fail("synic: event flag 5 of SINT 3 is not set in the event flags page");
+        self.a.test(
+            byte_ptr(SIEFP_PAGE + SYNIC_SINT * HV_EVENT_FLAGS_SIZE),
+            1 << SYNIC_FLAG,
+        )?;
+        self.a.jz(f)?;
+        self.expect_eq(
+            pc(1, P_AFTER),
+            0,
+            "synic: the AP's message had the wrong type, payload or port",
+        )?;
+        self.expect_eq(
+            pc(1, P_AFTER2),
+            0,
+            "synic: HvSignalEvent did not return HV_STATUS_SUCCESS",
+        )?;
+        // Unknown connection; a flag still set raises nothing new.
+        self.a.mov(dword_ptr(POST_INPUT), SYNIC_NO_CONNECTION)?;
+        self.hypercall(HVCALL_POST_MESSAGE, u64::from(POST_INPUT))?;
+        self.a.movzx(eax, ax)?;
+        self.save(1)?;
+        self.hypercall(
+            HVCALL_SIGNAL_EVENT | HV_CONTROL_FAST,
+            u64::from(SYNIC_EVENT_CONNECTION) | (u64::from(SYNIC_FLAG) << 32),
+        )?;
+        self.a.movzx(eax, ax)?;
+        self.save(2)?;
+        self.settle()?;
+        self.expect_eq(
+            count(0, VEC_SINT),
+            1,
+            "synic: a flag already set raised SINT 3 again",
+        )?;
+        self.a.jmp(skip)?;
+        self.a.set_label(&mut unpublished)?;
+        self.a.mov(dword_ptr(val(0)), 0)?;
+        self.a.set_label(&mut skip)?;
+        self.a.jmp(self.pass)?;
+
+        // AP: its own SynIC; wait for the message, check it, free the slot,
+        // EOM, signal the BSP.
+        let mut ap = self.a.create_label();
+        self.a.set_label(&mut ap)?;
+        self.synic_on(SIMP_PAGE_AP, SIEFP_PAGE_AP)?;
+        let a = &mut self.a;
+        a.sti()?;
+        a.lock().inc(dword_ptr(pc(1, P_SPIN)))?;
+        let mut wait = a.create_label();
+        let mut got = a.create_label();
+        a.set_label(&mut wait)?;
+        a.cmp(dword_ptr(count(1, VEC_SINT)), 0)?;
+        a.jne(got)?;
+        a.hlt()?;
+        a.jmp(wait)?;
+        a.set_label(&mut got)?;
+        let slot = SIMP_PAGE_AP + SYNIC_SINT * HV_MESSAGE_SIZE;
+        let mut bad = a.create_label();
+        let mut checked = a.create_label();
+        a.cmp(dword_ptr(slot), SYNIC_MSG_TYPE)?;
+        a.jne(bad)?;
+        a.cmp(byte_ptr(slot + 4), 8)?;
+        a.jne(bad)?;
+        a.cmp(dword_ptr(slot + 8), SYNIC_MSG_CONNECTION)?;
+        a.jne(bad)?;
+        a.mov(rax, SYNIC_PING)?;
+        a.cmp(qword_ptr(slot + MSG_PAYLOAD), rax)?;
+        a.jne(bad)?;
+        a.jmp(checked)?;
+        a.set_label(&mut bad)?;
+        a.mov(dword_ptr(pc(1, P_AFTER)), 1)?;
+        a.set_label(&mut checked)?;
+        a.mov(dword_ptr(slot), 0)?;
+        self.wrmsr(HV_EOM, 0, 0)?;
+        self.hypercall(
+            HVCALL_SIGNAL_EVENT | HV_CONTROL_FAST,
+            u64::from(SYNIC_EVENT_CONNECTION) | (u64::from(SYNIC_FLAG) << 32),
+        )?;
+        let a = &mut self.a;
+        a.movzx(eax, ax)?;
+        a.mov(dword_ptr(pc(1, P_AFTER2)), eax)?;
+        let mut halt = a.create_label();
+        a.set_label(&mut halt)?;
+        a.hlt()?;
+        a.jmp(halt)?;
+        self.ap_body = Some(ap);
+        Ok(())
+    }
+
+    fn crash_msrs(&mut self) -> Result<(), IcedError> {
+        let mut skip = self.a.create_label();
+        self.hv_features_or(0, HV_GUEST_CRASH_MSRS, skip)?;
+        self.wrmsr(HV_GUEST_OS_ID, 1, GUEST_OS_ID_HIGH)?;
+        for (i, v) in CRASH_PARAMS.iter().enumerate() {
+            self.wrmsr(HV_CRASH_P0 + i as u32, *v, 0)?;
+        }
+        self.wrmsr(HV_CRASH_CTL, 0, HV_CRASH_NOTIFY_HIGH)?;
+        self.settle()?;
+        let f = self.fail("crash: CRASH_CTL.CRASH_NOTIFY did not end the run");
+        self.a.jmp(f)?;
+        self.a.set_label(&mut skip)?;
+        Ok(())
+    }
+
+    /// Skips the rest of the case (value 0 stays 0) unless CPUID
+    /// 0x40000003 has every bit of `eax_bits` in EAX and `edx_bits` in EDX.
+    fn hv_features_or(
+        &mut self,
+        eax_bits: u32,
+        edx_bits: u32,
+        skip: CodeLabel,
+    ) -> Result<(), IcedError> {
+        let a = &mut self.a;
+        a.mov(eax, HV_CPUID_FEATURES)?;
+        a.xor(ecx, ecx)?;
+        a.cpuid()?;
+        a.and(eax, eax_bits)?;
+        a.cmp(eax, eax_bits)?;
+        a.jne(skip)?;
+        a.and(edx, edx_bits)?;
+        a.cmp(edx, edx_bits)?;
+        a.jne(skip)?;
+        a.mov(dword_ptr(val(0)), 1)
+    }
+
+    /// RDMSR TIME_REF_COUNT into RAX.
+    fn time_ref_count(&mut self) -> Result<(), IcedError> {
+        self.rdmsr(HV_TIME_REF_COUNT)?;
+        self.a.shl(rdx, 32)?;
+        self.a.or(rax, rdx)
+    }
+
+    fn reference_tsc_page(&mut self) -> Result<(), IcedError> {
+        let mut skip = self.a.create_label();
+        self.hv_features_or(HV_REFERENCE_TSC_AVAILABLE, 0, skip)?;
+        self.wrmsr(HV_GUEST_OS_ID, 1, GUEST_OS_ID_HIGH)?;
+        self.wrmsr(HV_REFERENCE_TSC, TSC_PAGE | HV_PAGE_ENABLE, 0)?;
+        self.a.mov(eax, dword_ptr(TSC_PAGE))?;
+        self.save(1)?;
+        let bad_seq = self.fail("reference TSC page: sequence 0 (invalid) after enabling it");
+        self.a.test(eax, eax)?;
+        self.a.jz(bad_seq)?;
+        // Linux hv_read_tsc_page_tsc: ((tsc * scale) >> 64) + offset.
+        let a = &mut self.a;
+        a.rdtsc()?;
+        a.shl(rdx, 32)?;
+        a.or(rax, rdx)?;
+        a.mul(qword_ptr(TSC_PAGE + 8))?;
+        a.add(rdx, qword_ptr(TSC_PAGE + 16))?;
+        a.mov(r8, rdx)?;
+        self.time_ref_count()?;
+        let behind = self.fail("reference TSC page: ahead of TIME_REF_COUNT read after it");
+        let far = self.fail("reference TSC page: more than 1 s behind TIME_REF_COUNT");
+        let a = &mut self.a;
+        a.sub(rax, r8)?;
+        a.jb(behind)?;
+        a.cmp(rax, REF_TIME_1S)?;
+        a.ja(far)?;
+        self.save(2)?;
+        self.a.set_label(&mut skip)?;
+        Ok(())
+    }
+
+    fn stimer_direct(&mut self) -> Result<(), IcedError> {
+        let mut skip = self.a.create_label();
+        self.hv_features_or(HV_SYNTIMER_AVAILABLE, HV_STIMER_DIRECT_MODE, skip)?;
+        self.hook(VEC_STIMER, Hook::Eoi);
+        self.wrmsr(HV_GUEST_OS_ID, 1, GUEST_OS_ID_HIGH)?;
+        self.wrmsr(HV_SCONTROL, 1, 0)?;
+        self.a.sti()?;
+        let direct = STIMER_ENABLE | STIMER_DIRECT | (VEC_STIMER << STIMER_VECTOR_SHIFT);
+        // One-shot: COUNT is the absolute expiry.
+        self.time_ref_count()?;
+        self.a.add(rax, STIMER_DELAY)?;
+        self.a.mov(rdx, rax)?;
+        self.a.shr(rdx, 32)?;
+        self.a.mov(ecx, HV_STIMER0_COUNT)?;
+        self.a.wrmsr()?;
+        self.wrmsr(HV_STIMER0_CONFIG, direct, 0)?;
+        self.wait_exactly(
+            count(0, VEC_STIMER),
+            1,
+            "stimer direct: the one-shot expiry never raised its vector",
+            "stimer direct: the one-shot expiry raised its vector more than once",
+        )?;
+        // Periodic: COUNT is the period.
+        self.wrmsr(HV_STIMER0_COUNT, STIMER_PERIOD, 0)?;
+        self.wrmsr(HV_STIMER0_CONFIG, direct | STIMER_PERIODIC, 0)?;
+        self.wait(
+            count(0, VEC_STIMER),
+            4,
+            Wait::Exits,
+            "stimer direct: the periodic timer stopped raising its vector",
+        )?;
+        self.wrmsr(HV_STIMER0_CONFIG, 0, 0)?;
+        self.a.mov(eax, dword_ptr(count(0, VEC_STIMER)))?;
+        self.save(1)?;
+        for _ in 0..STIMER_SETTLES {
+            self.settle()?;
+        }
+        let f = self.fail("stimer direct: the disabled periodic timer kept firing");
+        self.a.mov(eax, dword_ptr(count(0, VEC_STIMER)))?;
+        self.a.cmp(eax, dword_ptr(val(1)))?;
+        self.a.jne(f)?;
+        self.a.set_label(&mut skip)?;
+        Ok(())
+    }
+
+    fn stimer_message(&mut self) -> Result<(), IcedError> {
+        let mut skip = self.a.create_label();
+        self.hv_features_or(
+            HV_VP_RUNTIME_AVAILABLE | HV_SYNIC_AVAILABLE | HV_SYNTIMER_AVAILABLE,
+            0,
+            skip,
+        )?;
+        self.hook(VEC_SINT, Hook::Eoi);
+        self.wrmsr(HV_GUEST_OS_ID, 1, GUEST_OS_ID_HIGH)?;
+        self.wrmsr(HV_SIMP, SIMP_PAGE | HV_PAGE_ENABLE, 0)?;
+        self.wrmsr(HV_SINT0 + STIMER_SINT, VEC_SINT, 0)?;
+        self.wrmsr(HV_SCONTROL, 1, 0)?;
+        self.a.sti()?;
+        self.time_ref_count()?;
+        self.a.add(rax, STIMER_DELAY)?;
+        self.a.mov(qword_ptr(V_BUF), rax)?;
+        self.save(1)?;
+        self.a.mov(rdx, rax)?;
+        self.a.shr(rdx, 32)?;
+        self.a.mov(ecx, HV_STIMER0_COUNT)?;
+        self.a.wrmsr()?;
+        self.wrmsr(
+            HV_STIMER0_CONFIG,
+            STIMER_ENABLE | (STIMER_SINT << STIMER_SINTX_SHIFT),
+            0,
+        )?;
+        self.wait_exactly(
+            count(0, VEC_SINT),
+            1,
+            "stimer message: the expiry never raised SINT 2's vector",
+            "stimer message: one expiry raised SINT 2's vector more than once",
+        )?;
+        let slot = SIMP_PAGE + STIMER_SINT * HV_MESSAGE_SIZE;
+        self.expect_eq(
+            slot,
+            HVMSG_TIMER_EXPIRED,
+            "stimer message: SINT 2's slot holds no HVMSG_TIMER_EXPIRED",
+        )?;
+        self.expect_eq(
+            slot + MSG_PAYLOAD,
+            0,
+            "stimer message: the message names another timer than 0",
+        )?;
+        let f = self.fail("stimer message: expiration time is not the COUNT written");
+        self.a.mov(rax, qword_ptr(slot + MSG_PAYLOAD + 8))?;
+        self.a.cmp(rax, qword_ptr(V_BUF))?;
+        self.a.jne(f)?;
+        let f = self.fail("stimer message: delivered before its expiration time");
+        self.a.cmp(qword_ptr(slot + MSG_PAYLOAD + 16), rax)?;
+        self.a.jb(f)?;
+        // Free the slot, then EOM (TLFS: the guest's end of message).
+        self.a.mov(dword_ptr(slot), 0)?;
+        self.wrmsr(HV_EOM, 0, 0)?;
+        self.rdmsr(HV_VP_RUNTIME)?;
+        self.save(2)?;
+        self.a.set_label(&mut skip)?;
+        Ok(())
     }
 
     fn port_in_under_flush(&mut self) -> Result<(), IcedError> {

@@ -226,9 +226,9 @@ pub enum Flavor {
     Reset,
     /// Enables the Hyper-V hypercall page the way Linux does (GUEST_OS_ID,
     /// then HYPERCALL), makes two fast hypercalls with the 32-bit ABI
-    /// (control in EDX:EAX, result in EDX:EAX): NotifyLongSpinWait and an
-    /// unknown code, prints [`HYPERCALL_PREFIX`] with both statuses and
-    /// exits with code 0.
+    /// (control in EDX:EAX, result in EDX:EAX): NotifyLongSpinWait (not
+    /// granted: spinlock retries "never") and an unknown code, prints
+    /// [`HYPERCALL_PREFIX`] with both statuses and exits with code 0.
     Hypercall,
     /// Routes COM1's IOAPIC pin level-triggered to an x2APIC vector whose
     /// handler counts and EOIs, makes COM1 interrupt twice (THRE interrupt,

@@ -86,6 +86,52 @@ fn boot(test: &str, case: Case, irqchip: IrqchipMode) -> Run {
 
 /// [`boot`], with `during` run beside the guest.
 fn boot_with(test: &str, case: Case, irqchip: IrqchipMode, during: Option<During>) -> Run {
+    boot_setup(test, case, irqchip, |_| {}, during)
+}
+
+/// What [`boot_raw`] saw: how the VM ended, the console, the case's
+/// kernel and the wall time.
+type Raw = (
+    Result<reference_vmm::vm::BootReport, reference_vmm::Error>,
+    String,
+    Kernel,
+    Duration,
+);
+
+/// [`boot_with`], with `setup` run on the VM before it boots.
+fn boot_setup(
+    test: &str,
+    case: Case,
+    irqchip: IrqchipMode,
+    setup: impl FnOnce(&Machine),
+    during: Option<During>,
+) -> Run {
+    let (r, console, kernel, wall) = boot_raw(test, case, irqchip, setup, during);
+    let report = r.unwrap_or_else(|e| panic!("{test} ({irqchip:?}): {e}\nconsole:\n{console}"));
+    let run = Run {
+        exit: report.exit,
+        outcome: conformance::parse(&console),
+        console,
+        kernel,
+        wall,
+    };
+    eprintln!(
+        "{test} ({irqchip:?}): {:?} in {:?}: {}",
+        run.exit,
+        run.wall,
+        run.outcome.as_ref().map_or("-", |o| o.line.as_str())
+    );
+    run
+}
+
+/// Boots `case` and returns whatever happened.
+fn boot_raw(
+    test: &str,
+    case: Case,
+    irqchip: IrqchipMode,
+    setup: impl FnOnce(&Machine),
+    during: Option<During>,
+) -> Raw {
     let kernel = conformance::build(case).unwrap_or_else(|e| panic!("{test}: {e}"));
     let path = kernel_file(test, irqchip, &kernel.image);
     let console = Console::default();
@@ -104,6 +150,7 @@ fn boot_with(test: &str, case: Case, irqchip: IrqchipMode, during: Option<During
         until: None,
     })
     .and_then(|vm| {
+        setup(vm.machine());
         let beside = during.map(|f| {
             let (m, c) = (Arc::clone(vm.machine()), console.clone());
             std::thread::spawn(move || f(m, c))
@@ -115,22 +162,7 @@ fn boot_with(test: &str, case: Case, irqchip: IrqchipMode, during: Option<During
         r
     });
     let _ = std::fs::remove_file(path);
-    let console = console.contents();
-    let report = r.unwrap_or_else(|e| panic!("{test} ({irqchip:?}): {e}\nconsole:\n{console}"));
-    let run = Run {
-        exit: report.exit,
-        outcome: conformance::parse(&console),
-        console,
-        kernel,
-        wall: start.elapsed(),
-    };
-    eprintln!(
-        "{test} ({irqchip:?}): {:?} in {:?}: {}",
-        run.exit,
-        run.wall,
-        run.outcome.as_ref().map_or("-", |o| o.line.as_str())
-    );
-    run
+    (r, console.contents(), kernel, start.elapsed())
 }
 
 /// Boots `case` with `irqchip` and asserts that every check passed.
@@ -710,5 +742,202 @@ mod synthetic_apic_msrs_in_xapic_mode {
         assert_eq!(v[0], 1, "the Hyper-V TPR write did not raise #GP");
         assert_eq!(v[1], 0, "the refused Hyper-V TPR write changed the TPR");
         assert_eq!(v[2], 1, "the Hyper-V EOI write did not raise #GP");
+    }
+}
+
+/// The values of a passed case, or `None` without KVM.
+fn values_of(test: &str, case: Case, irqchip: IrqchipMode) -> Option<[u32; conformance::VALUES]> {
+    Some(pass(test, case, irqchip)?.outcome.expect("passed").values)
+}
+
+/// The reference TSC page gives TIME_REF_COUNT's time from the guest's
+/// TSC, with no exit. Published only where KVM keeps the TSC stable
+/// (`reference-vmm cpuid` says why not otherwise): then NOT CHECKED.
+mod reference_tsc_page {
+    use super::*;
+
+    fn run(test: &str, irqchip: IrqchipMode) {
+        let Some(v) = values_of(test, Case::ReferenceTscPage, irqchip) else {
+            return;
+        };
+        if v[0] == 0 {
+            eprintln!(
+                "!!!!! NOT CHECKED {test}: HV_MSR_REFERENCE_TSC_AVAILABLE is not published \
+                 on this host (KVM does not report a stable TSC)"
+            );
+            return;
+        }
+        assert_ne!(v[1], 0, "sequence");
+        eprintln!(
+            "{test}: TIME_REF_COUNT {} units after the page's time",
+            v[2]
+        );
+    }
+
+    #[test]
+    fn user_irqchip() {
+        run("reference_tsc_page::user", IrqchipMode::User);
+    }
+
+    #[test]
+    fn kernel_irqchip() {
+        run("reference_tsc_page::kernel", IrqchipMode::Kernel);
+    }
+}
+
+/// Synthetic timer 0 in direct mode: one-shot once, periodic until
+/// disabled; the vector is raised through either irqchip.
+mod stimer_direct_mode {
+    use super::*;
+
+    fn run(test: &str, irqchip: IrqchipMode) {
+        let Some(v) = values_of(test, Case::StimerDirect, irqchip) else {
+            return;
+        };
+        assert_eq!(v[0], 1, "synthetic timers with direct mode are published");
+        assert!(v[1] >= 4, "periodic expiries before the disable: {}", v[1]);
+    }
+
+    #[test]
+    fn user_irqchip() {
+        run("stimer_direct_mode::user", IrqchipMode::User);
+    }
+
+    #[test]
+    fn kernel_irqchip() {
+        run("stimer_direct_mode::kernel", IrqchipMode::Kernel);
+    }
+}
+
+/// Synthetic timer 0 in message mode: HVMSG_TIMER_EXPIRED in SINT 2's
+/// slot with the expiration time, SINT 2's vector raised once; VP_RUNTIME
+/// counts the vCPU's run time.
+mod stimer_message_mode {
+    use super::*;
+
+    fn run(test: &str, irqchip: IrqchipMode) {
+        let Some(v) = values_of(test, Case::StimerMessage, irqchip) else {
+            return;
+        };
+        assert_eq!(
+            v[0], 1,
+            "SynIC, synthetic timers and VP_RUNTIME are published"
+        );
+        assert_ne!(v[2], 0, "VP_RUNTIME after the vCPU ran");
+    }
+
+    #[test]
+    fn user_irqchip() {
+        run("stimer_message_mode::user", IrqchipMode::User);
+    }
+
+    #[test]
+    fn kernel_irqchip() {
+        run("stimer_message_mode::kernel", IrqchipMode::Kernel);
+    }
+}
+
+/// HvPostMessage and HvSignalEvent between two vCPUs on connections the
+/// VMM's API registers; an unknown connection and a flag already set.
+mod synic_messages_and_events {
+    use super::*;
+    use hv_enlightenments::synic::{Connection, PortKind, PortTarget};
+
+    fn connect(m: &Machine) {
+        let msg = Connection {
+            port_id: conformance::SYNIC_MSG_CONNECTION,
+            kind: PortKind::Message,
+            target: PortTarget::Vp {
+                vp_index: 1,
+                sint: conformance::SYNIC_SINT as u8,
+            },
+        };
+        let event = Connection {
+            port_id: conformance::SYNIC_EVENT_CONNECTION,
+            kind: PortKind::Event {
+                base_flag: 0,
+                flag_count: 64,
+            },
+            target: PortTarget::Vp {
+                vp_index: 0,
+                sint: conformance::SYNIC_SINT as u8,
+            },
+        };
+        for (id, c) in [
+            (conformance::SYNIC_MSG_CONNECTION, msg),
+            (conformance::SYNIC_EVENT_CONNECTION, event),
+        ] {
+            m.hv.add_connection(id, c)
+                .unwrap_or_else(|e| panic!("connection {id:#x}: {e}"));
+        }
+    }
+
+    fn run(test: &str, irqchip: IrqchipMode) {
+        if !kvm_available(test) {
+            return;
+        }
+        let run = {
+            let _shared = RSS.read().unwrap_or_else(|e| e.into_inner());
+            boot_setup(test, Case::SynicMessages, irqchip, connect, None)
+        };
+        assert!(run.passed(), "{test} ({irqchip:?}): {}", run.explain());
+        let v = run.outcome.expect("passed").values;
+        assert_eq!(v[0], 1, "SynIC messaging is published");
+        // TLFS: HV_STATUS_INVALID_CONNECTION_ID; a set flag is no error.
+        assert_eq!(v[1], 0x12, "status of a post to an unknown connection");
+        assert_eq!(v[2], 0, "status of signalling a flag already set");
+    }
+
+    #[test]
+    fn user_irqchip() {
+        run("synic_messages_and_events::user", IrqchipMode::User);
+    }
+
+    #[test]
+    fn kernel_irqchip() {
+        run("synic_messages_and_events::kernel", IrqchipMode::Kernel);
+    }
+}
+
+/// A guest crash reported through CRASH_P0-P4 and CRASH_CTL ends the run
+/// with an error that carries the parameters.
+mod crash_msrs {
+    use super::*;
+
+    fn run(test: &str, irqchip: IrqchipMode) {
+        if !kvm_available(test) {
+            return;
+        }
+        let (r, console, kernel, _) = {
+            let _shared = RSS.read().unwrap_or_else(|e| e.into_inner());
+            boot_raw(test, Case::CrashMsrs, irqchip, |_| {}, None)
+        };
+        match r {
+            Err(reference_vmm::Error::GuestCrashed { vcpu, params }) => {
+                eprintln!(
+                    "{test}: {}",
+                    reference_vmm::Error::GuestCrashed { vcpu, params }
+                );
+                assert_eq!(vcpu, 0);
+                let want = conformance::CRASH_PARAMS.map(u64::from);
+                assert_eq!(params, want, "CRASH_P0-P4 as the guest wrote them");
+            }
+            other => {
+                let why = conformance::parse(&console)
+                    .and_then(|o| kernel.check(o.code))
+                    .unwrap_or("no result");
+                panic!("{test}: expected the crash report, got {other:?} ({why})\n{console}")
+            }
+        }
+    }
+
+    #[test]
+    fn user_irqchip() {
+        run("crash_msrs::user", IrqchipMode::User);
+    }
+
+    #[test]
+    fn kernel_irqchip() {
+        run("crash_msrs::kernel", IrqchipMode::Kernel);
     }
 }

@@ -7,7 +7,8 @@
 use std::sync::atomic::Ordering;
 
 use hv_enlightenments::hypercall::{
-    self, Hypercall, HypercallGprs, HypercallMode, HypercallResult, caller_may_call,
+    self, CallCode, HvStatus, Hypercall, HypercallGprs, HypercallMode, HypercallResult, Refusal,
+    caller_may_call,
 };
 use kvm_ioctls::SyncReg;
 use vm_memory::GuestMemoryMmap;
@@ -36,16 +37,27 @@ pub enum TrapEnd {
     Exception,
 }
 
+/// How the hypercall trap raises interrupts on other vCPUs (the irqchip's
+/// to do).
+pub trait Raise {
+    /// A PV IPI of `vector` to `target`.
+    fn ipi(&self, target: &Vcpu, vector: u8);
+    /// A SynIC interrupt of `vector` on `target` (a message or event
+    /// landed on one of its SINTs).
+    fn sint(&self, target: &Vcpu, vector: u8, auto_eoi: bool);
+}
+
 /// The hypercall trap of vCPU `me` (`kvm`: its fd, with the exit's
-/// registers synced in `kvm_run`): CPL and enable checks, decode, execute
-/// (PV IPIs through `send(target, vector)`), result in RAX.
+/// registers synced in `kvm_run`): CPL and enable checks, the checks
+/// against the published CPUID (KVM_CAP_HYPERV_ENFORCE_CPUID), decode,
+/// execute (interrupts through `raise`), result in RAX.
 pub fn serve(
     kvm: &mut KvmVcpu,
     hv: &HyperV,
     mem: &GuestMemoryMmap,
     vcpus: &[Vcpu],
     me: &Vcpu,
-    send: impl Fn(&Vcpu, u8),
+    raise: &impl Raise,
 ) -> Result<TrapEnd, Error> {
     let metrics = &me.metrics;
     bump(&metrics.hypercalls);
@@ -68,7 +80,18 @@ pub fn serve(
         HypercallMode::Bits32
     };
     let mut hregs = HypercallGprs::from(&regs).hypercall_regs(mode);
-    if hregs.control().uses_xmm_input() {
+    // KVM kvm_hv_hypercall: the call's privilege, reserved control bits
+    // and XMM input (#UD when not published) before its input is read.
+    let refused = match hv.hypercall_access().check(hregs.control()) {
+        Ok(()) => None,
+        Err(Refusal::InjectUd) => {
+            bump(&metrics.hypercalls_ud);
+            raise_ud(kvm)?;
+            return Ok(TrapEnd::Exception);
+        }
+        Err(Refusal::Status(status)) => Some(status),
+    };
+    if refused.is_none() && hregs.control().uses_xmm_input() {
         bump(&metrics.hc_xmm_input);
         let fpu = kvm.fd().get_fpu().map_err(kvm.err("KVM_GET_FPU"))?;
         for (d, s) in hregs
@@ -79,9 +102,21 @@ pub fn serve(
             *d = u128::from_le_bytes(*s);
         }
     }
-    let result = match hypercall::decode(&hregs, mem) {
-        Err(status) => HypercallResult::from(status),
-        Ok(call) => dispatch(vcpus, metrics, &call, send)?,
+    let code = hregs.control().call_code();
+    let result = match (refused, hypercall::decode(&hregs, mem)) {
+        (Some(status), _) => HypercallResult::from(status),
+        (None, Ok(call)) => dispatch(vcpus, metrics, &call, |t, v| raise.ipi(t, v))?,
+        // The SynIC's calls have their own decoder.
+        (None, Err(HvStatus::INVALID_HYPERCALL_CODE))
+            if code == CallCode::POST_MESSAGE || code == CallCode::SIGNAL_EVENT =>
+        {
+            bump(&metrics.hc_synic);
+            HypercallResult::from(match hypercall::decode_synic(&hregs, mem) {
+                Ok(call) => hv.synic_call(&call, vcpus, mem, |t, v, a| raise.sint(t, v, a)),
+                Err(status) => status,
+            })
+        }
+        (None, Err(status)) => HypercallResult::from(status),
     };
     metrics.count_status(result.status.0);
     // Only RAX (EDX:EAX in 32-bit mode) changes; KVM loads the synced

@@ -6,11 +6,16 @@
 
 pub mod hypercall;
 pub mod msr;
+pub mod synic;
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use hv_enlightenments::cpuid::CpuidPlan;
-use hv_enlightenments::msr::{Partition, PartitionConfig};
+use hv_enlightenments::hypercall::HypercallAccess;
+use hv_enlightenments::msr::{Partition, Vp};
+use hv_enlightenments::reftime::{ReferenceTscPage, SEQUENCE_INVALID, next_sequence};
+use hv_enlightenments::synic::Connections;
 
 use crate::clock::HostClock;
 
@@ -23,17 +28,60 @@ pub struct HyperV {
     plan: CpuidPlan,
     partition: Mutex<Partition>,
     clock: Arc<HostClock>,
+    /// Where HvPostMessage / HvSignalEvent go.
+    connections: Mutex<Connections>,
+    /// The hypercalls the published CPUID allows.
+    access: HypercallAccess,
+    /// The reference TSC page's last sequence number.
+    tsc_sequence: AtomicU32,
 }
 
 impl HyperV {
     /// The state for `plan`, served when `enabled`; reference time from
-    /// `clock`.
+    /// `clock`. Every synthetic MSR is checked against the privileges and
+    /// features `plan` publishes (KVM_CAP_HYPERV_ENFORCE_CPUID).
     pub fn new(enabled: bool, plan: CpuidPlan, clock: Arc<HostClock>) -> Self {
         Self {
             enabled,
-            partition: Mutex::new(Partition::new(PartitionConfig::from(&plan))),
+            partition: Mutex::new(Partition::from_plan(&plan)),
             plan,
             clock,
+            connections: Mutex::new(Connections::new()),
+            access: HypercallAccess::from(&plan),
+            tsc_sequence: AtomicU32::new(SEQUENCE_INVALID),
+        }
+    }
+
+    /// The VP state of vCPU `index`, checked against the published CPUID
+    /// (`None` while Hyper-V is off).
+    pub fn new_vp(&self, index: u32) -> Result<Option<Vp>, hv_enlightenments::msr::Error> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        Vp::from_plan(index, &self.plan).map(Some)
+    }
+
+    /// The hypercalls the published CPUID allows, checked as KVM checks
+    /// them.
+    pub fn hypercall_access(&self) -> &HypercallAccess {
+        &self.access
+    }
+
+    fn connections(&self) -> MutexGuard<'_, Connections> {
+        self.connections.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The reference TSC page's contents now: the guest's TSC to reference
+    /// time conversion under a new sequence number, or the invalid page
+    /// (sequence 0: "read TIME_REF_COUNT") when the guest TSC is unknown.
+    pub fn reference_tsc_page(&self) -> ReferenceTscPage {
+        match self.clock.tsc_conversion() {
+            Some(conv) => {
+                let seq = next_sequence(self.tsc_sequence.load(Ordering::Relaxed));
+                self.tsc_sequence.store(seq, Ordering::Relaxed);
+                ReferenceTscPage::new(seq, conv)
+            }
+            None => ReferenceTscPage::INVALID,
         }
     }
 

@@ -26,6 +26,17 @@ pub enum MsrExit {
     /// A write that moved (or turned off) the VP assist page, whose lazy
     /// EOI bit the irqchip may need to know of.
     VpAssistPage(Option<u64>),
+    /// A write that changed a synthetic timer: run the vCPU's timers
+    /// ([`HyperV::run_stimers`]) before the next entry.
+    Stimers,
+    /// An EOM: retry queued messages ([`HyperV::end_of_message`]) and run
+    /// the timers whose expiry message waited.
+    EndOfMessage,
+    /// The guest reported a crash (CRASH_CTL.CRASH_NOTIFY) with these
+    /// CRASH_P0-P4.
+    Crashed([u64; hvmsr::HV_CRASH_PARAMS]),
+    /// The guest asked for a system reset (HV_X64_MSR_RESET).
+    Reset,
 }
 
 /// Counts an MSR exit by kind.
@@ -60,7 +71,9 @@ impl HyperV {
             (Some(MsrScope::Partition), Some(_)) => {
                 self.partition().read(index, &|| self.reference_time())
             }
-            (Some(MsrScope::Vp), Some(vp)) => vp.read(index),
+            // VP_RUNTIME: this thread's CPU time (the read runs on the
+            // vCPU's own thread), as KVM gives the vCPU task's run time.
+            (Some(MsrScope::Vp), Some(vp)) => vp.read_with_runtime(index, &thread_runtime),
         };
         match outcome {
             MsrOutcome::Value(v) => MsrExit::Served(Some(v)),
@@ -96,13 +109,52 @@ impl HyperV {
             MsrOutcome::Apic(ApicAccess::Read(reg) | ApicAccess::Write(reg, _)) => {
                 MsrExit::Apic(reg)
             }
-            MsrOutcome::Action(a) => apply_action(mem, vcpu, a),
+            MsrOutcome::Action(a) => self.apply_action(mem, vcpu, a),
+        }
+    }
+
+    /// Carries out what a committed write asked for on guest memory, and
+    /// says what is left for the caller.
+    fn apply_action(&self, mem: &GuestMemoryMmap, vcpu: u32, a: MsrAction) -> MsrExit {
+        match a {
+            MsrAction::ReferenceTscPage { gpa: Some(gpa) } => {
+                // Valid from now on: the guest reads time with no exit.
+                let page = self.reference_tsc_page().to_bytes();
+                if mem.write_slice(&page, GuestAddress(gpa)).is_err() {
+                    log::warn!("vCPU {vcpu}: reference TSC page {gpa:#x} is not guest RAM");
+                }
+                MsrExit::Served(Some(0))
+            }
+            MsrAction::SyntheticTimersChanged => MsrExit::Stimers,
+            MsrAction::EndOfMessage => MsrExit::EndOfMessage,
+            MsrAction::GuestCrashed { params } => MsrExit::Crashed(params),
+            MsrAction::ResetRequested => MsrExit::Reset,
+            other => apply_memory_action(mem, vcpu, other),
         }
     }
 }
 
+/// The calling thread's CPU time in 100 ns units
+/// (`CLOCK_THREAD_CPUTIME_ID`).
+fn thread_runtime() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec to the valid pointer it is
+    // given and reads nothing else.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if r != 0 {
+        return 0;
+    }
+    let ns = (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64);
+    ns / 100
+}
+
 /// Carries out what a committed write asked for on guest memory.
-fn apply_action(mem: &GuestMemoryMmap, vcpu: u32, a: MsrAction) -> MsrExit {
+fn apply_memory_action(mem: &GuestMemoryMmap, vcpu: u32, a: MsrAction) -> MsrExit {
     let zero_page = |gpa: u64| {
         if mem
             .write_slice(&[0u8; HV_PAGE_SIZE], GuestAddress(gpa))

@@ -225,6 +225,20 @@ impl Irqchip {
         }
     }
 
+    /// A SynIC interrupt on vCPU `v` (a message or event on one of its
+    /// SINTs, or a direct-mode synthetic timer): fixed, edge, to itself
+    /// (KVM `synic_set_irq`). With `auto_eoi` the user backend's APIC
+    /// acknowledges it without setting ISR (TLFS SINTx.AutoEOI); KVM's
+    /// LAPIC cannot (no in-kernel Hyper-V), which is why DEPRECATING_AEOI
+    /// is published with the kernel irqchip: there the vector is delivered
+    /// as an ordinary one.
+    pub fn deliver_sint(&self, v: &Vcpu, vector: u8, auto_eoi: bool) {
+        match self {
+            Self::User(_) => user::deliver_sint(v, vector, auto_eoi),
+            Self::Kernel(k) => k.send_ipi(v.index, vector),
+        }
+    }
+
     /// Raises vCPU `v`'s NMI pin, LINT1 (QEMU's `nmi` monitor command, a
     /// watchdog): delivered as its LVT LINT1 says (masked: dropped; NMI
     /// mode: an NMI; fixed: its vector), or as an NMI while the APIC is

@@ -3,7 +3,7 @@
 //! APIC IDs.
 
 use hv_enlightenments::accel::IrqchipMode;
-use hv_enlightenments::cpuid::{CpuidBuilder, CpuidPlan, Enlightenments, Frequencies};
+use hv_enlightenments::cpuid::{CpuidBuilder, CpuidPlan, Enlightenments, Frequencies, Served};
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, kvm_cpuid_entry2};
 use kvm_ioctls::Kvm;
 
@@ -62,8 +62,9 @@ pub fn for_vcpu(base: &[kvm_cpuid_entry2], apic_id: u32) -> Result<CpuId, Error>
     CpuId::from_entries(&v).map_err(Error::Table)
 }
 
-/// The enlightenments this VMM serves in the userspace-irqchip mode (the
-/// frequency MSRs only when frequencies are configured).
+/// The enlightenments this VMM serves (the frequency MSRs only when
+/// frequencies are configured, the reference TSC page only on a stable
+/// TSC).
 pub fn served_enlightenments() -> Enlightenments {
     Enlightenments::APIC_ACCESS
         | Enlightenments::FREQUENCY_MSRS
@@ -72,6 +73,32 @@ pub fn served_enlightenments() -> Enlightenments {
         | Enlightenments::XMM_HYPERCALL_INPUT
         | Enlightenments::RELAXED_TIMING
         | Enlightenments::TIME_REF_COUNT
+        | Enlightenments::REFERENCE_TSC
+        | Enlightenments::SYNIC
+}
+
+/// What the VMM serves beyond the enlightenments: synthetic timers (with
+/// direct mode), the crash and reset MSRs, VP_RUNTIME, and the SynIC's
+/// messaging hypercalls through its connection table.
+pub fn served_extras() -> Served {
+    Served::SYNTHETIC_TIMERS
+        | Served::STIMER_DIRECT_MODE
+        | Served::CRASH_MSRS
+        | Served::RESET
+        | Served::VP_RUNTIME
+        | Served::POST_MESSAGES
+        | Served::SIGNAL_EVENTS
+}
+
+/// Whether KVM keeps the guest TSC stable for `vm`: its master clock is
+/// in use (`KVM_GET_CLOCK` reports KVM_CLOCK_TSC_STABLE), the condition
+/// KVM itself puts on a Hyper-V reference TSC page
+/// (`kvm_hv_setup_tsc_page` needs `use_master_clock`).
+pub fn tsc_stable(vm: &kvm_ioctls::VmFd) -> bool {
+    /// `kvm_clock_data.flags`: the TSC is stable (api.rst, KVM_GET_CLOCK).
+    const KVM_CLOCK_TSC_STABLE: u32 = 2;
+    vm.get_clock()
+        .is_ok_and(|c| c.flags & KVM_CLOCK_TSC_STABLE != 0)
 }
 
 /// What the frequency MSRs serve for a guest TSC of `tsc_khz` (KVM_GET_TSC_KHZ)
@@ -86,25 +113,37 @@ pub fn frequencies(apic_hz: u64, tsc_khz: Option<u32>) -> Option<Frequencies> {
     })
 }
 
-/// The guest TSC frequency KVM gives a new vCPU on this host
-/// (KVM_GET_TSC_KHZ on a throwaway VM), or `None` when it cannot be read.
-pub fn host_tsc_khz() -> Option<u32> {
+/// The guest TSC frequency KVM gives a new vCPU on this host and whether
+/// KVM keeps the TSC stable ([`tsc_stable`]), from a throwaway VM; `None`
+/// when it cannot be read.
+pub fn host_tsc() -> Option<(u32, bool)> {
     let kvm = Kvm::new().ok()?;
     let vm = kvm.create_vm().ok()?;
     let vcpu = vm.create_vcpu(0).ok()?;
-    vcpu.get_tsc_khz().ok().filter(|&k| k != 0)
+    let khz = vcpu.get_tsc_khz().ok().filter(|&k| k != 0)?;
+    Some((khz, tsc_stable(&vm)))
+}
+
+/// The guest TSC frequency KVM gives a new vCPU on this host
+/// (KVM_GET_TSC_KHZ on a throwaway VM), or `None` when it cannot be read.
+pub fn host_tsc_khz() -> Option<u32> {
+    host_tsc().map(|(khz, _)| khz)
 }
 
 /// The Hyper-V CPUID plan for `vcpus` vCPUs on this host; with
-/// `frequencies`, the frequency MSRs are published and serve them.
+/// `frequencies`, the frequency MSRs are published and serve them; with
+/// `tsc_stable`, the reference TSC page.
 pub fn cpuid_plan(
     vcpus: u32,
     irqchip: IrqchipMode,
     frequencies: Option<Frequencies>,
+    tsc_stable: bool,
 ) -> Result<CpuidPlan, Error> {
     let probe = ipiv::HostProbe::run();
     let mut b = CpuidBuilder::new(vcpus)
         .enlightenments(served_enlightenments())
+        .serves(served_extras())
+        .tsc_stable(tsc_stable)
         .irqchip(irqchip)
         .host(probe.accel)
         .force_x2apic(true);

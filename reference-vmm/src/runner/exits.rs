@@ -9,23 +9,41 @@
 use crate::error::Error;
 use crate::hyperv::hypercall::{self, TrapEnd};
 use crate::hyperv::msr::{self as hvmsr, MsrExit};
+use crate::irqchip::Irqchip;
 use crate::kvm::exit_data;
 use crate::kvm::msr::MSR_APIC_BASE;
+use crate::machine::GuestExit;
 use crate::metrics::ExitClass;
 use crate::runner::Runner;
 use crate::runner::io::Trap;
+use crate::vcpu::Vcpu;
+
+/// The hypercall trap's interrupts, raised through the irqchip.
+struct IrqchipRaise<'a>(&'a Irqchip);
+
+impl hypercall::Raise for IrqchipRaise<'_> {
+    fn ipi(&self, target: &Vcpu, vector: u8) {
+        self.0.send_ipi(target, vector);
+    }
+
+    fn sint(&self, target: &Vcpu, vector: u8, auto_eoi: bool) {
+        self.0.deliver_sint(target, vector, auto_eoi);
+    }
+}
 
 /// `kvm_run.internal.suberror` of an instruction emulation failure.
 const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
 
 impl Runner<'_> {
     /// Serves an MSR exit: the Hyper-V services, then the irqchip (APIC
-    /// MSRs, the EOI/ICR/TPR aliases, the VP assist page's lazy EOI).
+    /// MSRs, the EOI/ICR/TPR aliases, the VP assist page's lazy EOI), then
+    /// what a synthetic MSR write left to do (timers, EOM, crash, reset).
     pub(super) fn msr(&mut self, write: bool) -> Result<(), Error> {
         let (index, data) = exit_data::msr(self.kvm.fd_mut());
         let (m, me) = (self.m, self.me);
         hvmsr::count(&me.metrics, index);
         let irq = &m.irqchip;
+        let mut then = None;
         let result = if write {
             let hv = {
                 let mut s = me.lock();
@@ -39,6 +57,10 @@ impl Runner<'_> {
                     irq.vp_assist_page(&mut self.cx(), gpa)?;
                     true
                 }
+                other => {
+                    then = Some(other);
+                    true
+                }
             };
             if ok && index == MSR_APIC_BASE {
                 self.io.follow_apic_base(m, me);
@@ -50,13 +72,32 @@ impl Runner<'_> {
                 MsrExit::Served(v) => v,
                 MsrExit::Apic(reg) => irq.synthetic_read(&mut self.cx(), index, reg)?,
                 MsrExit::Other => irq.rdmsr(&mut self.cx(), index)?,
-                MsrExit::VpAssistPage(_) => Some(0),
+                _ => Some(0),
             }
         };
         if result.is_none() {
             self.exception_queued = true;
         }
         exit_data::complete_msr(self.kvm.fd_mut(), result.is_none(), result.unwrap_or(0));
+        match then {
+            Some(MsrExit::Stimers) => {
+                m.service_stimers(me);
+            }
+            Some(MsrExit::EndOfMessage) => {
+                for (vector, auto_eoi) in m.hv.end_of_message(me, &m.mem).iter() {
+                    irq.deliver_sint(me, vector, auto_eoi);
+                }
+                m.service_stimers(me);
+            }
+            Some(MsrExit::Crashed(params)) => {
+                return Err(Error::GuestCrashed {
+                    vcpu: me.index,
+                    params,
+                });
+            }
+            Some(MsrExit::Reset) => m.guest_stopped(GuestExit::Reset),
+            _ => {}
+        }
         Ok(())
     }
 
@@ -130,7 +171,7 @@ impl Runner<'_> {
                     &m.mem,
                     &m.vcpus,
                     self.me,
-                    |t, vector| m.irqchip.send_ipi(t, vector),
+                    &IrqchipRaise(&m.irqchip),
                 )?;
                 if end == TrapEnd::Exception {
                     self.exception_queued = true;

@@ -9,6 +9,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use hv_enlightenments::msr as hvmsr;
+use hv_enlightenments::synic::MessageQueue;
 use ipiv::{Notify, PostedVcpu, RunState};
 use lapic::LocalApic;
 
@@ -60,6 +61,9 @@ pub struct State {
     pub apic: LocalApic,
     /// Hyper-V per-VP MSR state (`None` when the enlightenments are off).
     pub vp: Option<hvmsr::Vp>,
+    /// Messages the VMM posted to this VP's SynIC whose slot was busy,
+    /// delivered at its EOM (one per SINT).
+    pub messages: MessageQueue,
     /// Flush the guest TLB before the next entry.
     pub flush_pending: bool,
     /// Threads waiting for this vCPU to flush or leave guest mode.
@@ -110,6 +114,7 @@ impl Vcpu {
             state: Mutex::new(State {
                 apic,
                 vp,
+                messages: MessageQueue::new(),
                 flush_pending: false,
                 flush_waiters: 0,
                 alive: false,

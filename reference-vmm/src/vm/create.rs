@@ -27,10 +27,10 @@ use crate::kvm::msr::MSR_TSC;
 use crate::kvm::stats::StatsReader;
 use crate::kvm::vcpu::KvmVcpu;
 use crate::machine::{FlushMethod, Machine, Marks};
+use crate::timers::Timers;
 use crate::vcpu::Vcpu;
 use hv_enlightenments::accel::IrqchipMode;
 use hv_enlightenments::cpuid::CpuidPlan;
-use hv_enlightenments::msr::Vp;
 use lapic::{LocalApic, Topology};
 
 /// What both kinds of VM (built-in guest, external kernel) share: the KVM
@@ -131,7 +131,10 @@ impl Common {
             }
         };
         let freq = cpuid::frequencies(needs.apic_timer_hz, tsc_khz);
-        let plan = cpuid_plan(vcpus, irqchip, freq)?;
+        // The reference TSC page needs the guest TSC's value, frequency
+        // and stability.
+        let tsc_stable = guest_tsc.is_some() && freq.is_some() && cpuid::tsc_stable(&fd);
+        let plan = cpuid_plan(vcpus, irqchip, freq, tsc_stable)?;
         let mut base_cpuid = cpuid::base_table(&kvm)?;
         if needs.tsc_deadline && kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
             cpuid::offer_tsc_deadline(&mut base_cpuid);
@@ -194,6 +197,7 @@ impl Common {
             ipiv::PidTable::new(n - 1).map_err(|e| Error::Memory(format!("PID table: {e}")))?;
         let tsc_khz = self.tsc_khz.map_or(1_000_000, u64::from);
         let clock = Arc::new(HostClock::new(tsc_khz, self.guest_tsc));
+        let hv = HyperV::new(self.hyperv, self.plan, Arc::clone(&clock));
         let mut topology = Topology::new();
         let mut vcpus = Vec::with_capacity(n as usize);
         for i in 0..n {
@@ -211,14 +215,9 @@ impl Common {
             topology
                 .add(i as usize, apic.identity())
                 .map_err(|e| Error::Memory(format!("vCPU {i} APIC topology: {e}")))?;
-            let vp = if self.hyperv {
-                Some(
-                    Vp::new(i, self.plan.privileges())
-                        .map_err(|e| Error::Memory(format!("vCPU {i} VP state: {e}")))?,
-                )
-            } else {
-                None
-            };
+            let vp = hv
+                .new_vp(i)
+                .map_err(|e| Error::Memory(format!("vCPU {i} VP state: {e}")))?;
             let posted = table
                 .register(i)
                 .map_err(|e| Error::Memory(format!("vCPU {i} PID entry: {e}")))?;
@@ -229,7 +228,6 @@ impl Common {
         if stats.len() != n as usize {
             stats.clear();
         }
-        let hv = HyperV::new(self.hyperv, self.plan, Arc::clone(&clock));
         let irqchip = Irqchip::new(
             self.irqchip,
             IrqchipConfig {
@@ -248,6 +246,7 @@ impl Common {
             hv,
             clock,
             flush: o.flush,
+            stimers: Timers::default(),
             io: o.io,
             external: o.external,
             guest_exit: Mutex::new(None),

@@ -232,25 +232,19 @@ impl Vm {
     pub(crate) fn run_threads(&mut self, what: &str) -> (Result<u64, Error>, Duration) {
         let m = Arc::clone(&self.machine);
         let start = Instant::now();
-        let timer_m = Arc::clone(&m);
-        let timer = std::thread::Builder::new()
-            .name("apic-timer".into())
-            .stack_size(VCPU_STACK)
-            .spawn(move || {
-                let tm = &timer_m;
-                tm.irqchip
-                    .run_timers(&tm.vcpus, || tm.stopping(), || tm.clock.now_ns())
-            });
-        let timer = match timer {
-            Ok(t) => Some(t),
-            Err(err) => {
-                m.finish(Err(Error::Thread {
-                    vcpu: u32::MAX,
-                    err,
-                }));
-                None
-            }
-        };
+        let apic_timer = spawn_timer(&m, "apic-timer", |tm| {
+            tm.irqchip
+                .run_timers(&tm.vcpus, || tm.stopping(), || tm.clock.now_ns())
+        });
+        // Synthetic timers: the vCPU's timers run and deliver on this
+        // thread when their host deadline passes.
+        let stimer = spawn_timer(&m, "hv-stimer", |tm| {
+            tm.stimers.run(
+                || tm.stopping(),
+                || tm.clock.now_ns(),
+                |i| tm.vcpus.get(i).and_then(|v| tm.service_stimers(v)),
+            )
+        });
         let mut threads = Vec::new();
         for (i, fd) in self.vcpu_fds.drain(..).enumerate() {
             if m.stopping() {
@@ -315,7 +309,7 @@ impl Vm {
         for t in threads {
             let _ = t.join();
         }
-        if let Some(t) = timer {
+        for t in [apic_timer, stimer].into_iter().flatten() {
             let _ = t.join();
         }
         let wall = start.elapsed();
@@ -335,6 +329,30 @@ impl Vm {
             }
         }
         (result, wall)
+    }
+}
+
+/// Starts a timer thread running `body` on the machine; a failure to start
+/// ends the run.
+fn spawn_timer(
+    m: &Arc<Machine>,
+    name: &str,
+    body: impl FnOnce(&Machine) + Send + 'static,
+) -> Option<std::thread::JoinHandle<()>> {
+    let tm = Arc::clone(m);
+    let t = std::thread::Builder::new()
+        .name(name.into())
+        .stack_size(VCPU_STACK)
+        .spawn(move || body(&tm));
+    match t {
+        Ok(t) => Some(t),
+        Err(err) => {
+            m.finish(Err(Error::Thread {
+                vcpu: u32::MAX,
+                err,
+            }));
+            None
+        }
     }
 }
 

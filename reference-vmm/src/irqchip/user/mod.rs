@@ -3,11 +3,10 @@
 //! through ipiv's descriptors and moved into the IRR at entry and exit;
 //! everything else is delivered to the lapic under the target's lock.
 //! The run-loop side (injection, CR8, lazy EOI, HLT) is in [`entry`], the
-//! APIC timers in [`timer`], INIT/SIPI in [`mp`].
+//! APIC timers on a [`crate::timers`] queue, INIT/SIPI in [`mp`].
 
 pub mod entry;
 pub mod mp;
-pub mod timer;
 
 pub use entry::{LazyEoiExit, halt};
 
@@ -25,8 +24,8 @@ use crate::metrics::bump;
 use crate::platform::msi::{
     MSI_DATA_TRIGGER_LEVEL, is_init_deassert, msi_destination, msi_logical,
 };
+use crate::timers::Timers;
 use crate::vcpu::{MpState, Vcpu};
-use timer::Timers;
 
 /// Lowest vector a fixed interrupt may carry (SDM 10.5.2).
 const FIRST_LEGAL_VECTOR: u8 = 16;
@@ -261,6 +260,21 @@ fn mirror_apic_base(cx: &mut VcpuCtx) -> Result<(), Error> {
 pub fn apic_page_base(me: &Vcpu) -> Option<u64> {
     let s = me.lock();
     (s.apic.mode() == lapic::ApicMode::XApic).then(|| s.apic.mmio_base())
+}
+
+/// A SynIC interrupt of `vector` on `v`'s lapic (see
+/// [`Irqchip::deliver_sint`](super::Irqchip::deliver_sint)).
+pub fn deliver_sint(v: &Vcpu, vector: u8, auto_eoi: bool) {
+    if vector < FIRST_LEGAL_VECTOR {
+        return;
+    }
+    let mut s = v.lock();
+    let _ = if auto_eoi {
+        s.apic.deliver_auto_eoi(vector)
+    } else {
+        s.apic.deliver(&Interrupt::fixed(vector))
+    };
+    v.notify_apic_locked(&mut s);
 }
 
 /// Raises `v`'s LINT1 on its lapic (see
