@@ -25,6 +25,7 @@
 //! # Ok::<(), reference_vmm::Error>(())
 //! ```
 
+pub mod apicv;
 pub mod bench;
 pub mod clock;
 pub mod demo;

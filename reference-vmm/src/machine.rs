@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 use vm_device::device_manager::IoManager;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use crate::apicv::Apicv;
 use crate::clock::HostClock;
 use crate::error::Error;
 use crate::guest::abi::{self, percpu as pc};
 use crate::guest::layout;
 use crate::hyperv::HyperV;
-use crate::irqchip::Irqchip;
+use crate::irqchip::{AEOI_POLL_NS, Irqchip};
 use crate::kvm::stats::KvmVmCounters;
 use crate::metrics::VmMetrics;
 use crate::timers::Timers;
@@ -111,6 +112,8 @@ pub struct Machine {
     pub irqchip: Irqchip,
     /// The Hyper-V partition state.
     pub hv: HyperV,
+    /// What KVM's APICv/AVIC inhibit would be, driven by the guest.
+    pub apicv: Apicv,
     /// The APICs' clock.
     pub clock: Arc<HostClock>,
     /// How TLB flushes are done.
@@ -146,20 +149,42 @@ impl Machine {
     /// (APIC clock nanoseconds).
     pub fn service_stimers(&self, me: &Vcpu) -> Option<u64> {
         let (raise, next) = self.hv.run_stimers(me, &self.mem);
+        let mut poll = false;
         for (vector, auto_eoi) in raise.iter() {
-            self.irqchip.deliver_sint(me, vector, auto_eoi);
+            poll |= self.irqchip.deliver_sint(me, vector, auto_eoi);
+        }
+        // An AutoEOI vector waiting for the kernel backend: out of guest
+        // mode now, and again until it is done.
+        if poll || !me.lock().aeoi_outstanding.is_empty() {
+            me.kick_out();
+            poll = true;
         }
         // Reference time (100 ns) to the timer thread's clock: the two
         // start together, so the time left is the same in both.
+        let now = self.clock.now_ns();
         let deadline = next.map(|at| {
             let left = at.saturating_sub(self.hv.reference_time());
-            self.clock.now_ns().saturating_add(left.saturating_mul(100))
+            now.saturating_add(left.saturating_mul(100))
         });
+        let deadline = match (deadline, poll) {
+            (d, true) => Some(d.map_or(now + AEOI_POLL_NS, |d| d.min(now + AEOI_POLL_NS))),
+            (d, false) => d,
+        };
         match deadline {
             Some(ns) => self.stimers.arm(me.index as usize, ns),
             None => self.stimers.disarm(me.index as usize),
         }
         deadline
+    }
+
+    /// A SynIC interrupt on `v` through the irqchip; where the kernel
+    /// backend must complete an AutoEOI vector, `v` is polled out of guest
+    /// mode from the hv-stimer thread until it has.
+    pub fn raise_sint(&self, v: &Vcpu, vector: u8, auto_eoi: bool) {
+        if self.irqchip.deliver_sint(v, vector, auto_eoi) {
+            self.stimers
+                .arm_earlier(v.index as usize, self.clock.now_ns() + AEOI_POLL_NS);
+        }
     }
 
     /// Raises the NMI pin (LINT1) of every vCPU, as QEMU's `nmi` monitor

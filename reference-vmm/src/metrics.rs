@@ -120,6 +120,9 @@ counters!(
         stimer_expiries,
         /// HvPostMessage / HvSignalEvent calls.
         hc_synic,
+        /// AutoEOI vectors the VMM completed in KVM's LAPIC (kernel
+        /// irqchip: it cannot skip their ISR bit).
+        eoi_auto,
         /// Remote flushes this vCPU requested (one per target).
         flush_requested,
         /// Requested flushes whose target was not in guest mode (done at

@@ -64,6 +64,18 @@ impl Timers {
         self.cond.notify_one();
     }
 
+    /// Arms vCPU `vcpu`'s timer for `deadline_ns` unless an earlier one is
+    /// armed.
+    pub fn arm_earlier(&self, vcpu: usize, deadline_ns: u64) {
+        let mut q = self.lock();
+        if q.armed.get(&vcpu).is_some_and(|&d| d <= deadline_ns) {
+            return;
+        }
+        q.arm(vcpu, deadline_ns);
+        drop(q);
+        self.cond.notify_one();
+    }
+
     /// Forgets vCPU `vcpu`'s deadline (its timer was stopped).
     pub fn disarm(&self, vcpu: usize) {
         self.lock().disarm(vcpu);

@@ -406,6 +406,10 @@ const VEC_EDGE: u32 = 0x50;
 const VEC_LEVEL: u32 = 0x51;
 const VEC_STIMER: u32 = 0x60;
 const VEC_SINT: u32 = 0x61;
+const VEC_AEOI: u32 = 0x62;
+/// SINTx bits: masked (16), AutoEOI (17).
+const SINT_MASKED: u32 = 1 << 16;
+const SINT_AUTO_EOI: u32 = 1 << 17;
 const VEC_LEVEL_HELD: u32 = 0x52;
 const VEC_MASKED: u32 = 0x53;
 const VEC_COALESCE: u32 = 0x54;
@@ -560,6 +564,14 @@ pub enum Case {
     /// post to an unknown connection; 2: of a second signal of the same
     /// flag (still set: no interrupt).
     SynicMessages,
+    /// AutoEOI on SINT 2 (published SynIC and timers: value 0 = 1): two
+    /// message-mode timer expiries arrive on SINT 2's vector, which the
+    /// guest never EOIs, and it is not left in service (ISR clear) either
+    /// time; then SINT 2 is masked. Value 1: deliveries. Value
+    /// [`ISR_SEEN`]: the ISR bit of an ordinary self-IPI as its handler
+    /// saw it first (0: this LAPIC keeps no ISR bit, so "not left in
+    /// service" proves nothing about it).
+    AutoEoi,
     /// Crash MSRs: CRASH_P0-P4 then CRASH_CTL.CRASH_NOTIFY; the VMM ends
     /// the run with the guest's crash report. Reaching the end is a
     /// failure unless the MSRs are not published (value 0 = 0).
@@ -1346,7 +1358,74 @@ impl Builder {
             Case::StimerMessage => self.stimer_message(),
             Case::SynicMessages => self.synic_messages(),
             Case::CrashMsrs => self.crash_msrs(),
+            Case::AutoEoi => self.auto_eoi(),
         }
+    }
+
+    fn auto_eoi(&mut self) -> Result<(), IcedError> {
+        let mut skip = self.a.create_label();
+        // Does this LAPIC keep an ordinary vector in service?
+        let eoi = self.hook_eoi;
+        let mut probe = self.h.create_label();
+        self.h.set_label(&mut probe)?;
+        self.record_isr(VEC_EDGE)?;
+        self.h.jmp(eoi)?;
+        self.hook(VEC_EDGE, Hook::Custom(probe));
+        self.a.sti()?;
+        self.wrmsr(X2APIC_MSR_BASE + APIC_ICR / 16, VEC_EDGE | ICR_SELF, 0)?;
+        self.wait(
+            count(0, VEC_EDGE),
+            1,
+            Wait::Exits,
+            "AutoEOI: the probe self-IPI never arrived",
+        )?;
+        self.hv_features_or(HV_SYNIC_AVAILABLE | HV_SYNTIMER_AVAILABLE, 0, skip)?;
+        self.wrmsr(HV_GUEST_OS_ID, 1, GUEST_OS_ID_HIGH)?;
+        self.wrmsr(HV_SIMP, SIMP_PAGE | HV_PAGE_ENABLE, 0)?;
+        self.wrmsr(HV_SINT0 + STIMER_SINT, VEC_AEOI | SINT_AUTO_EOI, 0)?;
+        self.wrmsr(HV_SCONTROL, 1, 0)?;
+        self.a.sti()?;
+        let slot = SIMP_PAGE + STIMER_SINT * HV_MESSAGE_SIZE;
+        let isr = X2APIC_MSR_BASE + (APIC_ISR + VEC_AEOI / 32 * 0x10) / 16;
+        for (round, (missing, in_service)) in [
+            (
+                "AutoEOI: the first expiry never arrived",
+                "AutoEOI: the first delivery was left in service (ISR set)",
+            ),
+            (
+                "AutoEOI: the second expiry never arrived (the first stuck in service?)",
+                "AutoEOI: the second delivery was left in service (ISR set)",
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            self.time_ref_count()?;
+            self.a.add(rax, STIMER_DELAY)?;
+            self.a.mov(rdx, rax)?;
+            self.a.shr(rdx, 32)?;
+            self.a.mov(ecx, HV_STIMER0_COUNT)?;
+            self.a.wrmsr()?;
+            self.wrmsr(
+                HV_STIMER0_CONFIG,
+                STIMER_ENABLE | (STIMER_SINT << STIMER_SINTX_SHIFT),
+                0,
+            )?;
+            self.wait(count(0, VEC_AEOI), round as u32 + 1, Wait::Exits, missing)?;
+            self.a.mov(dword_ptr(slot), 0)?;
+            self.wrmsr(HV_EOM, 0, 0)?;
+            self.settle()?;
+            self.rdmsr(isr)?;
+            let f = self.fail(in_service);
+            self.a.test(eax, 1 << (VEC_AEOI % 32))?;
+            self.a.jnz(f)?;
+        }
+        self.a.mov(eax, dword_ptr(count(0, VEC_AEOI)))?;
+        self.save(1)?;
+        self.wrmsr(HV_SINT0 + STIMER_SINT, SINT_MASKED, 0)?;
+        self.settle()?;
+        self.a.set_label(&mut skip)?;
+        Ok(())
     }
 
     /// CPUID 0x40000003 EBX (the partition privileges' high half) into

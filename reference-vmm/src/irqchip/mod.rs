@@ -35,6 +35,11 @@ use crate::vcpu::{State, Vcpu};
 use kernel::KernelIrqchip;
 use user::UserIrqchip;
 
+/// How often a vCPU with an AutoEOI vector outstanding in KVM's LAPIC is
+/// made to leave guest mode, so that the kernel backend can complete it
+/// (see [`Irqchip::deliver_sint`]).
+pub const AEOI_POLL_NS: u64 = 100_000;
+
 /// Receives the vector of every EOI the local APICs broadcast (SDM Vol. 3
 /// 10.8.5: level-triggered vectors, unless SVR suppresses it): the IOAPIC.
 pub type EoiHook = Box<dyn Fn(u8) + Send + Sync>;
@@ -228,14 +233,20 @@ impl Irqchip {
     /// A SynIC interrupt on vCPU `v` (a message or event on one of its
     /// SINTs, or a direct-mode synthetic timer): fixed, edge, to itself
     /// (KVM `synic_set_irq`). With `auto_eoi` the user backend's APIC
-    /// acknowledges it without setting ISR (TLFS SINTx.AutoEOI); KVM's
+    /// acknowledges it without setting ISR (TLFS SINTx.AutoEOI). KVM's
     /// LAPIC cannot (no in-kernel Hyper-V), which is why DEPRECATING_AEOI
-    /// is published with the kernel irqchip: there the vector is delivered
-    /// as an ordinary one.
-    pub fn deliver_sint(&self, v: &Vcpu, vector: u8, auto_eoi: bool) {
+    /// is published with the kernel irqchip; for a guest that uses AutoEOI
+    /// anyway the kernel backend completes the vector itself at the
+    /// vCPU's next exits. Returns `true` when such exits are needed: the
+    /// caller then polls the vCPU out of guest mode
+    /// ([`AEOI_POLL_NS`]) until they have happened.
+    pub fn deliver_sint(&self, v: &Vcpu, vector: u8, auto_eoi: bool) -> bool {
         match self {
-            Self::User(_) => user::deliver_sint(v, vector, auto_eoi),
-            Self::Kernel(k) => k.send_ipi(v.index, vector),
+            Self::User(_) => {
+                user::deliver_sint(v, vector, auto_eoi);
+                false
+            }
+            Self::Kernel(k) => k.deliver_sint(v, vector, auto_eoi),
         }
     }
 
@@ -334,7 +345,10 @@ impl Irqchip {
     ) -> Option<u8> {
         match self {
             Self::User(u) => u.sync_after_exit(cx, s, posted),
-            Self::Kernel(_) => None,
+            Self::Kernel(_) => {
+                kernel::complete_auto_eoi(cx, s);
+                None
+            }
         }
     }
 

@@ -6,28 +6,31 @@
 //! traps those accesses latched (hypercall, panic, report), and internal
 //! errors. The exit data is read from `kvm_run` ([`crate::kvm::exit_data`]).
 
+use hv_enlightenments::msr::HV_X64_MSR_SINT0;
+use ipiv::inhibit::InhibitEvent;
+
 use crate::error::Error;
 use crate::hyperv::hypercall::{self, TrapEnd};
 use crate::hyperv::msr::{self as hvmsr, MsrExit};
-use crate::irqchip::Irqchip;
+
 use crate::kvm::exit_data;
 use crate::kvm::msr::MSR_APIC_BASE;
-use crate::machine::GuestExit;
+use crate::machine::{GuestExit, Machine};
 use crate::metrics::ExitClass;
 use crate::runner::Runner;
 use crate::runner::io::Trap;
 use crate::vcpu::Vcpu;
 
 /// The hypercall trap's interrupts, raised through the irqchip.
-struct IrqchipRaise<'a>(&'a Irqchip);
+struct MachineRaise<'a>(&'a Machine);
 
-impl hypercall::Raise for IrqchipRaise<'_> {
+impl hypercall::Raise for MachineRaise<'_> {
     fn ipi(&self, target: &Vcpu, vector: u8) {
-        self.0.send_ipi(target, vector);
+        self.0.irqchip.send_ipi(target, vector);
     }
 
     fn sint(&self, target: &Vcpu, vector: u8, auto_eoi: bool) {
-        self.0.deliver_sint(target, vector, auto_eoi);
+        self.0.raise_sint(target, vector, auto_eoi);
     }
 }
 
@@ -65,6 +68,17 @@ impl Runner<'_> {
             if ok && index == MSR_APIC_BASE {
                 self.io.follow_apic_base(m, me);
             }
+            // KVM `synic_update_vector`: SINT writes feed the inhibit.
+            if let Some(sint) = index
+                .checked_sub(HV_X64_MSR_SINT0)
+                .filter(|&n| ok && n < 16)
+            {
+                let event = InhibitEvent::SintWrite {
+                    sint: sint as u8,
+                    value: data,
+                };
+                m.apicv.request(me.index, event);
+            }
             ok.then_some(data)
         } else {
             let hv = m.hv.rdmsr(me.lock().vp.as_ref(), index);
@@ -85,7 +99,7 @@ impl Runner<'_> {
             }
             Some(MsrExit::EndOfMessage) => {
                 for (vector, auto_eoi) in m.hv.end_of_message(me, &m.mem).iter() {
-                    irq.deliver_sint(me, vector, auto_eoi);
+                    m.raise_sint(me, vector, auto_eoi);
                 }
                 m.service_stimers(me);
             }
@@ -171,7 +185,7 @@ impl Runner<'_> {
                     &m.mem,
                     &m.vcpus,
                     self.me,
-                    &IrqchipRaise(&m.irqchip),
+                    &MachineRaise(m),
                 )?;
                 if end == TrapEnd::Exception {
                     self.exception_queued = true;

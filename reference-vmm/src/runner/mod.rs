@@ -10,6 +10,7 @@ pub mod io;
 
 use std::sync::atomic::Ordering;
 
+use ipiv::inhibit::VcpuGate;
 use kvm_ioctls::{SyncReg, VcpuExit};
 
 use crate::error::Error;
@@ -57,6 +58,8 @@ pub struct Runner<'a> {
     io: VcpuIo,
     /// The irqchip backend's state of this vCPU.
     local: VcpuLocal,
+    /// This thread's gate to the APICv inhibit model's safe points.
+    gate: Option<VcpuGate>,
     /// Host TSC when the last `KVM_RUN` returned.
     exit_tsc: u64,
     /// An exception (#GP from an MSR exit, #UD from the hypercall trap)
@@ -76,6 +79,7 @@ impl<'a> Runner<'a> {
             kvm,
             io,
             local: VcpuLocal::default(),
+            gate: None,
             exit_tsc: 0,
             exception_queued: false,
         })
@@ -94,6 +98,8 @@ impl<'a> Runner<'a> {
 
     /// Runs until the machine stops or this vCPU fails.
     pub fn run(mut self) -> Result<(), Error> {
+        // On the vCPU's own thread: a gate is per thread.
+        self.gate = VcpuGate::for_this_thread().ok();
         self.me
             .go_live(KickTarget::current(&mut self.kvm.run_area().immediate_exit));
         // KVM copies the registers into kvm_run at every exit: the
@@ -116,6 +122,10 @@ impl<'a> Runner<'a> {
         loop {
             if m.stopping() || !m.irqchip.accept_events(&mut self.cx(), &stop)? {
                 return Ok(());
+            }
+            // A safe point: no guest-memory guard is held here.
+            if let Some(g) = self.gate.as_mut() {
+                m.apicv.apply(self.me.index, g);
             }
             let t_entry = tsc();
             self.prepare_entry()?;

@@ -80,6 +80,10 @@ pub struct State {
     /// two, as KVM keeps at most one pending behind the
     /// one being delivered (x86.c `process_nmi`).
     pub nmi_pending: u8,
+    /// Kernel irqchip: AutoEOI SINT vectors delivered to KVM's LAPIC,
+    /// which sets their ISR bit; the VMM completes them (see
+    /// [`crate::irqchip::kernel`]).
+    pub aeoi_outstanding: lapic::VectorBitmap,
     /// Kernel irqchip: the NMI pin (LINT1) was raised; the vCPU thread
     /// delivers it as KVM's LAPIC says ([`crate::irqchip::kernel`]).
     pub lint1_pending: bool,
@@ -122,6 +126,7 @@ impl Vcpu {
                 woken: false,
                 mp: MpEvents::default(),
                 nmi_pending: 0,
+                aeoi_outstanding: lapic::VectorBitmap::EMPTY,
                 lint1_pending: false,
                 exit_snapshot: None,
             }),
@@ -320,6 +325,15 @@ impl Vcpu {
             self.notify_apic_locked(&mut s);
         }
         poll.next_deadline
+    }
+
+    /// Makes the vCPU leave guest mode if it is there (its thread then
+    /// runs its exit sync).
+    pub(crate) fn kick_out(&self) {
+        let s = self.lock();
+        if self.run_state() == RunState::InGuest {
+            self.kick_locked(&s);
+        }
     }
 
     /// Wakes or kicks the vCPU so it notices a stop request.

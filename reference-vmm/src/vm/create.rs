@@ -17,6 +17,7 @@ use vm_device::device_manager::IoManager;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::{kvm_err, mem_err};
+use crate::apicv::Apicv;
 use crate::clock::HostClock;
 use crate::error::Error;
 use crate::hyperv::HyperV;
@@ -31,6 +32,7 @@ use crate::timers::Timers;
 use crate::vcpu::Vcpu;
 use hv_enlightenments::accel::IrqchipMode;
 use hv_enlightenments::cpuid::CpuidPlan;
+use ipiv::inhibit::{InhibitConfig, InhibitEvent};
 use lapic::{LocalApic, Topology};
 
 /// What both kinds of VM (built-in guest, external kernel) share: the KVM
@@ -228,6 +230,15 @@ impl Common {
         if stats.len() != n as usize {
             stats.clear();
         }
+        let apicv = Apicv::new(InhibitConfig {
+            host: ipiv::HostProbe::run().accel,
+            irqchip: self.irqchip,
+            ..InhibitConfig::default()
+        });
+        for i in 0..n {
+            // APIC ID = vCPU index in this VMM.
+            apicv.request(i, InhibitEvent::ApicId(i));
+        }
         let irqchip = Irqchip::new(
             self.irqchip,
             IrqchipConfig {
@@ -244,6 +255,7 @@ impl Common {
             vcpus,
             irqchip,
             hv,
+            apicv,
             clock,
             flush: o.flush,
             stimers: Timers::default(),

@@ -17,7 +17,7 @@ mod msi;
 mod vcpu;
 
 pub use msi::{kvm_msi_for, msi_address, msi_data};
-pub(super) use vcpu::{describe, raise_lint1, set_pv_eoi, synthetic_read};
+pub(super) use vcpu::{complete_auto_eoi, describe, raise_lint1, set_pv_eoi, synthetic_read};
 
 use std::sync::{Arc, Mutex};
 

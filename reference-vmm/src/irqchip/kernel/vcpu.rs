@@ -3,7 +3,7 @@
 //! the VP assist page, the LINT1 pin, and the in-kernel state for timeout
 //! reports.
 
-use hv_enlightenments::msr::ApicRegister;
+use hv_enlightenments::msr::{ApicRegister, X2APIC_MSR_EOI};
 use lapic::{ApicMode, DeliveryMode, Ipi, Shorthand, VcpuSet};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -201,6 +201,49 @@ impl KernelIrqchip {
             bump(&me.metrics.ipis_posted);
             // APIC ID = vCPU index in this VMM.
             self.signal_msi(msi_address(t as u32), data);
+        }
+    }
+}
+
+impl KernelIrqchip {
+    /// A SynIC vector for `v` as an MSI to itself; an AutoEOI one is noted
+    /// as outstanding (KVM's LAPIC will set its ISR bit). Returns whether
+    /// the vCPU must be polled out of guest mode for it.
+    pub(in crate::irqchip) fn deliver_sint(&self, v: &Vcpu, vector: u8, auto_eoi: bool) -> bool {
+        if auto_eoi {
+            v.lock().aeoi_outstanding.set(vector);
+        }
+        self.send_ipi(v.index, vector);
+        auto_eoi
+    }
+}
+
+/// After an exit, with AutoEOI vectors outstanding: one KVM's LAPIC has
+/// in service, as its highest vector, gets the EOI the guest will not
+/// write (a host x2APIC EOI, as for the synthetic EOI MSR; xAPIC mode has
+/// no lossless host EOI, so it waits for x2APIC or the guest's own EOI).
+/// One still requested stays outstanding; one neither requested nor in
+/// service was completed by the guest.
+pub(in crate::irqchip) fn complete_auto_eoi(cx: &mut VcpuCtx, s: &mut State) {
+    if s.aeoi_outstanding.is_empty() {
+        return;
+    }
+    let Ok(l) = cx.kvm.fd().get_lapic() else {
+        return;
+    };
+    let (isr, irr) = (vectors(&l, LAPIC_ISR), vectors(&l, LAPIC_IRR));
+    let x2apic = matches!(apic_mode(cx.kvm), Ok(ApicMode::X2Apic));
+    let highest = isr.iter().max().copied();
+    let outstanding: Vec<u8> = s.aeoi_outstanding.iter().collect();
+    for v in outstanding {
+        if isr.contains(&v) {
+            if x2apic && highest == Some(v) && matches!(cx.kvm.set_msr(X2APIC_MSR_EOI, 0), Ok(true))
+            {
+                bump(&cx.me.metrics.eoi_auto);
+                s.aeoi_outstanding.clear(v);
+            }
+        } else if !irr.contains(&v) {
+            s.aeoi_outstanding.clear(v);
         }
     }
 }
