@@ -130,6 +130,11 @@ pub fn plan(vcpus: u32) -> Vec<(&'static str, Scenario, Scenario)> {
             Scenario::Timer(EoiMode::X2apic),
             Scenario::Timer(EoiMode::Lazy),
         ),
+        (
+            "Hyper-V synthetic timer (direct), lazy EOI",
+            Scenario::Timer(EoiMode::X2apic),
+            Scenario::Stimer(EoiMode::Lazy),
+        ),
     ];
     plan.retain(|(_, off, on)| off.supports(vcpus) && on.supports(vcpus));
     plan

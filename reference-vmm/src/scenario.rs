@@ -26,6 +26,8 @@ pub enum Scenario {
     Shootdown(FlushMode),
     /// Periodic timer interrupts on vCPU 0.
     Timer(EoiMode),
+    /// Periodic Hyper-V synthetic timer 0 expiries on vCPU 0, direct mode.
+    Stimer(EoiMode),
     /// A CPL3 `dec; jnz` loop.
     Cpl3Loop,
     /// Null system calls (CPL3 -> CPL0 -> CPL3).
@@ -42,7 +44,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every named scenario, enlightened ones after their native twin.
-    pub const ALL: [Scenario; 20] = [
+    pub const ALL: [Scenario; 22] = [
         Scenario::PingPong(IpiMode::Native),
         Scenario::PingPong(IpiMode::PvFast),
         Scenario::PingPong(IpiMode::Xapic),
@@ -57,6 +59,8 @@ impl Scenario {
         Scenario::Timer(EoiMode::X2apic),
         Scenario::Timer(EoiMode::Synthetic),
         Scenario::Timer(EoiMode::Lazy),
+        Scenario::Stimer(EoiMode::X2apic),
+        Scenario::Stimer(EoiMode::Lazy),
         Scenario::Cpl3Loop,
         Scenario::SyscallLoop,
         Scenario::MmioExitLoop,
@@ -83,6 +87,9 @@ impl Scenario {
             Scenario::Timer(EoiMode::X2apic) => "timer-x2apic-eoi",
             Scenario::Timer(EoiMode::Synthetic) => "timer-synthetic-eoi",
             Scenario::Timer(EoiMode::Lazy) => "timer-lazy-eoi",
+            Scenario::Stimer(EoiMode::X2apic) => "stimer-direct-x2apic-eoi",
+            Scenario::Stimer(EoiMode::Synthetic) => "stimer-direct-synthetic-eoi",
+            Scenario::Stimer(EoiMode::Lazy) => "stimer-direct-lazy-eoi",
             Scenario::Cpl3Loop => "cpl3-loop",
             Scenario::SyscallLoop => "syscall-loop",
             Scenario::MmioExitLoop => "mmio-exit-loop",
@@ -107,7 +114,7 @@ impl Scenario {
             Scenario::PingPong(m) | Scenario::Broadcast(m) => m.enlightened(),
             Scenario::Shootdown(m) => *m == FlushMode::Pv,
             Scenario::Timer(m) => *m != EoiMode::X2apic,
-            Scenario::NullHypercall | Scenario::HypercallEx64 => true,
+            Scenario::Stimer(_) | Scenario::NullHypercall | Scenario::HypercallEx64 => true,
             _ => false,
         }
     }
@@ -136,7 +143,7 @@ impl Scenario {
         }
         let synthetic_eoi = match self {
             Scenario::PingPong(m) | Scenario::Broadcast(m) => m.enlightened(),
-            Scenario::Timer(m) => *m != EoiMode::X2apic,
+            Scenario::Timer(m) | Scenario::Stimer(m) => *m != EoiMode::X2apic,
             _ => false,
         };
         if !sees.eoi_writes && !synthetic_eoi {
@@ -165,7 +172,7 @@ impl Scenario {
                     20
                 }
             }
-            Scenario::Timer(_) => 200,
+            Scenario::Timer(_) | Scenario::Stimer(_) => 200,
             Scenario::Cpl3Loop => 100_000_000,
             Scenario::SyscallLoop => 1000,
             Scenario::MmioExitLoop | Scenario::PioExitLoop => 10_000,
@@ -187,6 +194,8 @@ impl Scenario {
             Scenario::Broadcast(m) => scenarios::broadcast_ipi(n, ops, m),
             Scenario::Shootdown(m) => scenarios::tlb_shootdown(n, ops, 1, m),
             Scenario::Timer(m) => scenarios::timer_eoi(ops, 1_000_000, m),
+            // 1 ms in reference time, as the APIC timer's period.
+            Scenario::Stimer(m) => scenarios::stimer_eoi(ops, 10_000, m),
             Scenario::Cpl3Loop => scenarios::cpl3_loop(ops),
             Scenario::SyscallLoop => scenarios::syscall_loop(ops),
             Scenario::MmioExitLoop => scenarios::mmio_exit_loop(ops),

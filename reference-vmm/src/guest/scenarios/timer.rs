@@ -1,5 +1,6 @@
-//! The periodic APIC timer scenario, each interrupt completed the
-//! x2APIC, synthetic or lazy way.
+//! The periodic timer scenarios, each interrupt completed the x2APIC,
+//! synthetic or lazy way: the APIC timer, and the Hyper-V synthetic timer
+//! 0 in direct mode (its expiry raises the same vector).
 
 use iced_x86::code_asm::*;
 
@@ -17,20 +18,70 @@ const TIMER_INIT: u32 = 0x838;
 /// x2APIC divide configuration register.
 const TIMER_DIV: u32 = 0x83E;
 
+/// HV_X64_MSR_STIMER0_CONFIG and _COUNT.
+const STIMER0_CONFIG: u32 = 0x4000_00B0;
+const STIMER0_COUNT: u32 = 0x4000_00B1;
+/// STIMER CONFIG: enable, periodic, the vector (bits 11:4), direct mode
+/// (`union hv_stimer_config`).
+const STIMER_ENABLE: u64 = 1;
+const STIMER_PERIODIC: u64 = 1 << 1;
+const STIMER_VECTOR_SHIFT: u32 = 4;
+const STIMER_DIRECT: u64 = 1 << 12;
+
 /// `count` periodic APIC timer interrupts every `period_ns` on vCPU 0,
 /// each completed the `eoi` way.
 pub fn timer_eoi(count: u64, period_ns: u32, eoi: EoiMode) -> Result<Program, Error> {
+    periodic(count, eoi, |a, phase| match phase {
+        Phase::Prepare => {
+            wrmsr_imm(a, TIMER_DIV, 0xB)?;
+            wrmsr_imm(a, LVT_TIMER, (1 << 17) | u64::from(abi::VEC_TIMER))
+        }
+        Phase::Start => wrmsr_imm(a, TIMER_INIT, u64::from(period_ns)),
+        Phase::Stop => wrmsr_imm(a, TIMER_INIT, 0),
+    })
+}
+
+/// `count` periodic synthetic timer 0 expiries every `period_100ns`
+/// (reference time) on vCPU 0 in direct mode, each completed the `eoi`
+/// way.
+pub fn stimer_eoi(count: u64, period_100ns: u64, eoi: EoiMode) -> Result<Program, Error> {
+    let config = STIMER_ENABLE
+        | STIMER_PERIODIC
+        | STIMER_DIRECT
+        | (u64::from(abi::VEC_TIMER) << STIMER_VECTOR_SHIFT);
+    periodic(count, eoi, |a, phase| match phase {
+        Phase::Prepare => wrmsr_imm(a, STIMER0_COUNT, period_100ns),
+        Phase::Start => wrmsr_imm(a, STIMER0_CONFIG, config),
+        Phase::Stop => wrmsr_imm(a, STIMER0_CONFIG, 0),
+    })
+}
+
+/// Where a timer's code goes in the counted loop.
+enum Phase {
+    /// Before the measured phase.
+    Prepare,
+    /// At its start: the ticks begin.
+    Start,
+    /// After it.
+    Stop,
+}
+
+/// The counted loop of both timers, with `code` for each [`Phase`].
+fn periodic(
+    count: u64,
+    eoi: EoiMode,
+    code: impl Fn(&mut CodeAssembler, Phase) -> Result<(), iced_x86::IcedError>,
+) -> Result<Program, Error> {
     let mut a = CodeAssembler::new(64)?;
     let mut resp = a.create_label();
     prologue(&mut a, resp)?;
-    wrmsr_imm(&mut a, TIMER_DIV, 0xB)?;
-    wrmsr_imm(&mut a, LVT_TIMER, (1 << 17) | u64::from(abi::VEC_TIMER))?;
+    code(&mut a, Phase::Prepare)?;
     mark_start(&mut a, count)?;
-    wrmsr_imm(&mut a, TIMER_INIT, u64::from(period_ns))?;
+    code(&mut a, Phase::Start)?;
     a.mov(r13, count)?;
     halt_until(&mut a, pc::TIMER_COUNT, r13)?;
     mark_end(&mut a)?;
-    wrmsr_imm(&mut a, TIMER_INIT, 0)?;
+    code(&mut a, Phase::Stop)?;
     a.mov(rax, pcpu(pc::TIMER_COUNT))?;
     done(&mut a, rax)?;
     idle_responder(&mut a, &mut resp)?;
