@@ -153,6 +153,22 @@ fn boot_linux(test: &str, irqchip: IrqchipMode) {
         "Linux saw [low, high, hints, misc] = {seen:#x?}, the VMM published {published:#x?}"
     );
 
+    // Linux registers the Hyper-V clocksource the published time source
+    // gives (hv_init_clocksource): the reference TSC page where it is
+    // published, else TIME_REF_COUNT (an MSR read per clock read).
+    let page = features.eax & (1 << 9) != 0;
+    let clocksource = if page {
+        "clocksource: hyperv_clocksource_tsc_page"
+    } else {
+        "clocksource: hyperv_clocksource_msr"
+    };
+    assert!(
+        text.contains(clocksource),
+        "{test}: no `{clocksource}` line:\n{}",
+        tail(&text, 30)
+    );
+    eprintln!("{test}: Linux registered {clocksource:?}");
+
     let f = plan
         .frequencies
         .unwrap_or_else(|| panic!("{test}: no frequency MSRs published"));
