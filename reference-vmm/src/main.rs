@@ -490,46 +490,8 @@ fn run(cmd: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Cpuid { vcpus, irqchip } => {
-            let mode = IrqchipMode::from(irqchip);
-            use reference_vmm::kvm::cpuid;
-            // What a VM would get: the guest TSC frequency KVM gives a vCPU.
-            let apic_hz = reference_vmm::irqchip::apic_timer_hz(mode);
-            let host = cpuid::host_tsc();
-            let freq = cpuid::frequencies(apic_hz, host.map(|(khz, _)| khz));
-            let stable = host.is_some_and(|(_, stable)| stable);
-            let plan = cpuid::cpuid_plan(vcpus, mode, freq, stable).map_err(|e| e.to_string())?;
-            for l in plan.cpuid.entries() {
-                println!(
-                    "{:#010x}: eax={:#010x} ebx={:#010x} ecx={:#010x} edx={:#010x}",
-                    l.function, l.eax, l.ebx, l.ecx, l.edx
-                );
-            }
-            println!();
-            match freq {
-                Some(f) => {
-                    use hv_enlightenments::msr::{
-                        HV_X64_MSR_APIC_FREQUENCY, HV_X64_MSR_TSC_FREQUENCY,
-                    };
-                    println!("frequency MSRs:");
-                    for (name, index, hz) in [
-                        (
-                            "HV_X64_MSR_TSC_FREQUENCY",
-                            HV_X64_MSR_TSC_FREQUENCY,
-                            f.tsc_hz,
-                        ),
-                        (
-                            "HV_X64_MSR_APIC_FREQUENCY",
-                            HV_X64_MSR_APIC_FREQUENCY,
-                            f.apic_hz,
-                        ),
-                    ] {
-                        println!("  {name} ({index:#010x}) = {hz:#x} ({hz} Hz)");
-                    }
-                }
-                None => println!("frequency MSRs: none (KVM_GET_TSC_KHZ unreadable)"),
-            }
-            println!();
-            println!("{}", plan.decisions);
+            let r = reference_vmm::kvm::cpuid::report(vcpus, IrqchipMode::from(irqchip));
+            print!("{}", r.map_err(|e| e.to_string())?);
             Ok(())
         }
         Command::Boot(args) => boot(args).map(|_| ()),

@@ -160,3 +160,49 @@ pub fn offer_tsc_deadline(table: &mut [kvm_cpuid_entry2]) {
         e.ecx |= CPUID1_ECX_TSC_DEADLINE;
     }
 }
+
+/// What `reference-vmm cpuid` prints: the Hyper-V leaves a VM of `vcpus`
+/// vCPUs with the `irqchip` backend would get on this host, the frequency
+/// MSRs (index and value in hex), and every decision with its reason.
+pub fn report(vcpus: u32, irqchip: IrqchipMode) -> Result<String, Error> {
+    use hv_enlightenments::msr::{HV_X64_MSR_APIC_FREQUENCY, HV_X64_MSR_TSC_FREQUENCY};
+    use std::fmt::Write;
+
+    // What a VM would get: the guest TSC frequency KVM gives a vCPU.
+    let host = host_tsc();
+    let apic_hz = crate::irqchip::apic_timer_hz(irqchip);
+    let freq = frequencies(apic_hz, host.map(|(khz, _)| khz));
+    let stable = host.is_some_and(|(_, stable)| stable);
+    let plan = cpuid_plan(vcpus, irqchip, freq, stable)?;
+    let mut out = String::new();
+    for l in plan.cpuid.entries() {
+        let _ = writeln!(
+            out,
+            "{:#010x}: eax={:#010x} ebx={:#010x} ecx={:#010x} edx={:#010x}",
+            l.function, l.eax, l.ebx, l.ecx, l.edx
+        );
+    }
+    out.push('\n');
+    match freq {
+        Some(f) => {
+            out.push_str("frequency MSRs:\n");
+            for (name, index, hz) in [
+                (
+                    "HV_X64_MSR_TSC_FREQUENCY",
+                    HV_X64_MSR_TSC_FREQUENCY,
+                    f.tsc_hz,
+                ),
+                (
+                    "HV_X64_MSR_APIC_FREQUENCY",
+                    HV_X64_MSR_APIC_FREQUENCY,
+                    f.apic_hz,
+                ),
+            ] {
+                let _ = writeln!(out, "  {name} ({index:#010x}) = {hz:#x} ({hz} Hz)");
+            }
+        }
+        None => out.push_str("frequency MSRs: none (KVM_GET_TSC_KHZ unreadable)\n"),
+    }
+    let _ = write!(out, "\n{}\n", plan.decisions);
+    Ok(out)
+}
