@@ -140,6 +140,22 @@ enum OnOff {
     Off,
 }
 
+/// What `boot` does when the guest resets the machine (port 0xCF9, the
+/// keyboard controller's reset line, HV_X64_MSR_RESET).
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OnReset {
+    /// End the run with exit code 0 ("guest stopped: Reset").
+    Exit,
+    /// Boot again from the same files with fresh RAM, as a cold reset,
+    /// within the same `--timeout`; at most 16 times in a row.
+    Restart,
+    /// End the run with an error (exit code 1).
+    Fail,
+}
+
+/// Restarts `--on-reset restart` allows before it gives up.
+const MAX_RESTARTS: u32 = 16;
+
 #[derive(clap::Args)]
 struct BootArgs {
     /// Kernel image.
@@ -173,6 +189,9 @@ struct BootArgs {
     /// end of its line).
     #[arg(long)]
     until: Option<String>,
+    /// What a guest reset does.
+    #[arg(long, value_enum, default_value_t = OnReset::Exit)]
+    on_reset: OnReset,
 }
 
 /// Most vCPUs any command accepts: x2APIC IDs and VP indices above are
@@ -309,7 +328,8 @@ fn boot(a: BootArgs) -> Result<ExitCode, String> {
             None => (PathBuf::from(m), m.clone()),
         })
         .collect();
-    let vm = Vm::new_external(ExternalConfig {
+    let timeout = Duration::from_secs(a.timeout);
+    let cfg = ExternalConfig {
         vcpus: a.vcpus,
         mem_size: a.mem.saturating_mul(1 << 20),
         irqchip: a.irqchip.into(),
@@ -318,12 +338,39 @@ fn boot(a: BootArgs) -> Result<ExitCode, String> {
         cmdline: a.cmdline,
         initrd: a.initrd,
         modules,
-        timeout: Duration::from_secs(a.timeout),
+        timeout,
         console: Console::new(true),
         until: a.until,
-    })
-    .map_err(|e| e.to_string())?;
-    let r = vm.boot().map_err(|e| e.to_string())?;
+    };
+    let start = std::time::Instant::now();
+    let mut restarts = 0;
+    let r = loop {
+        // Each boot gets what is left of --timeout.
+        let left = timeout.saturating_sub(start.elapsed());
+        let vm = Vm::new_external(ExternalConfig {
+            timeout: left.max(Duration::from_millis(1)),
+            ..cfg.clone()
+        })
+        .map_err(|e| e.to_string())?;
+        let r = vm.boot().map_err(|e| e.to_string())?;
+        if r.exit != GuestExit::Reset || a.on_reset != OnReset::Restart {
+            break r;
+        }
+        if restarts == MAX_RESTARTS {
+            return Err(format!(
+                "the guest reset {} times in a row (--on-reset restart gives up)",
+                MAX_RESTARTS + 1
+            ));
+        }
+        restarts += 1;
+        eprintln!("guest reset: restarting ({restarts} of at most {MAX_RESTARTS})");
+    };
+    if r.exit == GuestExit::Reset && a.on_reset == OnReset::Fail {
+        return Err(format!(
+            "the guest reset the machine (--on-reset fail, {:.1?})",
+            r.wall
+        ));
+    }
     let code = match &r.exit {
         GuestExit::DebugExit(status) => {
             eprintln!(

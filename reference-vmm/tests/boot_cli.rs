@@ -182,3 +182,36 @@ fn demo_on_one_vcpu_skips_what_it_cannot_test() {
     );
     assert!(!stdout.contains("0 of 0"), "{stdout}");
 }
+
+/// `--on-reset`: a guest that resets through port 0xCF9 ends the run
+/// (exit), is booted again from the same files (restart, bounded), or
+/// fails the run (fail).
+#[test]
+fn on_reset_exit_restart_or_fail() {
+    let test = "on_reset_exit_restart_or_fail";
+    if !kvm_available(test) {
+        return;
+    }
+    let boots = |out: &Output| text(&out.stdout).matches(mbkernel::BOOT_LINE).count();
+
+    let out = boot(&kernel(test, Flavor::Reset), &["--mem", "16"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(boots(&out), 1);
+
+    let out = boot(
+        &kernel(test, Flavor::Reset),
+        &["--mem", "16", "--on-reset", "restart"],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(boots(&out), 17, "the first boot and 16 restarts");
+    assert!(stderr.contains("reset 17 times in a row"), "{stderr}");
+
+    let out = boot(
+        &kernel(test, Flavor::Reset),
+        &["--mem", "16", "--on-reset", "fail"],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the guest reset the machine"), "{stderr}");
+}
