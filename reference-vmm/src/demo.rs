@@ -135,6 +135,16 @@ pub fn plan(vcpus: u32) -> Vec<(&'static str, Scenario, Scenario)> {
             Scenario::Timer(EoiMode::X2apic),
             Scenario::Stimer(EoiMode::Lazy),
         ),
+        (
+            "Hyper-V synthetic timer (message), lazy EOI",
+            Scenario::Timer(EoiMode::X2apic),
+            Scenario::StimerMessage(false),
+        ),
+        (
+            "Hyper-V synthetic timer (message), AutoEOI",
+            Scenario::Timer(EoiMode::X2apic),
+            Scenario::StimerMessage(true),
+        ),
     ];
     plan.retain(|(_, off, on)| off.supports(vcpus) && on.supports(vcpus));
     plan

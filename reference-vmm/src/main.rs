@@ -345,8 +345,12 @@ fn boot(a: BootArgs) -> Result<ExitCode, String> {
     let start = std::time::Instant::now();
     let mut restarts = 0;
     let r = loop {
-        // Each boot gets what is left of --timeout.
-        let left = timeout.saturating_sub(start.elapsed());
+        // A restart gets what is left of --timeout.
+        let left = if restarts == 0 {
+            timeout
+        } else {
+            timeout.saturating_sub(start.elapsed())
+        };
         let vm = Vm::new_external(ExternalConfig {
             timeout: left.max(Duration::from_millis(1)),
             ..cfg.clone()

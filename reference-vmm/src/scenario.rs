@@ -28,6 +28,9 @@ pub enum Scenario {
     Timer(EoiMode),
     /// Periodic Hyper-V synthetic timer 0 expiries on vCPU 0, direct mode.
     Stimer(EoiMode),
+    /// Periodic synthetic timer 0 expiries on vCPU 0 in message mode on
+    /// SINT 2: lazy EOI, or AutoEOI (`true`).
+    StimerMessage(bool),
     /// A CPL3 `dec; jnz` loop.
     Cpl3Loop,
     /// Null system calls (CPL3 -> CPL0 -> CPL3).
@@ -44,7 +47,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every named scenario, enlightened ones after their native twin.
-    pub const ALL: [Scenario; 22] = [
+    pub const ALL: [Scenario; 24] = [
         Scenario::PingPong(IpiMode::Native),
         Scenario::PingPong(IpiMode::PvFast),
         Scenario::PingPong(IpiMode::Xapic),
@@ -61,6 +64,8 @@ impl Scenario {
         Scenario::Timer(EoiMode::Lazy),
         Scenario::Stimer(EoiMode::X2apic),
         Scenario::Stimer(EoiMode::Lazy),
+        Scenario::StimerMessage(false),
+        Scenario::StimerMessage(true),
         Scenario::Cpl3Loop,
         Scenario::SyscallLoop,
         Scenario::MmioExitLoop,
@@ -90,6 +95,8 @@ impl Scenario {
             Scenario::Stimer(EoiMode::X2apic) => "stimer-direct-x2apic-eoi",
             Scenario::Stimer(EoiMode::Synthetic) => "stimer-direct-synthetic-eoi",
             Scenario::Stimer(EoiMode::Lazy) => "stimer-direct-lazy-eoi",
+            Scenario::StimerMessage(false) => "stimer-message-lazy-eoi",
+            Scenario::StimerMessage(true) => "stimer-message-auto-eoi",
             Scenario::Cpl3Loop => "cpl3-loop",
             Scenario::SyscallLoop => "syscall-loop",
             Scenario::MmioExitLoop => "mmio-exit-loop",
@@ -114,7 +121,10 @@ impl Scenario {
             Scenario::PingPong(m) | Scenario::Broadcast(m) => m.enlightened(),
             Scenario::Shootdown(m) => *m == FlushMode::Pv,
             Scenario::Timer(m) => *m != EoiMode::X2apic,
-            Scenario::Stimer(_) | Scenario::NullHypercall | Scenario::HypercallEx64 => true,
+            Scenario::Stimer(_)
+            | Scenario::StimerMessage(_)
+            | Scenario::NullHypercall
+            | Scenario::HypercallEx64 => true,
             _ => false,
         }
     }
@@ -144,6 +154,8 @@ impl Scenario {
         let synthetic_eoi = match self {
             Scenario::PingPong(m) | Scenario::Broadcast(m) => m.enlightened(),
             Scenario::Timer(m) | Scenario::Stimer(m) => *m != EoiMode::X2apic,
+            // Lazy EOI, or none at all.
+            Scenario::StimerMessage(_) => true,
             _ => false,
         };
         if !sees.eoi_writes && !synthetic_eoi {
@@ -172,7 +184,7 @@ impl Scenario {
                     20
                 }
             }
-            Scenario::Timer(_) | Scenario::Stimer(_) => 200,
+            Scenario::Timer(_) | Scenario::Stimer(_) | Scenario::StimerMessage(_) => 200,
             Scenario::Cpl3Loop => 100_000_000,
             Scenario::SyscallLoop => 1000,
             Scenario::MmioExitLoop | Scenario::PioExitLoop => 10_000,
@@ -196,6 +208,7 @@ impl Scenario {
             Scenario::Timer(m) => scenarios::timer_eoi(ops, 1_000_000, m),
             // 1 ms in reference time, as the APIC timer's period.
             Scenario::Stimer(m) => scenarios::stimer_eoi(ops, 10_000, m),
+            Scenario::StimerMessage(auto_eoi) => scenarios::stimer_message(ops, 10_000, auto_eoi),
             Scenario::Cpl3Loop => scenarios::cpl3_loop(ops),
             Scenario::SyscallLoop => scenarios::syscall_loop(ops),
             Scenario::MmioExitLoop => scenarios::mmio_exit_loop(ops),

@@ -129,7 +129,7 @@ pub mod shared {
     pub const IPI_MODE: u64 = SHARED + 40;
     /// How interrupts are completed: 0 x2APIC EOI, 1 synthetic EOI MSR,
     /// 2 lazy EOI (VP assist page) with synthetic EOI fallback, 3 xAPIC
-    /// EOI through MMIO.
+    /// EOI through MMIO, 4 none (AutoEOI SINTs).
     pub const EOI_MODE: u64 = SHARED + 48;
     /// Non-zero: VEC_IPI handlers on vCPUs other than 0 reply with VEC_PONG.
     pub const PONG: u64 = SHARED + 56;
@@ -140,10 +140,17 @@ pub mod shared {
     /// as Linux does (the kernel irqchip serves the synthetic EOI only in
     /// x2APIC mode).
     pub const APIC_ACCESS_HINT: u64 = SHARED + 72;
+    /// Non-zero: the address of the SynIC message slot the timer handler
+    /// frees (message type 0) before it completes the interrupt, writing
+    /// HV_X64_MSR_EOM when the slot's pending flag is set (Linux
+    /// `hv_stimer0_isr` path, `vmbus_signal_eom`).
+    pub const STIMER_SLOT: u64 = SHARED + 80;
     /// A page-aligned hypercall input page.
     pub const HC_INPUT: u64 = SHARED + 0x1000;
     /// A page-aligned hypercall output page.
     pub const HC_OUTPUT: u64 = SHARED + 0x2000;
+    /// vCPU 0's SynIC message page (SIMP).
+    pub const SYNIC_MESSAGE_PAGE: u64 = SHARED + 0x3000;
 }
 
 /// EOI_MODE values.
@@ -157,6 +164,8 @@ pub mod eoi_mode {
     pub const LAZY: u64 = 2;
     /// xAPIC EOI register through MMIO.
     pub const XAPIC: u64 = 3;
+    /// No EOI: the vector was acknowledged without ISR (AutoEOI).
+    pub const NONE: u64 = 4;
 }
 
 /// The GUEST_OS_ID the built-in kernel writes (open-source, Linux-like

@@ -5,9 +5,10 @@
 //! guest CPL0 code each instruction costs microseconds.
 
 use hv_enlightenments::msr::{
-    HV_X64_MSR_EOI, HV_X64_MSR_GUEST_OS_ID, HV_X64_MSR_HYPERCALL, HV_X64_MSR_ICR,
+    HV_X64_MSR_EOI, HV_X64_MSR_EOM, HV_X64_MSR_GUEST_OS_ID, HV_X64_MSR_HYPERCALL, HV_X64_MSR_ICR,
     HV_X64_MSR_VP_ASSIST_PAGE, HV_X64_MSR_VP_INDEX,
 };
+use hv_enlightenments::synic::{MESSAGE_FLAG_PENDING, MESSAGE_FLAGS_OFFSET};
 use iced_x86::code_asm::*;
 
 use super::abi::{self, percpu as pc, shared};
@@ -166,6 +167,11 @@ pub fn build() -> Result<Kernel, Error> {
         let mut done = a.create_label();
         let mut not_xapic = a.create_label();
         a.mov(rax, qword_ptr(shared::EOI_MODE))?;
+        let mut some = a.create_label();
+        a.cmp(rax, abi::eoi_mode::NONE as i32)?;
+        a.jne(some)?;
+        a.ret()?;
+        a.set_label(&mut some)?;
         a.cmp(rax, abi::eoi_mode::XAPIC as i32)?;
         a.jne(not_xapic)?;
         a.mov(rcx, XAPIC_MMIO + XAPIC_EOI_OFFSET)?;
@@ -308,6 +314,25 @@ pub fn build() -> Result<Kernel, Error> {
     a.set_label(&mut irq_timer)?;
     save(&mut a)?;
     a.inc(gs(pc::TIMER_COUNT))?;
+    {
+        // A synthetic timer's message: free the slot, EOM if another
+        // message waits behind it.
+        let mut no_msg = a.create_label();
+        a.mov(rax, qword_ptr(shared::STIMER_SLOT))?;
+        a.test(rax, rax)?;
+        a.jz(no_msg)?;
+        a.mov(dword_ptr(rax), 0)?;
+        a.test(
+            byte_ptr(rax + MESSAGE_FLAGS_OFFSET),
+            u32::from(MESSAGE_FLAG_PENDING),
+        )?;
+        a.jz(no_msg)?;
+        a.mov(ecx, HV_X64_MSR_EOM)?;
+        a.xor(eax, eax)?;
+        a.xor(edx, edx)?;
+        a.wrmsr()?;
+        a.set_label(&mut no_msg)?;
+    }
     a.call(eoi)?;
     restore(&mut a)?;
 

@@ -20,4 +20,4 @@ pub use loops::{
     pio_exit_loop, syscall_loop,
 };
 pub use mode::{EoiMode, FlushMode, IpiMode};
-pub use timer::{stimer_eoi, timer_eoi};
+pub use timer::{stimer_eoi, stimer_message, timer_eoi};

@@ -56,6 +56,44 @@ pub fn stimer_eoi(count: u64, period_100ns: u64, eoi: EoiMode) -> Result<Program
     })
 }
 
+/// SCONTROL, SIMP and SINTx of the SynIC; the SINT the message-mode timer
+/// uses; SINTx.AutoEOI (bit 17); STIMER CONFIG's SINT field (bits 19:16).
+const SCONTROL: u32 = 0x4000_0080;
+const SIMP: u32 = 0x4000_0083;
+const SINT0: u32 = 0x4000_0090;
+const TIMER_SINT: u32 = 2;
+const SINT_AUTO_EOI: u64 = 1 << 17;
+const STIMER_SINTX_SHIFT: u32 = 16;
+/// Bytes of a SynIC message slot.
+const MESSAGE_SLOT: u64 = 256;
+
+/// `count` periodic synthetic timer 0 expiries every `period_100ns` on
+/// vCPU 0 in message mode (HVMSG_TIMER_EXPIRED on SINT 2, the timer
+/// vector): the handler frees the slot (EOM only when a message waits),
+/// then completes the interrupt by lazy EOI, or not at all with
+/// `auto_eoi` (SINT 2 with AutoEOI).
+pub fn stimer_message(count: u64, period_100ns: u64, auto_eoi: bool) -> Result<Program, Error> {
+    let sint = u64::from(abi::VEC_TIMER) | if auto_eoi { SINT_AUTO_EOI } else { 0 };
+    let config = STIMER_ENABLE | STIMER_PERIODIC | (u64::from(TIMER_SINT) << STIMER_SINTX_SHIFT);
+    let mut program = periodic(count, EoiMode::Lazy, |a, phase| match phase {
+        Phase::Prepare => {
+            wrmsr_imm(a, SIMP, shared::SYNIC_MESSAGE_PAGE | 1)?;
+            wrmsr_imm(a, SINT0 + TIMER_SINT, sint)?;
+            wrmsr_imm(a, SCONTROL, 1)?;
+            wrmsr_imm(a, STIMER0_COUNT, period_100ns)
+        }
+        Phase::Start => wrmsr_imm(a, STIMER0_CONFIG, config),
+        Phase::Stop => wrmsr_imm(a, STIMER0_CONFIG, 0),
+    })?;
+    // Written in order: these follow (and override) the EOI mode above.
+    let slot = shared::SYNIC_MESSAGE_PAGE + u64::from(TIMER_SINT) * MESSAGE_SLOT;
+    program.shared.push((shared::STIMER_SLOT, slot));
+    if auto_eoi {
+        program.shared.push((shared::EOI_MODE, eoi_mode::NONE));
+    }
+    Ok(program)
+}
+
 /// Where a timer's code goes in the counted loop.
 enum Phase {
     /// Before the measured phase.
