@@ -361,6 +361,26 @@ impl Demo {
                 )));
             }
         }
+        if let Some(r) = find("stimer-message-auto-eoi") {
+            // The guest sets SINT 2 with AutoEOI, then masks it.
+            let h = &r.on.apicv_inhibit_history;
+            let adds = |c: &String| c.split(" -> ").nth(1).is_some_and(|a| a.contains("Hyperv"));
+            let followed =
+                h.len() >= 2 && h.first().is_some_and(adds) && h.last().is_some_and(|c| !adds(c));
+            out.push((
+                "the APICv/AVIC inhibit (model) follows AutoEOI use".into(),
+                format!(
+                    "{} changes: {}",
+                    r.on.apicv_inhibit_changes,
+                    if h.is_empty() {
+                        "none".to_string()
+                    } else {
+                        h.join("; ")
+                    }
+                ),
+                Verdict::from(followed),
+            ));
+        }
         out
     }
 

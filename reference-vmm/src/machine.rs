@@ -88,6 +88,9 @@ pub struct RunReport {
     pub wall: Duration,
     /// `(vcpu, tag, value)` VALUE reports.
     pub values: Vec<(u32, u64, u64)>,
+    /// Changes of the APICv/AVIC inhibit model's effective reasons during
+    /// the run, and the first of them, each as "vCPU n: before -> after".
+    pub apicv_changes: (u64, Vec<String>),
 }
 
 #[derive(Debug, Default)]

@@ -267,6 +267,11 @@ pub struct Figures {
     /// KVM's own counters of the measured phase (kernel irqchip, when KVM
     /// has binary statistics).
     pub kvm: Option<KvmVmCounters>,
+    /// Changes of the APICv/AVIC inhibit model's effective reasons during
+    /// the run (e.g. the Hyper-V reason while a SINT uses AutoEOI).
+    pub apicv_inhibit_changes: u64,
+    /// The first of them, "vCPU n: before -> after".
+    pub apicv_inhibit_history: Vec<String>,
 }
 
 impl Figures {
@@ -375,6 +380,8 @@ pub fn run_ops(s: Scenario, o: RunOptions, ops: u64) -> Result<(RunReport, Figur
         irqchip: o.irqchip,
         unobserved: s.unobserved(o.irqchip),
         kvm: m.kvm,
+        apicv_inhibit_changes: report.apicv_changes.0,
+        apicv_inhibit_history: report.apicv_changes.1.clone(),
     };
     Ok((report, f))
 }

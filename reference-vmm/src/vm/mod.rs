@@ -215,12 +215,18 @@ impl Vm {
             }
             _ => None,
         };
+        let (changes, history) = m.apicv.changes();
+        let history = history
+            .iter()
+            .map(|c| format!("vCPU {}: {:?} -> {:?}", c.vcpu, c.before, c.after))
+            .collect();
         Ok(RunReport {
             detail,
             measured,
             metrics,
             wall,
             values: marks.values,
+            apicv_changes: (changes, history),
         })
     }
 }

@@ -63,6 +63,7 @@ const SIMP: u32 = 0x4000_0083;
 const SINT0: u32 = 0x4000_0090;
 const TIMER_SINT: u32 = 2;
 const SINT_AUTO_EOI: u64 = 1 << 17;
+const SINT_MASKED: u64 = 1 << 16;
 const STIMER_SINTX_SHIFT: u32 = 16;
 /// Bytes of a SynIC message slot.
 const MESSAGE_SLOT: u64 = 256;
@@ -83,7 +84,11 @@ pub fn stimer_message(count: u64, period_100ns: u64, auto_eoi: bool) -> Result<P
             wrmsr_imm(a, STIMER0_COUNT, period_100ns)
         }
         Phase::Start => wrmsr_imm(a, STIMER0_CONFIG, config),
-        Phase::Stop => wrmsr_imm(a, STIMER0_CONFIG, 0),
+        // The timer off, then SINT 2 masked: its AutoEOI use ends.
+        Phase::Stop => {
+            wrmsr_imm(a, STIMER0_CONFIG, 0)?;
+            wrmsr_imm(a, SINT0 + TIMER_SINT, SINT_MASKED)
+        }
     })?;
     // Written in order: these follow (and override) the EOI mode above.
     let slot = shared::SYNIC_MESSAGE_PAGE + u64::from(TIMER_SINT) * MESSAGE_SLOT;
