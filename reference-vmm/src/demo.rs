@@ -101,6 +101,11 @@ pub fn plan(vcpus: u32) -> Vec<(&'static str, Scenario, Scenario)> {
             Scenario::PingPong(IpiMode::PvFast),
         ),
         (
+            "SynIC round trip (message, event back)",
+            Scenario::PingPong(IpiMode::Native),
+            Scenario::SynicPingPong,
+        ),
+        (
             "xAPIC ping-pong, synthetic ICR",
             Scenario::PingPong(IpiMode::Xapic),
             Scenario::PingPong(IpiMode::SyntheticIcr),

@@ -32,6 +32,9 @@ pub enum Error {
     /// The CPUID table could not be built.
     #[error(transparent)]
     Cpuid(#[from] crate::kvm::cpuid::Error),
+    /// A SynIC connection could not be registered.
+    #[error("SynIC connection: {0}")]
+    Connection(#[from] hv_enlightenments::synic::ConnectionError),
     /// Kicks could not be set up or sent.
     #[error(transparent)]
     Kick(#[from] crate::kvm::kick::Error),

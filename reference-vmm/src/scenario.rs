@@ -31,6 +31,8 @@ pub enum Scenario {
     /// Periodic synthetic timer 0 expiries on vCPU 0 in message mode on
     /// SINT 2: lazy EOI, or AutoEOI (`true`).
     StimerMessage(bool),
+    /// SynIC round trip: a message from vCPU 0 to vCPU 1, an event back.
+    SynicPingPong,
     /// A CPL3 `dec; jnz` loop.
     Cpl3Loop,
     /// Null system calls (CPL3 -> CPL0 -> CPL3).
@@ -47,11 +49,12 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every named scenario, enlightened ones after their native twin.
-    pub const ALL: [Scenario; 24] = [
+    pub const ALL: [Scenario; 25] = [
         Scenario::PingPong(IpiMode::Native),
         Scenario::PingPong(IpiMode::PvFast),
         Scenario::PingPong(IpiMode::Xapic),
         Scenario::PingPong(IpiMode::SyntheticIcr),
+        Scenario::SynicPingPong,
         Scenario::Broadcast(IpiMode::Native),
         Scenario::Broadcast(IpiMode::Xapic),
         Scenario::Broadcast(IpiMode::SyntheticIcr),
@@ -97,6 +100,7 @@ impl Scenario {
             Scenario::Stimer(EoiMode::Lazy) => "stimer-direct-lazy-eoi",
             Scenario::StimerMessage(false) => "stimer-message-lazy-eoi",
             Scenario::StimerMessage(true) => "stimer-message-auto-eoi",
+            Scenario::SynicPingPong => "synic-pingpong",
             Scenario::Cpl3Loop => "cpl3-loop",
             Scenario::SyscallLoop => "syscall-loop",
             Scenario::MmioExitLoop => "mmio-exit-loop",
@@ -123,6 +127,7 @@ impl Scenario {
             Scenario::Timer(m) => *m != EoiMode::X2apic,
             Scenario::Stimer(_)
             | Scenario::StimerMessage(_)
+            | Scenario::SynicPingPong
             | Scenario::NullHypercall
             | Scenario::HypercallEx64 => true,
             _ => false,
@@ -136,6 +141,8 @@ impl Scenario {
             // xAPIC IDs are 8 bits wide (0xFF is the broadcast ID).
             Scenario::PingPong(IpiMode::Xapic | IpiMode::SyntheticIcr)
             | Scenario::Broadcast(IpiMode::Xapic | IpiMode::SyntheticIcr) => vcpus <= 255,
+            // vCPU 1 answers vCPU 0.
+            Scenario::SynicPingPong => vcpus >= 2,
             _ => true,
         }
     }
@@ -153,6 +160,7 @@ impl Scenario {
         }
         let synthetic_eoi = match self {
             Scenario::PingPong(m) | Scenario::Broadcast(m) => m.enlightened(),
+            Scenario::SynicPingPong => true,
             Scenario::Timer(m) | Scenario::Stimer(m) => *m != EoiMode::X2apic,
             // Lazy EOI, or none at all.
             Scenario::StimerMessage(_) => true,
@@ -185,6 +193,7 @@ impl Scenario {
                 }
             }
             Scenario::Timer(_) | Scenario::Stimer(_) | Scenario::StimerMessage(_) => 200,
+            Scenario::SynicPingPong => 200,
             Scenario::Cpl3Loop => 100_000_000,
             Scenario::SyscallLoop => 1000,
             Scenario::MmioExitLoop | Scenario::PioExitLoop => 10_000,
@@ -209,6 +218,7 @@ impl Scenario {
             // 1 ms in reference time, as the APIC timer's period.
             Scenario::Stimer(m) => scenarios::stimer_eoi(ops, 10_000, m),
             Scenario::StimerMessage(auto_eoi) => scenarios::stimer_message(ops, 10_000, auto_eoi),
+            Scenario::SynicPingPong => scenarios::synic_pingpong(ops),
             Scenario::Cpl3Loop => scenarios::cpl3_loop(ops),
             Scenario::SyscallLoop => scenarios::syscall_loop(ops),
             Scenario::MmioExitLoop => scenarios::mmio_exit_loop(ops),
@@ -344,6 +354,11 @@ pub fn run_ops(s: Scenario, o: RunOptions, ops: u64) -> Result<(RunReport, Figur
         flush: o.flush,
         irqchip: o.irqchip,
     })?;
+    if s == Scenario::SynicPingPong {
+        for (id, c) in scenarios::synic_connections() {
+            vm.machine().hv.add_connection(id, c)?;
+        }
+    }
     let report = vm.run(&program)?;
     let m = report.measured.clone().ok_or_else(|| Error::Guest {
         vcpu: 0,

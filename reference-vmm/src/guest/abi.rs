@@ -145,12 +145,29 @@ pub mod shared {
     /// HV_X64_MSR_EOM when the slot's pending flag is set (Linux
     /// `hv_stimer0_isr` path, `vmbus_signal_eom`).
     pub const STIMER_SLOT: u64 = SHARED + 80;
+    /// Non-zero: VEC_IPI handlers on vCPUs other than 0 reply to a SynIC
+    /// message instead of an IPI: they free the message slot at this
+    /// address (EOM when another waits), then signal the event whose
+    /// fast HvSignalEvent input is [`SYNIC_EVENT_INPUT`].
+    pub const SYNIC_PING_SLOT: u64 = SHARED + 88;
+    /// The fast HvSignalEvent input (connection id | flag << 32) of the
+    /// reply.
+    pub const SYNIC_EVENT_INPUT: u64 = SHARED + 96;
+    /// Non-zero: the VEC_PONG handler clears event flag 0 at this address
+    /// (a SINT's first event-flags byte) before it counts, so that the
+    /// next signal sets it again and raises the interrupt.
+    pub const SYNIC_EVENT_FLAGS: u64 = SHARED + 104;
     /// A page-aligned hypercall input page.
     pub const HC_INPUT: u64 = SHARED + 0x1000;
     /// A page-aligned hypercall output page.
     pub const HC_OUTPUT: u64 = SHARED + 0x2000;
     /// vCPU 0's SynIC message page (SIMP).
     pub const SYNIC_MESSAGE_PAGE: u64 = SHARED + 0x3000;
+    /// vCPU 0's SynIC event flags page (SIEFP).
+    pub const SYNIC_EVENT_PAGE: u64 = SHARED + 0x4000;
+    /// The responders' SynIC message page (every responder uses the same:
+    /// only one receives messages).
+    pub const SYNIC_RESPONDER_PAGE: u64 = SHARED + 0x5000;
 }
 
 /// EOI_MODE values.

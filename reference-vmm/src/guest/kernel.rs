@@ -38,6 +38,8 @@ pub const X2APIC_ICR: u32 = 0x830;
 pub const HVCALL_SEND_IPI: u64 = 0x000B;
 /// Control word "fast" bit.
 pub const HV_FAST: u64 = 1 << 16;
+/// HvCallSignalEvent.
+pub const HVCALL_SIGNAL_EVENT: u64 = 0x005D;
 
 /// Addresses in the assembled kernel.
 pub struct Kernel {
@@ -272,6 +274,34 @@ pub fn build() -> Result<Kernel, Error> {
     a.inc(gs(pc::IPI_COUNT))?;
     a.lock().inc(qword_ptr(shared::ACKS))?;
     {
+        // A SynIC message ping: free the slot, EOM if another waits,
+        // reply with an event (fast HvSignalEvent).
+        let mut no_synic = a.create_label();
+        let mut no_eom = a.create_label();
+        a.mov(rax, qword_ptr(shared::SYNIC_PING_SLOT))?;
+        a.test(rax, rax)?;
+        a.jz(no_synic)?;
+        a.cmp(gs(pc::CPU), 0)?;
+        a.je(no_synic)?;
+        a.mov(dword_ptr(rax), 0)?;
+        a.test(
+            byte_ptr(rax + MESSAGE_FLAGS_OFFSET),
+            u32::from(MESSAGE_FLAG_PENDING),
+        )?;
+        a.jz(no_eom)?;
+        a.mov(ecx, HV_X64_MSR_EOM)?;
+        a.xor(eax, eax)?;
+        a.xor(edx, edx)?;
+        a.wrmsr()?;
+        a.set_label(&mut no_eom)?;
+        a.mov(ecx, (HVCALL_SIGNAL_EVENT | HV_FAST) as u32)?;
+        a.mov(rdx, qword_ptr(shared::SYNIC_EVENT_INPUT))?;
+        a.xor(r8d, r8d)?;
+        a.mov(rax, HYPERCALL_PAGE)?;
+        a.call(rax)?;
+        a.set_label(&mut no_synic)?;
+    }
+    {
         let mut no_pong = a.create_label();
         a.cmp(qword_ptr(shared::PONG), 0)?;
         a.je(no_pong)?;
@@ -287,6 +317,16 @@ pub fn build() -> Result<Kernel, Error> {
 
     a.set_label(&mut irq_pong)?;
     save(&mut a)?;
+    {
+        // A SynIC event reply: clear its flag first, so the next signal
+        // sets it again (only a 0 -> 1 change raises the interrupt).
+        let mut no_flags = a.create_label();
+        a.mov(rax, qword_ptr(shared::SYNIC_EVENT_FLAGS))?;
+        a.test(rax, rax)?;
+        a.jz(no_flags)?;
+        a.lock().btr(qword_ptr(rax), 0)?;
+        a.set_label(&mut no_flags)?;
+    }
     a.inc(gs(pc::PONG_COUNT))?;
     a.call(eoi)?;
     restore(&mut a)?;

@@ -10,6 +10,7 @@ mod flush;
 mod ipi;
 mod loops;
 mod mode;
+mod synic;
 mod timer;
 
 pub use error_paths::{cpl0_cmpxchg16b, fault_ud2, rdmsr_program, spin_forever};
@@ -20,4 +21,5 @@ pub use loops::{
     pio_exit_loop, syscall_loop,
 };
 pub use mode::{EoiMode, FlushMode, IpiMode};
+pub use synic::{connections as synic_connections, synic_pingpong};
 pub use timer::{stimer_eoi, stimer_message, timer_eoi};
