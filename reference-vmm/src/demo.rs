@@ -136,17 +136,17 @@ pub fn plan(vcpus: u32) -> Vec<(&'static str, Scenario, Scenario)> {
             Scenario::Timer(EoiMode::Lazy),
         ),
         (
-            "Hyper-V synthetic timer (direct), lazy EOI",
+            "synthetic timer (direct), lazy EOI",
             Scenario::Timer(EoiMode::X2apic),
             Scenario::Stimer(EoiMode::Lazy),
         ),
         (
-            "Hyper-V synthetic timer (message), lazy EOI",
+            "synthetic timer (message), lazy EOI",
             Scenario::Timer(EoiMode::X2apic),
             Scenario::StimerMessage(false),
         ),
         (
-            "Hyper-V synthetic timer (message), AutoEOI",
+            "synthetic timer (message), AutoEOI",
             Scenario::Timer(EoiMode::X2apic),
             Scenario::StimerMessage(true),
         ),
