@@ -3,7 +3,14 @@
 //! (fast HvSignalEvent) on vCPU 0's SINT 3, whose handler clears the flag
 //! and counts. The connections are the VMM's ([`connections`]).
 
-use hv_enlightenments::synic::{Connection, HV_MESSAGE_SIZE, PortKind, PortTarget};
+use hv_enlightenments::hypercall::CallCode;
+use hv_enlightenments::msr::{
+    HV_X64_MSR_SCONTROL as SCONTROL, HV_X64_MSR_SIEFP as SIEFP, HV_X64_MSR_SIMP as SIMP,
+    HV_X64_MSR_SINT0 as SINT0,
+};
+use hv_enlightenments::synic::{
+    Connection, HV_EVENT_FLAGS_BYTES_PER_SINT, HV_MESSAGE_SIZE, PortKind, PortTarget,
+};
 use iced_x86::code_asm::*;
 
 use super::emit::{check_counts, check_rax_zero, finish};
@@ -19,15 +26,10 @@ pub const MESSAGE_CONNECTION: u32 = 0x100;
 pub const EVENT_CONNECTION: u32 = 0x101;
 /// The SINT both use.
 pub const SINT: u8 = 3;
-/// SCONTROL, SIEFP, SIMP, SINT0.
-const SCONTROL: u32 = 0x4000_0080;
-const SIEFP: u32 = 0x4000_0082;
-const SIMP: u32 = 0x4000_0083;
-const SINT0: u32 = 0x4000_0090;
 /// HvCallPostMessage (slow: its input is in memory).
-const HVCALL_POST_MESSAGE: u64 = 0x005C;
+const HVCALL_POST_MESSAGE: u64 = CallCode::POST_MESSAGE.0 as u64;
 /// Bytes of one SINT's event flags.
-const EVENT_FLAGS_PER_SINT: u64 = 256;
+const EVENT_FLAGS_PER_SINT: u64 = HV_EVENT_FLAGS_BYTES_PER_SINT as u64;
 /// The message: type 1, 8 bytes of payload.
 const MESSAGE_TYPE: u64 = 1;
 const PAYLOAD: u64 = 0x474E_4950_4349_4E59;

@@ -18,15 +18,12 @@ const TIMER_INIT: u32 = 0x838;
 /// x2APIC divide configuration register.
 const TIMER_DIV: u32 = 0x83E;
 
-/// HV_X64_MSR_STIMER0_CONFIG and _COUNT.
-const STIMER0_CONFIG: u32 = 0x4000_00B0;
-const STIMER0_COUNT: u32 = 0x4000_00B1;
-/// STIMER CONFIG: enable, periodic, the vector (bits 11:4), direct mode
-/// (`union hv_stimer_config`).
-const STIMER_ENABLE: u64 = 1;
-const STIMER_PERIODIC: u64 = 1 << 1;
-const STIMER_VECTOR_SHIFT: u32 = 4;
-const STIMER_DIRECT: u64 = 1 << 12;
+use hv_enlightenments::msr::{
+    HV_X64_MSR_SCONTROL as SCONTROL, HV_X64_MSR_SIMP as SIMP, HV_X64_MSR_SINT0 as SINT0,
+    HV_X64_MSR_STIMER0_CONFIG as STIMER0_CONFIG, HV_X64_MSR_STIMER0_COUNT as STIMER0_COUNT,
+    SintMsr,
+};
+use hv_enlightenments::stimer::StimerConfigMsr;
 
 /// `count` periodic APIC timer interrupts every `period_ns` on vCPU 0,
 /// each completed the `eoi` way.
@@ -45,10 +42,12 @@ pub fn timer_eoi(count: u64, period_ns: u32, eoi: EoiMode) -> Result<Program, Er
 /// (reference time) on vCPU 0 in direct mode, each completed the `eoi`
 /// way.
 pub fn stimer_eoi(count: u64, period_100ns: u64, eoi: EoiMode) -> Result<Program, Error> {
-    let config = STIMER_ENABLE
-        | STIMER_PERIODIC
-        | STIMER_DIRECT
-        | (u64::from(abi::VEC_TIMER) << STIMER_VECTOR_SHIFT);
+    let config = StimerConfigMsr::new()
+        .with_enable(true)
+        .with_periodic(true)
+        .with_direct_mode(true)
+        .with_apic_vector(abi::VEC_TIMER)
+        .into_bits();
     periodic(count, eoi, |a, phase| match phase {
         Phase::Prepare => wrmsr_imm(a, STIMER0_COUNT, period_100ns),
         Phase::Start => wrmsr_imm(a, STIMER0_CONFIG, config),
@@ -56,17 +55,10 @@ pub fn stimer_eoi(count: u64, period_100ns: u64, eoi: EoiMode) -> Result<Program
     })
 }
 
-/// SCONTROL, SIMP and SINTx of the SynIC; the SINT the message-mode timer
-/// uses; SINTx.AutoEOI (bit 17); STIMER CONFIG's SINT field (bits 19:16).
-const SCONTROL: u32 = 0x4000_0080;
-const SIMP: u32 = 0x4000_0083;
-const SINT0: u32 = 0x4000_0090;
+/// The SINT the message-mode timer uses.
 const TIMER_SINT: u32 = 2;
-const SINT_AUTO_EOI: u64 = 1 << 17;
-const SINT_MASKED: u64 = 1 << 16;
-const STIMER_SINTX_SHIFT: u32 = 16;
 /// Bytes of a SynIC message slot.
-const MESSAGE_SLOT: u64 = 256;
+const MESSAGE_SLOT: u64 = hv_enlightenments::synic::HV_MESSAGE_SIZE as u64;
 
 /// `count` periodic synthetic timer 0 expiries every `period_100ns` on
 /// vCPU 0 in message mode (HVMSG_TIMER_EXPIRED on SINT 2, the timer
@@ -74,8 +66,15 @@ const MESSAGE_SLOT: u64 = 256;
 /// then completes the interrupt by lazy EOI, or not at all with
 /// `auto_eoi` (SINT 2 with AutoEOI).
 pub fn stimer_message(count: u64, period_100ns: u64, auto_eoi: bool) -> Result<Program, Error> {
-    let sint = u64::from(abi::VEC_TIMER) | if auto_eoi { SINT_AUTO_EOI } else { 0 };
-    let config = STIMER_ENABLE | STIMER_PERIODIC | (u64::from(TIMER_SINT) << STIMER_SINTX_SHIFT);
+    let sint = SintMsr::new()
+        .with_vector(abi::VEC_TIMER)
+        .with_auto_eoi(auto_eoi)
+        .into_bits();
+    let config = StimerConfigMsr::new()
+        .with_enable(true)
+        .with_periodic(true)
+        .with_sintx(TIMER_SINT as u8)
+        .into_bits();
     let mut program = periodic(count, EoiMode::Lazy, |a, phase| match phase {
         Phase::Prepare => {
             wrmsr_imm(a, SIMP, shared::SYNIC_MESSAGE_PAGE | 1)?;
@@ -87,7 +86,7 @@ pub fn stimer_message(count: u64, period_100ns: u64, auto_eoi: bool) -> Result<P
         // The timer off, then SINT 2 masked: its AutoEOI use ends.
         Phase::Stop => {
             wrmsr_imm(a, STIMER0_CONFIG, 0)?;
-            wrmsr_imm(a, SINT0 + TIMER_SINT, SINT_MASKED)
+            wrmsr_imm(a, SINT0 + TIMER_SINT, SintMsr::RESET.into_bits())
         }
     })?;
     // Written in order: these follow (and override) the EOI mode above.
