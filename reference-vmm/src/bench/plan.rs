@@ -21,6 +21,10 @@ pub enum Op {
     Shootdown,
     /// Periodic APIC timer interrupt with its EOI.
     Timer,
+    /// SynIC round trip: a message from vCPU 0 to vCPU 1, an event back.
+    SynicRoundTrip,
+    /// Periodic synthetic timer tick (message mode, lazy EOI).
+    Stimer,
     /// A hypercall that does nothing.
     NullHypercall,
     /// FlushVirtualAddressSpaceEx with a 64-bank sparse VP set.
@@ -29,11 +33,13 @@ pub enum Op {
 
 impl Op {
     /// Every operation, in report order.
-    pub const ALL: [Op; 6] = [
+    pub const ALL: [Op; 8] = [
         Op::PingPong,
         Op::Broadcast,
         Op::Shootdown,
         Op::Timer,
+        Op::SynicRoundTrip,
+        Op::Stimer,
         Op::NullHypercall,
         Op::Ex64,
     ];
@@ -45,6 +51,8 @@ impl Op {
             Op::Broadcast => "broadcast",
             Op::Shootdown => "shootdown",
             Op::Timer => "timer",
+            Op::SynicRoundTrip => "synic",
+            Op::Stimer => "stimer",
             Op::NullHypercall => "null-hypercall",
             Op::Ex64 => "ex64",
         }
@@ -57,6 +65,8 @@ impl Op {
             Op::Broadcast => "broadcast IPI",
             Op::Shootdown => "TLB shootdown (1 reader running, N-2 halted)",
             Op::Timer => "timer interrupt + EOI",
+            Op::SynicRoundTrip => "SynIC round trip (off: x2APIC IPI round trip)",
+            Op::Stimer => "synthetic timer tick (off: APIC timer + x2APIC EOI)",
             Op::NullHypercall => "null hypercall (off: bare port I/O exit)",
             Op::Ex64 => "64-bank Ex hypercall (flush, sparse set)",
         }
@@ -70,9 +80,9 @@ impl Op {
     /// The vCPU counts it runs at by default.
     pub fn default_vcpus(self) -> &'static [u32] {
         match self {
-            Op::PingPong => &[2],
+            Op::PingPong | Op::SynicRoundTrip => &[2],
             Op::Broadcast | Op::Shootdown => &SCALING,
-            Op::Timer | Op::NullHypercall => &[1],
+            Op::Timer | Op::Stimer | Op::NullHypercall => &[1],
             Op::Ex64 => &[1024],
         }
     }
@@ -80,7 +90,7 @@ impl Op {
     /// Whether it makes sense at `vcpus` vCPUs.
     pub fn supports(self, vcpus: u32) -> bool {
         match self {
-            Op::PingPong => vcpus >= 2,
+            Op::PingPong | Op::SynicRoundTrip => vcpus >= 2,
             _ => vcpus >= 1,
         }
     }
@@ -108,6 +118,14 @@ impl Op {
             Op::Timer => (
                 Some(Scenario::Timer(EoiMode::X2apic)),
                 Scenario::Timer(EoiMode::Lazy),
+            ),
+            Op::SynicRoundTrip => (
+                Some(Scenario::PingPong(IpiMode::Native)),
+                Scenario::SynicPingPong,
+            ),
+            Op::Stimer => (
+                Some(Scenario::Timer(EoiMode::X2apic)),
+                Scenario::StimerMessage(false),
             ),
             // "Off" has no meaning for a hypercall: the cheapest exit
             // there is stands in for it.
