@@ -77,6 +77,13 @@ pub enum Error {
         /// HV_X64_MSR_CRASH_P0..P4.
         params: [u64; 5],
     },
+    /// The guest reset the machine where that ends the run with an error
+    /// (`OnReset::Fail`), or kept resetting (`OnReset::Restart` gave up).
+    #[error("the guest reset the machine (after {restarts} restarts)")]
+    GuestReset {
+        /// Restarts before this reset.
+        restarts: u32,
+    },
     /// The guest reported a failed check.
     #[error(
         "scenario failed on vCPU {vcpu}: code {code}, detail {detail:#x}, last value {last_value:x?}"

@@ -153,8 +153,15 @@ enum OnReset {
     Fail,
 }
 
-/// Restarts `--on-reset restart` allows before it gives up.
-const MAX_RESTARTS: u32 = 16;
+impl From<OnReset> for reference_vmm::vm::OnReset {
+    fn from(o: OnReset) -> Self {
+        match o {
+            OnReset::Exit => Self::Exit,
+            OnReset::Restart => Self::Restart,
+            OnReset::Fail => Self::Fail,
+        }
+    }
+}
 
 #[derive(clap::Args)]
 struct BootArgs {
@@ -328,7 +335,6 @@ fn boot(a: BootArgs) -> Result<ExitCode, String> {
             None => (PathBuf::from(m), m.clone()),
         })
         .collect();
-    let timeout = Duration::from_secs(a.timeout);
     let cfg = ExternalConfig {
         vcpus: a.vcpus,
         mem_size: a.mem.saturating_mul(1 << 20),
@@ -338,43 +344,11 @@ fn boot(a: BootArgs) -> Result<ExitCode, String> {
         cmdline: a.cmdline,
         initrd: a.initrd,
         modules,
-        timeout,
+        timeout: Duration::from_secs(a.timeout),
         console: Console::new(true),
         until: a.until,
     };
-    let start = std::time::Instant::now();
-    let mut restarts = 0;
-    let r = loop {
-        // A restart gets what is left of --timeout.
-        let left = if restarts == 0 {
-            timeout
-        } else {
-            timeout.saturating_sub(start.elapsed())
-        };
-        let vm = Vm::new_external(ExternalConfig {
-            timeout: left.max(Duration::from_millis(1)),
-            ..cfg.clone()
-        })
-        .map_err(|e| e.to_string())?;
-        let r = vm.boot().map_err(|e| e.to_string())?;
-        if r.exit != GuestExit::Reset || a.on_reset != OnReset::Restart {
-            break r;
-        }
-        if restarts == MAX_RESTARTS {
-            return Err(format!(
-                "the guest reset {} times in a row (--on-reset restart gives up)",
-                MAX_RESTARTS + 1
-            ));
-        }
-        restarts += 1;
-        eprintln!("guest reset: restarting ({restarts} of at most {MAX_RESTARTS})");
-    };
-    if r.exit == GuestExit::Reset && a.on_reset == OnReset::Fail {
-        return Err(format!(
-            "the guest reset the machine (--on-reset fail, {:.1?})",
-            r.wall
-        ));
-    }
+    let r = Vm::boot_external(cfg, a.on_reset.into()).map_err(|e| e.to_string())?;
     let code = match &r.exit {
         GuestExit::DebugExit(status) => {
             eprintln!(
@@ -541,7 +515,9 @@ fn run(cmd: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Cpuid { vcpus, irqchip } => {
-            let r = reference_vmm::kvm::cpuid::report(vcpus, IrqchipMode::from(irqchip));
+            let mode = IrqchipMode::from(irqchip);
+            let apic_hz = reference_vmm::irqchip::apic_timer_hz(mode);
+            let r = reference_vmm::kvm::cpuid::report(vcpus, mode, apic_hz);
             print!("{}", r.map_err(|e| e.to_string())?);
             Ok(())
         }

@@ -162,15 +162,16 @@ pub fn offer_tsc_deadline(table: &mut [kvm_cpuid_entry2]) {
 }
 
 /// What `reference-vmm cpuid` prints: the Hyper-V leaves a VM of `vcpus`
-/// vCPUs with the `irqchip` backend would get on this host, the frequency
-/// MSRs (index and value in hex), and every decision with its reason.
-pub fn report(vcpus: u32, irqchip: IrqchipMode) -> Result<String, Error> {
+/// vCPUs with the `irqchip` backend (whose APIC timer counts at `apic_hz`,
+/// [`crate::irqchip::apic_timer_hz`]) would get on this host, the
+/// frequency MSRs (index and value in hex), and every decision with its
+/// reason.
+pub fn report(vcpus: u32, irqchip: IrqchipMode, apic_hz: u64) -> Result<String, Error> {
     use hv_enlightenments::msr::{HV_X64_MSR_APIC_FREQUENCY, HV_X64_MSR_TSC_FREQUENCY};
     use std::fmt::Write;
 
     // What a VM would get: the guest TSC frequency KVM gives a vCPU.
     let host = host_tsc();
-    let apic_hz = crate::irqchip::apic_timer_hz(irqchip);
     let freq = frequencies(apic_hz, host.map(|(khz, _)| khz));
     let stable = host.is_some_and(|(_, stable)| stable);
     let plan = cpuid_plan(vcpus, irqchip, freq, stable)?;

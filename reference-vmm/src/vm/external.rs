@@ -56,6 +56,23 @@ use crate::platform::msi::MsiSink;
 use crate::platform::{Platform, PlatformConfig};
 use crate::vm::{Common, FlushMethod, GuestExit, Machine, MachineOptions, Vm, VmConfig};
 
+/// What a guest reset (port 0xCF9, the keyboard controller's reset line,
+/// HV_X64_MSR_RESET) does in [`Vm::boot_external`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnReset {
+    /// The run ends with [`GuestExit::Reset`].
+    Exit,
+    /// The VM is built again from the same files (fresh RAM: a cold
+    /// reset) and booted within what is left of the timeout, at most
+    /// [`MAX_RESTARTS`] times in a row.
+    Restart,
+    /// The run ends with [`Error::GuestReset`].
+    Fail,
+}
+
+/// Restarts [`OnReset::Restart`] allows before it gives up.
+pub const MAX_RESTARTS: u32 = 16;
+
 /// Most RAM an external guest gets: one region at 0 below the 32-bit
 /// MMIO hole (IOAPIC at 0xFEC00000, local APIC at 0xFEE00000).
 pub const MAX_MEM: u64 = 3 << 30;
@@ -257,6 +274,37 @@ impl Vm {
                 until: cfg.until,
             })),
         })
+    }
+
+    /// Builds and boots an external guest as [`Vm::new_external`] and
+    /// [`Vm::boot`] do, with a guest reset handled as `on_reset` says.
+    pub fn boot_external(cfg: ExternalConfig, on_reset: OnReset) -> Result<BootReport, Error> {
+        let start = std::time::Instant::now();
+        let mut restarts = 0;
+        loop {
+            // A restart gets what is left of the timeout.
+            let timeout = if restarts == 0 {
+                cfg.timeout
+            } else {
+                cfg.timeout
+                    .saturating_sub(start.elapsed())
+                    .max(Duration::from_millis(1))
+            };
+            let r = Vm::new_external(ExternalConfig {
+                timeout,
+                ..cfg.clone()
+            })?
+            .boot()?;
+            match (r.exit == GuestExit::Reset, on_reset) {
+                (true, OnReset::Fail) => return Err(Error::GuestReset { restarts }),
+                (true, OnReset::Restart) if restarts < MAX_RESTARTS => {
+                    restarts += 1;
+                    log::info!("guest reset: restarting ({restarts} of at most {MAX_RESTARTS})");
+                }
+                (true, OnReset::Restart) => return Err(Error::GuestReset { restarts }),
+                _ => return Ok(r),
+            }
+        }
     }
 
     /// Runs an external guest until it stops the machine, the console

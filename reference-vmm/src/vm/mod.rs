@@ -27,7 +27,7 @@ use crate::metrics::VmMetrics;
 use crate::runner::Runner;
 use crate::runner::io::VcpuIo;
 use crate::vcpu::Vcpu;
-pub use crate::vm::external::{BootReport, ExternalConfig};
+pub use crate::vm::external::{BootReport, ExternalConfig, MAX_RESTARTS, OnReset};
 use hv_enlightenments::accel::IrqchipMode;
 use hv_enlightenments::cpuid::CpuidPlan;
 use lapic::Clock;
