@@ -1,9 +1,10 @@
 //! Decode + iterate and encode of Ex flush calls: 1 and 64 banks, with no
-//! ranges and with a long range list.
+//! ranges and with a long range list. Throughput is in targets (one VP
+//! per bank), so `elem/s` gives the cost per target.
 
 use std::hint::black_box;
 
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use hv_enlightenments::hypercall::{
     EncodeOptions, FlushFlags, FlushRequest, GvaRange, HV_PAGE_SIZE, Hypercall, SliceMemory,
     Targets, VpSet, decode, encode_flush,
@@ -67,6 +68,8 @@ fn bench(c: &mut Criterion) {
         let regs = call.regs();
         let mem = SliceMemory::new(INPUT_GPA, &page);
         let id = format!("{banks}banks_{nranges}ranges");
+        // Per target: one VP per bank.
+        group.throughput(Throughput::Elements(u64::from(banks)));
         assert!(decode_and_walk(&regs, &mem) > 0);
         group.bench_function(BenchmarkId::new("decode_iterate", &id), |b| {
             b.iter(|| decode_and_walk(black_box(&regs), black_box(&mem)))

@@ -8,7 +8,7 @@ use super::control::{CallCode, Control, HypercallResult};
 use super::gva::{FlushFlags, GvaRanges};
 use super::memory::GuestMemoryRead;
 use super::status::HvStatus;
-use super::vpset::{GENERIC_SET_ALL, GENERIC_SET_SPARSE_4K, SparseVpSet, VpSet};
+use super::vpset::{GENERIC_SET_ALL, GENERIC_SET_SPARSE_4K, MAX_SPARSE_BANKS, SparseVpSet, VpSet};
 use crate::HV_PAGE_SIZE;
 
 /// XMM registers that carry fast call input (`HV_HYPERCALL_MAX_XMM_REGISTERS`).
@@ -195,6 +195,57 @@ impl<M: GuestMemoryRead + ?Sized> Input<'_, M> {
     }
 }
 
+/// Words of the largest Ex header and sparse VP set: the flush header and
+/// 64 banks.
+const EX_SET_WORDS: usize = FLUSH_EX_HEADER_WORDS + MAX_SPARSE_BANKS;
+
+impl<M: GuestMemoryRead + ?Sized> Input<'_, M> {
+    /// Reads an Ex call's fixed header (`header` words) and, when they fit
+    /// `words`, the `var_cnt` banks after it, in one read of the input
+    /// block: a guest memory look-up costs as much as copying 64 banks.
+    /// Returns whether the banks were read (`words[header..][..var_cnt]`).
+    /// If the one read fails, the header alone is read, so that a call
+    /// whose banks are unreadable is answered exactly as with two reads.
+    fn read_ex_head(
+        &self,
+        header: usize,
+        var_cnt: usize,
+        words: &mut [u64; EX_SET_WORDS],
+    ) -> Result<bool, HvStatus> {
+        if let Some(all) = words.get_mut(..header + var_cnt) {
+            if self.read(0, all).is_ok() {
+                return Ok(true);
+            }
+        }
+        let head = words
+            .get_mut(..header)
+            .ok_or(HvStatus::INVALID_HYPERCALL_INPUT)?;
+        self.read(0, head)?;
+        Ok(false)
+    }
+
+    /// Fills `set`'s banks, which follow the `header` words: from `words`
+    /// when [`Input::read_ex_head`] read them (`banks_read`), else from
+    /// the input block now.
+    fn fill_banks(
+        &self,
+        header: usize,
+        words: &[u64; EX_SET_WORDS],
+        banks_read: bool,
+        set: &mut SparseVpSet,
+    ) -> Result<(), HvStatus> {
+        let dst = set.banks_mut();
+        if !banks_read {
+            return self.read(header, dst);
+        }
+        let src = words
+            .get(header..header + dst.len())
+            .ok_or(HvStatus::INVALID_HYPERCALL_INPUT)?;
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+}
+
 /// Picks the input block and checks that `words` input words fit it.
 ///
 /// Memory input must lie in one page (INVALID_HYPERCALL_INPUT) and be
@@ -263,7 +314,7 @@ pub fn decode<M: GuestMemoryRead + ?Sized>(
         | CallCode::FLUSH_VIRTUAL_ADDRESS_SPACE_EX
         | CallCode::FLUSH_VIRTUAL_ADDRESS_LIST_EX => decode_flush(regs, mem),
         CallCode::SEND_SYNTHETIC_CLUSTER_IPI | CallCode::SEND_SYNTHETIC_CLUSTER_IPI_EX => {
-            decode_send_ipi(regs, mem).map(Hypercall::SendIpi)
+            decode_send_ipi(regs, mem)
         }
         CallCode::NOTIFY_LONG_SPIN_WAIT => {
             if control.is_rep() || control.variable_header_size() != 0 {
@@ -310,12 +361,16 @@ fn decode_flush<M: GuestMemoryRead + ?Sized>(
     };
     let src = input(regs, mem, header + var_cnt + usize::from(rep_cnt))?;
 
-    let mut head = [0u64; FLUSH_EX_HEADER_WORDS];
-    src.read(
-        0,
-        head.get_mut(..header)
-            .ok_or(HvStatus::INVALID_HYPERCALL_INPUT)?,
-    )?;
+    let mut head = [0u64; EX_SET_WORDS];
+    let banks_read = if ex {
+        src.read_ex_head(header, var_cnt, &mut head)?
+    } else {
+        let fixed = head
+            .get_mut(..header)
+            .ok_or(HvStatus::INVALID_HYPERCALL_INPUT)?;
+        src.read(0, fixed)?;
+        false
+    };
     let (address_space, flags) = (head[0], FlushFlags::from_bits_retain(head[1]));
 
     let targets = if !ex {
@@ -345,20 +400,33 @@ fn decode_flush<M: GuestMemoryRead + ?Sized>(
                     rep_count: rep_cnt,
                 }));
             }
-            let mut set = SparseVpSet::with_mask(valid_bank_mask);
-            src.read(header, set.banks_mut())?;
-            VpSet::Sparse(set)
+            // Its banks are read below, straight into the result.
+            VpSet::Sparse(SparseVpSet::with_mask(valid_bank_mask))
         }
     };
+    // The result is built first and filled in place: a 64-bank set is
+    // 520 bytes, and every move of it costs about as much as its read.
+    let mut call = Hypercall::Flush(Flush {
+        code,
+        address_space,
+        flags,
+        targets,
+        ranges: GvaRanges::new(),
+        rep_count: rep_cnt,
+    });
+    let Hypercall::Flush(flush) = &mut call else {
+        return Err(HvStatus::INVALID_HYPERCALL_INPUT);
+    };
+    if let (true, VpSet::Sparse(set)) = (ex, &mut flush.targets) {
+        src.fill_banks(header, &head, banks_read, set)?;
+    }
 
     // Banks sit between the header and the list even for the "all"
     // format (KVM adjusts data_offset by var_cnt either way).
     let first = header + var_cnt;
-    let ranges = if !list {
-        GvaRanges::new()
-    } else {
+    if list {
         let count = usize::from(rep_cnt);
-        match &src {
+        flush.ranges = match &src {
             Input::Fast(words) => words
                 .get(first..first + count)
                 .and_then(GvaRanges::in_registers)
@@ -373,23 +441,16 @@ fn decode_flush<M: GuestMemoryRead + ?Sized>(
                     .map_err(|_| HvStatus::INVALID_HYPERCALL_INPUT)?;
                 ranges
             }
-        }
-    };
-    Ok(Hypercall::Flush(Flush {
-        code,
-        address_space,
-        flags,
-        targets,
-        ranges,
-        rep_count: rep_cnt,
-    }))
+        };
+    }
+    Ok(call)
 }
 
 /// SendSyntheticClusterIpi and its Ex form (`kvm_hv_send_ipi`).
 fn decode_send_ipi<M: GuestMemoryRead + ?Sized>(
     regs: &HypercallRegs,
     mem: &M,
-) -> Result<SendIpi, HvStatus> {
+) -> Result<Hypercall, HvStatus> {
     let control = regs.control();
     let code = control.call_code();
     let ex = code == CallCode::SEND_SYNTHETIC_CLUSTER_IPI_EX;
@@ -398,6 +459,9 @@ fn decode_send_ipi<M: GuestMemoryRead + ?Sized>(
         return Err(HvStatus::INVALID_HYPERCALL_INPUT);
     }
 
+    // For a sparse Ex set: where its banks are, filled in place below.
+    let mut head = [0u64; EX_SET_WORDS];
+    let mut banks = None;
     let (vector, targets) = if !ex {
         if control.fast() && regs.rdx >> FAST_IPI_VECTOR_BITS != 0 {
             // The reserved half of struct hv_send_ipi must be zero.
@@ -412,8 +476,7 @@ fn decode_send_ipi<M: GuestMemoryRead + ?Sized>(
         )
     } else {
         let src = input(regs, mem, IPI_EX_HEADER_WORDS + var_cnt)?;
-        let mut head = [0u64; IPI_EX_HEADER_WORDS];
-        src.read(0, &mut head)?;
+        let banks_read = src.read_ex_head(IPI_EX_HEADER_WORDS, var_cnt, &mut head)?;
         let (vector, format, valid_bank_mask) = (head[0] as u32, head[1], head[2]);
         if var_cnt != valid_bank_mask.count_ones() as usize {
             return Err(HvStatus::INVALID_HYPERCALL_INPUT);
@@ -423,24 +486,35 @@ fn decode_send_ipi<M: GuestMemoryRead + ?Sized>(
         if format == GENERIC_SET_ALL {
             (vector, VpSet::All)
         } else if var_cnt == 0 {
-            return Ok(SendIpi {
+            return Ok(Hypercall::SendIpi(SendIpi {
                 code,
                 vector: vector as u8,
                 targets: VpSet::Sparse(SparseVpSet::empty()),
-            });
+            }));
         } else {
-            let mut set = SparseVpSet::with_mask(valid_bank_mask);
-            src.read(IPI_EX_HEADER_WORDS, set.banks_mut())?;
-            (vector, VpSet::Sparse(set))
+            banks = Some((src, banks_read));
+            (
+                vector,
+                VpSet::Sparse(SparseVpSet::with_mask(valid_bank_mask)),
+            )
         }
     };
 
+    // Unreadable banks and a bad vector are the same status, so the
+    // vector is checked before the banks are filled.
     if !(IPI_LOW_VECTOR..=IPI_HIGH_VECTOR).contains(&vector) {
         return Err(HvStatus::INVALID_HYPERCALL_INPUT);
     }
-    Ok(SendIpi {
+    // Built first and filled in place, as in `decode_flush`.
+    let mut call = Hypercall::SendIpi(SendIpi {
         code,
         vector: vector as u8,
         targets,
-    })
+    });
+    if let (Some((src, banks_read)), Hypercall::SendIpi(ipi)) = (banks, &mut call) {
+        if let VpSet::Sparse(set) = &mut ipi.targets {
+            src.fill_banks(IPI_EX_HEADER_WORDS, &head, banks_read, set)?;
+        }
+    }
+    Ok(call)
 }

@@ -87,5 +87,5 @@ pub use synic::{
 };
 pub use vpset::{
     Error as VpSetError, GENERIC_SET_ALL, GENERIC_SET_SPARSE_4K, MAX_SPARSE_BANKS, MAX_VPS,
-    PresentVps, SparseVpIter, SparseVpSet, VPS_PER_BANK, VpSet,
+    PresentBanks, PresentVps, SparseVpIter, SparseVpSet, VPS_PER_BANK, VpSet,
 };

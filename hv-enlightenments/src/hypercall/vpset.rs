@@ -82,6 +82,98 @@ impl VpSet {
             },
         }
     }
+
+    /// The set's VPs below `vp_count` a bank at a time: `(first VP of the
+    /// bank, bank word)` in ascending bank order, each word masked to the
+    /// VPs below `vp_count`, banks with none of them left out. Walking the
+    /// words' set bits (`trailing_zeros`) visits exactly the VPs of
+    /// [`VpSet::iter_present`], and a VMM can bound a bank's 64 targets
+    /// once rather than each target. No bank wholly at or above
+    /// `vp_count` is looked at, whatever the set holds. Only the 64 banks
+    /// a set can name are walked: for [`VpSet::All`] with `vp_count` above
+    /// [`MAX_VPS`], the VPs from [`MAX_VPS`] on are not visited.
+    ///
+    /// ```
+    /// use hv_enlightenments::hypercall::{SparseVpSet, VpSet};
+    ///
+    /// let set = VpSet::Sparse(SparseVpSet::from_vps([1, 3, 70, 300])?);
+    /// assert_eq!(set.present_banks(128).collect::<Vec<_>>(), [(0, 0b1010), (64, 1 << 6)]);
+    /// // 66 VPs: bank 1 keeps VPs 64 and 65 only.
+    /// assert_eq!(VpSet::All.present_banks(66).collect::<Vec<_>>(), [(0, u64::MAX), (64, 0b11)]);
+    /// # Ok::<(), hv_enlightenments::hypercall::VpSetError>(())
+    /// ```
+    pub fn present_banks(&self, vp_count: u32) -> PresentBanks<'_> {
+        let (mask, banks) = match self {
+            Self::All => (u64::MAX, &[][..]),
+            Self::Sparse(set) => (set.valid_bank_mask, set.banks()),
+        };
+        PresentBanks {
+            all: self.is_all(),
+            mask: mask & banks_below(vp_count),
+            banks,
+            vp_count,
+        }
+    }
+}
+
+/// The banks holding a VP below `vp_count`, as a `valid_bank_mask`.
+const fn banks_below(vp_count: u32) -> u64 {
+    let full = vp_count.div_ceil(VPS_PER_BANK);
+    if full >= MAX_SPARSE_BANKS as u32 {
+        u64::MAX
+    } else {
+        (1u64 << full) - 1
+    }
+}
+
+/// The bits of the bank starting at VP `base` that name a VP below
+/// `vp_count`.
+const fn vps_below(base: u32, vp_count: u32) -> u64 {
+    let left = vp_count.saturating_sub(base);
+    if left >= VPS_PER_BANK {
+        u64::MAX
+    } else {
+        (1u64 << left) - 1
+    }
+}
+
+/// Iterator returned by [`VpSet::present_banks`].
+#[derive(Clone, Debug)]
+pub struct PresentBanks<'a> {
+    /// [`VpSet::All`]: every bank word is full.
+    all: bool,
+    /// Banks still to visit, already cut to those below `vp_count`.
+    mask: u64,
+    /// The sparse set's compact banks (empty for [`VpSet::All`]).
+    banks: &'a [u64],
+    vp_count: u32,
+}
+
+impl Iterator for PresentBanks<'_> {
+    type Item = (u32, u64);
+
+    #[inline]
+    fn next(&mut self) -> Option<(u32, u64)> {
+        while self.mask != 0 {
+            let bank = self.mask.trailing_zeros();
+            self.mask &= self.mask - 1;
+            let word = if self.all {
+                u64::MAX
+            } else {
+                // Banks are visited in ascending order and none below the
+                // cut is skipped, so the next compact slot is this bank's.
+                let (slot, rest) = self.banks.split_first()?;
+                self.banks = rest;
+                *slot
+            };
+            let base = bank * VPS_PER_BANK;
+            let word = word & vps_below(base, self.vp_count);
+            if word != 0 {
+                return Some((base, word));
+            }
+        }
+        None
+    }
 }
 
 /// Iterator returned by [`VpSet::iter_present`].
@@ -356,6 +448,10 @@ impl Iterator for SparseVpIter<'_> {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+
+    use std::vec::Vec;
+
     use super::*;
 
     #[test]
@@ -409,6 +505,53 @@ mod tests {
         assert_eq!(SparseVpSet::from_mask(0x5).as_mask(), Some(0x5));
         assert!(SparseVpSet::from_mask(0).is_empty());
         assert_eq!(SparseVpSet::from_mask(0).bank_count(), 0);
+    }
+
+    /// The bank walk visits exactly the VPs of `iter_present`, for counts
+    /// at, one below and one past each bank edge and the set's limit.
+    #[test]
+    fn present_banks_match_present_vps() {
+        let sets = [
+            VpSet::All,
+            VpSet::Sparse(SparseVpSet::empty()),
+            VpSet::Sparse(SparseVpSet::from_vps([0, 63, 64, 65, 1023, 1024, 4095]).unwrap()),
+            VpSet::Sparse(SparseVpSet::from_banks(u64::MAX, &[u64::MAX; 64]).unwrap()),
+            // Present but empty banks, and one full bank past them.
+            VpSet::Sparse(SparseVpSet::from_banks(0b1011, &[0, 0, u64::MAX]).unwrap()),
+        ];
+        let counts = [
+            0,
+            1,
+            63,
+            64,
+            65,
+            1000,
+            1023,
+            1024,
+            1025,
+            4095,
+            MAX_VPS,
+            MAX_VPS + 1,
+        ];
+        for set in &sets {
+            for n in counts.into_iter().chain([u32::MAX]) {
+                let by_bank: Vec<u32> = set
+                    .present_banks(n)
+                    .flat_map(|(base, mut word)| {
+                        assert!(word != 0 && base % VPS_PER_BANK == 0);
+                        core::iter::from_fn(move || {
+                            (word != 0).then(|| {
+                                let bit = word.trailing_zeros();
+                                word &= word - 1;
+                                base + bit
+                            })
+                        })
+                    })
+                    .collect();
+                let want: Vec<u32> = set.iter_present(n.min(MAX_VPS)).collect();
+                assert_eq!(by_bank, want, "{set:?} below {n}");
+            }
+        }
     }
 
     #[test]
