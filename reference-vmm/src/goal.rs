@@ -91,6 +91,24 @@ pub fn ex64_service(ns: f64) -> Goal {
     )
 }
 
+/// Most VMM memory per vCPU the goal allows, KiB.
+pub const VMM_KIB_PER_VCPU: f64 = 256.0;
+
+/// The VMM's own resident memory per vCPU on `vcpus` vCPUs (guest RAM
+/// and KVM's kernel memory left out) at most [`VMM_KIB_PER_VCPU`];
+/// `worst_kib` is the largest over the runs, `median_kib` their median,
+/// `shared_kib` the file/shared pages per vCPU (`kvm_run`, not judged).
+pub fn vmm_memory(vcpus: u32, median_kib: f64, worst_kib: f64, shared_kib: f64) -> Goal {
+    Goal::new(
+        format!("VMM RSS per vCPU <= {VMM_KIB_PER_VCPU:.0} KiB beyond guest RAM and KVM's own"),
+        format!(
+            "{median_kib:.1} KiB median, {worst_kib:.1} KiB worst at {vcpus} vCPUs \
+             (+ {shared_kib:.1} KiB/vCPU of file/shared pages: kvm_run, not judged)"
+        ),
+        worst_kib <= VMM_KIB_PER_VCPU,
+    )
+}
+
 /// User-irqchip unicast IPI round trip within 1.5x of the kernel
 /// irqchip's.
 pub fn user_vs_kernel_ipi(user_ns: f64, kernel_ns: f64) -> Goal {
@@ -132,6 +150,8 @@ mod tests {
         assert!(!lazy_eoi(0.0, 0.0).pass);
         assert!(shootdown_wakeups(6, 0.0, 6.0).pass);
         assert!(!shootdown_wakeups(6, 0.5, 6.0).pass);
+        assert!(vmm_memory(1024, 100.0, 256.0, 4.0).pass);
+        assert!(!vmm_memory(1024, 100.0, 256.1, 4.0).pass);
         assert!(ex64_service(999.0).pass);
         assert!(!ex64_service(1000.0).pass);
         assert!(user_vs_kernel_ipi(150.0, 100.0).pass);

@@ -5,7 +5,7 @@ use hv_enlightenments::accel::IrqchipMode;
 use crate::goal::{self, Goal};
 
 use super::plan::Op;
-use super::stats::{Cell, find};
+use super::stats::{Cell, Stat, find};
 
 /// The goals against the summaries (user irqchip unless said otherwise;
 /// medians, and for counts that must be zero, maxima).
@@ -110,6 +110,35 @@ pub fn goals(cells: &[Cell]) -> Vec<Goal> {
         None => out.push(goal::not_measured(
             "VMM service time of a 64-bank Ex hypercall < 1 us",
             "ex64 not run",
+        )),
+    }
+    // The VMM's memory per vCPU, at the most vCPUs any run had (user
+    // irqchip: its per-vCPU state is the VMM's), worst over the runs.
+    let sampled: Vec<&Cell> = cells
+        .iter()
+        .filter(|c| c.irqchip == IrqchipMode::User && c.vmm_kib_per_vcpu.is_some())
+        .collect();
+    match sampled.iter().map(|c| c.vcpus).max() {
+        Some(n) => {
+            let at_n: Vec<&&Cell> = sampled.iter().filter(|c| c.vcpus == n).collect();
+            let stats: Vec<Stat> = at_n.iter().filter_map(|c| c.vmm_kib_per_vcpu).collect();
+            let worst = stats.iter().map(|s| s.max).fold(0.0, f64::max);
+            let medians: Vec<f64> = stats.iter().map(|s| s.median).collect();
+            let shared = at_n
+                .iter()
+                .filter_map(|c| c.shared_kib_per_vcpu)
+                .map(|s| s.max)
+                .fold(0.0, f64::max);
+            out.push(goal::vmm_memory(
+                n,
+                Stat::of(&medians).median,
+                worst,
+                shared,
+            ));
+        }
+        None => out.push(goal::not_measured(
+            "VMM RSS per vCPU <= 256 KiB beyond guest RAM and KVM's own",
+            "no run sampled its memory",
         )),
     }
     // User vs kernel irqchip unicast IPI round trip: the best round trip

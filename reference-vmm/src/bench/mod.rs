@@ -5,6 +5,7 @@
 //! report, a JSON file with every repetition and a scaling plot.
 
 mod goals;
+mod memory;
 mod plan;
 mod plot;
 mod report;
@@ -16,6 +17,7 @@ mod tests;
 
 pub use crate::scenario::irqchip_name;
 pub use goals::goals;
+pub use memory::{Rss, VmmMemory};
 pub use plan::{Config, Op, SCALING};
 pub use report::{Host, Report};
 pub use run::run;

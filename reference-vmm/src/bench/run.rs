@@ -10,6 +10,7 @@ use crate::scenario::{self, RunOptions, Scenario, irqchip_name};
 use crate::vm::FlushMethod;
 
 use super::goals::goals;
+use super::memory::Sampler;
 use super::plan::{Config, Op};
 use super::report::{Host, Report};
 use super::sample::{ClassService, Sample};
@@ -23,9 +24,12 @@ fn sample(
     rep: u32,
     tsc_khz: &mut u64,
 ) -> Result<Sample, Error> {
+    let sampler = Sampler::start(o.vcpus);
     let start = Instant::now();
-    let (report, f) = scenario::run_ops(s, o, ops)?;
+    let run = scenario::run_ops(s, o, ops);
     let wall = start.elapsed();
+    let memory = sampler.and_then(Sampler::finish);
+    let (report, f) = run?;
     let t = &f.metrics.total;
     let khz = report.measured.as_ref().map_or(0, |m| m.tsc_khz);
     if khz != 0 {
@@ -64,6 +68,7 @@ fn sample(
         unobserved: f.unobserved.clone(),
         kvm_exits_per_op: f.kvm_exits_per_op(false),
         kvm_sender_exits_per_op: f.kvm_exits_per_op(true),
+        memory,
     })
 }
 

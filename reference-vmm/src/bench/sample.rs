@@ -3,6 +3,7 @@
 use hv_enlightenments::accel::IrqchipMode;
 use serde::Serialize;
 
+use super::memory::VmmMemory;
 use crate::scenario::serialize_irqchip;
 
 /// Handler time of one exit class in one run.
@@ -65,4 +66,7 @@ pub struct Sample {
     pub kvm_exits_per_op: Option<f64>,
     /// The same for vCPU 0.
     pub kvm_sender_exits_per_op: Option<f64>,
+    /// The VMM's resident memory per vCPU during the run (`None` when it
+    /// could not be sampled).
+    pub memory: Option<VmmMemory>,
 }

@@ -110,6 +110,11 @@ pub struct Cell {
     pub kvm_exits_per_op: Option<Stat>,
     /// KVM's count of vCPU 0's VM exits per operation.
     pub kvm_sender_exits_per_op: Option<Stat>,
+    /// The VMM's anonymous memory per vCPU, KiB (guest RAM left out), when
+    /// every repetition could sample it.
+    pub vmm_kib_per_vcpu: Option<Stat>,
+    /// RssFile + RssShmem per vCPU, KiB (the `kvm_run` pages).
+    pub shared_kib_per_vcpu: Option<Stat>,
 }
 
 /// The statistics of an optional figure, when every sample has it.
@@ -165,6 +170,8 @@ impl Cell {
             unobserved: first.unobserved.clone(),
             kvm_exits_per_op: opt_stat(s, |x| x.kvm_exits_per_op),
             kvm_sender_exits_per_op: opt_stat(s, |x| x.kvm_sender_exits_per_op),
+            vmm_kib_per_vcpu: opt_stat(s, |x| x.memory.map(|m| m.anon_kib_per_vcpu)),
+            shared_kib_per_vcpu: opt_stat(s, |x| x.memory.map(|m| m.shared_kib_per_vcpu)),
         })
     }
 }

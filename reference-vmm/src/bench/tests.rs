@@ -3,6 +3,7 @@
 use hv_enlightenments::accel::IrqchipMode;
 
 use super::goals::goals;
+use super::memory::VmmMemory;
 use super::plan::Op;
 use super::report::{Host, Report};
 use super::sample::Sample;
@@ -36,6 +37,13 @@ fn fake(op: Op, vcpus: u32, chip: IrqchipMode, on: bool, rep: u32, x: f64) -> Sa
         },
         kvm_exits_per_op: (chip == IrqchipMode::Kernel).then_some(3.0 * x),
         kvm_sender_exits_per_op: (chip == IrqchipMode::Kernel).then_some(x),
+        memory: Some(VmmMemory {
+            anon_kib_per_vcpu: 100.0 * x,
+            shared_kib_per_vcpu: 4.0,
+            guest_resident_kib: 1024.0,
+            guest_measured: true,
+            samples: 10,
+        }),
     }
 }
 
@@ -110,7 +118,15 @@ fn goals_from_cells() {
     assert!(by("64-bank").pass);
     // Same guest times in both modes: ratio 1.
     assert!(by("1.5x").pass, "{:?}", by("1.5x"));
-    assert_eq!(r.goals.len(), 5);
+    // 100, 200, 300 KiB per vCPU at 1024 vCPUs: the worst run fails it.
+    let mem = by("RSS per vCPU");
+    assert!(
+        !mem.pass
+            && mem
+                .measured
+                .contains("200.0 KiB median, 300.0 KiB worst at 1024")
+    );
+    assert_eq!(r.goals.len(), 6);
 }
 
 #[test]

@@ -167,40 +167,87 @@ pub fn dispatch(
     call: &Hypercall,
     send: impl Fn(&Vcpu, u8),
 ) -> Result<HypercallResult, Error> {
-    let n = vcpus.len() as u32;
+    use hv_enlightenments::hypercall::{MAX_SPARSE_BANKS, VPS_PER_BANK, VpSet};
+
+    /// Calls `each(vp, vcpu)` for every VP of `set` that names a vCPU, in
+    /// ascending order, and returns how many. A sparse set is walked a
+    /// bank at a time: the bank's vCPUs are bounded once, its VPs are its
+    /// word's set bits (`trailing_zeros`), and banks past the last vCPU
+    /// are not looked at.
+    fn for_each_target<'v>(
+        vcpus: &'v [Vcpu],
+        set: &VpSet,
+        mut each: impl FnMut(u32, &'v Vcpu),
+    ) -> u64 {
+        if set.is_all() {
+            for (vp, t) in (0u32..).zip(vcpus) {
+                each(vp, t);
+            }
+            return vcpus.len() as u64;
+        }
+        let n = u32::try_from(vcpus.len()).unwrap_or(u32::MAX);
+        let mut count = 0;
+        for (base, mut word) in set.present_banks(n) {
+            // Every bit of `word` is below `n`, so within `bank`.
+            let Some(bank) = vcpus.get(base as usize..) else {
+                break;
+            };
+            while word != 0 {
+                let bit = word.trailing_zeros();
+                word &= word - 1;
+                if let Some(t) = bank.get(bit as usize) {
+                    each(base + bit, t);
+                    count += 1;
+                }
+            }
+        }
+        count
+    }
+
     match call {
         // Counters are added once per call: an atomic add per target
         // would be a good part of a many-target call's service time.
         Hypercall::SendIpi(ipi) => {
             bump(&metrics.hc_send_ipi);
-            let mut posted = 0;
-            for vp in ipi.targets.iter_present(n) {
-                if let Some(t) = vcpus.get(vp as usize) {
-                    send(t, ipi.vector);
-                    posted += 1;
-                }
-            }
+            let posted = for_each_target(vcpus, &ipi.targets, |_, t| send(t, ipi.vector));
             metrics.ipis_posted.fetch_add(posted, Ordering::Relaxed);
         }
         Hypercall::Flush(f) => {
             bump(&metrics.hc_flush);
-            let (mut requested, mut wait) = (0, Vec::new());
-            for vp in f.targets.iter_present(n) {
-                if let Some(t) = vcpus.get(vp as usize) {
-                    requested += 1;
-                    if t.request_flush() {
-                        wait.push(t);
+            // The targets that were in guest mode, to wait for once all
+            // are asked: a bitmap by VP index on the stack (no allocation
+            // on the hypercall path), a list for any beyond it.
+            let mut kicked = [0u64; MAX_SPARSE_BANKS];
+            let mut beyond = Vec::new();
+            let mut waits = 0u64;
+            let requested = for_each_target(vcpus, &f.targets, |vp, t| {
+                if t.request_flush() {
+                    waits += 1;
+                    match kicked.get_mut((vp / VPS_PER_BANK) as usize) {
+                        Some(word) => *word |= 1 << (vp % VPS_PER_BANK),
+                        None => beyond.push(t),
                     }
                 }
-            }
+            });
             metrics
                 .flush_requested
                 .fetch_add(requested, Ordering::Relaxed);
             metrics
                 .flush_deferred
-                .fetch_add(requested - wait.len() as u64, Ordering::Relaxed);
-            for t in wait {
-                t.wait_flushed(FLUSH_WAIT)?;
+                .fetch_add(requested - waits, Ordering::Relaxed);
+            if waits > 0 {
+                for (base, mut word) in (0u32..).step_by(VPS_PER_BANK as usize).zip(kicked) {
+                    while word != 0 {
+                        let vp = base + word.trailing_zeros();
+                        word &= word - 1;
+                        if let Some(t) = vcpus.get(vp as usize) {
+                            t.wait_flushed(FLUSH_WAIT)?;
+                        }
+                    }
+                }
+                for t in beyond {
+                    t.wait_flushed(FLUSH_WAIT)?;
+                }
             }
         }
         Hypercall::NotifyLongSpinWait { .. } => std::thread::yield_now(),
