@@ -16,6 +16,7 @@ use crate::error::Error;
 use crate::guest::abi::{self, percpu as pc};
 use crate::guest::layout;
 use crate::hyperv::HyperV;
+use crate::irqchip::fanout::{FanOut, FanOutQueue, INLINE_TARGETS};
 use crate::irqchip::{AEOI_POLL_NS, Irqchip};
 use crate::kvm::stats::KvmVmCounters;
 use crate::metrics::VmMetrics;
@@ -123,6 +124,8 @@ pub struct Machine {
     pub flush: FlushMethod,
     /// The synthetic timers' host deadlines (one per vCPU: its earliest).
     pub stimers: Timers,
+    /// PV IPI notifications waiting for the fan-out thread.
+    pub fan_out: FanOutQueue,
     /// The VM's PIO and MMIO buses (the platform devices of an external
     /// guest). Each vCPU looks at its own devices first
     /// ([`crate::runner::io::VcpuIo`]).
@@ -178,6 +181,17 @@ impl Machine {
             None => self.stimers.disarm(me.index as usize),
         }
         deadline
+    }
+
+    /// Carries out what a PV IPI left: on this thread when it is small
+    /// ([`INLINE_TARGETS`]), else on the fan-out thread, so that the
+    /// sender returns to its guest at once.
+    pub fn fan_out(&self, f: FanOut) {
+        if f.targets() <= INLINE_TARGETS {
+            self.irqchip.complete_fan_out(&self.vcpus, &f);
+        } else {
+            self.fan_out.push(f);
+        }
     }
 
     /// A SynIC interrupt on `v` through the irqchip; where the kernel
@@ -244,6 +258,7 @@ impl Machine {
         self.end_cond.notify_all();
         self.irqchip.wake_timers();
         self.stimers.wake();
+        self.fan_out.wake();
         for v in &self.vcpus {
             v.stop();
         }

@@ -31,6 +31,30 @@ pub fn goals(cells: &[Cell]) -> Vec<Goal> {
     } else {
         out.push(goal::broadcast_flat(&points));
     }
+    // A PV broadcast at the largest N returns to its sender at once, in
+    // both irqchips (the targets' wakes are the fan-out thread's).
+    for chip in [IrqchipMode::User, IrqchipMode::Kernel] {
+        let big = cells
+            .iter()
+            .filter(|c| {
+                c.op == Op::Broadcast.name() && c.irqchip == chip && c.enlightened && c.vcpus >= 2
+            })
+            .max_by_key(|c| c.vcpus);
+        if let Some(c) = big {
+            let mut g = goal::broadcast_return(
+                c.vcpus - 1,
+                crate::scenario::irqchip_name(chip),
+                c.hypercall_service_ns.max,
+            );
+            g.measured = format!(
+                "{} worst, {} (min..max) at {} vCPUs",
+                g.measured,
+                c.hypercall_service_ns.show_scaled(1e-3, 0),
+                c.vcpus
+            );
+            out.push(g);
+        }
+    }
     // PV shootdown wakes none of the halted targets, at every N.
     let pv: Vec<&Cell> = cells
         .iter()

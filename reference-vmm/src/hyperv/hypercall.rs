@@ -40,8 +40,11 @@ pub enum TrapEnd {
 /// How the hypercall trap raises interrupts on other vCPUs (the irqchip's
 /// to do).
 pub trait Raise {
-    /// A PV IPI of `vector` to `target`.
+    /// A PV IPI of `vector` to `target`; notifications may wait for
+    /// [`Raise::ipis_done`].
     fn ipi(&self, target: &Vcpu, vector: u8);
+    /// The call's PV IPIs are all sent: carry out what they left.
+    fn ipis_done(&self);
     /// A SynIC interrupt of `vector` on `target` (a message or event
     /// landed on one of its SINTs).
     fn sint(&self, target: &Vcpu, vector: u8, auto_eoi: bool);
@@ -105,7 +108,11 @@ pub fn serve(
     let code = hregs.control().call_code();
     let result = match (refused, hypercall::decode(&hregs, mem)) {
         (Some(status), _) => HypercallResult::from(status),
-        (None, Ok(call)) => dispatch(vcpus, metrics, &call, |t, v| raise.ipi(t, v))?,
+        (None, Ok(call)) => {
+            let r = dispatch(vcpus, metrics, &call, |t, v| raise.ipi(t, v));
+            raise.ipis_done();
+            r?
+        }
         // The SynIC's calls have their own decoder.
         (None, Err(HvStatus::INVALID_HYPERCALL_CODE))
             if code == CallCode::POST_MESSAGE || code == CallCode::SIGNAL_EVENT =>

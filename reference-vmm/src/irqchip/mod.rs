@@ -14,6 +14,7 @@
 //! backend by [`Irqchip::new`]; what a backend needs of the VM before it
 //! exists is in [`Needs`].
 
+pub mod fanout;
 pub mod kernel;
 pub mod user;
 
@@ -21,7 +22,7 @@ use std::sync::Arc;
 
 use hv_enlightenments::accel::IrqchipMode;
 use hv_enlightenments::msr::ApicRegister;
-use ipiv::PendingVectors;
+use ipiv::{Notify, PendingVectors};
 use kvm_ioctls::VmFd;
 use lapic::Topology;
 use vm_memory::GuestMemoryMmap;
@@ -227,6 +228,42 @@ impl Irqchip {
         match self {
             Self::User(_) => target.post(vector),
             Self::Kernel(k) => k.send_ipi(target.index, vector),
+        }
+    }
+
+    /// A PV IPI of `vector` to `target` from a call that may name many:
+    /// the user irqchip posts the vector now and leaves a halted target's
+    /// wake-up in `f`; the kernel irqchip leaves its MSI in `f`. Carry `f`
+    /// out with [`Irqchip::complete_fan_out`], on this thread or the
+    /// fan-out thread ([`fanout`]).
+    pub fn send_ipi_deferred(&self, target: &Vcpu, vector: u8, f: &mut fanout::FanOut) {
+        match self {
+            Self::User(_) => match target.posted.post(vector) {
+                Notify::Wake => {
+                    f.wake.insert(target.index as usize);
+                    f.targets += 1;
+                }
+                n => target.notify(n),
+            },
+            Self::Kernel(_) => {
+                f.msi.insert(target.index as usize);
+                f.vector = vector;
+                f.targets += 1;
+            }
+        }
+    }
+
+    /// Wakes or signals what [`Irqchip::send_ipi_deferred`] left in `f`.
+    pub fn complete_fan_out(&self, vcpus: &[Vcpu], f: &fanout::FanOut) {
+        for t in f.wake.iter() {
+            if let Some(v) = vcpus.get(t) {
+                v.notify(Notify::Wake);
+            }
+        }
+        if let Self::Kernel(k) = self {
+            for t in f.msi.iter() {
+                k.send_ipi(t as u32, f.vector);
+            }
         }
     }
 

@@ -6,6 +6,8 @@
 //! traps those accesses latched (hypercall, panic, report), and internal
 //! errors. The exit data is read from `kvm_run` ([`crate::kvm::exit_data`]).
 
+use std::cell::RefCell;
+
 use hv_enlightenments::msr::HV_X64_MSR_SINT0;
 use ipiv::inhibit::InhibitEvent;
 
@@ -13,6 +15,7 @@ use crate::error::Error;
 use crate::hyperv::hypercall::{self, TrapEnd};
 use crate::hyperv::msr::{self as hvmsr, MsrExit};
 
+use crate::irqchip::fanout::FanOut;
 use crate::kvm::exit_data;
 use crate::kvm::msr::MSR_APIC_BASE;
 use crate::machine::{GuestExit, Machine};
@@ -21,12 +24,19 @@ use crate::runner::Runner;
 use crate::runner::io::Trap;
 use crate::vcpu::Vcpu;
 
-/// The hypercall trap's interrupts, raised through the irqchip.
-struct MachineRaise<'a>(&'a Machine);
+/// The hypercall trap's interrupts, raised through the irqchip; a PV
+/// IPI's notifications are fanned out once the call has posted them all.
+struct MachineRaise<'a>(&'a Machine, RefCell<FanOut>);
 
 impl hypercall::Raise for MachineRaise<'_> {
     fn ipi(&self, target: &Vcpu, vector: u8) {
-        self.0.irqchip.send_ipi(target, vector);
+        self.0
+            .irqchip
+            .send_ipi_deferred(target, vector, &mut self.1.borrow_mut());
+    }
+
+    fn ipis_done(&self) {
+        self.0.fan_out(self.1.take());
     }
 
     fn sint(&self, target: &Vcpu, vector: u8, auto_eoi: bool) {
@@ -185,7 +195,7 @@ impl Runner<'_> {
                     &m.mem,
                     &m.vcpus,
                     self.me,
-                    &MachineRaise(m),
+                    &MachineRaise(m, RefCell::default()),
                 )?;
                 if end == TrapEnd::Exception {
                     self.exception_queued = true;

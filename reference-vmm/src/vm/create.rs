@@ -21,6 +21,7 @@ use crate::apicv::Apicv;
 use crate::clock::HostClock;
 use crate::error::Error;
 use crate::hyperv::HyperV;
+use crate::irqchip::fanout::FanOutQueue;
 use crate::irqchip::{self, ApStart, EoiHook, Irqchip, IrqchipConfig, Needs};
 use crate::kvm::cpuid::{self, cpuid_plan};
 use crate::kvm::kick;
@@ -259,6 +260,7 @@ impl Common {
             clock,
             flush: o.flush,
             stimers: Timers::default(),
+            fan_out: FanOutQueue::default(),
             io: o.io,
             external: o.external,
             guest_exit: Mutex::new(None),

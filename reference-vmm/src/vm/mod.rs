@@ -251,6 +251,10 @@ impl Vm {
                 |i| tm.vcpus.get(i).and_then(|v| tm.service_stimers(v)),
             )
         });
+        // PV IPI notifications (wakes, MSIs) off the sender's path.
+        let fan_out = spawn_timer(&m, "pv-fan-out", |tm| {
+            tm.fan_out.run(&tm.irqchip, &tm.vcpus, || tm.stopping())
+        });
         let mut threads = Vec::new();
         for (i, fd) in self.vcpu_fds.drain(..).enumerate() {
             if m.stopping() {
@@ -315,7 +319,7 @@ impl Vm {
         for t in threads {
             let _ = t.join();
         }
-        for t in [apic_timer, stimer].into_iter().flatten() {
+        for t in [apic_timer, stimer, fan_out].into_iter().flatten() {
             let _ = t.join();
         }
         let wall = start.elapsed();
