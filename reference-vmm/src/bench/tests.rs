@@ -128,7 +128,10 @@ fn goals_from_cells() {
     );
     // Fake broadcasts (user irqchip only) take 800 ns of service.
     let back = by("returns to the sender within 5 ms (user irqchip)");
-    assert!(back.pass && back.measured.contains("at 64 vCPUs"), "{back:?}");
+    assert!(
+        back.pass && back.measured.contains("at 64 vCPUs"),
+        "{back:?}"
+    );
     assert_eq!(r.goals.len(), 7);
 }
 
