@@ -112,7 +112,7 @@ impl Apicv {
     }
 
     /// Changes of the effective reasons so far, and the first
-    /// [`HISTORY`] of them.
+    /// 64 of them.
     pub fn changes(&self) -> (u64, Vec<InhibitChange>) {
         let h = self.history.lock().unwrap_or_else(|e| e.into_inner());
         (self.changes.load(Ordering::Relaxed), h.clone())

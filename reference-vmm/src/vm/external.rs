@@ -6,7 +6,7 @@
 //!
 //! The boot vCPU starts where the loader says; the others wait for INIT
 //! and STARTUP IPIs (in the userspace-irqchip mode the VMM runs that
-//! protocol, see [`crate::irqchip::mp`]; in the kernel mode KVM does). The run ends
+//! protocol, see [`crate::irqchip::user::mp`]; in the kernel mode KVM does). The run ends
 //! when the guest stops the machine (isa-debug-exit, ACPI power off,
 //! reset), when the console shows an awaited text, when a vCPU fails (an
 //! instruction KVM cannot emulate is named with its bytes), or at the

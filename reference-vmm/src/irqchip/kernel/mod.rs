@@ -9,7 +9,7 @@
 //! - synthetic EOI/ICR/TPR: replayed as host-initiated x2APIC MSR writes
 //!   when the in-kernel APIC is in x2APIC mode (KVM `kvm_hv_vapic_msr_write`
 //!   does the same); in xAPIC mode the ICR becomes MSIs and the EOI and
-//!   TPR raise #GP (see [`KernelIrqchip::synthetic_write`] for why);
+//!   TPR raise #GP (see `KernelIrqchip::synthetic_write` for why);
 //! - lazy EOI: the VP assist page is handed to KVM's PV-EOI engine
 //!   (`MSR_KVM_PV_EOI_EN`), which uses the same bit 0 at offset 0.
 
