@@ -1,7 +1,8 @@
 //! The userspace irqchip: a lapic [`LocalApic`](lapic::LocalApic) per
 //! vCPU, owned by the vCPU's [`State`](crate::vcpu::State). Fixed edge
-//! interrupts are posted through ipiv's descriptors and moved into the IRR at entry and exit;
-//! everything else is delivered to the lapic under the target's lock.
+//! interrupts are posted through ipiv's descriptors and moved into the IRR
+//! at entry and exit; everything else is delivered to the lapic under the
+//! target's lock.
 //! The run-loop side (injection, CR8, lazy EOI, HLT) is in [`entry`], the
 //! APIC timers on a [`crate::timers`] queue, INIT/SIPI in [`mp`].
 
