@@ -82,8 +82,8 @@ enum Command {
     /// and kernel irqchip, interleaved and repeated; write a markdown
     /// table, JSON and a scaling plot.
     Bench {
-        /// Operations (pingpong, broadcast, shootdown, timer,
-        /// null-hypercall, ex64); all when not given.
+        /// Operations (pingpong, broadcast, shootdown, timer, synic,
+        /// stimer, null-hypercall, ex64); all when not given.
         #[arg(long = "scenario", value_name = "NAME", num_args = 1..)]
         scenarios: Vec<String>,
         /// vCPU counts for every operation, comma-separated (each
