@@ -14,10 +14,11 @@
 //!   partition reference time.
 //! - [`accel::HostApicAccel`]: what the host does for APIC accesses.
 //! - [`synic`]: message slots, event flags, [`synic::MessageQueue`] and
-//!   [`synic::Connections`]; [`hypercall::decode_synic`] decodes
+//!   [`synic::Connections`]; [`synic::decode_synic`] decodes
 //!   HvPostMessage/HvSignalEvent, [`hypercall::HypercallAccess`] makes
 //!   KVM's privilege checks.
-//! - [`stimer`]: synthetic timers, run by [`msr::Vp::process_stimers`].
+//! - [`msr::stimer`]: synthetic timers, kept in each [`msr::Vp`] and run
+//!   by [`synic::process_stimers`].
 //!
 //! The crate is `#![no_std]` with default features off; `alloc`, `std`,
 //! `vm-memory` and `kvm` add conveniences.
@@ -35,7 +36,6 @@ pub mod cpuid;
 pub mod hypercall;
 pub mod msr;
 pub mod reftime;
-pub mod stimer;
 pub mod synic;
 
 /// Bits of a Hyper-V page offset (`HV_HYP_PAGE_SHIFT`).

@@ -10,10 +10,11 @@
 #![no_main]
 
 use hv_enlightenments::cpuid::Privileges;
-use hv_enlightenments::hypercall::{CallCode, HypercallRegs, decode_synic};
+use hv_enlightenments::hypercall::{CallCode, HypercallRegs};
 use hv_enlightenments::msr::{self, Vp};
 use hv_enlightenments::synic::{
-    CellMemory, Connection, Connections, MessageQueue, PortKind, PortTarget, Route, signal_event,
+    CellMemory, Connection, Connections, MessageQueue, PortKind, PortTarget, Route, SynicHypercall,
+    decode_synic, signal_event,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -113,10 +114,10 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
-fn call_connection(call: &hv_enlightenments::hypercall::SynicHypercall) -> u32 {
+fn call_connection(call: &SynicHypercall) -> u32 {
     match call {
-        hv_enlightenments::hypercall::SynicHypercall::PostMessage(p) => p.connection_id,
-        hv_enlightenments::hypercall::SynicHypercall::SignalEvent(s) => s.connection_id,
+        SynicHypercall::PostMessage(p) => p.connection_id,
+        SynicHypercall::SignalEvent(s) => s.connection_id,
         _ => 0,
     }
 }

@@ -65,7 +65,7 @@ bitflags! {
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
     pub struct Served: u32 {
         /// Synthetic timers (privilege EAX bit 3): the VMM runs
-        /// [`Vp::process_stimers`](crate::msr::Vp::process_stimers) at
+        /// [`synic::process_stimers`](crate::synic::process_stimers) at
         /// [`Vp::stimer_deadline`](crate::msr::Vp::stimer_deadline).
         /// Published only with the SynIC.
         const SYNTHETIC_TIMERS = 1 << 0;
@@ -426,7 +426,7 @@ impl CpuidBuilder {
                 } else {
                     (
                         true,
-                        "served: the VMM runs the timers on reference time (Vp::process_stimers)",
+                        "served: the VMM runs the timers on reference time (synic::process_stimers)",
                     )
                 }
             }

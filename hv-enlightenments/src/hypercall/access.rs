@@ -87,7 +87,7 @@ impl HypercallAccess {
     /// `HV_STATUS_INVALID_HYPERCALL_INPUT`; a fast call with XMM input
     /// ([`Control::uses_xmm_input`]) without
     /// [`FeaturesEdx::XMM_HYPERCALL_INPUT`] is #UD. `Ok`: decode it
-    /// ([`decode`](super::decode), [`decode_synic`](super::decode_synic)).
+    /// ([`decode`](super::decode), [`decode_synic`](crate::synic::decode_synic)).
     /// (The CPL 0 check, #UD too, comes before all of these:
     /// [`caller_may_call`](super::caller_may_call).)
     ///

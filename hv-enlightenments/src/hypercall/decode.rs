@@ -164,7 +164,7 @@ impl Hypercall {
 }
 
 /// Where the input block is: guest memory at RDX, or the fast registers.
-pub(super) enum Input<'m, M: ?Sized> {
+pub(crate) enum Input<'m, M: ?Sized> {
     Memory { mem: &'m M, gpa: u64 },
     Fast([u64; FAST_INPUT_WORDS]),
 }
@@ -253,7 +253,7 @@ impl<M: GuestMemoryRead + ?Sized> Input<'_, M> {
 /// hv1_hypercall does (TLFS 3.7). KVM itself does not check either for
 /// these calls; a guest following the TLFS never notices the difference.
 /// Fast input must fit RDX, R8 and XMM0-5 (`kvm_hv_get_hc_data`).
-pub(super) fn input<'m, M: GuestMemoryRead + ?Sized>(
+pub(crate) fn input<'m, M: GuestMemoryRead + ?Sized>(
     regs: &HypercallRegs,
     mem: &'m M,
     words: usize,

@@ -52,7 +52,6 @@ mod gva;
 mod memory;
 mod page;
 mod status;
-mod synic;
 mod vpset;
 
 #[cfg(test)]
@@ -71,6 +70,9 @@ pub use decode::{
     FAST_INPUT_WORDS, FAST_XMM_REGISTERS, Flush, Hypercall, HypercallRegs, IPI_HIGH_VECTOR,
     IPI_LOW_VECTOR, SendIpi, decode,
 };
+/// The input reader the SynIC's own decoder ([`crate::synic::decode_synic`])
+/// shares.
+pub(crate) use decode::{Input, input};
 pub use encode::{
     EncodeError, EncodeOptions, EncodedCall, FlushRequest, Targets, encode_flush, encode_send_ipi,
 };
@@ -81,10 +83,6 @@ pub use page::{
     write_hypercall_page,
 };
 pub use status::HvStatus;
-pub use synic::{
-    CONNECTION_ID_MASK, PostMessage, PostMessageInput, SignalEvent, SynicHypercall, decode_synic,
-    post_message_input, signal_event_input,
-};
 pub use vpset::{
     Error as VpSetError, GENERIC_SET_ALL, GENERIC_SET_SPARSE_4K, MAX_SPARSE_BANKS, MAX_VPS,
     PresentBanks, PresentVps, SparseVpIter, SparseVpSet, VPS_PER_BANK, VpSet,

@@ -11,6 +11,8 @@ pub mod index;
 mod outcome;
 mod partition;
 mod ram;
+mod sint;
+pub mod stimer;
 mod values;
 mod vp;
 
@@ -24,6 +26,7 @@ pub use outcome::{
 };
 pub use partition::{Partition, PartitionConfig, ReferenceTime};
 pub use ram::GuestRam;
+pub use sint::{SintInterrupt, SintInterrupts};
 pub use values::*;
 pub use vp::{Error, Vp};
 

@@ -120,11 +120,11 @@ pub enum MsrAction {
     /// messages may be delivered again
     /// ([`crate::synic::MessageQueue::end_of_message`]), and synthetic
     /// timers whose message waited are due for
-    /// [`Vp::process_stimers`](super::Vp::process_stimers).
+    /// [`synic::process_stimers`](crate::synic::process_stimers).
     EndOfMessage,
     /// A synthetic timer's CONFIG or COUNT changed (the timer is
     /// cancelled and, if enabled, waits to be started): run
-    /// [`Vp::process_stimers`](super::Vp::process_stimers) with the
+    /// [`synic::process_stimers`](crate::synic::process_stimers) with the
     /// current reference time before the next entry, then arm the host
     /// timer for [`Vp::stimer_deadline`](super::Vp::stimer_deadline).
     SyntheticTimersChanged,

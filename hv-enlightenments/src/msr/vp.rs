@@ -9,10 +9,9 @@ use super::index::*;
 use super::outcome::{ApicAccess, ApicRegister, MsrAction, MsrOutcome};
 use super::partition::ReferenceTime;
 use super::ram::GuestRam;
+use super::stimer::{HV_STIMER_COUNT, Stimer, Stimers};
 use super::values::{SYNIC_VERSION, ScontrolMsr, SiefpMsr, SimpMsr, SintMsr, VpAssistPageMsr};
 use crate::cpuid::{CpuidPlan, FeaturesEdx, MAX_VP_INDEX, Privileges};
-use crate::stimer::{ExpiryTarget, HV_STIMER_COUNT, Stimer, StimerExpiry, Stimers};
-use crate::synic::{SintInterrupt, SlotWrite, SynicMemory, TimerMessagePayload, WhenBusy};
 
 /// Why the VMM's request was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -181,52 +180,27 @@ impl Vp {
     }
 
     /// The earliest synthetic timer expiry, in reference time (100 ns):
-    /// arm the host timer for it and call [`Vp::process_stimers`] then.
+    /// arm the host timer for it and call
+    /// [`synic::process_stimers`](crate::synic::process_stimers) then.
     pub fn stimer_deadline(&self) -> Option<u64> {
         self.stimers.next_deadline()
     }
 
-    /// Whether [`Vp::process_stimers`] has work at reference time `now`.
+    /// Whether [`synic::process_stimers`](crate::synic::process_stimers)
+    /// has work at reference time `now`.
     pub fn stimers_need_processing(&self, now: u64) -> bool {
         self.stimers.needs_processing(now)
     }
 
-    /// Starts, expires and delivers the synthetic timers at reference
-    /// time `now` (KVM `kvm_hv_process_stimers`): after a
-    /// [`MsrAction::SyntheticTimersChanged`] or
-    /// [`MsrAction::EndOfMessage`], when the host timer armed for
-    /// [`Vp::stimer_deadline`] fires, and after [`Vp::sint_eoi`]. Expired
-    /// message-mode timers write `HVMSG_TIMER_EXPIRED` into this VP's
-    /// message page through `mem`; the result lists the interrupts to
-    /// raise on this VP.
-    ///
-    /// ```
-    /// use hv_enlightenments::cpuid::{FeaturesEdx, Privileges};
-    /// use hv_enlightenments::msr::{self, MsrAction, MsrOutcome, Vp};
-    /// use hv_enlightenments::synic::CellMemory;
-    ///
-    /// let mut vp = Vp::new(0, Privileges::all())?;
-    /// let ram = |_gpa: u64| true;
-    /// for (m, v) in [(msr::HV_X64_MSR_SCONTROL, 1), (msr::HV_X64_MSR_SIMP, 0x1001), (msr::HV_X64_MSR_SINT2, 0x52)] {
-    ///     let _ = vp.write(m, v, &ram);
-    /// }
-    /// // Linux: stimer0 one-shot, auto-enable, SINT 2; COUNT = now + delta.
-    /// let _ = vp.write(msr::HV_X64_MSR_STIMER0_CONFIG, (1 << 3) | (2 << 16), &ram);
-    /// let out = vp.write(msr::HV_X64_MSR_STIMER0_COUNT, 10_000, &ram);
-    /// assert_eq!(out, MsrOutcome::Action(MsrAction::SyntheticTimersChanged));
-    /// let mut page = [0u8; 4096];
-    /// let mem = CellMemory::new(0x1000, &mut page);
-    /// assert!(vp.process_stimers(9_000, &mem).is_empty());
-    /// assert_eq!(vp.stimer_deadline(), Some(10_000)); // arm the host timer
-    /// let fired = vp.process_stimers(10_000, &mem);
-    /// assert_eq!(fired.vectors().next(), Some((0x52, false)));
-    /// # Ok::<(), msr::Error>(())
-    /// ```
-    pub fn process_stimers(&mut self, now: u64, mem: &impl SynicMemory) -> StimerExpiry {
-        let mut timers = self.stimers;
-        let out = timers.process(now, &mut TimerSender { vp: self, mem });
-        self.stimers = timers;
-        out
+    /// The VP's synthetic timers, for
+    /// [`synic::process_stimers`](crate::synic::process_stimers).
+    pub(crate) fn stimers_state(&self) -> Stimers {
+        self.stimers
+    }
+
+    /// Puts back what [`Vp::stimers_state`] gave, processed.
+    pub(crate) fn set_stimers_state(&mut self, stimers: Stimers) {
+        self.stimers = stimers;
     }
 
     /// The guest EOI'd `vector`: SINTs using it are acknowledged, so
@@ -419,36 +393,6 @@ impl Vp {
                 old: old_usage,
                 new: new_usage,
             })
-        }
-    }
-}
-
-/// Sends timer messages into the VP's own message page.
-struct TimerSender<'a, M> {
-    vp: &'a Vp,
-    mem: &'a M,
-}
-
-impl<M: SynicMemory> ExpiryTarget for TimerSender<'_, M> {
-    fn send(
-        &mut self,
-        index: u8,
-        sint: u8,
-        expiration: u64,
-        now: u64,
-        drop_if_busy: bool,
-    ) -> Result<Option<SintInterrupt>, ()> {
-        let msg = TimerMessagePayload::message(index, expiration, now);
-        let when_busy = if drop_if_busy {
-            WhenBusy::Drop
-        } else {
-            WhenBusy::SetPending
-        };
-        match crate::synic::write_message(self.vp, sint, &msg, self.mem, when_busy) {
-            Ok(SlotWrite::Delivered(irq)) => Ok(irq),
-            // KVM stimer_send_msg: a dropped periodic tick counts as sent.
-            Ok(SlotWrite::Busy) if drop_if_busy => Ok(None),
-            Ok(SlotWrite::Busy) | Err(_) => Err(()),
         }
     }
 }
@@ -754,42 +698,6 @@ mod tests {
         // One past the last timer MSR is not a timer.
         assert!(v.read(HV_X64_MSR_STIMER3_COUNT + 1).is_gp());
         assert!(v.stimer(4).is_none());
-    }
-
-    #[test]
-    fn stimer_message_waits_for_eom() {
-        let mut v = synic_vp(FeaturesEdx::empty());
-        let mut page = [0u8; 0x1000];
-        let mem = crate::synic::CellMemory::new(0x1000, &mut page);
-        // Slot 2 busy with an earlier message.
-        let other = crate::synic::HvMessage::new(1, 0, &[]).unwrap();
-        let _ = crate::synic::write_message(&v, 2, &other, &mem, WhenBusy::SetPending).unwrap();
-        let _ = v.write(HV_X64_MSR_STIMER0_CONFIG, (1 << 3) | (2 << 16), &RAM);
-        let _ = v.write(HV_X64_MSR_STIMER0_COUNT, 100, &RAM);
-        assert!(v.process_stimers(100, &mem).is_empty());
-        assert!(v.stimer(0).unwrap().message_pending());
-        // The guest frees the slot and writes EOM: the expiry goes in.
-        crate::synic::SynicMemory::write(&mem, 0x1000 + 2 * 256, &[0; 4]).unwrap();
-        assert_eq!(
-            v.write(HV_X64_MSR_EOM, 0, &RAM),
-            MsrOutcome::Action(MsrAction::EndOfMessage)
-        );
-        assert!(v.stimers_need_processing(120));
-        let out = v.process_stimers(120, &mem);
-        assert_eq!(out.vectors().next(), Some((0x52, false)));
-        let mut slot = [0u8; 40];
-        crate::hypercall::GuestMemoryRead::read(&mem, 0x1000 + 2 * 256, &mut slot).unwrap();
-        let msg = crate::synic::HvMessage::new(0x8000_0010, 0, &slot[16..40]).ok();
-        let payload = msg.and_then(|m| crate::synic::TimerMessagePayload::from_message(&m));
-        assert_eq!(
-            payload.map(|p| (p.expiration_time.get(), p.delivery_time.get())),
-            Some((100, 120))
-        );
-        // An EOI of the SINT's vector acknowledges it too.
-        assert!(v.sint_eoi(0x52));
-        assert!(!v.sint_eoi(0x53));
-        v.reset();
-        assert_eq!(v.stimer_deadline(), None);
     }
 
     proptest! {

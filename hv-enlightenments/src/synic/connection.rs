@@ -9,9 +9,10 @@
 //! the userspace exit of `kvm_hv_hypercall` and QEMU as
 //! `hyperv_set_msg_handler` / `hyperv_set_event_flag_handler`.
 
+use super::hypercall::{CONNECTION_ID_MASK, SynicHypercall};
 use super::message::{HV_EVENT_FLAGS_PER_SINT, HvMessage};
 use crate::cpuid::MAX_VP_INDEX;
-use crate::hypercall::{CONNECTION_ID_MASK, HvStatus, SynicHypercall};
+use crate::hypercall::HvStatus;
 use crate::msr::HV_SINT_COUNT;
 
 /// Connections a default table holds (VMBus uses a handful).
@@ -142,7 +143,8 @@ impl<const N: usize> Connections<N> {
     /// Adds connection `id`.
     ///
     /// ```
-    /// use hv_enlightenments::hypercall::{HvStatus, SignalEvent, SynicHypercall};
+    /// use hv_enlightenments::hypercall::HvStatus;
+    /// use hv_enlightenments::synic::{SignalEvent, SynicHypercall};
     /// use hv_enlightenments::synic::{Connection, Connections, PortKind, PortTarget, Route};
     ///
     /// let mut table: Connections = Connections::new();
@@ -264,7 +266,7 @@ impl<const N: usize> Connections<N> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hypercall::{PostMessage, SignalEvent};
+    use crate::synic::{PostMessage, SignalEvent};
 
     fn msg_port(vp_index: u32, sint: u8) -> Connection {
         Connection {

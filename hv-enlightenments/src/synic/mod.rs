@@ -39,16 +39,22 @@
 
 mod connection;
 mod delivery;
+mod hypercall;
 mod memory;
 mod message;
+mod timers;
 
+pub use crate::msr::{SintInterrupt, SintInterrupts};
 pub use connection::{
     Connection, Connections, DEFAULT_CONNECTIONS, Error as ConnectionError, PortKind, PortTarget,
     Route,
 };
 pub use delivery::{
-    Error, MessageQueue, PostError, Posted, SintInterrupt, SintInterrupts, SlotWrite, WhenBusy,
-    signal_event, write_message,
+    Error, MessageQueue, PostError, Posted, SlotWrite, WhenBusy, signal_event, write_message,
+};
+pub use hypercall::{
+    CONNECTION_ID_MASK, PostMessage, PostMessageInput, SignalEvent, SynicHypercall, decode_synic,
+    post_message_input, signal_event_input,
 };
 pub use memory::{CellMemory, SynicMemory};
 pub use message::{
@@ -58,3 +64,4 @@ pub use message::{
     MESSAGE_FLAGS_OFFSET, MESSAGE_TYPE_OFFSET, TimerMessagePayload, event_flag_position,
     message_slot_offset,
 };
+pub use timers::process_stimers;

@@ -118,7 +118,7 @@ pub fn serve(
             if code == CallCode::POST_MESSAGE || code == CallCode::SIGNAL_EVENT =>
         {
             bump(&metrics.hc_synic);
-            HypercallResult::from(match hypercall::decode_synic(&hregs, mem) {
+            HypercallResult::from(match hv_enlightenments::synic::decode_synic(&hregs, mem) {
                 Ok(call) => hv.synic_call(&call, vcpus, mem, |t, v, a| raise.sint(t, v, a)),
                 Err(status) => status,
             })

@@ -5,9 +5,9 @@
 //! [`SintInterrupt`]s for the irqchip; nothing here knows which irqchip
 //! it is.
 
-use hv_enlightenments::hypercall::{HvStatus, SynicHypercall};
+use hv_enlightenments::hypercall::HvStatus;
 use hv_enlightenments::synic::{
-    self, Connection, HvMessage, Posted, Route, SintInterrupt, SintInterrupts,
+    self, Connection, HvMessage, Posted, Route, SintInterrupt, SintInterrupts, SynicHypercall,
 };
 use vm_memory::GuestMemoryMmap;
 
@@ -50,7 +50,7 @@ impl HyperV {
         let Some(vp) = s.vp.as_mut() else {
             return (Raise::default(), None);
         };
-        let fired = vp.process_stimers(now, mem);
+        let fired = synic::process_stimers(vp, now, mem);
         let mut out = Raise::default();
         for v in fired.vectors() {
             bump(&me.metrics.stimer_expiries);

@@ -18,12 +18,12 @@ const TIMER_INIT: u32 = 0x838;
 /// x2APIC divide configuration register.
 const TIMER_DIV: u32 = 0x83E;
 
+use hv_enlightenments::msr::stimer::StimerConfigMsr;
 use hv_enlightenments::msr::{
     HV_X64_MSR_SCONTROL as SCONTROL, HV_X64_MSR_SIMP as SIMP, HV_X64_MSR_SINT0 as SINT0,
     HV_X64_MSR_STIMER0_CONFIG as STIMER0_CONFIG, HV_X64_MSR_STIMER0_COUNT as STIMER0_COUNT,
     SintMsr,
 };
-use hv_enlightenments::stimer::StimerConfigMsr;
 
 /// `count` periodic APIC timer interrupts every `period_ns` on vCPU 0,
 /// each completed the `eoi` way.

@@ -3,19 +3,17 @@
 //! "HvCallPostMessage", "HvCallSignalEvent"; KVM `kvm_hv_hypercall`,
 //! `kvm_hvcall_signal_event`; openvmm `hv1_hypercall`).
 //!
-//! [`decode`](super::decode) keeps its answer for these codes
-//! (INVALID_HYPERCALL_CODE) so that a VMM matching on
-//! [`Hypercall`](super::Hypercall) is unaffected; [`decode_synic`] decodes
-//! them, and [`crate::synic::Connections`] says where they go.
+//! [`hypercall::decode`](crate::hypercall::decode) keeps its answer for
+//! these codes (INVALID_HYPERCALL_CODE) so that a VMM matching on
+//! [`Hypercall`](crate::hypercall::Hypercall) is unaffected;
+//! [`decode_synic`] decodes them, and [`Connections`](super::Connections)
+//! says where they go.
 
 use zerocopy::byteorder::little_endian::U32;
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
-use super::control::CallCode;
-use super::decode::{HypercallRegs, Input, input};
-use super::memory::GuestMemoryRead;
-use super::status::HvStatus;
-use crate::synic::{HV_MESSAGE_PAYLOAD_BYTE_COUNT, HVMSG_HYPERVISOR_BIT, HVMSG_NONE, HvMessage};
+use super::message::{HV_MESSAGE_PAYLOAD_BYTE_COUNT, HVMSG_HYPERVISOR_BIT, HVMSG_NONE, HvMessage};
+use crate::hypercall::{CallCode, GuestMemoryRead, HvStatus, HypercallRegs, Input, input};
 
 /// Bits of a connection id that name it (`HV_CONNECTION_ID` `u.id : 24`,
 /// KVM `KVM_HYPERV_CONN_ID_MASK`); bits 31:24 are reserved.
@@ -122,10 +120,11 @@ pub enum SynicHypercall {
 /// | SignalEvent: bits 31:24 or 63:48 set | INVALID_HYPERCALL_INPUT (KVM) |
 ///
 /// Whether the connection exists, is of the right kind and has the flag
-/// is the [`Connections`](crate::synic::Connections)' to say.
+/// is the [`Connections`](super::Connections)' to say.
 ///
 /// ```
-/// use hv_enlightenments::hypercall::{decode_synic, HypercallRegs, NoMemory, SignalEvent, SynicHypercall};
+/// use hv_enlightenments::hypercall::{HypercallRegs, NoMemory};
+/// use hv_enlightenments::synic::{decode_synic, SignalEvent, SynicHypercall};
 ///
 /// // Fast HvSignalEvent as Linux's vmbus_set_event makes it: connection 0x2000, flag 0.
 /// let regs = HypercallRegs { rcx: 0x5D | 1 << 16, rdx: 0x2000, ..Default::default() };
@@ -219,7 +218,8 @@ fn decode_signal_event<M: GuestMemoryRead + ?Sized>(
 /// The memory input of an HvPostMessage, for the guest side and tests.
 ///
 /// ```
-/// use hv_enlightenments::hypercall::{decode_synic, post_message_input, HypercallRegs, SliceMemory, SynicHypercall};
+/// use hv_enlightenments::hypercall::{HypercallRegs, SliceMemory};
+/// use hv_enlightenments::synic::{decode_synic, post_message_input, SynicHypercall};
 ///
 /// let input = post_message_input(7, 1, b"ping").expect("payload fits");
 /// let mem = SliceMemory::new(0x3000, &input);

@@ -7,14 +7,14 @@
 //! A pure state machine, kept inside [`Vp`](crate::msr::Vp): the guest's
 //! CONFIG/COUNT writes only record the change and mark the timer pending
 //! (as KVM's `stimer_set_config`/`stimer_set_count` do); the VMM then runs
-//! [`Vp::process_stimers`](crate::msr::Vp::process_stimers) with the
+//! [`synic::process_stimers`](crate::synic::process_stimers) with the
 //! current reference time, which starts, expires and delivers, and arms
 //! its host timer for [`Vp::stimer_deadline`](crate::msr::Vp::stimer_deadline).
 //! No threads, no allocation.
 
 use bitfield_struct::bitfield;
 
-use crate::synic::{SintInterrupt, SintInterrupts};
+use super::{SintInterrupt, SintInterrupts};
 
 /// Timers per VP (`HV_SYNIC_STIMER_COUNT`).
 pub const HV_STIMER_COUNT: usize = 4;
@@ -142,7 +142,7 @@ pub(crate) trait ExpiryTarget {
     ) -> Result<Option<SintInterrupt>, ()>;
 }
 
-/// What [`Vp::process_stimers`](crate::msr::Vp::process_stimers) asks of
+/// What [`synic::process_stimers`](crate::synic::process_stimers) asks of
 /// the VMM: interrupts to raise on this VP.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct StimerExpiry {
