@@ -2,7 +2,7 @@
 //! leaves replaced by the Hyper-V ones while Hyper-V is on) with per-vCPU
 //! APIC IDs.
 
-use hv_enlightenments::accel::IrqchipMode;
+use hv_enlightenments::accel::{HostApicAccel, IrqchipMode};
 use hv_enlightenments::cpuid::{CpuidBuilder, CpuidPlan, Enlightenments, Frequencies, Served};
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, kvm_cpuid_entry2};
 use kvm_ioctls::Kvm;
@@ -130,22 +130,23 @@ pub fn host_tsc_khz() -> Option<u32> {
     host_tsc().map(|(khz, _)| khz)
 }
 
-/// The Hyper-V CPUID plan for `vcpus` vCPUs on this host; with
+/// The Hyper-V CPUID plan for `vcpus` vCPUs on a host whose APIC
+/// acceleration is `host` (`ipiv::HostProbe::run().accel`); with
 /// `frequencies`, the frequency MSRs are published and serve them; with
 /// `tsc_stable`, the reference TSC page.
 pub fn cpuid_plan(
     vcpus: u32,
     irqchip: IrqchipMode,
+    host: HostApicAccel,
     frequencies: Option<Frequencies>,
     tsc_stable: bool,
 ) -> Result<CpuidPlan, Error> {
-    let probe = ipiv::HostProbe::run();
     let mut b = CpuidBuilder::new(vcpus)
         .enlightenments(served_enlightenments())
         .serves(served_extras())
         .tsc_stable(tsc_stable)
         .irqchip(irqchip)
-        .host(probe.accel)
+        .host(host)
         .force_x2apic(true);
     if let Some(f) = frequencies {
         b = b.frequencies(f);
@@ -174,7 +175,7 @@ pub fn report(vcpus: u32, irqchip: IrqchipMode, apic_hz: u64) -> Result<String, 
     let host = host_tsc();
     let freq = frequencies(apic_hz, host.map(|(khz, _)| khz));
     let stable = host.is_some_and(|(_, stable)| stable);
-    let plan = cpuid_plan(vcpus, irqchip, freq, stable)?;
+    let plan = cpuid_plan(vcpus, irqchip, ipiv::HostProbe::run().accel, freq, stable)?;
     let mut out = String::new();
     for l in plan.cpuid.entries() {
         let _ = writeln!(

@@ -31,7 +31,7 @@ use crate::kvm::vcpu::KvmVcpu;
 use crate::machine::{FlushMethod, Machine, Marks};
 use crate::timers::Timers;
 use crate::vcpu::Vcpu;
-use hv_enlightenments::accel::IrqchipMode;
+use hv_enlightenments::accel::{HostApicAccel, IrqchipMode};
 use hv_enlightenments::cpuid::CpuidPlan;
 use ipiv::inhibit::{InhibitConfig, InhibitEvent};
 use lapic::{LocalApic, Topology};
@@ -44,6 +44,8 @@ pub(crate) struct Common {
     pub(crate) fd: Arc<VmFd>,
     pub(crate) mem: GuestMemoryMmap,
     pub(crate) plan: CpuidPlan,
+    /// What the host does for APIC accesses (the probe the plan used).
+    host_accel: HostApicAccel,
     pub(crate) irqchip: IrqchipMode,
     base_cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
     /// vCPU 0, created early to read the guest TSC frequency.
@@ -137,7 +139,9 @@ impl Common {
         // The reference TSC page needs the guest TSC's value, frequency
         // and stability.
         let tsc_stable = guest_tsc.is_some() && freq.is_some() && cpuid::tsc_stable(&fd);
-        let plan = cpuid_plan(vcpus, irqchip, freq, tsc_stable)?;
+        // One probe serves the hint policy and the APICv inhibit model.
+        let host_accel = ipiv::HostProbe::run().accel;
+        let plan = cpuid_plan(vcpus, irqchip, host_accel, freq, tsc_stable)?;
         let mut base_cpuid = cpuid::base_table(&kvm)?;
         if needs.tsc_deadline && kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
             cpuid::offer_tsc_deadline(&mut base_cpuid);
@@ -152,6 +156,7 @@ impl Common {
             fd: Arc::new(fd),
             mem,
             plan,
+            host_accel,
             irqchip,
             base_cpuid,
             first_vcpu: Some(first),
@@ -232,7 +237,7 @@ impl Common {
             stats.clear();
         }
         let apicv = Apicv::new(InhibitConfig {
-            host: ipiv::HostProbe::run().accel,
+            host: self.host_accel,
             irqchip: self.irqchip,
             ..InhibitConfig::default()
         });
