@@ -98,6 +98,9 @@ pub struct RunReport {
 pub(crate) struct Marks {
     pub(crate) start: Option<(Instant, VmMetrics, u64)>,
     pub(crate) end: Option<(Instant, VmMetrics, u32)>,
+    /// The operations counted at MARK_END ([`abi::MARK_END_COUNTED`]),
+    /// which replace MARK_START's.
+    pub(crate) counted_ops: Option<u64>,
     /// Guest TSC at MARK_START and MARK_END.
     pub(crate) guest_tsc: (u64, u64),
     pub(crate) values: Vec<(u32, u64, u64)>,
@@ -267,13 +270,20 @@ impl Machine {
     /// KVM's counters (kernel irqchip) and the guest's lazy-EOI count.
     fn extra_counters(&self) -> (Option<KvmVmCounters>, u64) {
         let kvm = self.irqchip.counters();
-        let lazy = (0..self.vcpus.len() as u64)
-            .filter_map(|i| {
-                let a = layout::percpu(i) + layout::PERCPU_VARS + pc::LAZY_EOIS;
-                self.mem.read_obj::<u64>(GuestAddress(a)).ok()
-            })
+        let lazy = (0..self.vcpus.len() as u32)
+            .filter_map(|i| self.percpu_var(i, pc::LAZY_EOIS))
             .sum();
         (kvm, lazy)
+    }
+
+    /// The per-vCPU guest variable at `offset` of `vcpu`, if the guest
+    /// named one inside its per-vCPU variables.
+    fn percpu_var(&self, vcpu: u32, offset: u64) -> Option<u64> {
+        if offset.checked_add(8)? > layout::PERCPU_VARS_SIZE {
+            return None;
+        }
+        let a = layout::percpu(u64::from(vcpu)) + layout::PERCPU_VARS + offset;
+        self.mem.read_obj::<u64>(GuestAddress(a)).ok()
     }
 
     /// Handles a write to the report address.
@@ -307,8 +317,12 @@ impl Machine {
             abi::REPORT_MARK_END => {
                 let m = self.metrics();
                 let extra = self.extra_counters();
+                let counted = (rdi & abi::MARK_END_COUNTED != 0)
+                    .then(|| self.percpu_var(vcpu, rdi & !abi::MARK_END_COUNTED))
+                    .flatten();
                 let mut k = self.marks.lock().unwrap_or_else(|e| e.into_inner());
                 k.end = Some((Instant::now(), m, vcpu));
+                k.counted_ops = counted;
                 k.guest_tsc.1 = rsi;
                 k.kend = Some(extra);
             }

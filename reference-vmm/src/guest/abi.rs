@@ -27,8 +27,15 @@ pub const PANIC_PORT: u16 = 0xE2;
 pub const REPORT_DONE: u32 = 0;
 /// Report: the measured phase starts (RDI = operations it will run).
 pub const REPORT_MARK_START: u32 = 1;
-/// Report: the measured phase ends.
+/// Report: the measured phase ends. RDI = 0, or [`MARK_END_COUNTED`] |
+/// the offset of a per-vCPU variable of the reporting vCPU whose value at
+/// this exit is the number of operations the phase ran (it replaces the
+/// MARK_START count: a periodic timer may tick again between the guest's
+/// last check and this report, and the VMM reads the count at the exit,
+/// where no handler can run in between).
 pub const REPORT_MARK_END: u32 = 2;
+/// MARK_END's RDI flag: the low bits name a counted per-vCPU variable.
+pub const MARK_END_COUNTED: u64 = 1 << 63;
 /// Report: a value for the VMM's log (RDI = tag, RSI = value).
 pub const REPORT_VALUE: u32 = 3;
 

@@ -56,6 +56,8 @@ pub const PERCPU_KSTACK_TOP: u64 = 0x3000;
 pub const PERCPU_USTACK_TOP: u64 = 0x4000;
 /// Offset of the per-vCPU variables (kept on the GDT page, after the TSS).
 pub const PERCPU_VARS: u64 = 0x800;
+/// Bytes of the per-vCPU variables (the rest of the GDT page).
+pub const PERCPU_VARS_SIZE: u64 = PERCPU_ASSIST - PERCPU_VARS;
 /// Identity mapping covers this many bytes.
 pub const IDENTITY_LIMIT: u64 = 1 << 30;
 

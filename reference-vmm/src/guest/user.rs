@@ -54,8 +54,18 @@ pub fn mark_start(a: &mut CodeAssembler, ops: u64) -> Result<(), IcedError> {
     report(a, abi::REPORT_MARK_START)
 }
 
-/// MARK_END, with the guest TSC in RSI (clobbers RAX, RDX, RSI).
+/// MARK_END, with the guest TSC in RSI (clobbers RAX, RDX, RSI, RDI).
 pub fn mark_end(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    a.xor(edi, edi)?;
+    tsc_to_rsi(a)?;
+    report(a, abi::REPORT_MARK_END)
+}
+
+/// MARK_END whose operation count is the per-vCPU variable at offset
+/// `var` as the VMM reads it at the report ([`abi::MARK_END_COUNTED`]),
+/// with the guest TSC in RSI (clobbers RAX, RDX, RSI, RDI).
+pub fn mark_end_counted(a: &mut CodeAssembler, var: u64) -> Result<(), IcedError> {
+    a.mov(rdi, abi::MARK_END_COUNTED | var)?;
     tsc_to_rsi(a)?;
     report(a, abi::REPORT_MARK_END)
 }

@@ -204,7 +204,7 @@ impl Vm {
                     _ => (None, 0),
                 };
                 Some(Measured {
-                    ops,
+                    ops: marks.counted_ops.unwrap_or(ops),
                     elapsed: t1.saturating_duration_since(t0),
                     metrics,
                     guest_elapsed: Duration::from_nanos(m.clock.cycles_to_ns(cycles as f64) as u64),
