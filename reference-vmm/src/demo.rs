@@ -168,6 +168,7 @@ pub fn run_with(vcpus: u32, timeout: Duration, irqchip: IrqchipMode) -> Result<D
         timeout,
         flush: FlushMethod::MmuReset,
         irqchip,
+        halt_poll: None,
     };
     let mut cache: Vec<(Scenario, Figures)> = Vec::new();
     let mut get = |s: Scenario| -> Result<Figures, Error> {

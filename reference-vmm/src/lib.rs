@@ -18,6 +18,7 @@
 //!     timeout: Duration::from_secs(60),
 //!     flush: FlushMethod::MmuReset,
 //!     irqchip: IrqchipMode::User,
+//!     halt_poll: None,
 //! };
 //! let (_report, figures) = scenario::run(Scenario::Broadcast(IpiMode::PvFast), opts)?;
 //! assert_eq!(figures.sender_exits_per_op, 1.0);

@@ -77,6 +77,11 @@ enum Command {
         /// Where the local APICs live.
         #[arg(long, value_enum, default_value_t = Irqchip::User)]
         irqchip: Irqchip,
+        /// User irqchip: poll for up to this many nanoseconds before a
+        /// halted vCPU sleeps, adapting per vCPU as KVM's halt polling
+        /// does (0: never poll). KVM's default.
+        #[arg(long, default_value_t = 200_000)]
+        halt_poll_ns: u64,
     },
     /// Benchmark every operation with the enlightenments off and on, user
     /// and kernel irqchip, interleaved and repeated; write a markdown
@@ -406,6 +411,7 @@ fn run(cmd: Command) -> Result<(), String> {
             metrics_json,
             timeout,
             irqchip,
+            halt_poll_ns,
         } => {
             let s = Scenario::by_name(&name).ok_or_else(|| format!("unknown scenario {name}"))?;
             let flush = match flush {
@@ -419,6 +425,7 @@ fn run(cmd: Command) -> Result<(), String> {
                     timeout: Duration::from_secs(timeout),
                     flush,
                     irqchip: irqchip.into(),
+                    halt_poll: Some(Duration::from_nanos(halt_poll_ns)),
                 },
             )
             .map_err(|e| e.to_string())?;

@@ -103,6 +103,16 @@ counters!(
         /// only: with the kernel irqchip KVM wakes halted vCPUs itself and
         /// the figure is reported as "n/a").
         wakeups,
+        /// Halts (userspace irqchip) that ended while polling: an
+        /// interrupt arrived within the vCPU's halt-polling window, with no
+        /// wake-up and no sleep (KVM's `halt_successful_poll`).
+        halt_polls_ok,
+        /// Halts that polled for the whole window, then slept
+        /// (`halt_attempted_poll` - `halt_successful_poll`).
+        halt_polls_failed,
+        /// Nanoseconds spent polling in HLT, successful or not: the CPU
+        /// halt polling costs (`halt_poll_{success,fail}_ns`).
+        halt_poll_ns,
         /// Interrupts injected with KVM_INTERRUPT.
         injections,
         /// NMIs handed to KVM with KVM_NMI.

@@ -337,6 +337,9 @@ pub struct RunOptions {
     pub flush: FlushMethod,
     /// Userspace or in-kernel local APICs.
     pub irqchip: IrqchipMode,
+    /// User irqchip: the largest halt-polling window (0: off; `None`:
+    /// KVM's default, 200 us). See [`crate::irqchip::HaltPoll`].
+    pub halt_poll: Option<Duration>,
 }
 
 /// Runs `s` on a fresh VM.
@@ -354,6 +357,9 @@ pub fn run_ops(s: Scenario, o: RunOptions, ops: u64) -> Result<(RunReport, Figur
         flush: o.flush,
         irqchip: o.irqchip,
     })?;
+    if let Some(max) = o.halt_poll {
+        vm.machine().irqchip.set_halt_poll(max);
+    }
     if s == Scenario::SynicPingPong {
         for (id, c) in scenarios::synic_connections() {
             vm.machine().hv.add_connection(id, c)?;

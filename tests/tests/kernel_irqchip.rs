@@ -19,6 +19,7 @@ fn run(s: Scenario, vcpus: u32) -> Figures {
         timeout: Duration::from_secs(60),
         flush: FlushMethod::MmuReset,
         irqchip: IrqchipMode::Kernel,
+        halt_poll: None,
     };
     match scenario::run(s, opts) {
         Ok((_, f)) => f,
@@ -245,6 +246,7 @@ fn lazy_eoi_is_counted_the_same_by_guest_and_vmm() {
         timeout: Duration::from_secs(60),
         flush: FlushMethod::MmuReset,
         irqchip: IrqchipMode::User,
+        halt_poll: None,
     };
     let (r, f) =
         scenario::run(Scenario::Timer(EoiMode::Lazy), user).unwrap_or_else(|e| panic!("{e}"));

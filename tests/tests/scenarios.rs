@@ -15,6 +15,7 @@ fn run(s: Scenario, vcpus: u32) -> Figures {
         timeout: Duration::from_secs(120),
         flush: FlushMethod::MmuReset,
         irqchip: IrqchipMode::User,
+        halt_poll: None,
     };
     match scenario::run(s, opts) {
         Ok((_, f)) => f,
@@ -162,4 +163,45 @@ fn pv_paths_at_1024_vcpus() {
         t.kicks,
         flush.ops
     );
+}
+
+/// HLT polls as KVM's does: a vCPU whose halts are short takes its next
+/// interrupt while polling (an IPI posted by the other vCPU, an APIC timer
+/// latched under its lock), with no wake-up; with polling off it never
+/// polls. The window is wide so that this host's slow exits stay inside
+/// it.
+#[test]
+fn halt_polling_catches_ipis_and_timers_without_wakeups() {
+    if !kvm_available("halt_polling_catches_ipis_and_timers_without_wakeups") {
+        return;
+    }
+    for s in [
+        Scenario::PingPong(IpiMode::PvFast),
+        Scenario::Timer(EoiMode::X2apic),
+    ] {
+        let with = |max: Duration| {
+            let opts = RunOptions {
+                vcpus: 2,
+                timeout: Duration::from_secs(120),
+                flush: FlushMethod::MmuReset,
+                irqchip: IrqchipMode::User,
+                halt_poll: Some(max),
+            };
+            match scenario::run(s, opts) {
+                Ok((r, _)) => r.metrics.total,
+                Err(e) => panic!("{}: {e}", s.name()),
+            }
+        };
+        let on = with(Duration::from_millis(20));
+        assert!(on.halt_polls_ok > 0, "{}: {on:?}", s.name());
+        assert!(on.halt_poll_ns > 0, "{}: {on:?}", s.name());
+        assert!(on.wakeups < on.exit_hlt, "{}: {on:?}", s.name());
+        let off = with(Duration::ZERO);
+        assert_eq!(
+            (off.halt_polls_ok, off.halt_polls_failed, off.halt_poll_ns),
+            (0, 0, 0),
+            "{}: {off:?}",
+            s.name()
+        );
+    }
 }

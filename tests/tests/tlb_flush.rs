@@ -17,6 +17,7 @@ fn opts(vcpus: u32, flush: FlushMethod) -> RunOptions {
         timeout: Duration::from_secs(60),
         flush,
         irqchip: IrqchipMode::User,
+        halt_poll: None,
     }
 }
 

@@ -100,6 +100,7 @@ pub fn run(cfg: &Config) -> Report {
                         timeout: cfg.timeout,
                         flush: FlushMethod::MmuReset,
                         irqchip,
+                        halt_poll: None,
                     };
                     let ops = cfg
                         .ops_override

@@ -34,7 +34,8 @@ use crate::kvm::vcpu::KvmVcpu;
 use crate::platform::ioapic::RouteListener;
 use crate::vcpu::{State, Vcpu};
 use kernel::KernelIrqchip;
-use user::UserIrqchip;
+pub use user::HaltPoll;
+use user::{PollWindow, UserIrqchip};
 
 /// How often a vCPU with an AutoEOI vector outstanding in KVM's LAPIC is
 /// made to leave guest mode, so that the kernel backend can complete it
@@ -159,6 +160,8 @@ pub struct VcpuLocal {
     /// User irqchip: a lazy EOI was kept armed at the last exit
     /// ([`user::LazyEoiExit::Held`]).
     lazy_held: bool,
+    /// User irqchip: the vCPU's halt-polling window.
+    poll_window: PollWindow,
 }
 
 /// What a backend works on for one vCPU, lent by its run loop.
@@ -389,11 +392,27 @@ impl Irqchip {
         }
     }
 
+    /// Sets the user irqchip's largest halt-polling window (0: off), as
+    /// `KVM_CAP_HALT_POLL` sets a VM's; KVM's LAPIC polls with KVM's own
+    /// `halt_poll_ns`, which this leaves alone.
+    pub fn set_halt_poll(&self, max: std::time::Duration) {
+        if let Self::User(u) = self {
+            u.set_halt_poll(max);
+        }
+    }
+
     /// A HLT exit (`if_flag`: RFLAGS.IF at the HLT): blocks until the vCPU
     /// has something to do or `stop()`. KVM's LAPIC halts in the kernel.
     pub fn halt(&self, cx: &mut VcpuCtx, if_flag: bool, stop: &dyn Fn() -> bool) {
-        if let Self::User(_) = self {
-            user::halt(cx.me, if_flag, stop);
+        if let Self::User(u) = self {
+            user::halt(
+                &u.halt_poll,
+                cx.vcpus.len(),
+                &mut cx.local.poll_window,
+                cx.me,
+                if_flag,
+                stop,
+            );
         }
     }
 

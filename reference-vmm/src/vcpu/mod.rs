@@ -4,7 +4,7 @@
 //! (ipiv), and the kick-or-wake rules that follow a change of that state.
 //! Its run loop is [`crate::runner`].
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -100,6 +100,10 @@ pub struct Vcpu {
     pub posted: Arc<PostedVcpu>,
     state: Mutex<State>,
     cond: Condvar,
+    /// Moves whenever an event is latched under the lock (an IRR change,
+    /// an NMI, INIT/SIPI, a stop): a thread polling in HLT watches it
+    /// instead of taking the lock.
+    events: AtomicU64,
     /// Counters.
     pub metrics: VcpuMetrics,
 }
@@ -131,6 +135,7 @@ impl Vcpu {
                 exit_snapshot: None,
             }),
             cond: Condvar::new(),
+            events: AtomicU64::new(0),
             metrics: VcpuMetrics::default(),
         }
     }
@@ -139,6 +144,16 @@ impl Vcpu {
     /// holds no invariant a panicking thread could break halfway).
     pub fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The event count ([`Vcpu::events`] field): it changes after every
+    /// event latched under the lock.
+    pub(crate) fn events(&self) -> u64 {
+        self.events.load(Ordering::Acquire)
+    }
+
+    fn latched(&self) {
+        self.events.fetch_add(1, Ordering::Release);
     }
 
     fn run_state(&self) -> RunState {
@@ -183,6 +198,7 @@ impl Vcpu {
     /// and inject the held vector (KVM kicks on every IRR change,
     /// lapic.c `__apic_accept_irq`).
     pub(crate) fn notify_apic_locked(&self, s: &mut State) {
+        self.latched();
         let deliverable = s.apic.pending().is_some();
         match self.run_state() {
             RunState::InGuest if deliverable || s.apic.lazy_eoi_armed() => self.kick_locked(s),
@@ -200,6 +216,7 @@ impl Vcpu {
 
     /// Kicks the vCPU out of guest mode or wakes it, whatever its IF.
     pub(crate) fn latch_event_locked(&self, s: &mut State) {
+        self.latched();
         if self.run_state() == RunState::InGuest {
             self.kick_locked(s);
         } else {
@@ -210,6 +227,7 @@ impl Vcpu {
     /// After an INIT or SIPI was latched under the lock: kick the vCPU out
     /// of guest mode, or wake it from HLT or wait-for-SIPI.
     pub(crate) fn notify_mp_locked(&self, s: &mut State) {
+        self.latched();
         if self.run_state() == RunState::InGuest {
             self.kick_locked(s);
         } else {
@@ -339,6 +357,7 @@ impl Vcpu {
     /// Wakes or kicks the vCPU so it notices a stop request.
     pub fn stop(&self) {
         let mut s = self.lock();
+        self.latched();
         s.woken = true;
         self.cond.notify_all();
         if self.run_state() == RunState::InGuest {

@@ -1,9 +1,10 @@
 //! The userspace irqchip around each `KVM_RUN`: posted vectors into the
 //! IRR, NMIs, interrupt injection (`KVM_INTERRUPT`) and the interrupt
-//! window, CR8 both ways, lazy EOI armed at entry and completed at exit,
-//! and HLT, which KVM leaves to userspace without an in-kernel APIC.
+//! window, CR8 both ways, lazy EOI armed at entry and completed at exit
+//! (HLT, which KVM leaves to userspace without an in-kernel APIC, is
+//! [`super::halt`]).
 
-use ipiv::{HaltCheck, PendingVectors};
+use ipiv::PendingVectors;
 use kvm_bindings::kvm_interrupt;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -199,30 +200,5 @@ impl UserIrqchip {
             s.apic.set_cr8(cr8);
         }
         eoi
-    }
-}
-
-/// HLT in userspace: block until an interrupt can be taken (one is pending
-/// and the guest halted with IF=1), an NMI or INIT/SIPI arrives, or
-/// `stop()`. `cli; hlt` with a maskable interrupt pending stays halted, as
-/// KVM's `kvm_vcpu_has_events` decides. The "halted" run state is
-/// published with ipiv's protocol, so posters know to wake this thread.
-pub fn halt(me: &Vcpu, if_flag: bool, stop: &dyn Fn() -> bool) {
-    let desc = me.posted.descriptor();
-    let run_state = me.posted.run_state();
-    let mut s = me.lock();
-    let wakes =
-        |s: &State| (if_flag && s.apic.pending().is_some()) || s.nmi_pending > 0 || s.mp.pending();
-    loop {
-        if stop() || wakes(&s) {
-            break;
-        }
-        s.woken = false;
-        if run_state.prepare_halt(desc) == HaltCheck::Pending {
-            deliver_posted(&mut s, run_state.leave_guest(desc));
-            continue;
-        }
-        s = me.wait_woken(s, |s| stop() || wakes(s));
-        deliver_posted(&mut s, run_state.leave_guest(desc));
     }
 }

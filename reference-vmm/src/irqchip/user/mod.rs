@@ -7,9 +7,11 @@
 //! APIC timers on a [`crate::timers`] queue, INIT/SIPI in [`mp`].
 
 pub mod entry;
+pub mod halt;
 pub mod mp;
 
-pub use entry::{LazyEoiExit, halt};
+pub use entry::LazyEoiExit;
+pub use halt::{HaltPoll, HaltPolling, PollWindow, halt};
 
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -51,6 +53,8 @@ pub struct UserIrqchip {
     pub(super) eoi_hook: Option<EoiHook>,
     /// Lazy EOI is offered.
     lazy_eoi: bool,
+    /// HLT polls before it sleeps ([`halt`]).
+    pub(super) halt_poll: HaltPolling,
 }
 
 impl UserIrqchip {
@@ -62,7 +66,18 @@ impl UserIrqchip {
             runs_mp: c.ap_start == ApStart::WaitForSipi,
             eoi_hook: c.eoi_hook,
             lazy_eoi: c.lazy_eoi,
+            halt_poll: HaltPolling::new(host_cpus()),
         }
+    }
+
+    /// The halt-polling policy.
+    pub fn halt_poll(&self) -> HaltPoll {
+        self.halt_poll.policy()
+    }
+
+    /// Sets the largest halt-polling window (0: off).
+    pub fn set_halt_poll(&self, max: std::time::Duration) {
+        self.halt_poll.set_max(max);
     }
 
     /// The APIC topology (destination resolution).
@@ -291,4 +306,9 @@ pub fn raise_lint1(v: &Vcpu) {
         lapic::Delivery::Accepted => v.notify_apic_locked(&mut s),
         _ => {}
     }
+}
+
+/// CPUs this process may run on (1 if unknown).
+fn host_cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
