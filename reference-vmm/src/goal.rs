@@ -5,15 +5,19 @@
 
 use serde::Serialize;
 
-/// One goal checked against measured figures.
+/// One goal checked against measured figures, or a reference figure
+/// shown among them (not judged).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Goal {
     /// What is claimed.
     pub claim: String,
     /// What was measured.
     pub measured: String,
-    /// Whether the claim holds.
+    /// Whether the claim holds (true for a line that is not judged).
     pub pass: bool,
+    /// Whether the line is judged; a reference figure (such as a floor
+    /// that another goal is judged against) is not.
+    pub judged: bool,
 }
 
 impl Goal {
@@ -22,12 +26,24 @@ impl Goal {
             claim: claim.into(),
             measured,
             pass,
+            judged: true,
         }
     }
 
-    /// `PASS` or `FAIL`.
+    fn info(claim: impl Into<String>, measured: String) -> Self {
+        Self {
+            judged: false,
+            ..Self::new(claim, measured, true)
+        }
+    }
+
+    /// `PASS` or `FAIL`, or `INFO` for a line that is not judged.
     pub fn verdict(&self) -> &'static str {
-        if self.pass { "PASS" } else { "FAIL" }
+        match (self.judged, self.pass) {
+            (false, _) => "INFO",
+            (true, true) => "PASS",
+            (true, false) => "FAIL",
+        }
     }
 }
 
@@ -82,12 +98,86 @@ pub fn shootdown_wakeups(halted: u32, pv_wakeups: f64, ipi_wakeups: f64) -> Goal
     )
 }
 
-/// VMM service time of one 64-bank Ex hypercall under 1 us.
-pub fn ex64_service(ns: f64) -> Goal {
+/// The claim of [`ex64_service`].
+pub const EX64_CLAIM: &str = "VMM service of a 64-bank Ex hypercall < 1 us, or within 10% of \
+     (null-hypercall floor + its decode/dispatch)";
+/// The 64-bank Ex hypercall's goal, ns of VMM service.
+pub const EX64_SERVICE_NS: f64 = 1000.0;
+/// How far above its floor the 64-bank Ex hypercall may be where the
+/// floor exceeds [`EX64_SERVICE_NS`]: within 10%.
+pub const EX64_FLOOR_MARGIN: f64 = 1.1;
+/// What the VMM's decode and dispatch may add to the floor when their
+/// cost was not measured, ns.
+pub const EX64_UNMEASURED_DISPATCH_NS: f64 = 1000.0;
+
+/// VMM service of one 64-bank Ex hypercall under 1 us, or, where the
+/// fixed cost of any hypercall exit on the host (`floor_ns`: a null
+/// hypercall's service) leaves no room for that, within 10% of the floor
+/// plus the call's own decode and dispatch (`dispatch_ns`, timed without
+/// KVM; when `None`, 1 us is allowed for it instead). `ns` is the VMM CPU
+/// time per call (median), `wall_ns` its mean wall time (shown).
+pub fn ex64_service(ns: f64, wall_ns: f64, floor_ns: f64, dispatch_ns: Option<f64>) -> Goal {
+    let (bound, how) = match dispatch_ns {
+        Some(d) => (
+            EX64_FLOOR_MARGIN * (floor_ns + d),
+            format!("1.1 x (floor {floor_ns:.0} + decode/dispatch {d:.0} ns)"),
+        ),
+        None => (
+            EX64_FLOOR_MARGIN * floor_ns + EX64_UNMEASURED_DISPATCH_NS,
+            format!("1.1 x floor {floor_ns:.0} ns + 1 us (decode/dispatch not measured)"),
+        ),
+    };
+    let under_goal = ns < EX64_SERVICE_NS;
+    let near_floor = floor_ns > 0.0 && ns <= bound;
+    let verdict = match (under_goal, near_floor) {
+        (true, _) => "under 1 us".to_string(),
+        (false, true) => format!("over 1 us but within {how} = {bound:.0} ns"),
+        (false, false) => format!("over 1 us and over {how} = {bound:.0} ns"),
+    };
     Goal::new(
-        "VMM service time of a 64-bank Ex hypercall < 1 us",
-        format!("{ns:.0} ns"),
-        ns < 1000.0,
+        EX64_CLAIM,
+        format!("{ns:.0} ns VMM CPU median (mean wall {wall_ns:.0} ns): {verdict}"),
+        under_goal || near_floor,
+    )
+}
+
+/// The floor under [`ex64_service`]: the VMM service of a null hypercall
+/// (an exit that does no work), which any hypercall pays on this host:
+/// its median CPU and mean wall time, ns. A reference figure, not judged.
+pub fn hypercall_floor(cpu_ns: f64, wall_ns: f64) -> Goal {
+    Goal::info(
+        HYPERCALL_FLOOR_CLAIM,
+        format!("{cpu_ns:.0} ns VMM CPU median (mean wall {wall_ns:.0} ns)"),
+    )
+}
+
+/// The claim of [`hypercall_floor`].
+pub const HYPERCALL_FLOOR_CLAIM: &str =
+    "floor: VMM service of a null hypercall (the fixed cost of any hypercall exit)";
+
+/// The claim of [`msr_exit_cpu`].
+pub fn msr_exit_claim(kind: &str, scenario: &str) -> String {
+    format!("VMM CPU per {kind} MSR exit <= 2 us (median; {scenario})")
+}
+
+/// Most VMM CPU time a synthetic MSR, x2APIC ICR or EOI exit may take
+/// (median), ns.
+pub const MSR_EXIT_CPU_NS: f64 = 2000.0;
+
+/// VMM CPU time of an MSR exit of `kind` (measured in `scenario`) at
+/// most [`MSR_EXIT_CPU_NS`] (median `msr_ns`), shown as a ratio to a null
+/// exit's (`null_ns`, a port write answered with nothing) measured in the
+/// same run.
+pub fn msr_exit_cpu(kind: &str, scenario: &str, msr_ns: f64, null_ns: f64) -> Goal {
+    let ratio = if null_ns > 0.0 {
+        format!("{:.2}x", msr_ns / null_ns)
+    } else {
+        "-".into()
+    };
+    Goal::new(
+        msr_exit_claim(kind, scenario),
+        format!("{msr_ns:.0} ns; null exit {null_ns:.0} ns; ratio {ratio}"),
+        msr_ns <= MSR_EXIT_CPU_NS,
     )
 }
 
@@ -125,22 +215,84 @@ pub fn vmm_memory(vcpus: u32, median_kib: f64, worst_kib: f64, shared_kib: f64) 
     )
 }
 
-/// User-irqchip unicast IPI round trip within 1.5x of the kernel
-/// irqchip's.
-pub fn user_vs_kernel_ipi(user_ns: f64, kernel_ns: f64) -> Goal {
+/// The user irqchip's unicast IPI round trip may take at most this many
+/// times the kernel irqchip's.
+pub const USER_VS_KERNEL_IPI: f64 = 1.2;
+/// The stretch goal for the same ratio.
+pub const USER_VS_KERNEL_IPI_STRETCH: f64 = 1.0;
+/// The claim of [`user_vs_kernel_ipi`].
+pub const USER_VS_KERNEL_IPI_CLAIM: &str = "user-irqchip unicast IPI round trip <= 1.2x the kernel \
+     irqchip's (stretch <= 1.0x), or within 10% of its floor";
+/// How far above a measured floor a goal judged against it may be.
+pub const FLOOR_MARGIN: f64 = 1.1;
+
+/// The exits to the VMM a user-irqchip unicast IPI round trip of
+/// `scenario` cannot do without: on each side the IPI's send (an ICR
+/// write or a hypercall: with no LAPIC and no Hyper-V in KVM both exit)
+/// and the HLT that waits for the answer (KVM returns HLT to userspace
+/// when it has no LAPIC); the architectural forms add each side's EOI
+/// write (the PV form completes its EOIs lazily).
+pub fn ipi_round_trip_exits(scenario: &str) -> Option<u32> {
+    match scenario {
+        "pingpong-pv" => Some(4),
+        "pingpong-x2apic" | "pingpong-synthetic-icr" => Some(6),
+        _ => None,
+    }
+}
+
+/// The floor of a user-irqchip IPI round trip of `scenario` on this host:
+/// its `exits` unavoidable exits, each at least a null exit's round trip
+/// (`null_ns`, a port write the VMM answers with nothing, as the guest
+/// times it). A reference line, not judged.
+pub fn ipi_floor(scenario: &str, exits: u32, null_ns: f64) -> Goal {
+    let floor = f64::from(exits) * null_ns;
+    Goal::info(
+        format!(
+            "floor: a user-irqchip IPI round trip ({scenario}) takes {exits} exits to the VMM, \
+             each at least a null exit's round trip"
+        ),
+        format!(
+            "{exits} x {:.1} us (null exit, pio-exit-loop, user irqchip) = {:.1} us",
+            null_ns / 1000.0,
+            floor / 1000.0
+        ),
+    )
+}
+
+/// User-irqchip unicast IPI round trip within [`USER_VS_KERNEL_IPI`] of
+/// the kernel irqchip's, or, where this host's exits make that
+/// impossible, within [`FLOOR_MARGIN`] of `floor_ns` (see
+/// [`ipi_floor`]); the measured text says whether the stretch
+/// ([`USER_VS_KERNEL_IPI_STRETCH`]) is met too.
+pub fn user_vs_kernel_ipi(user_ns: f64, kernel_ns: f64, floor_ns: Option<f64>) -> Goal {
     let ratio = if kernel_ns > 0.0 {
         user_ns / kernel_ns
     } else {
         f64::INFINITY
     };
+    let stretch = if ratio <= USER_VS_KERNEL_IPI_STRETCH {
+        "met"
+    } else {
+        "not met"
+    };
+    let mut measured = format!(
+        "{:.1} us vs {:.1} us ({ratio:.2}x; stretch {stretch})",
+        user_ns / 1000.0,
+        kernel_ns / 1000.0
+    );
+    let at_floor = floor_ns.is_some_and(|f| f > 0.0 && user_ns <= FLOOR_MARGIN * f);
+    if let Some(f) = floor_ns {
+        measured.push_str(&format!(
+            "; {:.2}x its floor of {:.1} us ({})",
+            user_ns / f,
+            f / 1000.0,
+            if at_floor { "within 10%" } else { "over 10%" }
+        ));
+    }
     Goal::new(
-        "user-irqchip unicast IPI round trip <= 1.5x the kernel irqchip's",
-        format!(
-            "{:.1} us vs {:.1} us ({ratio:.2}x)",
-            user_ns / 1000.0,
-            kernel_ns / 1000.0
-        ),
-        ratio <= 1.5,
+        USER_VS_KERNEL_IPI_CLAIM,
+        measured,
+        ratio <= USER_VS_KERNEL_IPI || at_floor,
     )
 }
 
@@ -168,11 +320,67 @@ mod tests {
         assert!(!shootdown_wakeups(6, 0.5, 6.0).pass);
         assert!(vmm_memory(1024, 100.0, 256.0, 4.0).pass);
         assert!(!vmm_memory(1024, 100.0, 256.1, 4.0).pass);
-        assert!(ex64_service(999.0).pass);
-        assert!(!ex64_service(1000.0).pass);
-        assert!(user_vs_kernel_ipi(150.0, 100.0).pass);
-        assert!(!user_vs_kernel_ipi(151.0, 100.0).pass);
-        assert!(!user_vs_kernel_ipi(1.0, 0.0).pass);
+        assert!(user_vs_kernel_ipi(120.0, 100.0, None).pass);
+        assert!(!user_vs_kernel_ipi(121.0, 100.0, None).pass);
+        assert!(!user_vs_kernel_ipi(1.0, 0.0, None).pass);
+        assert!(
+            user_vs_kernel_ipi(100.0, 100.0, None)
+                .measured
+                .contains("stretch met")
+        );
+        assert!(
+            user_vs_kernel_ipi(110.0, 100.0, None)
+                .measured
+                .contains("stretch not met")
+        );
         assert_eq!(not_measured("x", "y").verdict(), "FAIL");
+    }
+
+    #[test]
+    fn ipi_round_trip_against_its_floor() {
+        assert_eq!(ipi_round_trip_exits("pingpong-pv"), Some(4));
+        assert_eq!(ipi_round_trip_exits("pingpong-x2apic"), Some(6));
+        assert_eq!(ipi_round_trip_exits("cpl3-loop"), None);
+        let f = ipi_floor("pingpong-pv", 4, 90_000.0);
+        assert_eq!(f.verdict(), "INFO");
+        assert!(f.measured.contains("= 360.0 us"), "{f:?}");
+        // 2x the kernel's, but within 10% of the floor: PASS.
+        let g = user_vs_kernel_ipi(396_000.0, 200_000.0, Some(360_000.0));
+        assert!(g.pass && g.measured.contains("within 10%"), "{g:?}");
+        let g = user_vs_kernel_ipi(397_000.0, 200_000.0, Some(360_000.0));
+        assert!(!g.pass && g.measured.contains("over 10%"), "{g:?}");
+        // Under the ratio, whatever the floor.
+        assert!(user_vs_kernel_ipi(120.0, 100.0, Some(1.0)).pass);
+        assert!(!user_vs_kernel_ipi(500.0, 100.0, Some(0.0)).pass);
+    }
+
+    #[test]
+    fn ex64_against_its_floor() {
+        // Under 1 us whatever the floor.
+        assert!(ex64_service(999.0, 5000.0, 0.0, None).pass);
+        // Over 1 us: within 10% of floor + decode/dispatch, or not.
+        let g = ex64_service(2200.0, 9000.0, 1800.0, Some(200.0));
+        assert!(g.pass && g.measured.contains("within"), "{g:?}");
+        assert!(!ex64_service(2201.0, 9000.0, 1800.0, Some(200.0)).pass);
+        // Not measured: 1.1 x floor + 1 us.
+        assert!(ex64_service(2980.0, 0.0, 1800.0, None).pass);
+        assert!(!ex64_service(2981.0, 0.0, 1800.0, None).pass);
+        // A floor that was not measured does not excuse anything.
+        assert!(!ex64_service(1500.0, 0.0, 0.0, None).pass);
+        let f = hypercall_floor(1800.0, 2500.0);
+        assert_eq!((f.verdict(), f.pass), ("INFO", true));
+        assert!(f.measured.contains("1800 ns"));
+    }
+
+    #[test]
+    fn msr_exit_against_null_exit() {
+        let g = msr_exit_cpu("x2APIC EOI", "timer-x2apic-eoi", 2000.0, 1000.0);
+        assert!(g.pass && g.measured.contains("2.00x"), "{g:?}");
+        assert!(!msr_exit_cpu("x2APIC EOI", "timer-x2apic-eoi", 2001.0, 1000.0).pass);
+        assert!(
+            msr_exit_cpu("ICR", "pingpong-x2apic", 900.0, 0.0)
+                .measured
+                .contains("ratio -")
+        );
     }
 }

@@ -41,6 +41,7 @@ pub mod machine;
 pub mod metrics;
 pub mod platform;
 pub mod probe;
+pub mod profile;
 pub mod runner;
 pub mod scenario;
 pub mod timers;

@@ -20,6 +20,7 @@ use crate::irqchip::fanout::{FanOut, FanOutQueue, INLINE_TARGETS};
 use crate::irqchip::{AEOI_POLL_NS, Irqchip};
 use crate::kvm::stats::KvmVmCounters;
 use crate::metrics::VmMetrics;
+use crate::profile::ProfileSnapshot;
 use crate::timers::Timers;
 use crate::vcpu::Vcpu;
 use hv_enlightenments::cpuid::CpuidPlan;
@@ -74,6 +75,8 @@ pub struct Measured {
     /// Interrupts the guest's EOI routine completed lazily between the
     /// marks, as the guest counted them (all vCPUs).
     pub guest_lazy_eois: u64,
+    /// The profiled exits between the marks, all vCPUs.
+    pub profile: ProfileSnapshot,
 }
 
 /// What a run produced.
@@ -107,6 +110,9 @@ pub(crate) struct Marks {
     /// KVM counters and guest lazy-EOI count at MARK_START / MARK_END.
     pub(crate) kstart: Option<(Option<KvmVmCounters>, u64)>,
     pub(crate) kend: Option<(Option<KvmVmCounters>, u64)>,
+    /// The exit profile of all vCPUs at MARK_START / MARK_END.
+    pub(crate) pstart: Option<ProfileSnapshot>,
+    pub(crate) pend: Option<ProfileSnapshot>,
 }
 
 /// State shared by every vCPU thread of a VM.
@@ -249,6 +255,11 @@ impl Machine {
         VmMetrics::from_vcpus(self.vcpus.iter().map(|v| v.metrics.snapshot()).collect())
     }
 
+    /// The exit profile summed over every vCPU now.
+    pub fn profile(&self) -> ProfileSnapshot {
+        ProfileSnapshot::sum(self.vcpus.iter().map(|v| v.profile.snapshot()))
+    }
+
     /// Ends the run with `r` (the first result wins) and wakes everyone.
     pub fn finish(&self, r: Result<u64, Error>) {
         {
@@ -309,14 +320,17 @@ impl Machine {
             abi::REPORT_MARK_START => {
                 let m = self.metrics();
                 let extra = self.extra_counters();
+                let profile = self.profile();
                 let mut k = self.marks.lock().unwrap_or_else(|e| e.into_inner());
                 k.start = Some((Instant::now(), m, rdi));
                 k.guest_tsc.0 = rsi;
                 k.kstart = Some(extra);
+                k.pstart = Some(profile);
             }
             abi::REPORT_MARK_END => {
                 let m = self.metrics();
                 let extra = self.extra_counters();
+                let profile = self.profile();
                 let counted = (rdi & abi::MARK_END_COUNTED != 0)
                     .then(|| self.percpu_var(vcpu, rdi & !abi::MARK_END_COUNTED))
                     .flatten();
@@ -325,6 +339,7 @@ impl Machine {
                 k.counted_ops = counted;
                 k.guest_tsc.1 = rsi;
                 k.kend = Some(extra);
+                k.pend = Some(profile);
             }
             _ => {
                 log::debug!("vCPU {vcpu}: value {rdi:#x} = {rsi:#x}");

@@ -87,8 +87,9 @@ enum Command {
     /// and kernel irqchip, interleaved and repeated; write a markdown
     /// table, JSON and a scaling plot.
     Bench {
-        /// Operations (pingpong, broadcast, shootdown, timer, synic,
-        /// stimer, null-hypercall, ex64); all when not given.
+        /// Operations (pingpong, broadcast, shootdown, timer,
+        /// synthetic-eoi, synic, stimer, null-hypercall, ex64); all when
+        /// not given.
         #[arg(long = "scenario", value_name = "NAME", num_args = 1..)]
         scenarios: Vec<String>,
         /// vCPU counts for every operation, comma-separated (each
@@ -443,6 +444,7 @@ fn run(cmd: Command) -> Result<(), String> {
                 f.ns_per_op / 1000.0
             );
             println!("{}", f.metrics.table(8));
+            println!("{}\n", f.profile.table());
             if let Some(k) = &f.kvm {
                 println!("{}", k.table(8));
             }

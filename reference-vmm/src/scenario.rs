@@ -12,6 +12,7 @@ use crate::guest::scenarios::{self, EoiMode, FlushMode, IpiMode};
 use crate::irqchip::Observes;
 use crate::kvm::stats::KvmVmCounters;
 use crate::metrics::VmMetrics;
+use crate::profile::{self, ProfileSplit};
 use crate::vm::{FlushMethod, Program, RunReport, Vm, VmConfig};
 use hv_enlightenments::accel::IrqchipMode;
 
@@ -268,6 +269,9 @@ pub struct Figures {
     pub guest_ns_per_op: f64,
     /// Counters of the measured phase.
     pub metrics: VmMetrics,
+    /// VMM CPU time and waiting per exit class of the measured phase
+    /// (profiled exits, [`crate::profile`]).
+    pub profile: ProfileSplit,
     /// Where the local APICs were (serialized as "user" or "kernel").
     #[serde(serialize_with = "serialize_irqchip")]
     pub irqchip: IrqchipMode,
@@ -398,6 +402,7 @@ pub fn run_ops(s: Scenario, o: RunOptions, ops: u64) -> Result<(RunReport, Figur
         hypercall_service_ns: ns(t.svc_cycles_hypercall) / t.hypercalls.max(1) as f64,
         guest_ns_per_op: m.guest_elapsed.as_nanos() as f64 / ops,
         metrics: m.metrics,
+        profile: m.profile.split(m.tsc_khz, profile::clock_read_ns()),
         irqchip: o.irqchip,
         unobserved: s.unobserved(o.irqchip),
         kvm: m.kvm,

@@ -4,12 +4,42 @@ use hv_enlightenments::accel::IrqchipMode;
 
 use crate::goal::{self, Goal};
 
+use super::dispatch::DecodeDispatch;
 use super::plan::Op;
-use super::stats::{Cell, Stat, find};
+use super::stats::{Cell, ClassCell, Stat, find};
+
+/// The MSR exits whose VMM CPU time is judged: what is written, the
+/// operation and side whose run writes it, and that run's scenario.
+const MSR_EXITS: [(&str, Op, bool, &str); 3] = [
+    ("x2APIC ICR/EOI", Op::PingPong, false, "pingpong-x2apic"),
+    ("x2APIC EOI", Op::Timer, false, "timer-x2apic-eoi"),
+    (
+        "HV_X64_MSR_EOI",
+        Op::SyntheticEoi,
+        true,
+        "timer-synthetic-eoi",
+    ),
+];
+
+/// Of the user-irqchip cells of `op` with the enlightenments `on`, the
+/// one that profiled the most exits of class `class`, with that class.
+fn most_profiled<'c>(
+    cells: &'c [Cell],
+    op: Op,
+    on: bool,
+    class: &str,
+) -> Option<(&'c Cell, &'c ClassCell)> {
+    cells
+        .iter()
+        .filter(|c| c.op == op.name() && c.irqchip == IrqchipMode::User && c.enlightened == on)
+        .filter_map(|c| Some((c, c.profiled(class)?)))
+        .max_by_key(|(_, k)| k.sampled)
+}
 
 /// The goals against the summaries (user irqchip unless said otherwise;
-/// medians, and for counts that must be zero, maxima).
-pub fn goals(cells: &[Cell]) -> Vec<Goal> {
+/// medians, and for counts that must be zero, maxima). `ex64_dispatch`
+/// is the `ex64` call's decode and dispatch timed without KVM, if it was.
+pub fn goals(cells: &[Cell], ex64_dispatch: Option<&DecodeDispatch>) -> Vec<Goal> {
     let mut out = Vec::new();
     // PV broadcast flat in N (N >= 2: on one vCPU the broadcast is a
     // self-IPI).
@@ -114,26 +144,74 @@ pub fn goals(cells: &[Cell]) -> Vec<Goal> {
             "timer not run",
         )),
     }
-    // 64-bank Ex hypercall service time, at the most vCPUs run (the
-    // most existing targets in the set).
-    match cells
+    // VMM CPU per MSR exit against a null exit (a port write answered
+    // with nothing), user irqchip: the kernel irqchip keeps the x2APIC's
+    // MSRs in KVM.
+    let null =
+        most_profiled(cells, Op::NullHypercall, false, "pio").map(|(_, p)| p.cpu_ns_median.median);
+    for (kind, op, on, scenario) in MSR_EXITS {
+        let msr = most_profiled(cells, op, on, "msr");
+        out.push(match (msr, null) {
+            (Some((c, m)), Some(null)) => {
+                let mut g = goal::msr_exit_cpu(kind, scenario, m.cpu_ns_median.median, null);
+                g.measured = format!(
+                    "{} (at {} vCPUs, {} profiled: CPU median {} over repetitions; wall {} ns, \
+                     waiting {} ns per exit)",
+                    g.measured,
+                    c.vcpus,
+                    m.sampled,
+                    m.cpu_ns_median.show(0),
+                    m.wall_ns_mean.show(0),
+                    m.wait_ns_mean.show(0),
+                );
+                g
+            }
+            (None, _) => goal::not_measured(
+                &goal::msr_exit_claim(kind, scenario),
+                &format!("no MSR exit of {scenario} was profiled"),
+            ),
+            (_, None) => goal::not_measured(
+                &goal::msr_exit_claim(kind, scenario),
+                "no exit of pio-exit-loop (the null exit) was profiled",
+            ),
+        });
+    }
+    // The floor under any hypercall: a null hypercall's VMM service.
+    let floor = most_profiled(cells, Op::NullHypercall, true, "hypercall").map(|(_, f)| f);
+    out.push(match floor {
+        Some(f) => goal::hypercall_floor(f.cpu_ns_median.median, f.wall_ns_mean.median),
+        None => goal::not_measured(
+            goal::HYPERCALL_FLOOR_CLAIM,
+            "no null-hypercall exit was profiled",
+        ),
+    });
+    // 64-bank Ex hypercall service, at the most vCPUs run (the most
+    // existing targets in the set), against that floor.
+    let ex64 = cells
         .iter()
         .filter(|c| c.op == Op::Ex64.name() && c.irqchip == IrqchipMode::User && c.enlightened)
-        .max_by_key(|c| c.vcpus)
-    {
-        Some(c) => {
-            let mut g = goal::ex64_service(c.hypercall_service_ns.median);
+        .max_by_key(|c| c.vcpus);
+    match ex64.and_then(|c| Some((c, c.profiled("hypercall")?))) {
+        Some((c, h)) => {
+            let dispatch = ex64_dispatch.filter(|d| d.vcpus == c.vcpus).map(|d| d.ns);
+            let mut g = goal::ex64_service(
+                h.cpu_ns_median.median,
+                h.wall_ns_mean.median,
+                floor.map_or(0.0, |f| f.cpu_ns_median.median),
+                dispatch,
+            );
             g.measured = format!(
-                "{} median, {} (min..max) at {} vCPUs",
+                "{} at {} vCPUs; CPU median {} over repetitions; handler {} ns (TSC)",
                 g.measured,
+                c.vcpus,
+                h.cpu_ns_median.show(0),
                 c.hypercall_service_ns.show(0),
-                c.vcpus
             );
             out.push(g);
         }
         None => out.push(goal::not_measured(
-            "VMM service time of a 64-bank Ex hypercall < 1 us",
-            "ex64 not run",
+            goal::EX64_CLAIM,
+            "ex64 not run or none of its hypercalls profiled",
         )),
     }
     // The VMM's memory per vCPU, at the most vCPUs any run had (user
@@ -179,7 +257,18 @@ pub fn goals(cells: &[Cell]) -> Vec<Goal> {
     };
     match (best(IrqchipMode::User), best(IrqchipMode::Kernel)) {
         (Some((u, us)), Some((k, ks))) => {
-            let mut g = goal::user_vs_kernel_ipi(u, k);
+            // The floor of the user irqchip's best form: its unavoidable
+            // exits at a null exit's round trip, measured in this run.
+            let null = find(cells, Op::NullHypercall, None, IrqchipMode::User, false)
+                .map(|c| c.guest_ns_per_op.median);
+            let floor = match (goal::ipi_round_trip_exits(us), null) {
+                (Some(exits), Some(null)) if null > 0.0 => {
+                    out.push(goal::ipi_floor(us, exits, null));
+                    Some(f64::from(exits) * null)
+                }
+                _ => None,
+            };
+            let mut g = goal::user_vs_kernel_ipi(u, k, floor);
             let show = |chip: IrqchipMode, on: bool| {
                 find(cells, Op::PingPong, None, chip, on).map_or("-".to_string(), |c| {
                     format!("{:.1}", c.guest_ns_per_op.median / 1000.0)
@@ -196,7 +285,7 @@ pub fn goals(cells: &[Cell]) -> Vec<Goal> {
             out.push(g);
         }
         _ => out.push(goal::not_measured(
-            "user-irqchip unicast IPI round trip <= 1.5x the kernel irqchip's",
+            goal::USER_VS_KERNEL_IPI_CLAIM,
             "ping-pong not run with both irqchips",
         )),
     }

@@ -4,6 +4,7 @@
 //! the per-operation figures, the goals of [`crate::goal`], a markdown
 //! report, a JSON file with every repetition and a scaling plot.
 
+mod dispatch;
 mod goals;
 mod memory;
 mod plan;
@@ -16,10 +17,11 @@ mod stats;
 mod tests;
 
 pub use crate::scenario::irqchip_name;
+pub use dispatch::DecodeDispatch;
 pub use goals::goals;
 pub use memory::{Rss, VmmMemory};
 pub use plan::{Config, Op, SCALING};
 pub use report::{Host, Report};
 pub use run::run;
 pub use sample::{ClassService, Sample};
-pub use stats::{Cell, Stat, summarize};
+pub use stats::{Cell, ClassCell, Stat, summarize};

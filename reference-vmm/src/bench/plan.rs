@@ -21,6 +21,9 @@ pub enum Op {
     Shootdown,
     /// Periodic APIC timer interrupt with its EOI.
     Timer,
+    /// Periodic APIC timer interrupt completed by a write of the
+    /// synthetic EOI MSR (HV_X64_MSR_EOI): its MSR exit's service.
+    SyntheticEoi,
     /// SynIC round trip: a message from vCPU 0 to vCPU 1, an event back.
     SynicRoundTrip,
     /// Periodic synthetic timer tick (message mode, lazy EOI).
@@ -33,11 +36,12 @@ pub enum Op {
 
 impl Op {
     /// Every operation, in report order.
-    pub const ALL: [Op; 8] = [
+    pub const ALL: [Op; 9] = [
         Op::PingPong,
         Op::Broadcast,
         Op::Shootdown,
         Op::Timer,
+        Op::SyntheticEoi,
         Op::SynicRoundTrip,
         Op::Stimer,
         Op::NullHypercall,
@@ -51,6 +55,7 @@ impl Op {
             Op::Broadcast => "broadcast",
             Op::Shootdown => "shootdown",
             Op::Timer => "timer",
+            Op::SyntheticEoi => "synthetic-eoi",
             Op::SynicRoundTrip => "synic",
             Op::Stimer => "stimer",
             Op::NullHypercall => "null-hypercall",
@@ -65,6 +70,7 @@ impl Op {
             Op::Broadcast => "broadcast IPI",
             Op::Shootdown => "TLB shootdown (1 reader running, N-2 halted)",
             Op::Timer => "timer interrupt + EOI",
+            Op::SyntheticEoi => "timer interrupt + HV_X64_MSR_EOI (on only)",
             Op::SynicRoundTrip => "SynIC round trip (off: x2APIC IPI round trip)",
             Op::Stimer => "synthetic timer tick (off: APIC timer + x2APIC EOI)",
             Op::NullHypercall => "null hypercall (off: bare port I/O exit)",
@@ -82,7 +88,7 @@ impl Op {
         match self {
             Op::PingPong | Op::SynicRoundTrip => &[2],
             Op::Broadcast | Op::Shootdown => &SCALING,
-            Op::Timer | Op::Stimer | Op::NullHypercall => &[1],
+            Op::Timer | Op::SyntheticEoi | Op::Stimer | Op::NullHypercall => &[1],
             Op::Ex64 => &[1024],
         }
     }
@@ -119,6 +125,8 @@ impl Op {
                 Some(Scenario::Timer(EoiMode::X2apic)),
                 Scenario::Timer(EoiMode::Lazy),
             ),
+            // The x2APIC EOI is `timer`'s off side.
+            Op::SyntheticEoi => (None, Scenario::Timer(EoiMode::Synthetic)),
             Op::SynicRoundTrip => (
                 Some(Scenario::PingPong(IpiMode::Native)),
                 Scenario::SynicPingPong,

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::goal::Goal;
 use crate::scenario::irqchip_name;
 
+use super::dispatch::DecodeDispatch;
 use super::plan::{IRQCHIPS, Op};
 use super::plot;
 use super::sample::Sample;
@@ -26,6 +27,9 @@ pub struct Host {
     pub rdtsc_pair_cycles: u64,
     /// The same in nanoseconds.
     pub rdtsc_pair_ns: f64,
+    /// CPU time of a warm read of a thread's CPU clock, ns (median of
+    /// back-to-back reads): the exit profile's probe when nothing is cold.
+    pub clock_read_ns: u64,
 }
 
 /// The bench's result.
@@ -37,6 +41,9 @@ pub struct Report {
     pub reps: u32,
     /// Host facts.
     pub host: Host,
+    /// The `ex64` call's decode and dispatch timed without KVM (the
+    /// `ex64` goal's allowance over its floor).
+    pub ex64_dispatch: Option<DecodeDispatch>,
     /// Wall time of the whole bench, seconds.
     pub total_secs: f64,
     /// Summaries.
@@ -61,9 +68,9 @@ impl Report {
         let _ = writeln!(s, "Command: `{}`\n", self.command);
         let _ = writeln!(
             s,
-            "Host: {} CPUs, TSC {} kHz. Total run time {:.0} s. {} repetitions of every run, interleaved; \
-             figures are median [min..max] over them.\n",
-            self.host.cpus, self.host.tsc_khz, self.total_secs, self.reps
+            "Host: {} CPUs, TSC {} kHz, a thread CPU clock read {} ns. Total run time {:.0} s. {} repetitions \
+             of every run, interleaved; figures are median [min..max] over them.\n",
+            self.host.cpus, self.host.tsc_khz, self.host.clock_read_ns, self.total_secs, self.reps
         );
         let _ = writeln!(s, "## Goals\n");
         let _ = writeln!(s, "| goal | measured | verdict |");
@@ -108,6 +115,7 @@ impl Report {
                 c.guest_ns_per_op.show_scaled(0.001, 1),
             );
         }
+        self.class_table(&mut s);
         let _ = writeln!(s, "\n## Scaling (medians)\n");
         let _ = writeln!(
             s,
@@ -180,6 +188,32 @@ impl Report {
         );
         let _ = writeln!(
             s,
+            "- VMM CPU time vs waiting: about one exit in {} per vCPU thread (the gap drawn at random, so \
+             that a repeating pattern of exits is not always sampled at the same place) has its whole \
+             turn profiled, from the return of `KVM_RUN` to the next `KVM_RUN` (entry preparation \
+             included): the thread's CPU clock (`CLOCK_THREAD_CPUTIME_ID`) and the TSC at both ends. \
+             \"waiting\" is wall - CPU: time the thread did not run (preempted, e.g. by the vCPU it \
+             just woke on a host with few CPUs, or blocked); for HLT it includes the sleep (and the CPU \
+             figure any halt polling). The clock read is a system call: back to back it costs {} ns of \
+             CPU (calibrated once per process), but the first read after `KVM_RUN` returns costs \
+             0.7-1.7 us here (cold kernel paths) and the next ones 300-450 ns. So the probe reads once \
+             to warm up, the CPU span runs from its second read to the first of two at the end, and \
+             one read as that last pair costs in place (\"clock read ns\") is taken out of it; the wall \
+             span lies between the reads. Neither counts time the thread lost while reading the clock.",
+            crate::profile::SAMPLE_PERIOD,
+            self.host.clock_read_ns
+        );
+        if let Some(d) = &self.ex64_dispatch {
+            let _ = writeln!(
+                s,
+                "- The 64-bank Ex hypercall's decode and dispatch, timed in this process without KVM on \
+                 {} vCPUs (as `--bench ex_hypercall` does): {:.0} ns median. The `ex64` goal allows \
+                 1.1 x (null-hypercall service + that) where the null hypercall alone exceeds 1 us.",
+                d.vcpus, d.ns
+            );
+        }
+        let _ = writeln!(
+            s,
             "- Guest time: the guest's own `rdtsc` (CPL3) at the start and end marks, over the operations. \
              On a host that emulates guest CPL0 code every system call of the built-in guest costs \
              tens of microseconds, which dominates the guest times."
@@ -213,6 +247,59 @@ impl Report {
             }
         }
         s
+    }
+
+    /// The per-class table: service, VMM CPU time and waiting of each
+    /// exit class, for every operation but the scaling ones (medians over
+    /// the repetitions).
+    fn class_table(&self, s: &mut String) {
+        let _ = writeln!(s, "\n## VMM CPU time vs waiting per exit class (medians)\n");
+        let _ = writeln!(
+            s,
+            "Per exit of the class: handler time (TSC, every exit), and over the profiled exits \
+             (about 1 in {}) the VMM's CPU time and wall time of the whole turn, waiting = wall - CPU \
+             (HLT: includes the sleep), and the CPU time of one read of the profile's clock (taken \
+             out). See the notes.\n",
+            crate::profile::SAMPLE_PERIOD
+        );
+        let _ = writeln!(
+            s,
+            "| operation | vCPUs | irqchip | enl. | scenario | class | exits/op | profiled | handler ns | CPU ns mean | CPU ns median | wall ns | waiting ns | clock read ns |"
+        );
+        let _ = writeln!(
+            s,
+            "|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        let scaling = [Op::Broadcast.name(), Op::Shootdown.name()];
+        for c in self.cells.iter().filter(|c| !scaling.contains(&c.op)) {
+            let title = Op::by_name(c.op).map_or(c.op, Op::title);
+            for k in &c.by_class {
+                let prof = |st: &super::stats::Stat| {
+                    if k.sampled > 0 {
+                        format!("{:.0}", st.median)
+                    } else {
+                        "-".into()
+                    }
+                };
+                let _ = writeln!(
+                    s,
+                    "| {title} | {} | {} | {} | {} | {} | {:.2} | {} | {:.0} | {} | {} | {} | {} | {} |",
+                    c.vcpus,
+                    irqchip_name(c.irqchip),
+                    on_off(c.enlightened),
+                    c.scenario,
+                    k.class,
+                    k.exits_per_op.median,
+                    k.sampled,
+                    k.service_ns.median,
+                    prof(&k.cpu_ns_mean),
+                    prof(&k.cpu_ns_median),
+                    prof(&k.wall_ns_mean),
+                    prof(&k.wait_ns_mean),
+                    prof(&k.clock_read_ns_mean),
+                );
+            }
+        }
     }
 
     /// Writes `bench.md`, `bench.json` and `scaling.svg` into `dir` (the

@@ -6,9 +6,11 @@ use std::time::Instant;
 use crate::clock::cycles_to_ns;
 use crate::error::Error;
 use crate::metrics::rdtsc_overhead_cycles;
+use crate::profile;
 use crate::scenario::{self, RunOptions, Scenario, irqchip_name};
 use crate::vm::FlushMethod;
 
+use super::dispatch::DecodeDispatch;
 use super::goals::goals;
 use super::memory::Sampler;
 use super::plan::{Config, Op};
@@ -38,11 +40,23 @@ fn sample(
     let by_class = t
         .service_by_class()
         .into_iter()
-        .filter(|(_, n, _)| *n > 0)
-        .map(|(class, exits, cycles)| ClassService {
-            class,
-            exits,
-            ns_per_exit: cycles_to_ns(cycles as f64, khz) / exits as f64,
+        .filter_map(|(class, exits, cycles)| {
+            let p = f.profile.class(class);
+            if exits == 0 && p.is_none() {
+                return None;
+            }
+            let p = p.cloned().unwrap_or_default();
+            Some(ClassService {
+                class,
+                exits,
+                ns_per_exit: cycles_to_ns(cycles as f64, khz) / exits.max(1) as f64,
+                sampled: p.sampled,
+                cpu_ns_mean: p.cpu_ns_mean,
+                cpu_ns_median: p.cpu_ns_median,
+                wall_ns_mean: p.wall_ns_mean,
+                wait_ns_mean: p.wait_ns_mean,
+                clock_read_ns_mean: p.clock_read_ns_mean,
+            })
         })
         .collect();
     Ok(Sample {
@@ -126,7 +140,14 @@ pub fn run(cfg: &Config) -> Report {
         }
     }
     let cells = summarize(&cfg.ops, &samples);
-    let goals = goals(&cells);
+    // The ex64 goal's decode and dispatch, on the most vCPUs it ran on.
+    let ex64_dispatch = points
+        .iter()
+        .filter(|(op, _)| *op == Op::Ex64)
+        .map(|&(_, n)| n)
+        .max()
+        .and_then(DecodeDispatch::measure);
+    let goals = goals(&cells, ex64_dispatch.as_ref());
     let pair = rdtsc_overhead_cycles(10_000);
     Report {
         command: cfg.command.clone(),
@@ -136,7 +157,9 @@ pub fn run(cfg: &Config) -> Report {
             tsc_khz,
             rdtsc_pair_cycles: pair,
             rdtsc_pair_ns: cycles_to_ns(pair as f64, tsc_khz),
+            clock_read_ns: profile::clock_read_ns(),
         },
+        ex64_dispatch,
         total_secs: start.elapsed().as_secs_f64(),
         cells,
         goals,

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::plan::Op;
 use super::sample::Sample;
+use crate::profile::{CLASSES, class_name};
 use crate::scenario::serialize_irqchip;
 
 /// Median, minimum and maximum over the repetitions.
@@ -115,6 +116,76 @@ pub struct Cell {
     pub vmm_kib_per_vcpu: Option<Stat>,
     /// RssFile + RssShmem per vCPU, KiB (the `kvm_run` pages).
     pub shared_kib_per_vcpu: Option<Stat>,
+    /// Service, VMM CPU time and waiting by exit class.
+    pub by_class: Vec<ClassCell>,
+}
+
+/// One exit class of a cell: the statistics of [`super::ClassService`]'s
+/// figures over the repetitions (the profiled ones over those that
+/// profiled an exit of the class).
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassCell {
+    /// Exit class.
+    pub class: &'static str,
+    /// Exits of the class per operation.
+    pub exits_per_op: Stat,
+    /// Handler nanoseconds per exit (host TSC).
+    pub service_ns: Stat,
+    /// Exits profiled, all repetitions.
+    pub sampled: u64,
+    /// Mean VMM CPU nanoseconds per profiled exit.
+    pub cpu_ns_mean: Stat,
+    /// Median VMM CPU nanoseconds per profiled exit.
+    pub cpu_ns_median: Stat,
+    /// Mean wall nanoseconds per profiled exit.
+    pub wall_ns_mean: Stat,
+    /// Mean waiting (wall - CPU) nanoseconds per profiled exit.
+    pub wait_ns_mean: Stat,
+    /// Mean CPU time of one read of the profile's clock in place (taken
+    /// out).
+    pub clock_read_ns_mean: Stat,
+}
+
+impl ClassCell {
+    /// The class `class` of the samples `s`, if any of them had an exit
+    /// of it.
+    fn from_samples(class: &'static str, s: &[&Sample]) -> Option<Self> {
+        let rows: Vec<(&Sample, &super::ClassService)> = s
+            .iter()
+            .filter_map(|x| {
+                x.by_class
+                    .iter()
+                    .find(|c| c.class == class)
+                    .map(|c| (*x, c))
+            })
+            .collect();
+        if rows.is_empty() {
+            return None;
+        }
+        let stat = |f: fn(&super::ClassService) -> f64, profiled: bool| {
+            let v: Vec<f64> = rows
+                .iter()
+                .filter(|(_, c)| !profiled || c.sampled > 0)
+                .map(|(_, c)| f(c))
+                .collect();
+            Stat::of(&v)
+        };
+        let per_op: Vec<f64> = rows
+            .iter()
+            .map(|(x, c)| c.exits as f64 / x.ops.max(1) as f64)
+            .collect();
+        Some(Self {
+            class,
+            exits_per_op: Stat::of(&per_op),
+            service_ns: stat(|c| c.ns_per_exit, false),
+            sampled: rows.iter().map(|(_, c)| c.sampled).sum(),
+            cpu_ns_mean: stat(|c| c.cpu_ns_mean, true),
+            cpu_ns_median: stat(|c| c.cpu_ns_median, true),
+            wall_ns_mean: stat(|c| c.wall_ns_mean, true),
+            wait_ns_mean: stat(|c| c.wait_ns_mean, true),
+            clock_read_ns_mean: stat(|c| c.clock_read_ns_mean, true),
+        })
+    }
 }
 
 /// The statistics of an optional figure, when every sample has it.
@@ -132,6 +203,14 @@ impl Cell {
         } else {
             stat.show(prec)
         }
+    }
+
+    /// The figures of exit class `class`, if some exit of it was
+    /// profiled.
+    pub fn profiled(&self, class: &str) -> Option<&ClassCell> {
+        self.by_class
+            .iter()
+            .find(|c| c.class == class && c.sampled > 0)
     }
 
     /// Exits per operation for plots: KVM's count when there is one (kernel
@@ -172,6 +251,10 @@ impl Cell {
             kvm_sender_exits_per_op: opt_stat(s, |x| x.kvm_sender_exits_per_op),
             vmm_kib_per_vcpu: opt_stat(s, |x| x.memory.map(|m| m.anon_kib_per_vcpu)),
             shared_kib_per_vcpu: opt_stat(s, |x| x.memory.map(|m| m.shared_kib_per_vcpu)),
+            by_class: CLASSES
+                .iter()
+                .filter_map(|&c| ClassCell::from_samples(class_name(c), s))
+                .collect(),
         })
     }
 }

@@ -3,7 +3,9 @@
 //! exit dispatch to the services ([`exits`]) and HLT. It calls down into
 //! the irqchip seam ([`crate::irqchip::Irqchip`]) and the Hyper-V services
 //! ([`crate::hyperv`]); they never call back up. Port I/O and MMIO go
-//! through the vCPU's own buses ([`io`]).
+//! through the vCPU's own buses ([`io`]). Every exit's service time is
+//! counted; about one in sixteen also has its whole turn profiled
+//! ([`crate::profile`]).
 
 pub mod exits;
 pub mod io;
@@ -20,6 +22,7 @@ use crate::kvm::kick::KickTarget;
 use crate::kvm::vcpu::KvmVcpu;
 use crate::machine::{FlushMethod, Machine};
 use crate::metrics::{ExitClass, bump, tsc};
+use crate::profile::{Probe, Sampler};
 use crate::vcpu::Vcpu;
 use io::VcpuIo;
 
@@ -62,6 +65,14 @@ pub struct Runner<'a> {
     gate: Option<VcpuGate>,
     /// Host TSC when the last `KVM_RUN` returned.
     exit_tsc: u64,
+    /// Chooses the exits whose turn is profiled ([`crate::profile`]).
+    sampler: Sampler,
+    /// The probe of the exit being profiled, if it is.
+    probe: Option<Probe>,
+    /// The class the last exit was accounted to (none for a report).
+    turn_class: Option<ExitClass>,
+    /// The TSC frequency in kHz, for the profiled turns.
+    tsc_khz: u64,
     /// An exception (#GP from an MSR exit, #UD from the hypercall trap)
     /// is delivered at the next entry: no interrupt may be injected with
     /// it, its handler runs with IF=0 (SDM 6.9, event priority).
@@ -81,6 +92,10 @@ impl<'a> Runner<'a> {
             local: VcpuLocal::default(),
             gate: None,
             exit_tsc: 0,
+            sampler: Sampler::new(me.index),
+            probe: None,
+            turn_class: None,
+            tsc_khz: m.clock.tsc_khz(),
             exception_queued: false,
         })
     }
@@ -133,6 +148,10 @@ impl<'a> Runner<'a> {
             metrics
                 .svc_cycles_entry
                 .fetch_add(tsc().wrapping_sub(t_entry), Ordering::Relaxed);
+            // The profiled turn ends here, just before `KVM_RUN`.
+            if let (Some(p), Some(class)) = (self.probe.take(), self.turn_class.take()) {
+                self.me.profile.record(class, p.finish(self.tsc_khz));
+            }
             let exit = self.run_once();
             self.kvm.set_exit_pending(exit.needs_completion());
             if let Some(vector) = self.sync_after_exit() {
@@ -207,8 +226,10 @@ impl<'a> Runner<'a> {
         }
     }
 
-    /// Adds the host TSC cycles since `KVM_RUN` returned to `class`.
-    fn account(&self, class: ExitClass) {
+    /// Adds the host TSC cycles since `KVM_RUN` returned to `class` (and
+    /// the exit's turn, if profiled).
+    fn account(&mut self, class: ExitClass) {
+        self.turn_class = Some(class);
         self.me
             .metrics
             .add_service(class, tsc().wrapping_sub(self.exit_tsc));
@@ -252,6 +273,9 @@ impl<'a> Runner<'a> {
 
     fn run_once(&mut self) -> Exit {
         let r = self.kvm.fd_mut().run();
+        // Before the service time starts, so that it leaves the probe out.
+        self.turn_class = None;
+        self.probe = self.sampler.tick().then(Probe::start);
         self.exit_tsc = tsc();
         match r {
             Ok(VcpuExit::IoOut(..) | VcpuExit::IoIn(..)) => Exit::Pio,

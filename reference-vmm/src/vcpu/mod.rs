@@ -16,6 +16,7 @@ use lapic::LocalApic;
 use crate::error::Error;
 use crate::kvm::kick::KickTarget;
 use crate::metrics::{VcpuMetrics, bump};
+use crate::profile::ExitProfile;
 
 /// Where a vCPU is in the INIT/SIPI protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -106,6 +107,8 @@ pub struct Vcpu {
     events: AtomicU64,
     /// Counters.
     pub metrics: VcpuMetrics,
+    /// VMM CPU time and waiting per exit class, sampled.
+    pub profile: ExitProfile,
 }
 
 impl Vcpu {
@@ -137,6 +140,7 @@ impl Vcpu {
             cond: Condvar::new(),
             events: AtomicU64::new(0),
             metrics: VcpuMetrics::default(),
+            profile: ExitProfile::default(),
         }
     }
 

@@ -203,6 +203,11 @@ impl Vm {
                     ),
                     _ => (None, 0),
                 };
+                // The report exits are not profiled: nothing to take out.
+                let profile = match (marks.pstart, marks.pend) {
+                    (Some(p0), Some(p1)) => p1.since(&p0),
+                    _ => Default::default(),
+                };
                 Some(Measured {
                     ops: marks.counted_ops.unwrap_or(ops),
                     elapsed: t1.saturating_duration_since(t0),
@@ -211,6 +216,7 @@ impl Vm {
                     tsc_khz: m.clock.tsc_khz(),
                     kvm,
                     guest_lazy_eois,
+                    profile,
                 })
             }
             _ => None,

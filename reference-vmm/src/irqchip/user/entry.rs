@@ -2,7 +2,7 @@
 //! IRR, NMIs, interrupt injection (`KVM_INTERRUPT`) and the interrupt
 //! window, CR8 both ways, lazy EOI armed at entry and completed at exit
 //! (HLT, which KVM leaves to userspace without an in-kernel APIC, is
-//! [`super::halt`]).
+//! [`mod@super::halt`]).
 
 use ipiv::PendingVectors;
 use kvm_bindings::kvm_interrupt;

@@ -17,7 +17,7 @@
 //!   posts and does not wake (the poller sees the posted-interrupt
 //!   descriptor), and an interrupt latched under the vCPU's lock (timer,
 //!   MSI, SINT, NMI, INIT/SIPI) moves the vCPU's event count
-//!   ([`Vcpu::events`]), which the poller watches;
+//!   (`Vcpu::events`), which the poller watches;
 //! - KVM stops polling when another task is runnable on the CPU
 //!   (`single_task_running`). Userspace cannot see the run queue, so a
 //!   vCPU polls only while the VM's vCPU threads that are not asleep fit on
