@@ -70,6 +70,8 @@ counters!(
         msr_x2apic,
         /// Other MSR exits (answered with #GP).
         msr_other,
+        /// MSR exits that wrote the x2APIC ICR or HV_X64_MSR_ICR.
+        msr_icr_writes,
         /// Hypercalls (trap-stub exits).
         hypercalls,
         /// Hypercalls that returned HV_STATUS_SUCCESS.
@@ -141,9 +143,12 @@ counters!(
         flush_deferred,
         /// Guest TLB flushes performed on this vCPU before an entry.
         flushes_done,
-        /// Host TSC cycles handling MSR exits (from the return of
-        /// `KVM_RUN` to the end of the handler).
+        /// Host TSC cycles handling MSR exits other than ICR writes (from
+        /// the return of `KVM_RUN` to the end of the handler).
         svc_cycles_msr,
+        /// Host TSC cycles handling ICR writes (x2APIC ICR or
+        /// HV_X64_MSR_ICR): the exits that send an IPI.
+        svc_cycles_icr,
         /// Host TSC cycles handling hypercall exits.
         svc_cycles_hypercall,
         /// Host TSC cycles handling other port I/O exits.
@@ -185,8 +190,10 @@ pub fn rdtsc_overhead_cycles(samples: u32) -> u64 {
 /// Exit classes of the service-time accounting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitClass {
-    /// Userspace MSR exit.
+    /// Userspace MSR exit, other than an ICR write.
     Msr,
+    /// A write of the x2APIC ICR or HV_X64_MSR_ICR (an IPI's send).
+    Icr,
     /// Hypercall (port write of the hypercall page).
     Hypercall,
     /// Other port I/O.
@@ -205,6 +212,7 @@ impl VcpuMetrics {
     pub fn add_service(&self, class: ExitClass, cycles: u64) {
         let c = match class {
             ExitClass::Msr => &self.svc_cycles_msr,
+            ExitClass::Icr => &self.svc_cycles_icr,
             ExitClass::Hypercall => &self.svc_cycles_hypercall,
             ExitClass::Pio => &self.svc_cycles_pio,
             ExitClass::Mmio => &self.svc_cycles_mmio,
@@ -220,6 +228,7 @@ impl MetricsSnapshot {
     /// left out).
     pub fn handler_cycles(&self) -> u64 {
         self.svc_cycles_msr
+            + self.svc_cycles_icr
             + self.svc_cycles_hypercall
             + self.svc_cycles_pio
             + self.svc_cycles_mmio
@@ -228,13 +237,14 @@ impl MetricsSnapshot {
     }
 
     /// `(class, exits, handler cycles)` per exit class.
-    pub fn service_by_class(&self) -> [(&'static str, u64, u64); 6] {
+    pub fn service_by_class(&self) -> [(&'static str, u64, u64); 7] {
         [
             (
                 "msr",
-                self.exit_rdmsr + self.exit_wrmsr,
+                (self.exit_rdmsr + self.exit_wrmsr).saturating_sub(self.msr_icr_writes),
                 self.svc_cycles_msr,
             ),
+            ("icr", self.msr_icr_writes, self.svc_cycles_icr),
             ("hypercall", self.hypercalls, self.svc_cycles_hypercall),
             (
                 "pio",

@@ -48,8 +48,9 @@ pub const LOG_BUCKETS: usize = 16;
 /// Buckets of a class's histogram.
 pub const BUCKETS: usize = LINEAR_BUCKETS + LOG_BUCKETS;
 /// Exit classes profiled, in report order.
-pub const CLASSES: [ExitClass; 6] = [
+pub const CLASSES: [ExitClass; 7] = [
     ExitClass::Msr,
+    ExitClass::Icr,
     ExitClass::Hypercall,
     ExitClass::Pio,
     ExitClass::Mmio,
@@ -64,11 +65,12 @@ const CALIBRATION_READS: usize = 255;
 fn class_index(class: ExitClass) -> usize {
     match class {
         ExitClass::Msr => 0,
-        ExitClass::Hypercall => 1,
-        ExitClass::Pio => 2,
-        ExitClass::Mmio => 3,
-        ExitClass::Hlt => 4,
-        ExitClass::Other => 5,
+        ExitClass::Icr => 1,
+        ExitClass::Hypercall => 2,
+        ExitClass::Pio => 3,
+        ExitClass::Mmio => 4,
+        ExitClass::Hlt => 5,
+        ExitClass::Other => 6,
     }
 }
 
@@ -77,6 +79,7 @@ fn class_index(class: ExitClass) -> usize {
 pub fn class_name(class: ExitClass) -> &'static str {
     match class {
         ExitClass::Msr => "msr",
+        ExitClass::Icr => "icr",
         ExitClass::Hypercall => "hypercall",
         ExitClass::Pio => "pio",
         ExitClass::Mmio => "mmio",

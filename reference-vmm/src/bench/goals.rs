@@ -10,14 +10,15 @@ use super::stats::{Cell, ClassCell, Stat, find};
 
 /// The MSR exits whose VMM CPU time is judged: what is written, the
 /// operation and side whose run writes it, and that run's scenario.
-const MSR_EXITS: [(&str, Op, bool, &str); 3] = [
-    ("x2APIC ICR/EOI", Op::PingPong, false, "pingpong-x2apic"),
-    ("x2APIC EOI", Op::Timer, false, "timer-x2apic-eoi"),
+const MSR_EXITS: [(&str, Op, bool, &str, &str); 3] = [
+    ("x2APIC ICR", Op::PingPong, false, "pingpong-x2apic", "icr"),
+    ("x2APIC EOI", Op::Timer, false, "timer-x2apic-eoi", "msr"),
     (
         "HV_X64_MSR_EOI",
         Op::SyntheticEoi,
         true,
         "timer-synthetic-eoi",
+        "msr",
     ),
 ];
 
@@ -39,7 +40,13 @@ fn most_profiled<'c>(
 /// The goals against the summaries (user irqchip unless said otherwise;
 /// medians, and for counts that must be zero, maxima). `ex64_dispatch`
 /// is the `ex64` call's decode and dispatch timed without KVM, if it was.
-pub fn goals(cells: &[Cell], ex64_dispatch: Option<&DecodeDispatch>) -> Vec<Goal> {
+/// `kick_ns` is the host's cost of one kick of a running thread, if it
+/// was measured.
+pub fn goals(
+    cells: &[Cell],
+    ex64_dispatch: Option<&DecodeDispatch>,
+    kick_ns: Option<f64>,
+) -> Vec<Goal> {
     let mut out = Vec::new();
     // PV broadcast flat in N (N >= 2: on one vCPU the broadcast is a
     // self-IPI).
@@ -149,11 +156,28 @@ pub fn goals(cells: &[Cell], ex64_dispatch: Option<&DecodeDispatch>) -> Vec<Goal
     // MSRs in KVM.
     let null =
         most_profiled(cells, Op::NullHypercall, false, "pio").map(|(_, p)| p.cpu_ns_median.median);
-    for (kind, op, on, scenario) in MSR_EXITS {
-        let msr = most_profiled(cells, op, on, "msr");
+    if let Some(k) = kick_ns {
+        out.push(goal::kick_floor(k));
+    }
+    for (kind, op, on, scenario, class) in MSR_EXITS {
+        let msr = most_profiled(cells, op, on, class);
         out.push(match (msr, null) {
             (Some((c, m)), Some(null)) => {
-                let mut g = goal::msr_exit_cpu(kind, scenario, m.cpu_ns_median.median, null);
+                // An ICR exit kicks or wakes its target when the target is
+                // in guest mode or asleep: its floor is a null exit plus
+                // that share of a kick.
+                let sends = m.exits_per_op.median;
+                let floor = kick_ns.filter(|_| class == "icr" && sends > 0.0).map(|k| {
+                    let notified = c.kicks_per_op.median + c.wakeups_per_op.median.max(0.0);
+                    null + (notified / sends).min(1.0) * k
+                });
+                let mut g = goal::msr_exit_cpu(
+                    kind,
+                    scenario,
+                    m.cpu_ns_median.median,
+                    null,
+                    floor.map(|f| (m.cpu_ns_mean.median, f)),
+                );
                 g.measured = format!(
                     "{} (at {} vCPUs, {} profiled: CPU median {} over repetitions; wall {} ns, \
                      waiting {} ns per exit)",
@@ -167,11 +191,11 @@ pub fn goals(cells: &[Cell], ex64_dispatch: Option<&DecodeDispatch>) -> Vec<Goal
                 g
             }
             (None, _) => goal::not_measured(
-                &goal::msr_exit_claim(kind, scenario),
+                &goal::msr_exit_claim(kind, scenario, class == "icr"),
                 &format!("no MSR exit of {scenario} was profiled"),
             ),
             (_, None) => goal::not_measured(
-                &goal::msr_exit_claim(kind, scenario),
+                &goal::msr_exit_claim(kind, scenario, class == "icr"),
                 "no exit of pio-exit-loop (the null exit) was profiled",
             ),
         });
@@ -257,17 +281,18 @@ pub fn goals(cells: &[Cell], ex64_dispatch: Option<&DecodeDispatch>) -> Vec<Goal
     };
     match (best(IrqchipMode::User), best(IrqchipMode::Kernel)) {
         (Some((u, us)), Some((k, ks))) => {
-            // The floor of the user irqchip's best form: its unavoidable
-            // exits at a null exit's round trip, measured in this run.
-            let null = find(cells, Op::NullHypercall, None, IrqchipMode::User, false)
-                .map(|c| c.guest_ns_per_op.median);
-            let floor = match (goal::ipi_round_trip_exits(us), null) {
-                (Some(exits), Some(null)) if null > 0.0 => {
-                    out.push(goal::ipi_floor(us, exits, null));
-                    Some(f64::from(exits) * null)
-                }
-                _ => None,
-            };
+            // The floor: the exits on the critical path at the cheapest
+            // exit round trip of the run (a null port write or a null
+            // hypercall, as the guest times them).
+            let null = [false, true]
+                .into_iter()
+                .filter_map(|on| find(cells, Op::NullHypercall, None, IrqchipMode::User, on))
+                .map(|c| c.guest_ns_per_op.median)
+                .min_by(f64::total_cmp);
+            let floor = null.filter(|&n| n > 0.0).map(|n| {
+                out.push(goal::ipi_floor(n));
+                f64::from(goal::IPI_CRITICAL_EXITS) * n
+            });
             let mut g = goal::user_vs_kernel_ipi(u, k, floor);
             let show = |chip: IrqchipMode, on: bool| {
                 find(cells, Op::PingPong, None, chip, on).map_or("-".to_string(), |c| {

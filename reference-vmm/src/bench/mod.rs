@@ -6,6 +6,7 @@
 
 mod dispatch;
 mod goals;
+mod kick;
 mod memory;
 mod plan;
 mod plot;

@@ -30,6 +30,9 @@ pub struct Host {
     /// CPU time of a warm read of a thread's CPU clock, ns (median of
     /// back-to-back reads): the exit profile's probe when nothing is cold.
     pub clock_read_ns: u64,
+    /// CPU time the sender spends on one kick of a thread running on
+    /// another CPU, ns (median): the floor of an exit that must kick.
+    pub kick_ns: Option<f64>,
 }
 
 /// The bench's result.
@@ -203,6 +206,16 @@ impl Report {
             crate::profile::SAMPLE_PERIOD,
             self.host.clock_read_ns
         );
+        if let Some(k) = self.host.kick_ns {
+            let _ = writeln!(
+                s,
+                "- A kick (the signal that takes a vCPU thread out of `KVM_RUN`) sent to a thread \
+                 running on another CPU costs the sender {k:.0} ns of CPU on this host (median of \
+                 201, in this process). An ICR exit whose target is in guest mode pays it; the ICR \
+                 goal allows 1.1 x (null exit + that share of kicks and wakes per ICR exit) where \
+                 that exceeds 2 us."
+            );
+        }
         if let Some(d) = &self.ex64_dispatch {
             let _ = writeln!(
                 s,

@@ -8,7 +8,7 @@
 
 use std::cell::RefCell;
 
-use hv_enlightenments::msr::HV_X64_MSR_SINT0;
+use hv_enlightenments::msr::{HV_X64_MSR_ICR, HV_X64_MSR_SINT0};
 use ipiv::inhibit::InhibitEvent;
 
 use crate::error::Error;
@@ -19,10 +19,14 @@ use crate::irqchip::fanout::FanOut;
 use crate::kvm::exit_data;
 use crate::kvm::msr::MSR_APIC_BASE;
 use crate::machine::{GuestExit, Machine};
-use crate::metrics::ExitClass;
+use crate::metrics::{ExitClass, bump};
 use crate::runner::Runner;
 use crate::runner::io::Trap;
 use crate::vcpu::Vcpu;
+
+/// The x2APIC ICR's MSR.
+const X2APIC_ICR: u32 =
+    lapic::regs::MSR_X2APIC_FIRST + (lapic::regs::ICR_LOW >> lapic::regs::X2APIC_MSR_SHIFT);
 
 /// The hypercall trap's interrupts, raised through the irqchip; a PV
 /// IPI's notifications are fanned out once the call has posted them all.
@@ -51,10 +55,16 @@ impl Runner<'_> {
     /// Serves an MSR exit: the Hyper-V services, then the irqchip (APIC
     /// MSRs, the EOI/ICR/TPR aliases, the VP assist page's lazy EOI), then
     /// what a synthetic MSR write left to do (timers, EOM, crash, reset).
-    pub(super) fn msr(&mut self, write: bool) -> Result<(), Error> {
+    pub(super) fn msr(&mut self, write: bool) -> Result<ExitClass, Error> {
         let (index, data) = exit_data::msr(self.kvm.fd_mut());
         let (m, me) = (self.m, self.me);
         hvmsr::count(&me.metrics, index);
+        let class = if write && (index == X2APIC_ICR || index == HV_X64_MSR_ICR) {
+            bump(&me.metrics.msr_icr_writes);
+            ExitClass::Icr
+        } else {
+            ExitClass::Msr
+        };
         let irq = &m.irqchip;
         let mut then = None;
         let result = if write {
@@ -122,7 +132,7 @@ impl Runner<'_> {
             Some(MsrExit::Reset) => m.guest_stopped(GuestExit::Reset),
             _ => {}
         }
-        Ok(())
+        Ok(class)
     }
 
     /// Describes a `KVM_EXIT_INTERNAL_ERROR` (an emulation failure names

@@ -195,8 +195,8 @@ impl<'a> Runner<'a> {
                     } else {
                         bump(&self.me.metrics.exit_rdmsr);
                     }
-                    self.msr(write)?;
-                    self.account(ExitClass::Msr);
+                    let class = self.msr(write)?;
+                    self.account(class);
                 }
                 // Split irqchip: KVM's LAPIC completed a level-triggered
                 // vector routed from the userspace IOAPIC.
