@@ -5,6 +5,7 @@ use hv_enlightenments::accel::IrqchipMode;
 use crate::goal::{self, Goal};
 
 use super::dispatch::DecodeDispatch;
+use super::kick::Notifications;
 use super::plan::Op;
 use super::stats::{Cell, ClassCell, Stat, find};
 
@@ -40,12 +41,11 @@ fn most_profiled<'c>(
 /// The goals against the summaries (user irqchip unless said otherwise;
 /// medians, and for counts that must be zero, maxima). `ex64_dispatch`
 /// is the `ex64` call's decode and dispatch timed without KVM, if it was.
-/// `kick_ns` is the host's cost of one kick of a running thread, if it
-/// was measured.
+/// `notify` is the host's cost of a kick and of a wake-up, if measured.
 pub fn goals(
     cells: &[Cell],
     ex64_dispatch: Option<&DecodeDispatch>,
-    kick_ns: Option<f64>,
+    notify: Option<Notifications>,
 ) -> Vec<Goal> {
     let mut out = Vec::new();
     // PV broadcast flat in N (N >= 2: on one vCPU the broadcast is a
@@ -156,8 +156,8 @@ pub fn goals(
     // MSRs in KVM.
     let null =
         most_profiled(cells, Op::NullHypercall, false, "pio").map(|(_, p)| p.cpu_ns_median.median);
-    if let Some(k) = kick_ns {
-        out.push(goal::kick_floor(k));
+    if let Some(n) = notify {
+        out.push(goal::notify_floor(n.kick_ns, n.wake_ns));
     }
     for (kind, op, on, scenario, class) in MSR_EXITS {
         let msr = most_profiled(cells, op, on, class);
@@ -167,9 +167,10 @@ pub fn goals(
                 // in guest mode or asleep: its floor is a null exit plus
                 // that share of a kick.
                 let sends = m.exits_per_op.median;
-                let floor = kick_ns.filter(|_| class == "icr" && sends > 0.0).map(|k| {
-                    let notified = c.kicks_per_op.median + c.wakeups_per_op.median.max(0.0);
-                    null + (notified / sends).min(1.0) * k
+                let floor = notify.filter(|_| class == "icr" && sends > 0.0).map(|n| {
+                    let kicks = c.kicks_per_op.median * n.kick_ns;
+                    let wakes = c.wakeups_per_op.median.max(0.0) * n.wake_ns;
+                    null + (kicks + wakes) / sends
                 });
                 let mut g = goal::msr_exit_cpu(
                     kind,

@@ -1,22 +1,103 @@
-//! The host's cost of one kick: the signal that takes a vCPU thread out
-//! of guest mode, sent to a thread that is running on another CPU (as a
-//! vCPU in guest mode is), in the sender's CPU time. On a host that
-//! itself runs virtualized the signal's cross-CPU interrupt is an exit of
-//! the host, and it is most of what an exit that must kick its target
-//! (an ICR write to a vCPU in guest mode) costs: the ICR goal is judged
-//! against it.
+//! The host's cost of notifying another vCPU thread, in the sender's CPU
+//! time: a kick (the signal that takes a vCPU thread out of guest mode)
+//! sent to a thread running on another CPU, as a vCPU in guest mode is,
+//! and a wake-up (the condition variable a halted vCPU sleeps on) of a
+//! sleeping thread. On a host that itself runs virtualized, the
+//! cross-CPU interrupt either sends is an exit of the host, and it is most
+//! of what an exit that must notify its target (an ICR write) costs: the
+//! ICR goal is judged against these.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::kvm::kick::{install_handler, kick_signal};
 use crate::profile::{clock_read_ns, thread_cpu_ns};
 
-/// Kicks timed (an odd count has a median).
+/// Notifications timed (an odd count has a median).
 const KICKS: usize = 201;
-/// Time between two kicks, for the previous one's delivery.
+/// Time between two notifications, for the previous one's delivery (and
+/// for a woken thread to sleep again).
 const GAP: Duration = Duration::from_micros(200);
+
+/// What notifying another vCPU thread costs its sender, ns of CPU
+/// (medians).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Notifications {
+    /// A kick of a thread running on another CPU.
+    pub kick_ns: f64,
+    /// A wake-up of a thread asleep on a condition variable.
+    pub wake_ns: f64,
+}
+
+/// Both costs, or `None` if either cannot be measured.
+pub fn notifications() -> Option<Notifications> {
+    Some(Notifications {
+        kick_ns: measure()?,
+        wake_ns: measure_wake()?,
+    })
+}
+
+/// Spins until `gap` has passed.
+fn spin_for(gap: Duration) {
+    let t = Instant::now();
+    while t.elapsed() < gap {
+        std::hint::spin_loop();
+    }
+}
+
+/// The median of `samples`.
+fn median(mut samples: Vec<f64>) -> Option<f64> {
+    samples.sort_by(f64::total_cmp);
+    samples.get(samples.len() / 2).copied()
+}
+
+/// Median CPU nanoseconds the sender spends waking a thread asleep on a
+/// condition variable (a halted vCPU's wake-up: the flag set under the
+/// lock, then `notify_all`), the clock read's own cost taken out.
+pub fn measure_wake() -> Option<f64> {
+    let pair = Arc::new((Mutex::new((false, false)), Condvar::new()));
+    let woken = Arc::new(AtomicU64::new(0));
+    let sleeper = {
+        let (pair, woken) = (Arc::clone(&pair), Arc::clone(&woken));
+        std::thread::Builder::new()
+            .name("wake-target".into())
+            .spawn(move || {
+                let (lock, cond) = &*pair;
+                let mut g = lock.lock().unwrap_or_else(|e| e.into_inner());
+                loop {
+                    while !g.0 && !g.1 {
+                        g = cond.wait(g).unwrap_or_else(|e| e.into_inner());
+                    }
+                    if g.1 {
+                        return;
+                    }
+                    g.0 = false;
+                    woken.fetch_add(1, Ordering::Release);
+                }
+            })
+            .ok()?
+    };
+    let read = clock_read_ns();
+    let mut samples = Vec::with_capacity(KICKS);
+    let (lock, cond) = &*pair;
+    for i in 0..KICKS as u64 {
+        spin_for(GAP);
+        let c0 = thread_cpu_ns();
+        lock.lock().unwrap_or_else(|e| e.into_inner()).0 = true;
+        cond.notify_all();
+        let c1 = thread_cpu_ns();
+        samples.push(c1.saturating_sub(c0).saturating_sub(read) as f64);
+        // The next wake finds it asleep again.
+        while woken.load(Ordering::Acquire) <= i {
+            std::hint::spin_loop();
+        }
+    }
+    lock.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+    cond.notify_all();
+    sleeper.join().ok()?;
+    median(samples)
+}
 
 /// Median CPU nanoseconds the sender spends on one kick of a running
 /// thread (the clock read's own cost taken out); `None` if the handler
@@ -46,10 +127,7 @@ pub fn measure() -> Option<f64> {
     let mut samples = Vec::with_capacity(KICKS);
     let mut failed = false;
     for _ in 0..KICKS {
-        let t = Instant::now();
-        while t.elapsed() < GAP {
-            std::hint::spin_loop();
-        }
+        spin_for(GAP);
         let c0 = thread_cpu_ns();
         // SAFETY: the spinning thread runs until `stop` is set below and
         // joined, so its pthread id is valid; its signal handler is the
@@ -64,15 +142,16 @@ pub fn measure() -> Option<f64> {
     if failed {
         return None;
     }
-    samples.sort_by(f64::total_cmp);
-    samples.get(KICKS / 2).copied()
+    median(samples)
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn a_kick_costs_some_cpu() {
-        let ns = super::measure().expect("kick measured");
-        assert!(ns.is_finite() && ns >= 0.0, "{ns}");
+    fn kicks_and_wakes_cost_some_cpu() {
+        let n = super::notifications().expect("measured");
+        for ns in [n.kick_ns, n.wake_ns] {
+            assert!(ns.is_finite() && ns >= 0.0, "{n:?}");
+        }
     }
 }

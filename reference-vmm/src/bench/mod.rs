@@ -20,6 +20,7 @@ mod tests;
 pub use crate::scenario::irqchip_name;
 pub use dispatch::DecodeDispatch;
 pub use goals::goals;
+pub use kick::Notifications;
 pub use memory::{Rss, VmmMemory};
 pub use plan::{Config, Op, SCALING};
 pub use report::{Host, Report};

@@ -147,8 +147,8 @@ pub fn run(cfg: &Config) -> Report {
         .map(|&(_, n)| n)
         .max()
         .and_then(DecodeDispatch::measure);
-    let kick_ns = super::kick::measure();
-    let goals = goals(&cells, ex64_dispatch.as_ref(), kick_ns);
+    let notify = super::kick::notifications();
+    let goals = goals(&cells, ex64_dispatch.as_ref(), notify);
     let pair = rdtsc_overhead_cycles(10_000);
     Report {
         command: cfg.command.clone(),
@@ -159,7 +159,7 @@ pub fn run(cfg: &Config) -> Report {
             rdtsc_pair_cycles: pair,
             rdtsc_pair_ns: cycles_to_ns(pair as f64, tsc_khz),
             clock_read_ns: profile::clock_read_ns(),
-            kick_ns,
+            notify,
         },
         ex64_dispatch,
         total_secs: start.elapsed().as_secs_f64(),
