@@ -117,21 +117,32 @@ fn quick_bench_writes_consistent_results() {
             let c = s
                 .by_class
                 .iter()
-                .find(|c| c.class == class)
+                .find(|c| c.split.class == class)
                 .unwrap_or_else(|| panic!("no {class} class in {s:?}"));
-            assert!(c.sampled > 0, "{class} not profiled: {s:?}");
+            assert!(c.split.sampled > 0, "{class} not profiled: {s:?}");
             assert!(
-                c.sampled >= c.exits / 64 && c.sampled <= c.exits / 4 + 2,
+                c.split.sampled >= c.exits / 64 && c.split.sampled <= c.exits / 4 + 2,
                 "{class}: {} of {} exits profiled",
-                c.sampled,
+                c.split.sampled,
                 c.exits
             );
-            assert!(c.cpu_ns_mean > 0.0 && c.cpu_ns_median > 0.0, "{c:?}");
+            assert!(
+                c.split.cpu_ns_mean > 0.0 && c.split.cpu_ns_median > 0.0,
+                "{c:?}"
+            );
         }
-        for c in s.by_class.iter().filter(|c| c.sampled > 0) {
-            assert!(c.cpu_ns_mean <= c.wall_ns_mean, "{} in {s:?}", c.class);
-            assert!(c.wait_ns_mean >= 0.0, "{} in {s:?}", c.class);
-            assert!(c.clock_read_ns_mean > 0.0, "{} in {s:?}", c.class);
+        for c in s.by_class.iter().filter(|c| c.split.sampled > 0) {
+            assert!(
+                c.split.cpu_ns_mean <= c.split.wall_ns_mean,
+                "{} in {s:?}",
+                c.split.class
+            );
+            assert!(c.split.wait_ns_mean >= 0.0, "{} in {s:?}", c.split.class);
+            assert!(
+                c.split.clock_read_ns_mean > 0.0,
+                "{} in {s:?}",
+                c.split.class
+            );
         }
     }
     // The goals judged on that split are all there; those on the exit

@@ -47,15 +47,9 @@ fn sample(
             }
             let p = p.cloned().unwrap_or_default();
             Some(ClassService {
-                class,
                 exits,
                 ns_per_exit: cycles_to_ns(cycles as f64, khz) / exits.max(1) as f64,
-                sampled: p.sampled,
-                cpu_ns_mean: p.cpu_ns_mean,
-                cpu_ns_median: p.cpu_ns_median,
-                wall_ns_mean: p.wall_ns_mean,
-                wait_ns_mean: p.wait_ns_mean,
-                clock_read_ns_mean: p.clock_read_ns_mean,
+                split: p,
             })
         })
         .collect();

@@ -4,34 +4,22 @@ use hv_enlightenments::accel::IrqchipMode;
 use serde::Serialize;
 
 use super::memory::VmmMemory;
+use crate::profile::ClassSplit;
 use crate::scenario::serialize_irqchip;
 
 /// Handler time of one exit class in one run, and the VMM CPU time and
 /// waiting of its profiled exits ([`crate::profile`]; those figures are 0
-/// when `sampled` is).
+/// when `sampled` is). Serialized flat: class, exits, ns_per_exit and the
+/// split's figures side by side.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClassService {
-    /// Exit class.
-    pub class: &'static str,
     /// Exits of the class in the measured phase.
     pub exits: u64,
     /// Mean handler nanoseconds per exit of the class (host TSC).
     pub ns_per_exit: f64,
-    /// Exits of the class profiled (about one in sixteen).
-    pub sampled: u64,
-    /// Mean VMM CPU nanoseconds per profiled exit (its whole turn,
-    /// `KVM_RUN` return to the next `KVM_RUN`).
-    pub cpu_ns_mean: f64,
-    /// Median of the same.
-    pub cpu_ns_median: f64,
-    /// Mean wall nanoseconds of the same turns.
-    pub wall_ns_mean: f64,
-    /// Wall minus CPU: the time the thread did not run (HLT: includes
-    /// the sleep).
-    pub wait_ns_mean: f64,
-    /// Mean CPU time of one read of the profile's clock in place (taken
-    /// out of the CPU time).
-    pub clock_read_ns_mean: f64,
+    /// The class and its profiled exits' split.
+    #[serde(flatten)]
+    pub split: ClassSplit,
 }
 
 /// One repetition of one run.

@@ -155,7 +155,7 @@ impl ClassCell {
             .filter_map(|x| {
                 x.by_class
                     .iter()
-                    .find(|c| c.class == class)
+                    .find(|c| c.split.class == class)
                     .map(|c| (*x, c))
             })
             .collect();
@@ -165,7 +165,7 @@ impl ClassCell {
         let stat = |f: fn(&super::ClassService) -> f64, profiled: bool| {
             let v: Vec<f64> = rows
                 .iter()
-                .filter(|(_, c)| !profiled || c.sampled > 0)
+                .filter(|(_, c)| !profiled || c.split.sampled > 0)
                 .map(|(_, c)| f(c))
                 .collect();
             Stat::of(&v)
@@ -178,12 +178,12 @@ impl ClassCell {
             class,
             exits_per_op: Stat::of(&per_op),
             service_ns: stat(|c| c.ns_per_exit, false),
-            sampled: rows.iter().map(|(_, c)| c.sampled).sum(),
-            cpu_ns_mean: stat(|c| c.cpu_ns_mean, true),
-            cpu_ns_median: stat(|c| c.cpu_ns_median, true),
-            wall_ns_mean: stat(|c| c.wall_ns_mean, true),
-            wait_ns_mean: stat(|c| c.wait_ns_mean, true),
-            clock_read_ns_mean: stat(|c| c.clock_read_ns_mean, true),
+            sampled: rows.iter().map(|(_, c)| c.split.sampled).sum(),
+            cpu_ns_mean: stat(|c| c.split.cpu_ns_mean, true),
+            cpu_ns_median: stat(|c| c.split.cpu_ns_median, true),
+            wall_ns_mean: stat(|c| c.split.wall_ns_mean, true),
+            wait_ns_mean: stat(|c| c.split.wait_ns_mean, true),
+            clock_read_ns_mean: stat(|c| c.split.clock_read_ns_mean, true),
         })
     }
 }

@@ -10,19 +10,22 @@ use super::plan::Op;
 use super::report::{Host, Report};
 use super::sample::{ClassService, Sample};
 use super::stats::{Stat, find, summarize};
+use crate::profile::ClassSplit;
 
 /// A class whose exits took `cpu` ns of VMM CPU and as long waiting.
 fn class(class: &'static str, exits: u64, cpu: f64) -> ClassService {
     ClassService {
-        class,
         exits,
         ns_per_exit: cpu,
-        sampled: exits / 16,
-        cpu_ns_mean: cpu,
-        cpu_ns_median: cpu,
-        wall_ns_mean: 2.0 * cpu,
-        wait_ns_mean: cpu,
-        clock_read_ns_mean: 600.0,
+        split: ClassSplit {
+            class,
+            sampled: exits / 16,
+            cpu_ns_mean: cpu,
+            cpu_ns_median: cpu,
+            wall_ns_mean: 2.0 * cpu,
+            wait_ns_mean: cpu,
+            clock_read_ns_mean: 600.0,
+        },
     }
 }
 

@@ -134,23 +134,9 @@ impl HyperV {
     }
 }
 
-/// The calling thread's CPU time in 100 ns units
-/// (`CLOCK_THREAD_CPUTIME_ID`).
+/// The calling vCPU thread's CPU time in 100 ns units (HV_X64_MSR_VP_RUNTIME).
 fn thread_runtime() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec to the valid pointer it is
-    // given and reads nothing else.
-    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if r != 0 {
-        return 0;
-    }
-    let ns = (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64);
-    ns / 100
+    crate::profile::thread_cpu_ns() / 100
 }
 
 /// Carries out what a committed write asked for on guest memory.
