@@ -175,8 +175,9 @@ pub const MSR_EXIT_CPU_NS: f64 = 2000.0;
 /// exit's (`null_ns`, a port write answered with nothing) measured in the
 /// same run. `floor`: `(mean, floor)`, where the exit must also notify its
 /// target (an ICR write): it passes too if its mean CPU is within
-/// [`FLOOR_MARGIN`] of the floor, a null exit plus its kicks and wake-ups
-/// at the host's cost of each ([`notify_floor`]).
+/// [`FLOOR_MARGIN`] of the floor, a null exit plus the CPU its own kicks
+/// and wake-ups took in the same turns ([`crate::profile::notification`];
+/// [`notify_floor`] shows what one of each costs).
 pub fn msr_exit_cpu(
     kind: &str,
     scenario: &str,
@@ -193,8 +194,8 @@ pub fn msr_exit_cpu(
     let at_floor = floor.is_some_and(|(mean, f)| f > 0.0 && mean <= FLOOR_MARGIN * f);
     if let Some((mean, f)) = floor {
         measured.push_str(&format!(
-            "; mean {mean:.0} ns against its floor of {f:.0} ns (null exit + its kicks and \
-             wake-ups): {}",
+            "; mean {mean:.0} ns against its floor of {f:.0} ns (null exit + the CPU of its own \
+             kicks and wake-ups): {}",
             if at_floor { "within 10%" } else { "over 10%" }
         ));
     }

@@ -165,20 +165,11 @@ pub fn goals(
             (Some((c, m)), Some(null)) => {
                 // An ICR exit kicks or wakes its target when the target is
                 // in guest mode or asleep: its floor is a null exit plus
-                // that share of a kick.
-                let sends = m.exits_per_op.median;
-                let floor = notify.filter(|_| class == "icr" && sends > 0.0).map(|n| {
-                    let kicks = c.kicks_per_op.median * n.kick_ns;
-                    let wakes = c.wakeups_per_op.median.max(0.0) * n.wake_ns;
-                    null + (kicks + wakes) / sends
-                });
-                let mut g = goal::msr_exit_cpu(
-                    kind,
-                    scenario,
-                    m.cpu_ns_median.median,
-                    null,
-                    floor.map(|f| (m.cpu_ns_mean.median, f)),
-                );
+                // the CPU its own notifications took (timed in the same
+                // turns).
+                let floor = (class == "icr")
+                    .then_some((m.cpu_ns_mean.median, null + m.notify_ns_mean.median));
+                let mut g = goal::msr_exit_cpu(kind, scenario, m.cpu_ns_median.median, null, floor);
                 g.measured = format!(
                     "{} (at {} vCPUs, {} profiled: CPU median {} over repetitions; wall {} ns, \
                      waiting {} ns per exit)",

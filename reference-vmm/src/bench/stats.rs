@@ -144,6 +144,9 @@ pub struct ClassCell {
     /// Mean CPU time of one read of the profile's clock in place (taken
     /// out).
     pub clock_read_ns_mean: Stat,
+    /// Mean CPU time per profiled exit spent notifying other threads
+    /// (part of the CPU time).
+    pub notify_ns_mean: Stat,
 }
 
 impl ClassCell {
@@ -184,6 +187,7 @@ impl ClassCell {
             wall_ns_mean: stat(|c| c.split.wall_ns_mean, true),
             wait_ns_mean: stat(|c| c.split.wait_ns_mean, true),
             clock_read_ns_mean: stat(|c| c.split.clock_read_ns_mean, true),
+            notify_ns_mean: stat(|c| c.split.notify_ns_mean, true),
         })
     }
 }

@@ -16,7 +16,7 @@ use lapic::LocalApic;
 use crate::error::Error;
 use crate::kvm::kick::KickTarget;
 use crate::metrics::{VcpuMetrics, bump};
-use crate::profile::ExitProfile;
+use crate::profile::{self, ExitProfile};
 
 /// Where a vCPU is in the INIT/SIPI protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -173,7 +173,7 @@ impl Vcpu {
             bump(&self.metrics.kicks);
             // SAFETY: `alive` is true under the lock the vCPU thread takes
             // to clear it before it exits and drops its VcpuFd.
-            if let Err(e) = unsafe { k.kick() } {
+            if let Err(e) = profile::notification(|| unsafe { k.kick() }) {
                 log::warn!("vCPU {}: {e}", self.index);
             }
         }
@@ -182,7 +182,7 @@ impl Vcpu {
     fn wake_locked(&self, s: &mut State) {
         s.woken = true;
         bump(&self.metrics.wakeups);
-        self.cond.notify_all();
+        profile::notification(|| self.cond.notify_all());
     }
 
     /// Carries out what ipiv said after a post.

@@ -152,7 +152,7 @@ impl KernelIrqchip {
         if is_init_deassert(data) {
             return false;
         }
-        match self.vm.signal_msi(kvm_msi_for(address, data)) {
+        match crate::profile::notification(|| self.vm.signal_msi(kvm_msi_for(address, data))) {
             Ok(n) => n > 0,
             Err(e) => {
                 log::warn!("KVM_SIGNAL_MSI {address:#x}/{data:#x}: {e}");
