@@ -174,10 +174,47 @@ pub fn clock_read_ns() -> u64 {
     *WARM.get_or_init(|| calibrate_clock_read(CALIBRATION_READS))
 }
 
+/// The host's work inside one profiled turn, timed apart: CPU ns and
+/// calls of each [`HostWork`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct HostCosts {
+    ns: [u64; 2],
+    calls: [u64; 2],
+}
+
+/// Host work a profiled turn times apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostWork {
+    /// Notifying another thread ([`notification`]).
+    Notify = 0,
+    /// A vCPU ioctl other than `KVM_RUN` ([`vcpu_ioctl`]).
+    Ioctl = 1,
+}
+
 thread_local! {
-    /// The notifications of the turn this thread is profiling: CPU ns
-    /// and calls, or `None` when no turn is profiled.
-    static NOTIFY: Cell<Option<(u64, u64)>> = const { Cell::new(None) };
+    /// The host work of the turn this thread is profiling, or `None` when
+    /// no turn is profiled.
+    static HOST: Cell<Option<HostCosts>> = const { Cell::new(None) };
+}
+
+/// Runs `f` and, if this thread's turn is profiled, counts its CPU time
+/// as `work`.
+#[inline]
+fn timed<R>(work: HostWork, f: impl FnOnce() -> R) -> R {
+    if HOST.with(|h| h.get().is_none()) {
+        return f();
+    }
+    let t0 = thread_cpu_ns();
+    let r = f();
+    let t1 = thread_cpu_ns();
+    HOST.with(|h| {
+        if let Some(mut c) = h.get() {
+            c.ns[work as usize] += t1.saturating_sub(t0);
+            c.calls[work as usize] += 1;
+            h.set(Some(c));
+        }
+    });
+    r
 }
 
 /// Runs `f`, a notification of another thread (a kick, a wake-up, an MSI
@@ -185,24 +222,20 @@ thread_local! {
 /// profiled.
 #[inline]
 pub fn notification<R>(f: impl FnOnce() -> R) -> R {
-    if NOTIFY.with(|n| n.get().is_none()) {
-        return f();
-    }
-    let t0 = thread_cpu_ns();
-    let r = f();
-    let t1 = thread_cpu_ns();
-    NOTIFY.with(|n| {
-        if let Some((ns, calls)) = n.get() {
-            n.set(Some((ns + t1.saturating_sub(t0), calls + 1)));
-        }
-    });
-    r
+    timed(HostWork::Notify, f)
 }
 
-/// Ends the timing of notifications on this thread (a turn not
-/// profiled, or one whose probe was dropped).
+/// Runs `f`, a vCPU ioctl other than `KVM_RUN` (`KVM_INTERRUPT`,
+/// `KVM_NMI`), timing its CPU apart if this thread's turn is profiled.
+#[inline]
+pub fn vcpu_ioctl<R>(f: impl FnOnce() -> R) -> R {
+    timed(HostWork::Ioctl, f)
+}
+
+/// Ends the timing of host work on this thread (a turn not profiled, or
+/// one whose probe was dropped).
 pub fn no_turn() {
-    NOTIFY.with(|n| n.set(None));
+    HOST.with(|h| h.set(None));
 }
 
 /// The readings at the start of a profiled turn: the thread's CPU clock
@@ -227,6 +260,9 @@ pub struct Turn {
     /// CPU time of the turn's notifications of other threads, ns (part
     /// of `cpu_ns`; [`notification`]).
     pub notify_ns: u64,
+    /// CPU time of the turn's vCPU ioctls other than `KVM_RUN`, ns (part
+    /// of `cpu_ns`; [`vcpu_ioctl`]).
+    pub ioctl_ns: u64,
 }
 
 impl Probe {
@@ -235,7 +271,7 @@ impl Probe {
     #[inline]
     pub fn start() -> Self {
         let _warm_up = thread_cpu_ns();
-        NOTIFY.with(|n| n.set(Some((0, 0))));
+        HOST.with(|h| h.set(Some(HostCosts::default())));
         Self {
             cpu_ns: thread_cpu_ns(),
             tsc: tsc(),
@@ -251,11 +287,12 @@ impl Probe {
         let end = tsc();
         let cpu_ns = thread_cpu_ns();
         let read_ns = thread_cpu_ns().saturating_sub(cpu_ns);
-        let (notify_raw, calls) = NOTIFY.with(|n| n.take()).unwrap_or((0, 0));
+        let host = HOST.with(|h| h.take()).unwrap_or_default();
+        let calls: u64 = host.calls.iter().sum();
         let wall_cycles = end.saturating_sub(self.tsc);
         let wall_ns = cycles_to_ns(wall_cycles as f64, tsc_khz) as u64;
-        // Each notification added two reads to the turn; its own window
-        // holds about one.
+        // Each timed piece of host work added two reads to the turn; its
+        // own window holds about one.
         let cpu_ns = cpu_ns
             .saturating_sub(self.cpu_ns)
             .saturating_sub(read_ns)
@@ -265,9 +302,16 @@ impl Probe {
             cpu_ns,
             wall_cycles,
             read_ns,
-            notify_ns: notify_raw.saturating_sub(calls * read_ns).min(cpu_ns),
+            notify_ns: host_ns(&host, HostWork::Notify, read_ns).min(cpu_ns),
+            ioctl_ns: host_ns(&host, HostWork::Ioctl, read_ns).min(cpu_ns),
         }
     }
+}
+
+/// The CPU of `work` in `c`, one clock read per call taken out.
+fn host_ns(c: &HostCosts, work: HostWork, read_ns: u64) -> u64 {
+    let i = work as usize;
+    c.ns[i].saturating_sub(c.calls[i] * read_ns)
 }
 
 /// Chooses the exits to profile: one in [`SAMPLE_PERIOD`] on average,
@@ -321,6 +365,7 @@ struct ClassProfile {
     wall_cycles: AtomicU64,
     read_ns: AtomicU64,
     notify_ns: AtomicU64,
+    ioctl_ns: AtomicU64,
     /// Sampled exits by CPU time ([`bucket_of`]); 32 bits are enough for
     /// 2^32 sampled exits, 2^36 exits.
     buckets: [AtomicU32; BUCKETS],
@@ -334,6 +379,7 @@ impl Default for ClassProfile {
             wall_cycles: AtomicU64::new(0),
             read_ns: AtomicU64::new(0),
             notify_ns: AtomicU64::new(0),
+            ioctl_ns: AtomicU64::new(0),
             buckets: [const { AtomicU32::new(0) }; BUCKETS],
         }
     }
@@ -356,6 +402,7 @@ impl ExitProfile {
         c.wall_cycles.fetch_add(turn.wall_cycles, Ordering::Relaxed);
         c.read_ns.fetch_add(turn.read_ns, Ordering::Relaxed);
         c.notify_ns.fetch_add(turn.notify_ns, Ordering::Relaxed);
+        c.ioctl_ns.fetch_add(turn.ioctl_ns, Ordering::Relaxed);
         if let Some(b) = c.buckets.get(bucket_of(turn.cpu_ns)) {
             b.fetch_add(1, Ordering::Relaxed);
         }
@@ -370,6 +417,7 @@ impl ExitProfile {
             d.wall_cycles = c.wall_cycles.load(Ordering::Relaxed);
             d.read_ns = c.read_ns.load(Ordering::Relaxed);
             d.notify_ns = c.notify_ns.load(Ordering::Relaxed);
+            d.ioctl_ns = c.ioctl_ns.load(Ordering::Relaxed);
             for (db, cb) in d.buckets.iter_mut().zip(&c.buckets) {
                 *db = u64::from(cb.load(Ordering::Relaxed));
             }
@@ -391,6 +439,8 @@ pub struct ClassSnapshot {
     pub read_ns: u64,
     /// Their notifications' CPU time (part of `cpu_ns`), ns.
     pub notify_ns: u64,
+    /// Their vCPU ioctls' CPU time (part of `cpu_ns`), ns.
+    pub ioctl_ns: u64,
     /// Their CPU time histogram ([`bucket_of`]).
     pub buckets: [u64; BUCKETS],
 }
@@ -403,6 +453,7 @@ impl Default for ClassSnapshot {
             wall_cycles: 0,
             read_ns: 0,
             notify_ns: 0,
+            ioctl_ns: 0,
             buckets: [0; BUCKETS],
         }
     }
@@ -433,6 +484,7 @@ impl ProfileSnapshot {
             a.wall_cycles += b.wall_cycles;
             a.read_ns += b.read_ns;
             a.notify_ns += b.notify_ns;
+            a.ioctl_ns += b.ioctl_ns;
             for (x, y) in a.buckets.iter_mut().zip(&b.buckets) {
                 *x += y;
             }
@@ -448,6 +500,7 @@ impl ProfileSnapshot {
             a.wall_cycles = a.wall_cycles.saturating_sub(b.wall_cycles);
             a.read_ns = a.read_ns.saturating_sub(b.read_ns);
             a.notify_ns = a.notify_ns.saturating_sub(b.notify_ns);
+            a.ioctl_ns = a.ioctl_ns.saturating_sub(b.ioctl_ns);
             for (x, y) in a.buckets.iter_mut().zip(&b.buckets) {
                 *x = x.saturating_sub(*y);
             }
@@ -476,6 +529,7 @@ impl ProfileSnapshot {
                     wait_ns_mean: wall - cpu,
                     clock_read_ns_mean: c.read_ns as f64 / n,
                     notify_ns_mean: c.notify_ns as f64 / n,
+                    ioctl_ns_mean: c.ioctl_ns as f64 / n,
                 }
             })
             .collect();
@@ -513,6 +567,9 @@ pub struct ClassSplit {
     /// wake-ups, MSIs), ns: part of the CPU time above, the host's cost
     /// of the cross-CPU interrupt behind each.
     pub notify_ns_mean: f64,
+    /// Mean CPU time per exit in vCPU ioctls other than `KVM_RUN`
+    /// (`KVM_INTERRUPT`, `KVM_NMI`), ns: part of the CPU time above.
+    pub ioctl_ns_mean: f64,
 }
 
 /// The profile of a run, per class.
@@ -539,7 +596,7 @@ impl ProfileSplit {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "{:<10}{:>8}{:>12}{:>12}{:>12}{:>12}{:>10}{:>10}",
+            "{:<10}{:>8}{:>12}{:>12}{:>12}{:>12}{:>10}{:>10}{:>10}",
             "class",
             "sampled",
             "CPU ns",
@@ -547,12 +604,13 @@ impl ProfileSplit {
             "wall ns",
             "waiting ns",
             "notify ns",
+            "ioctl ns",
             "read ns"
         );
         for c in &self.classes {
             let _ = writeln!(
                 s,
-                "{:<10}{:>8}{:>12.0}{:>12.0}{:>12.0}{:>12.0}{:>10.0}{:>10.0}",
+                "{:<10}{:>8}{:>12.0}{:>12.0}{:>12.0}{:>12.0}{:>10.0}{:>10.0}{:>10.0}",
                 c.class,
                 c.sampled,
                 c.cpu_ns_mean,
@@ -560,6 +618,7 @@ impl ProfileSplit {
                 c.wall_ns_mean,
                 c.wait_ns_mean,
                 c.notify_ns_mean,
+                c.ioctl_ns_mean,
                 c.clock_read_ns_mean
             );
         }
@@ -567,7 +626,8 @@ impl ProfileSplit {
             s,
             "VMM time per exit from KVM_RUN's return to the next KVM_RUN, about 1 in {} exits sampled; \
              waiting = wall - CPU (HLT: includes the sleep); \"notify ns\": the part of the CPU spent \
-             kicking, waking or signalling other vCPUs; one read of the CPU clock, as it cost in \
+             kicking, waking or signalling other vCPUs, \"ioctl ns\" the part in `KVM_INTERRUPT` and \
+             `KVM_NMI`; one read of the CPU clock, as it cost in \
              place (\"read ns\"), is taken out of each (a warm read costs {} ns)",
             self.sample_period, self.clock_read_ns
         );
@@ -625,6 +685,7 @@ mod tests {
             wall_cycles,
             read_ns: 250,
             notify_ns: cpu_ns / 5,
+            ioctl_ns: cpu_ns / 10,
         };
         p.record(ExitClass::Msr, turn(1000, 3000));
         let before = p.snapshot();
@@ -645,7 +706,7 @@ mod tests {
         assert_eq!((msr.sampled, msr.cpu_ns_mean), (1, 1500.0));
         assert_eq!((msr.wall_ns_mean, msr.wait_ns_mean), (3000.0, 1500.0));
         assert_eq!(msr.clock_read_ns_mean, 250.0);
-        assert_eq!(msr.notify_ns_mean, 300.0);
+        assert_eq!((msr.notify_ns_mean, msr.ioctl_ns_mean), (300.0, 150.0));
         assert!((1472.0..1536.0).contains(&msr.cpu_ns_median));
         assert_eq!(s.class("hlt").unwrap().wait_ns_mean, 999_500.0);
         assert!(s.class("pio").is_none());
@@ -660,14 +721,15 @@ mod tests {
     fn notifications_are_timed_only_inside_a_profiled_turn() {
         no_turn();
         assert_eq!(notification(|| 7), 7);
-        assert_eq!(NOTIFY.with(|n| n.get()), None);
+        assert_eq!(HOST.with(|h| h.get()), None);
         let probe = Probe::start();
         notification(|| std::hint::black_box((0..1000u64).sum::<u64>()));
         notification(|| ());
-        assert_eq!(NOTIFY.with(|n| n.get()).map(|(_, calls)| calls), Some(2));
+        vcpu_ioctl(|| ());
+        assert_eq!(HOST.with(|h| h.get()).map(|c| c.calls), Some([2, 1]));
         let t = probe.finish(2_000_000);
-        assert!(t.notify_ns <= t.cpu_ns, "{t:?}");
-        assert_eq!(NOTIFY.with(|n| n.get()), None, "finish ends the turn");
+        assert!(t.notify_ns + t.ioctl_ns <= 2 * t.cpu_ns, "{t:?}");
+        assert_eq!(HOST.with(|h| h.get()), None, "finish ends the turn");
     }
 
     #[test]

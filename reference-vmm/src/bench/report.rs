@@ -275,18 +275,19 @@ impl Report {
             s,
             "Per exit of the class: handler time (TSC, every exit), and over the profiled exits \
              (about 1 in {}) the VMM's CPU time and wall time of the whole turn, waiting = wall - CPU \
-             (HLT: includes the sleep), the part of the CPU spent notifying other vCPUs (kicks, \
-             wake-ups, MSIs: the host's cost of a cross-CPU interrupt) and the CPU time of one read \
-             of the profile's clock (taken out). See the notes.\n",
+             (HLT: includes the sleep), the parts of the CPU spent notifying other vCPUs (kicks, \
+             wake-ups, MSIs: the host's cost of a cross-CPU interrupt) and in vCPU ioctls other than \
+             `KVM_RUN` (`KVM_INTERRUPT`, `KVM_NMI`), and the CPU time of one read of the profile's \
+             clock (taken out). See the notes.\n",
             crate::profile::SAMPLE_PERIOD
         );
         let _ = writeln!(
             s,
-            "| operation | vCPUs | irqchip | enl. | scenario | class | exits/op | profiled | handler ns | CPU ns mean | CPU ns median | wall ns | waiting ns | notify ns | clock read ns |"
+            "| operation | vCPUs | irqchip | enl. | scenario | class | exits/op | profiled | handler ns | CPU ns mean | CPU ns median | wall ns | waiting ns | notify ns | ioctl ns | clock read ns |"
         );
         let _ = writeln!(
             s,
-            "|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         let scaling = [Op::Broadcast.name(), Op::Shootdown.name()];
         for c in self.cells.iter().filter(|c| !scaling.contains(&c.op)) {
@@ -301,7 +302,7 @@ impl Report {
                 };
                 let _ = writeln!(
                     s,
-                    "| {title} | {} | {} | {} | {} | {} | {:.2} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+                    "| {title} | {} | {} | {} | {} | {} | {:.2} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
                     c.vcpus,
                     irqchip_name(c.irqchip),
                     on_off(c.enlightened),
@@ -315,6 +316,7 @@ impl Report {
                     prof(&k.wall_ns_mean),
                     prof(&k.wait_ns_mean),
                     prof(&k.notify_ns_mean),
+                    prof(&k.ioctl_ns_mean),
                     prof(&k.clock_read_ns_mean),
                 );
             }

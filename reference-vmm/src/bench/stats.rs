@@ -147,6 +147,9 @@ pub struct ClassCell {
     /// Mean CPU time per profiled exit spent notifying other threads
     /// (part of the CPU time).
     pub notify_ns_mean: Stat,
+    /// Mean CPU time per profiled exit in vCPU ioctls other than
+    /// `KVM_RUN` (part of the CPU time).
+    pub ioctl_ns_mean: Stat,
 }
 
 impl ClassCell {
@@ -188,6 +191,7 @@ impl ClassCell {
             wait_ns_mean: stat(|c| c.split.wait_ns_mean, true),
             clock_read_ns_mean: stat(|c| c.split.clock_read_ns_mean, true),
             notify_ns_mean: stat(|c| c.split.notify_ns_mean, true),
+            ioctl_ns_mean: stat(|c| c.split.ioctl_ns_mean, true),
         })
     }
 }

@@ -111,7 +111,7 @@ impl UserIrqchip {
         // KVM queues NMIs itself and injects each when NMIs are unblocked
         // (x86.c `process_nmi`, at most one pending behind one in service).
         for _ in 0..std::mem::take(&mut s.nmi_pending) {
-            cx.kvm.fd().nmi().map_err(cx.kvm.err("KVM_NMI"))?;
+            crate::profile::vcpu_ioctl(|| cx.kvm.fd().nmi()).map_err(cx.kvm.err("KVM_NMI"))?;
             bump(&me.metrics.nmis);
         }
         deliver_posted(s, posted);
@@ -125,9 +125,9 @@ impl UserIrqchip {
                 let irq = kvm_interrupt { irq: u32::from(v) };
                 // SAFETY: KVM_INTERRUPT reads one kvm_interrupt from the
                 // reference, which outlives the call; the fd is a vCPU fd.
-                let r = unsafe {
+                let r = crate::profile::vcpu_ioctl(|| unsafe {
                     vmm_sys_util::ioctl::ioctl_with_ref(cx.kvm.fd(), KVM_INTERRUPT(), &irq)
-                };
+                });
                 if r < 0 {
                     return Err(cx.kvm.err("KVM_INTERRUPT")(kvm_ioctls::Error::last()).into());
                 }
