@@ -14,6 +14,7 @@ use lapic::LocalApic;
 use serde::Serialize;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::stats::Stat;
 use crate::clock::HostClock;
 use crate::guest::scenarios::ex64_input;
 use crate::hyperv::hypercall::dispatch;
@@ -73,10 +74,9 @@ impl DecodeDispatch {
                 times.push(ns);
             }
         }
-        times.sort_by(f64::total_cmp);
         Some(Self {
             vcpus,
-            ns: *times.get(CALLS / 2)?,
+            ns: Stat::of(&times).median,
         })
     }
 }

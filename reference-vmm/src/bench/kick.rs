@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use super::stats::Stat;
 use crate::kvm::kick::{install_handler, kick_signal};
 use crate::profile::{clock_read_ns, thread_cpu_ns};
 
@@ -44,12 +45,6 @@ fn spin_for(gap: Duration) {
     while t.elapsed() < gap {
         std::hint::spin_loop();
     }
-}
-
-/// The median of `samples`.
-fn median(mut samples: Vec<f64>) -> Option<f64> {
-    samples.sort_by(f64::total_cmp);
-    samples.get(samples.len() / 2).copied()
 }
 
 /// Median CPU nanoseconds the sender spends waking a thread asleep on a
@@ -96,7 +91,7 @@ pub fn measure_wake() -> Option<f64> {
     lock.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
     cond.notify_all();
     sleeper.join().ok()?;
-    median(samples)
+    Some(Stat::of(&samples).median)
 }
 
 /// Median CPU nanoseconds the sender spends on one kick of a running
@@ -142,7 +137,7 @@ pub fn measure() -> Option<f64> {
     if failed {
         return None;
     }
-    median(samples)
+    Some(Stat::of(&samples).median)
 }
 
 #[cfg(test)]
