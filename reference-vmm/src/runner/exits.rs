@@ -24,10 +24,6 @@ use crate::runner::Runner;
 use crate::runner::io::Trap;
 use crate::vcpu::Vcpu;
 
-/// The x2APIC ICR's MSR.
-const X2APIC_ICR: u32 =
-    lapic::regs::MSR_X2APIC_FIRST + (lapic::regs::ICR_LOW >> lapic::regs::X2APIC_MSR_SHIFT);
-
 /// The hypercall trap's interrupts, raised through the irqchip; a PV
 /// IPI's notifications are fanned out once the call has posted them all.
 struct MachineRaise<'a>(&'a Machine, RefCell<FanOut>);
@@ -59,7 +55,9 @@ impl Runner<'_> {
         let (index, data) = exit_data::msr(self.kvm.fd_mut());
         let (m, me) = (self.m, self.me);
         hvmsr::count(&me.metrics, index);
-        let class = if write && (index == X2APIC_ICR || index == HV_X64_MSR_ICR) {
+        let icr = index == HV_X64_MSR_ICR
+            || lapic::regs::x2apic_msr_to_reg(index) == Some(lapic::regs::ICR_LOW);
+        let class = if write && icr {
             bump(&me.metrics.msr_icr_writes);
             ExitClass::Icr
         } else {
