@@ -232,15 +232,24 @@ pub fn vcpu_ioctl<R>(f: impl FnOnce() -> R) -> R {
     timed(HostWork::Ioctl, f)
 }
 
-/// Ends the timing of host work on this thread (a turn not profiled, or
-/// one whose probe was dropped).
-pub fn no_turn() {
+/// Ends the timing of host work on this thread.
+fn no_turn() {
     HOST.with(|h| h.set(None));
 }
 
+impl Drop for Probe {
+    /// A turn that was not finished (an exit that was not accounted) times
+    /// nothing more.
+    fn drop(&mut self) {
+        no_turn();
+    }
+}
+
 /// The readings at the start of a profiled turn: the thread's CPU clock
-/// (after a read that warms its path up), then the TSC.
-#[derive(Debug, Clone, Copy)]
+/// (after a read that warms its path up), then the TSC. While it lives,
+/// this thread's host work is timed apart; [`Probe::finish`] or a drop
+/// ends that.
+#[derive(Debug)]
 pub struct Probe {
     /// The thread's CPU time, ns.
     cpu_ns: u64,

@@ -275,7 +275,9 @@ impl<'a> Runner<'a> {
         let r = self.kvm.fd_mut().run();
         // Before the service time starts, so that it leaves the probe out.
         self.turn_class = None;
-        crate::profile::no_turn();
+        // Any earlier probe is dropped (ending its timing) before the
+        // next one starts, not after.
+        self.probe = None;
         self.probe = self.sampler.tick().then(Probe::start);
         self.exit_tsc = tsc();
         match r {
