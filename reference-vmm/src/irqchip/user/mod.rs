@@ -70,11 +70,6 @@ impl UserIrqchip {
         }
     }
 
-    /// The halt-polling policy.
-    pub fn halt_poll(&self) -> HaltPoll {
-        self.halt_poll.policy()
-    }
-
     /// Sets the largest halt-polling window (0: off).
     pub fn set_halt_poll(&self, max: std::time::Duration) {
         self.halt_poll.set_max(max);
