@@ -12,7 +12,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::stats::Stat;
-use crate::kvm::kick::{install_handler, kick_signal};
+use crate::kvm::kick::{install_handler, signal_thread, this_thread};
 use crate::profile::{clock_read_ns, thread_cpu_ns};
 
 /// Notifications timed (an odd count has a median).
@@ -106,8 +106,7 @@ pub fn measure() -> Option<f64> {
         std::thread::Builder::new()
             .name("kick-target".into())
             .spawn(move || {
-                // SAFETY: pthread_self has no preconditions.
-                id.store(unsafe { libc::pthread_self() } as u64, Ordering::Release);
+                id.store(this_thread() as u64, Ordering::Release);
                 while !stop.load(Ordering::Relaxed) {
                     std::hint::spin_loop();
                 }
@@ -117,7 +116,7 @@ pub fn measure() -> Option<f64> {
     while id.load(Ordering::Acquire) == 0 {
         std::hint::spin_loop();
     }
-    let thread = id.load(Ordering::Acquire) as libc::pthread_t;
+    let tid = id.load(Ordering::Acquire) as libc::pid_t;
     let read = clock_read_ns();
     let mut samples = Vec::with_capacity(KICKS);
     let mut failed = false;
@@ -125,11 +124,11 @@ pub fn measure() -> Option<f64> {
         spin_for(GAP);
         let c0 = thread_cpu_ns();
         // SAFETY: the spinning thread runs until `stop` is set below and
-        // joined, so its pthread id is valid; its signal handler is the
+        // joined, so its thread id is valid; its signal handler is the
         // VMM's empty kick handler.
-        let r = unsafe { libc::pthread_kill(thread, kick_signal()) };
+        let r = unsafe { signal_thread(tid) };
         let c1 = thread_cpu_ns();
-        failed |= r != 0;
+        failed |= r.is_err();
         samples.push(c1.saturating_sub(c0).saturating_sub(read) as f64);
     }
     stop.store(true, Ordering::Relaxed);

@@ -94,9 +94,9 @@ pub fn msr(fd: &mut VcpuFd) -> (u32, u64) {
 /// `KVM_RUN` with `immediate_exit` set (KVM runs the completion, then
 /// returns `EINTR`). The synced registers marked dirty are applied too.
 pub fn complete_pending(fd: &mut VcpuFd) -> Result<(), kvm_ioctls::Error> {
-    fd.set_kvm_immediate_exit(1);
+    super::kick::set_immediate_exit(fd.get_kvm_run(), true);
     let r = fd.run().map(|_| ());
-    fd.set_kvm_immediate_exit(0);
+    super::kick::set_immediate_exit(fd.get_kvm_run(), false);
     match r {
         Err(e) if e.errno() == libc::EINTR => Ok(()),
         Err(e) => Err(e),

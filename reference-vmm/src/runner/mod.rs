@@ -18,7 +18,7 @@ use kvm_ioctls::{SyncReg, VcpuExit};
 use crate::error::Error;
 use crate::irqchip::{VcpuCtx, VcpuLocal};
 use crate::kvm::flush::flush_guest_tlb;
-use crate::kvm::kick::KickTarget;
+use crate::kvm::kick::{self, KickTarget};
 use crate::kvm::vcpu::KvmVcpu;
 use crate::machine::{FlushMethod, Machine};
 use crate::metrics::{ExitClass, bump, tsc};
@@ -115,8 +115,8 @@ impl<'a> Runner<'a> {
     pub fn run(mut self) -> Result<(), Error> {
         // On the vCPU's own thread: a gate is per thread.
         self.gate = VcpuGate::for_this_thread().ok();
-        self.me
-            .go_live(KickTarget::current(&mut self.kvm.run_area().immediate_exit));
+        kick::block_outside_run(self.kvm.fd())?;
+        self.me.go_live(KickTarget::current(self.kvm.run_area()));
         // KVM copies the registers into kvm_run at every exit: the
         // hypercall and report paths read them there instead of paying
         // for KVM_GET_REGS/KVM_GET_SREGS.
@@ -165,9 +165,7 @@ impl<'a> Runner<'a> {
                 }
                 Exit::Intr => {
                     bump(&self.me.metrics.exit_intr);
-                    if let Some(k) = &self.me.lock().kick {
-                        k.clear();
-                    }
+                    kick::take_kicks(self.kvm.run_area(), true)?;
                     self.account(ExitClass::Other);
                 }
                 Exit::Hlt => {
@@ -240,6 +238,11 @@ impl<'a> Runner<'a> {
     /// the vCPU's lock, so a timer or flush request from now on kicks.
     fn prepare_entry(&mut self) -> Result<(), Error> {
         let (m, me) = (self.m, self.me);
+        // Kicks sent since the last exit are answered by this entry, which
+        // sees every event latched or posted before it: the flag is
+        // cleared (and a blocked kick signal discarded) before the vCPU is
+        // published as in guest mode, so that later kicks set it again.
+        kick::take_kicks(self.kvm.run_area(), false)?;
         let mut s = me.lock();
         if s.flush_pending {
             if m.flush == FlushMethod::MmuReset {
