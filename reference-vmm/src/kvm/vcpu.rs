@@ -4,8 +4,8 @@
 //! lends it to the services (the irqchip backends, the hypercall trap),
 //! which need nothing else of the loop.
 
-use kvm_bindings::{kvm_regs, kvm_run};
-use kvm_ioctls::VcpuFd;
+use kvm_bindings::{KVM_SYNC_X86_EVENTS, kvm_interrupt, kvm_regs, kvm_run};
+use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 
 use crate::kvm::{exit_data, msr};
 
@@ -26,22 +26,108 @@ pub fn kvm_err(vcpu: u32, op: &'static str) -> impl FnOnce(kvm_ioctls::Error) ->
     move |err| Error { vcpu, op, err }
 }
 
+vmm_sys_util::ioctl_iow_nr!(KVM_INTERRUPT, kvm_bindings::KVMIO, 0x86, kvm_interrupt);
+
+/// Which state KVM can keep in `kvm_run` for userspace (`KVM_CAP_SYNC_REGS`'s
+/// answer, a mask of `KVM_SYNC_X86_*`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncRegs(pub u32);
+
+impl SyncRegs {
+    /// Whether the vCPU events (`KVM_SYNC_X86_EVENTS`) are among them.
+    pub fn events(self) -> bool {
+        self.0 & KVM_SYNC_X86_EVENTS != 0
+    }
+}
+
 /// One vCPU's fd and exit-completion state.
 pub struct KvmVcpu {
     fd: VcpuFd,
     index: u32,
     /// The last exit is completed only by the next `KVM_RUN`.
     pending_completion: bool,
+    /// What KVM can keep in `kvm_run`.
+    sync: SyncRegs,
+    /// The vCPU events in `kvm_run` are KVM's as of the last `KVM_RUN`
+    /// (no ioctl has changed them since).
+    events_synced: bool,
 }
 
 impl KvmVcpu {
-    /// vCPU `index`'s fd.
-    pub fn new(fd: VcpuFd, index: u32) -> Self {
+    /// vCPU `index`'s fd; `sync`: what KVM can keep in `kvm_run`.
+    pub fn new(fd: VcpuFd, index: u32, sync: SyncRegs) -> Self {
         Self {
             fd,
             index,
             pending_completion: false,
+            sync,
+            events_synced: false,
         }
+    }
+
+    /// Asks KVM to copy the general and system registers, and the vCPU
+    /// events where it can, into `kvm_run` at every exit: the hypercall
+    /// and report paths read the registers there instead of paying for
+    /// `KVM_GET_REGS`/`KVM_GET_SREGS`, and [`KvmVcpu::queue_interrupt`]
+    /// injects through the events.
+    pub fn sync_regs_at_exits(&mut self) {
+        self.fd.set_sync_valid_reg(SyncReg::Register);
+        self.fd.set_sync_valid_reg(SyncReg::SystemRegister);
+        if self.sync.events() {
+            self.fd.set_sync_valid_reg(SyncReg::VcpuEvents);
+        }
+    }
+
+    /// `KVM_RUN`.
+    pub fn run(&mut self) -> Result<VcpuExit<'_>, kvm_ioctls::Error> {
+        // KVM stores the synced state on its way out of every KVM_RUN that
+        // got past its argument checks, EINTR included.
+        self.events_synced = self.sync.events();
+        self.fd.run()
+    }
+
+    /// Queues external interrupt `vector` for the next entry, which KVM
+    /// delivers through the guest's IDT (the caller has checked
+    /// `ready_for_interrupt_injection` and IF).
+    ///
+    /// `KVM_INTERRUPT` is a vCPU ioctl of its own: on a host where each
+    /// one costs microseconds (it loads and puts the vCPU), the same
+    /// request rides on the next `KVM_RUN` instead, through the vCPU
+    /// events KVM stored in `kvm_run` at the exit (`KVM_SYNC_X86_EVENTS`).
+    /// Written back with no flags, they set the exception, interrupt and
+    /// NMI-injection state and the NMI mask, and leave pending NMIs, the
+    /// interrupt shadow, SMM and triple faults alone (x86.c
+    /// `kvm_vcpu_ioctl_x86_set_vcpu_events`). So only while the stored
+    /// copy is KVM's state as it is, with no exception, interrupt or NMI
+    /// in flight; otherwise, as before, the ioctl.
+    pub fn queue_interrupt(&mut self, vector: u8) -> Result<(), Error> {
+        if self.events_synced {
+            let ev = &mut self.fd.sync_regs_mut().events;
+            let idle = ev.exception.injected == 0
+                && ev.exception.pending == 0
+                && ev.interrupt.injected == 0
+                && ev.nmi.injected == 0;
+            if idle {
+                ev.flags = 0;
+                ev.interrupt.injected = 1;
+                ev.interrupt.nr = vector;
+                ev.interrupt.soft = 0;
+                self.fd.set_sync_dirty_reg(SyncReg::VcpuEvents);
+                return Ok(());
+            }
+        }
+        let irq = kvm_interrupt {
+            irq: u32::from(vector),
+        };
+        // SAFETY: KVM_INTERRUPT reads one kvm_interrupt from the
+        // reference, which outlives the call; the fd is a vCPU fd.
+        let r = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(&self.fd, KVM_INTERRUPT(), &irq) };
+        if r < 0 {
+            return Err(kvm_err(self.index, "KVM_INTERRUPT")(
+                kvm_ioctls::Error::last(),
+            ));
+        }
+        Ok(())
     }
 
     /// The vCPU's index.
@@ -107,10 +193,11 @@ impl KvmVcpu {
         self.fd.get_regs().map(|r| r.rip).unwrap_or(0)
     }
 
-    /// After `KVM_SET_REGS`/`KVM_SET_SREGS`: the synced copies in
-    /// `kvm_run` are stale, and must not be written back at the next
-    /// entry.
+    /// After `KVM_SET_REGS`/`KVM_SET_SREGS`/`KVM_SET_VCPU_EVENTS`: the
+    /// synced copies in `kvm_run` are stale, and must not be written back
+    /// at the next entry.
     pub fn drop_synced_regs(&mut self) {
         self.fd.get_kvm_run().kvm_dirty_regs = 0;
+        self.events_synced = false;
     }
 }

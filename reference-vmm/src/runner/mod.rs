@@ -13,7 +13,7 @@ pub mod io;
 use std::sync::atomic::Ordering;
 
 use ipiv::inhibit::VcpuGate;
-use kvm_ioctls::{SyncReg, VcpuExit};
+use kvm_ioctls::VcpuExit;
 
 use crate::error::Error;
 use crate::irqchip::{VcpuCtx, VcpuLocal};
@@ -117,13 +117,7 @@ impl<'a> Runner<'a> {
         self.gate = VcpuGate::for_this_thread().ok();
         kick::block_outside_run(self.kvm.fd())?;
         self.me.go_live(KickTarget::current(self.kvm.run_area()));
-        // KVM copies the registers into kvm_run at every exit: the
-        // hypercall and report paths read them there instead of paying
-        // for KVM_GET_REGS/KVM_GET_SREGS.
-        self.kvm.fd_mut().set_sync_valid_reg(SyncReg::Register);
-        self.kvm
-            .fd_mut()
-            .set_sync_valid_reg(SyncReg::SystemRegister);
+        self.kvm.sync_regs_at_exits();
         let r = self.run_loop();
         let m = self.m;
         let snapshot = m.irqchip.exit_snapshot(&mut self.cx());
@@ -275,7 +269,7 @@ impl<'a> Runner<'a> {
     }
 
     fn run_once(&mut self) -> Exit {
-        let r = self.kvm.fd_mut().run();
+        let r = self.kvm.run();
         // Before the service time starts, so that it leaves the probe out.
         self.turn_class = None;
         // Any earlier probe is dropped (ending its timing) before the

@@ -27,7 +27,7 @@ use crate::kvm::cpuid::{self, cpuid_plan};
 use crate::kvm::kick;
 use crate::kvm::msr::MSR_TSC;
 use crate::kvm::stats::StatsReader;
-use crate::kvm::vcpu::KvmVcpu;
+use crate::kvm::vcpu::{KvmVcpu, SyncRegs};
 use crate::machine::{FlushMethod, Machine, Marks};
 use crate::timers::Timers;
 use crate::vcpu::Vcpu;
@@ -52,6 +52,8 @@ pub(crate) struct Common {
     first_vcpu: Option<VcpuFd>,
     /// The guest TSC frequency (KVM_GET_TSC_KHZ), if KVM reported one.
     tsc_khz: Option<u32>,
+    /// What KVM can keep in each vCPU's `kvm_run`.
+    pub(crate) sync_regs: SyncRegs,
     /// vCPU 0's TSC right after its creation (IA32_TSC), if readable.
     guest_tsc: Option<u64>,
     vcpus: u32,
@@ -146,6 +148,7 @@ impl Common {
         if needs.tsc_deadline && kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
             cpuid::offer_tsc_deadline(&mut base_cpuid);
         }
+        let sync_regs = SyncRegs(fd.check_extension_int(kvm_ioctls::Cap::SyncRegs).max(0) as u32);
         let stats_cap =
             needs.kvm_stats && kvm.check_extension_raw(KVM_CAP_BINARY_STATS_FD.into()) > 0;
         if hyperv {
@@ -161,6 +164,7 @@ impl Common {
             base_cpuid,
             first_vcpu: Some(first),
             tsc_khz,
+            sync_regs,
             guest_tsc,
             vcpus,
             hyperv,

@@ -238,7 +238,7 @@ impl Vm {
                 vfd.set_regs(&setup.entry.regs())
                     .map_err(kvm_err(i, "KVM_SET_REGS"))?;
             }
-            vcpu_fds.push(KvmVcpu::new(vfd, i));
+            vcpu_fds.push(KvmVcpu::new(vfd, i, c.sync_regs));
         }
         let ioapic = platform.ioapic().clone();
         let eoi_ioapic = ioapic.clone();

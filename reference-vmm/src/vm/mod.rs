@@ -126,7 +126,7 @@ impl Vm {
                 .map_err(verr("KVM_SET_SREGS"))?;
             vfd.set_regs(&boot::entry_regs(vi, k.entry, u64::from(config.vcpus)))
                 .map_err(verr("KVM_SET_REGS"))?;
-            vcpu_fds.push(KvmVcpu::new(vfd, i));
+            vcpu_fds.push(KvmVcpu::new(vfd, i, c.sync_regs));
         }
         let machine = c.machine(MachineOptions {
             flush: config.flush,

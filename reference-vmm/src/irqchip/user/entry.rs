@@ -1,11 +1,10 @@
 //! The userspace irqchip around each `KVM_RUN`: posted vectors into the
-//! IRR, NMIs, interrupt injection (`KVM_INTERRUPT`) and the interrupt
+//! IRR, NMIs, interrupt injection ([`crate::kvm::vcpu::KvmVcpu::queue_interrupt`]) and the interrupt
 //! window, CR8 both ways, lazy EOI armed at entry and completed at exit
 //! (HLT, which KVM leaves to userspace without an in-kernel APIC, is
 //! [`mod@super::halt`]).
 
 use ipiv::PendingVectors;
-use kvm_bindings::kvm_interrupt;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::UserIrqchip;
@@ -13,8 +12,6 @@ use crate::error::Error;
 use crate::irqchip::VcpuCtx;
 use crate::metrics::bump;
 use crate::vcpu::{State, Vcpu};
-
-vmm_sys_util::ioctl_iow_nr!(KVM_INTERRUPT, kvm_bindings::KVMIO, 0x86, kvm_interrupt);
 
 /// `apic_assist` bit 0 in the VP assist page: "the guest may skip the EOI
 /// of the interrupt in service" (TLFS 10.3.5).
@@ -122,15 +119,7 @@ impl UserIrqchip {
         let can_inject = run.ready_for_interrupt_injection != 0 && run.if_flag != 0 && !exception;
         match s.apic.pending() {
             Some(v) if can_inject => {
-                let irq = kvm_interrupt { irq: u32::from(v) };
-                // SAFETY: KVM_INTERRUPT reads one kvm_interrupt from the
-                // reference, which outlives the call; the fd is a vCPU fd.
-                let r = crate::profile::vcpu_ioctl(|| unsafe {
-                    vmm_sys_util::ioctl::ioctl_with_ref(cx.kvm.fd(), KVM_INTERRUPT(), &irq)
-                });
-                if r < 0 {
-                    return Err(cx.kvm.err("KVM_INTERRUPT")(kvm_ioctls::Error::last()).into());
-                }
+                crate::profile::vcpu_ioctl(|| cx.kvm.queue_interrupt(v))?;
                 s.apic.acknowledge(v);
                 bump(&me.metrics.injections);
                 cx.kvm.run_area().request_interrupt_window = u8::from(s.apic.pending().is_some());
