@@ -101,6 +101,10 @@ counters!(
         /// inside `KVM_RUN`, so a flush request kicks it too: counted here,
         /// not as a wakeup.
         kicks,
+        /// Of those kicks, the ones that sent a signal: a kick that finds
+        /// the vCPU's `immediate_exit` already set sends none (one signal
+        /// per entry).
+        kick_signals,
         /// Times this halted vCPU was woken by the VMM (userspace irqchip
         /// only: with the kernel irqchip KVM wakes halted vCPUs itself and
         /// the figure is reported as "n/a").
@@ -115,8 +119,11 @@ counters!(
         /// Nanoseconds spent polling in HLT, successful or not: the CPU
         /// halt polling costs (`halt_poll_{success,fail}_ns`).
         halt_poll_ns,
-        /// Interrupts injected with KVM_INTERRUPT.
+        /// Interrupts injected (userspace irqchip).
         injections,
+        /// Of those, queued through the vCPU events KVM synchronizes in
+        /// `kvm_run` (`KVM_SYNC_X86_EVENTS`) rather than `KVM_INTERRUPT`.
+        injections_synced,
         /// NMIs handed to KVM with KVM_NMI.
         nmis,
         /// EOIs by an MSR or MMIO write that reached the VMM (kernel

@@ -205,3 +205,37 @@ fn halt_polling_catches_ipis_and_timers_without_wakeups() {
         );
     }
 }
+
+/// Where KVM synchronizes the vCPU events in `kvm_run`, interrupts ride on
+/// the next `KVM_RUN` instead of a `KVM_INTERRUPT` ioctl each; every
+/// scenario's own count checks still hold. Without the capability, every
+/// injection takes the ioctl.
+#[test]
+fn injections_ride_on_kvm_run_where_kvm_syncs_events() {
+    if !kvm_available("injections_ride_on_kvm_run_where_kvm_syncs_events") {
+        return;
+    }
+    let synced = kvm_ioctls::Kvm::new()
+        .map(|k| k.check_extension_int(kvm_ioctls::Cap::SyncRegs))
+        .unwrap_or(0) as u32
+        & kvm_bindings::KVM_SYNC_X86_EVENTS
+        != 0;
+    for s in [
+        Scenario::PingPong(IpiMode::Native),
+        Scenario::PingPong(IpiMode::PvFast),
+        Scenario::Timer(EoiMode::X2apic),
+    ] {
+        let t = run(s, 2).metrics.total;
+        assert!(t.injections > 0, "{}: {t:?}", s.name());
+        if synced {
+            assert!(
+                t.injections_synced > 0 && t.injections_synced <= t.injections,
+                "{}: {t:?}",
+                s.name()
+            );
+        } else {
+            eprintln!("KVM_SYNC_X86_EVENTS not offered: every injection is an ioctl");
+            assert_eq!(t.injections_synced, 0, "{}: {t:?}", s.name());
+        }
+    }
+}

@@ -134,17 +134,24 @@ pub fn block_outside_run(fd: &VcpuFd) -> Result<(), Error> {
             std::io::Error::last_os_error(),
         ));
     }
-    // SAFETY: as above; `block` holds only the kick signal.
+    block_in_this_thread()
+}
+
+/// Blocks the kick signal in the calling thread.
+fn block_in_this_thread() -> Result<(), Error> {
+    // SAFETY: `block` is initialized by sigemptyset before use and holds
+    // only the kick signal; pthread_sigmask reads it for the call.
     let r = unsafe {
         let mut block: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut block);
-        libc::sigaddset(&mut block, kick);
+        libc::sigaddset(&mut block, kick_signal());
         libc::pthread_sigmask(libc::SIG_BLOCK, &block, std::ptr::null_mut())
     };
     if r != 0 {
-        return Err(mask_err("pthread_sigmask")(
-            std::io::Error::from_raw_os_error(r),
-        ));
+        return Err(Error::Mask {
+            op: "pthread_sigmask",
+            err: std::io::Error::from_raw_os_error(r),
+        });
     }
     Ok(())
 }
@@ -244,5 +251,68 @@ impl KickTarget {
         // SAFETY: the caller guarantees the thread is alive.
         unsafe { signal_thread(self.tid) }?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::channel;
+
+    use super::*;
+
+    /// Whether the kick signal is pending on the calling thread.
+    fn kick_pending() -> bool {
+        // SAFETY: sigpending fills the zeroed set, which outlives the call.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            assert_eq!(libc::sigpending(&mut set), 0);
+            libc::sigismember(&set, kick_signal()) == 1
+        }
+    }
+
+    #[test]
+    fn one_signal_per_entry_blocked_until_discarded() {
+        install_handler().unwrap();
+        let (to_main, from_thread) = channel();
+        let (to_thread, from_main) = channel::<()>();
+        let vcpu = std::thread::spawn(move || {
+            // A vCPU thread outside KVM_RUN.
+            block_in_this_thread().unwrap();
+            // SAFETY: kvm_run is plain data, for which all zeroes is valid.
+            let mut run: Box<kvm_run> = Box::new(unsafe { std::mem::zeroed() });
+            to_main.send(KickTarget::current(&mut run)).unwrap();
+            from_main.recv().unwrap();
+            // Two kicks: the flag is set, one signal waits, blocked (the
+            // thread is still running this code, not a handler).
+            assert_eq!(run.immediate_exit, 1);
+            assert!(kick_pending());
+            assert!(take_kicks(&mut run, false).unwrap());
+            assert_eq!(run.immediate_exit, 0);
+            assert!(!kick_pending());
+            // Nothing kicked since: nothing to discard.
+            assert!(!take_kicks(&mut run, false).unwrap());
+            assert!(!take_kicks(&mut run, true).unwrap());
+            to_main.send(KickTarget::current(&mut run)).unwrap();
+            from_main.recv().unwrap();
+            assert!(kick_pending());
+            // After EINTR the signal is discarded even with the flag clear
+            // (the thread cleared it while the signal was on its way).
+            set_immediate_exit(&mut run, false);
+            assert!(!take_kicks(&mut run, true).unwrap());
+            assert!(!kick_pending());
+        });
+        let target = from_thread.recv().unwrap();
+        // SAFETY: the thread is alive and owns `run` until it has seen the
+        // message sent after these kicks.
+        unsafe {
+            assert!(target.kick().unwrap());
+            assert!(!target.kick().unwrap());
+        }
+        to_thread.send(()).unwrap();
+        let target = from_thread.recv().unwrap();
+        // SAFETY: as above.
+        assert!(unsafe { target.kick() }.unwrap());
+        to_thread.send(()).unwrap();
+        vcpu.join().unwrap();
     }
 }

@@ -99,8 +99,9 @@ impl KvmVcpu {
     /// interrupt shadow, SMM and triple faults alone (x86.c
     /// `kvm_vcpu_ioctl_x86_set_vcpu_events`). So only while the stored
     /// copy is KVM's state as it is, with no exception, interrupt or NMI
-    /// in flight; otherwise, as before, the ioctl.
-    pub fn queue_interrupt(&mut self, vector: u8) -> Result<(), Error> {
+    /// in flight; otherwise, as before, the ioctl. Returns whether the
+    /// interrupt went through `kvm_run`.
+    pub fn queue_interrupt(&mut self, vector: u8) -> Result<bool, Error> {
         if self.events_synced {
             let ev = &mut self.fd.sync_regs_mut().events;
             let idle = ev.exception.injected == 0
@@ -113,7 +114,7 @@ impl KvmVcpu {
                 ev.interrupt.nr = vector;
                 ev.interrupt.soft = 0;
                 self.fd.set_sync_dirty_reg(SyncReg::VcpuEvents);
-                return Ok(());
+                return Ok(true);
             }
         }
         let irq = kvm_interrupt {
@@ -127,7 +128,7 @@ impl KvmVcpu {
                 kvm_ioctls::Error::last(),
             ));
         }
-        Ok(())
+        Ok(false)
     }
 
     /// The vCPU's index.

@@ -173,8 +173,10 @@ impl Vcpu {
             bump(&self.metrics.kicks);
             // SAFETY: `alive` is true under the lock the vCPU thread takes
             // to clear it before it exits and drops its VcpuFd.
-            if let Err(e) = profile::notification(|| unsafe { k.kick() }) {
-                log::warn!("vCPU {}: {e}", self.index);
+            match profile::notification(|| unsafe { k.kick() }) {
+                Ok(true) => bump(&self.metrics.kick_signals),
+                Ok(false) => {}
+                Err(e) => log::warn!("vCPU {}: {e}", self.index),
             }
         }
     }

@@ -119,7 +119,9 @@ impl UserIrqchip {
         let can_inject = run.ready_for_interrupt_injection != 0 && run.if_flag != 0 && !exception;
         match s.apic.pending() {
             Some(v) if can_inject => {
-                crate::profile::vcpu_ioctl(|| cx.kvm.queue_interrupt(v))?;
+                if crate::profile::vcpu_ioctl(|| cx.kvm.queue_interrupt(v))? {
+                    bump(&me.metrics.injections_synced);
+                }
                 s.apic.acknowledge(v);
                 bump(&me.metrics.injections);
                 cx.kvm.run_area().request_interrupt_window = u8::from(s.apic.pending().is_some());
