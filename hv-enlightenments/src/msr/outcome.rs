@@ -28,6 +28,26 @@ pub enum ApicRegister {
 }
 
 impl ApicRegister {
+    /// The register synthetic MSR `msr` aliases (HV_X64_MSR_EOI, _ICR,
+    /// _TPR), if it is one: the hot synthetic MSRs, which a VMM may send
+    /// straight to its APIC once [`allowed`](super::allowed) says the guest
+    /// may touch them (no per-VP state is involved).
+    ///
+    /// ```
+    /// use hv_enlightenments::msr::{self, ApicRegister};
+    ///
+    /// assert_eq!(ApicRegister::aliased_by(msr::HV_X64_MSR_EOI), Some(ApicRegister::Eoi));
+    /// assert_eq!(ApicRegister::aliased_by(msr::HV_X64_MSR_VP_INDEX), None);
+    /// ```
+    pub const fn aliased_by(msr: u32) -> Option<Self> {
+        match msr {
+            super::HV_X64_MSR_EOI => Some(ApicRegister::Eoi),
+            super::HV_X64_MSR_ICR => Some(ApicRegister::Icr),
+            super::HV_X64_MSR_TPR => Some(ApicRegister::Tpr),
+            _ => None,
+        }
+    }
+
     /// The x2APIC MSR with the same register (KVM replays the synthetic
     /// accesses there: `kvm_hv_vapic_msr_write`).
     pub const fn x2apic_msr(self) -> u32 {

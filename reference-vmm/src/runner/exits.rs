@@ -66,10 +66,10 @@ impl Runner<'_> {
         let irq = &m.irqchip;
         let mut then = None;
         let result = if write {
-            let hv = {
+            let hv = m.hv.apic_alias_write(index).unwrap_or_else(|| {
                 let mut s = me.lock();
                 m.hv.wrmsr(s.vp.as_mut(), index, data, &m.mem, me.index)
-            };
+            });
             let ok = match hv {
                 MsrExit::Served(v) => v.is_some(),
                 MsrExit::Apic(reg) => irq.synthetic_write(&mut self.cx(), index, reg, data)?,
