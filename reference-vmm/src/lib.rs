@@ -34,6 +34,7 @@ pub mod error;
 pub mod goal;
 pub mod guest;
 pub mod hyperv;
+pub mod ipi_path;
 pub mod irqchip;
 pub mod kvm;
 pub mod loader;

@@ -170,6 +170,17 @@ counters!(
         /// Host TSC cycles preparing entries (flush, posted vectors,
         /// injection, lazy EOI).
         svc_cycles_entry,
+        /// Posted interrupts whose path from the sender's exit to this
+        /// vCPU's entry was timed ([`crate::ipi_path`]).
+        ipi_paths,
+        /// TSC cycles of those paths spent in VMM turns: the sender's up
+        /// to the post or notification, this vCPU's from noticing to the
+        /// entry that injects.
+        ipi_path_vmm_cycles,
+        /// TSC cycles of those paths between the post or notification and
+        /// this vCPU noticing (a kick's or wake-up's latency; none when
+        /// its halt poll saw the post).
+        ipi_path_notify_cycles,
     }
 );
 

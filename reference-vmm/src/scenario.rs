@@ -267,6 +267,14 @@ pub struct Figures {
     /// Guest-observed nanoseconds per operation (the guest's TSC at its
     /// marks).
     pub guest_ns_per_op: f64,
+    /// Nanoseconds per operation that posted interrupts spent in VMM
+    /// turns on their way from the sender's exit to the target's entry
+    /// ([`crate::ipi_path`]).
+    pub ipi_path_vmm_ns_per_op: f64,
+    /// Nanoseconds per operation between the post (or the start of the
+    /// kick or wake-up) and the target noticing: the host's notification
+    /// latency.
+    pub ipi_path_notify_ns_per_op: f64,
     /// Counters of the measured phase.
     pub metrics: VmMetrics,
     /// VMM CPU time and waiting per exit class of the measured phase
@@ -401,6 +409,8 @@ pub fn run_ops(s: Scenario, o: RunOptions, ops: u64) -> Result<(RunReport, Figur
         service_ns_per_exit: svc / t.exits.max(1) as f64,
         hypercall_service_ns: ns(t.svc_cycles_hypercall) / t.hypercalls.max(1) as f64,
         guest_ns_per_op: m.guest_elapsed.as_nanos() as f64 / ops,
+        ipi_path_vmm_ns_per_op: ns(t.ipi_path_vmm_cycles) / ops,
+        ipi_path_notify_ns_per_op: ns(t.ipi_path_notify_cycles) / ops,
         metrics: m.metrics,
         profile: m.profile.split(m.tsc_khz, profile::clock_read_ns()),
         irqchip: o.irqchip,

@@ -239,3 +239,26 @@ fn injections_ride_on_kvm_run_where_kvm_syncs_events() {
         }
     }
 }
+
+/// Every IPI of a ping-pong has its path timed once, from the sender's
+/// exit to the target's entry: two per round trip, parts of the round trip.
+#[test]
+fn every_ping_pong_ipi_has_its_path_timed() {
+    if !kvm_available("every_ping_pong_ipi_has_its_path_timed") {
+        return;
+    }
+    for s in [
+        Scenario::PingPong(IpiMode::Native),
+        Scenario::PingPong(IpiMode::PvFast),
+    ] {
+        let f = run(s, 2);
+        let t = &f.metrics.total;
+        assert_eq!(t.ipi_paths, 2 * f.ops, "{}: {t:?}", s.name());
+        assert!(t.ipi_path_vmm_cycles > 0, "{}: {t:?}", s.name());
+        assert!(
+            f.ipi_path_vmm_ns_per_op + f.ipi_path_notify_ns_per_op < f.guest_ns_per_op,
+            "{}: {f:?}",
+            s.name()
+        );
+    }
+}

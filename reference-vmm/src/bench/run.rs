@@ -70,6 +70,8 @@ fn sample(
         service_ns_per_exit: f.service_ns_per_exit,
         hypercall_service_ns: f.hypercall_service_ns,
         guest_ns_per_op: f.guest_ns_per_op,
+        ipi_path_vmm_ns_per_op: f.ipi_path_vmm_ns_per_op,
+        ipi_path_notify_ns_per_op: f.ipi_path_notify_ns_per_op,
         host_ns_per_op: f.ns_per_op,
         wall_ms: wall.as_secs_f64() * 1000.0,
         by_class,

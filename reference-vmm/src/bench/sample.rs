@@ -58,6 +58,10 @@ pub struct Sample {
     pub hypercall_service_ns: f64,
     /// Guest-observed nanoseconds per operation.
     pub guest_ns_per_op: f64,
+    /// VMM nanoseconds per operation on the posted interrupts' paths.
+    pub ipi_path_vmm_ns_per_op: f64,
+    /// Host notification latency per operation on those paths.
+    pub ipi_path_notify_ns_per_op: f64,
     /// Host nanoseconds per operation (between the mark exits).
     pub host_ns_per_op: f64,
     /// Wall time of the whole run (VM creation to teardown), ms.

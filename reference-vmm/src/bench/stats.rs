@@ -103,6 +103,10 @@ pub struct Cell {
     pub hypercall_service_ns: Stat,
     /// Guest-observed nanoseconds per operation.
     pub guest_ns_per_op: Stat,
+    /// VMM nanoseconds per operation on the posted interrupts' paths.
+    pub ipi_path_vmm_ns_per_op: Stat,
+    /// Host notification latency per operation on those paths.
+    pub ipi_path_notify_ns_per_op: Stat,
     /// Host nanoseconds per operation.
     pub host_ns_per_op: Stat,
     /// Figures this irqchip mode cannot observe (field names).
@@ -253,6 +257,8 @@ impl Cell {
             service_ns_per_exit: stat(|x| x.service_ns_per_exit),
             hypercall_service_ns: stat(|x| x.hypercall_service_ns),
             guest_ns_per_op: stat(|x| x.guest_ns_per_op),
+            ipi_path_vmm_ns_per_op: stat(|x| x.ipi_path_vmm_ns_per_op),
+            ipi_path_notify_ns_per_op: stat(|x| x.ipi_path_notify_ns_per_op),
             host_ns_per_op: stat(|x| x.host_ns_per_op),
             unobserved: first.unobserved.clone(),
             kvm_exits_per_op: opt_stat(s, |x| x.kvm_exits_per_op),

@@ -64,6 +64,8 @@ fn fake(op: Op, vcpus: u32, chip: IrqchipMode, on: bool, rep: u32, x: f64) -> Sa
         service_ns_per_exit: 500.0,
         hypercall_service_ns: 800.0,
         guest_ns_per_op: 1000.0 * x,
+        ipi_path_vmm_ns_per_op: 10.0 * x,
+        ipi_path_notify_ns_per_op: 100.0 * x,
         host_ns_per_op: 1000.0 * x,
         wall_ms: 1.0,
         by_class: by_class(op, on, x),

@@ -165,6 +165,16 @@ pub struct VcpuLocal {
     lazy_held: bool,
     /// User irqchip: the vCPU's halt-polling window.
     poll_window: PollWindow,
+    /// User irqchip: the last entry preparation injected an interrupt.
+    injected: bool,
+}
+
+impl VcpuLocal {
+    /// Whether the last entry preparation injected an interrupt (and
+    /// forgets it).
+    pub fn take_injected(&mut self) -> bool {
+        std::mem::take(&mut self.injected)
+    }
 }
 
 /// What a backend works on for one vCPU, lent by its run loop.
@@ -244,13 +254,17 @@ impl Irqchip {
     /// fan-out thread ([`fanout`]).
     pub fn send_ipi_deferred(&self, target: &Vcpu, vector: u8, f: &mut fanout::FanOut) {
         match self {
-            Self::User(_) => match target.posted.post(vector) {
-                Notify::Wake => {
-                    f.wake.insert(target.index as usize);
-                    f.targets += 1;
+            Self::User(_) => {
+                // Before the post: the target may take the vector at once.
+                target.inbound.sent();
+                match target.posted.post(vector) {
+                    Notify::Wake => {
+                        f.wake.insert(target.index as usize);
+                        f.targets += 1;
+                    }
+                    n => target.notify(n),
                 }
-                n => target.notify(n),
-            },
+            }
             Self::Kernel(_) => {
                 f.msi.insert(target.index as usize);
                 f.vector = vector;

@@ -139,9 +139,21 @@ impl<'a> Runner<'a> {
             let t_entry = tsc();
             self.prepare_entry()?;
             let metrics = &self.me.metrics;
+            let t_run = tsc();
             metrics
                 .svc_cycles_entry
-                .fetch_add(tsc().wrapping_sub(t_entry), Ordering::Relaxed);
+                .fetch_add(t_run.wrapping_sub(t_entry), Ordering::Relaxed);
+            if self.local.take_injected() {
+                if let Some(p) = self.me.inbound.taken(t_run) {
+                    bump(&metrics.ipi_paths);
+                    metrics
+                        .ipi_path_vmm_cycles
+                        .fetch_add(p.vmm, Ordering::Relaxed);
+                    metrics
+                        .ipi_path_notify_cycles
+                        .fetch_add(p.notify, Ordering::Relaxed);
+                }
+            }
             // The profiled turn ends here, just before `KVM_RUN`.
             if let (Some(p), Some(class)) = (self.probe.take(), self.turn_class.take()) {
                 self.me.profile.record(class, p.finish(self.tsc_khz));
@@ -277,6 +289,7 @@ impl<'a> Runner<'a> {
         self.probe = None;
         self.probe = self.sampler.tick().then(Probe::start);
         self.exit_tsc = tsc();
+        crate::ipi_path::turn_started(self.exit_tsc);
         match r {
             Ok(VcpuExit::IoOut(..) | VcpuExit::IoIn(..)) => Exit::Pio,
             Ok(VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..)) => Exit::Mmio,

@@ -14,6 +14,7 @@ use ipiv::{Notify, PostedVcpu, RunState};
 use lapic::LocalApic;
 
 use crate::error::Error;
+use crate::ipi_path::Inbound;
 use crate::kvm::kick::KickTarget;
 use crate::metrics::{VcpuMetrics, bump};
 use crate::profile::{self, ExitProfile};
@@ -109,6 +110,8 @@ pub struct Vcpu {
     pub metrics: VcpuMetrics,
     /// VMM CPU time and waiting per exit class, sampled.
     pub profile: ExitProfile,
+    /// The last interrupt posted to this vCPU, for its path's timing.
+    pub inbound: Inbound,
 }
 
 impl Vcpu {
@@ -141,6 +144,7 @@ impl Vcpu {
             events: AtomicU64::new(0),
             metrics: VcpuMetrics::default(),
             profile: ExitProfile::default(),
+            inbound: Inbound::default(),
         }
     }
 
@@ -191,8 +195,14 @@ impl Vcpu {
     pub fn notify(&self, n: Notify) {
         match n {
             Notify::None => {}
-            Notify::Kick => self.kick_locked(&self.lock()),
-            Notify::Wake => self.wake_locked(&mut self.lock()),
+            Notify::Kick => {
+                self.inbound.sent();
+                self.kick_locked(&self.lock());
+            }
+            Notify::Wake => {
+                self.inbound.sent();
+                self.wake_locked(&mut self.lock());
+            }
         }
     }
 
@@ -295,6 +305,8 @@ impl Vcpu {
 
     /// Posts a fixed interrupt through the posted-interrupt descriptor.
     pub fn post(&self, vector: u8) {
+        // Before the post: the target may take the vector at once.
+        self.inbound.sent();
         self.notify(self.posted.post(vector));
     }
 

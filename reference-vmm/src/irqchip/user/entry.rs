@@ -124,6 +124,7 @@ impl UserIrqchip {
                 }
                 s.apic.acknowledge(v);
                 bump(&me.metrics.injections);
+                cx.local.injected = true;
                 cx.kvm.run_area().request_interrupt_window = u8::from(s.apic.pending().is_some());
             }
             Some(_) => cx.kvm.run_area().request_interrupt_window = 1,

@@ -249,6 +249,7 @@ fn poll(
     loop {
         let events = me.events();
         if desc.has_pending() || events != seen {
+            crate::ipi_path::turn_started(tsc());
             seen = events;
             let mut s = me.lock();
             deliver_posted(&mut s, run_state.leave_guest(desc));
@@ -281,6 +282,7 @@ fn sleep(me: &Vcpu, wakes: &dyn Fn(&State) -> bool, stop: &dyn Fn() -> bool) {
             continue;
         }
         s = me.wait_woken(s, |s| stop() || wakes(s));
+        crate::ipi_path::turn_started(tsc());
     }
 }
 
