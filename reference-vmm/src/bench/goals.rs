@@ -273,18 +273,24 @@ pub fn goals(
     };
     match (best(IrqchipMode::User), best(IrqchipMode::Kernel)) {
         (Some((u, us)), Some((k, ks))) => {
-            // The floor: the exits on the critical path at the cheapest
-            // exit round trip of the run (a null port write or a null
-            // hypercall, as the guest times them).
-            let null = [false, true]
+            // The floor: the best user round trip less the VMM's own
+            // time on its interrupts' paths, measured in the same runs.
+            let floor = [false, true]
                 .into_iter()
-                .filter_map(|on| find(cells, Op::NullHypercall, None, IrqchipMode::User, on))
-                .map(|c| c.guest_ns_per_op.median)
-                .min_by(f64::total_cmp);
-            let floor = null.filter(|&n| n > 0.0).map(|n| {
-                out.push(goal::ipi_floor(n));
-                f64::from(goal::IPI_CRITICAL_EXITS) * n
-            });
+                .filter_map(|on| find(cells, Op::PingPong, None, IrqchipMode::User, on))
+                .find(|c| c.scenario == us)
+                .filter(|c| c.ipi_path_vmm_ns_per_op.median > 0.0)
+                .map(|c| {
+                    let rt = goal::IpiRoundTrip {
+                        round_trip_ns: u,
+                        vmm_ns: c.ipi_path_vmm_ns_per_op.median,
+                        notify_ns: c.ipi_path_notify_ns_per_op.median,
+                        kicks: c.kicks_per_op.median,
+                        wakeups: c.wakeups_per_op.median,
+                    };
+                    out.push(goal::ipi_floor(&rt));
+                    rt.floor_ns()
+                });
             let mut g = goal::user_vs_kernel_ipi(u, k, floor);
             let show = |chip: IrqchipMode, on: bool| {
                 find(cells, Op::PingPong, None, chip, on).map_or("-".to_string(), |c| {
