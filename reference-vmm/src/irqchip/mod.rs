@@ -69,9 +69,6 @@ pub struct IrqchipConfig {
     pub eoi_hook: Option<EoiHook>,
     /// Whether lazy EOI is offered (APIC_ACCESS_RECOMMENDED published).
     pub lazy_eoi: bool,
-    /// The TSC frequency in kHz, if KVM reported it (halt polling times
-    /// its window with the TSC).
-    pub tsc_khz: Option<u64>,
 }
 
 /// What a backend needs of the VM before it exists, and what it gives the

@@ -258,7 +258,6 @@ impl Common {
                 ap_start: o.ap_start,
                 eoi_hook: o.eoi_hook,
                 lazy_eoi: hv.lazy_eoi(),
-                tsc_khz: self.tsc_khz.map(u64::from),
             },
         );
         let m = Arc::new(Machine {

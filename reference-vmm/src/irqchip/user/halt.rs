@@ -111,20 +111,16 @@ pub struct HaltPolling {
     host_cpus: u32,
     /// vCPU threads asleep in [`halt`].
     sleepers: AtomicU32,
-    /// The TSC frequency in kHz, if known: halts are timed with the TSC.
-    tsc_khz: Option<u64>,
 }
 
 impl HaltPolling {
     /// KVM's default policy on a host with `host_cpus` CPUs for this
-    /// process, timing halts with the TSC where its frequency (`tsc_khz`)
-    /// is known.
-    pub fn new(host_cpus: u32, tsc_khz: Option<u64>) -> Self {
+    /// process.
+    pub fn new(host_cpus: u32) -> Self {
         Self {
             max_ns: AtomicU64::new(HaltPoll::default().max.as_nanos() as u64),
             host_cpus: host_cpus.max(1),
             sleepers: AtomicU32::new(0),
-            tsc_khz: tsc_khz.filter(|&k| k > 0),
         }
     }
 
@@ -145,36 +141,6 @@ impl HaltPolling {
     fn may_poll(&self, vcpus: usize) -> bool {
         let awake = (vcpus as u64).saturating_sub(u64::from(self.sleepers.load(Ordering::Relaxed)));
         awake <= u64::from(self.host_cpus)
-    }
-}
-
-/// A point in time for timing a halt: the TSC where its frequency is
-/// known (a read costs nanoseconds, where `Instant::now` is a system call
-/// on a host whose clocksource has no vDSO, as this VMM's nested hosts'),
-/// else the monotonic clock.
-#[derive(Debug, Clone, Copy)]
-enum Since {
-    Tsc { start: u64, khz: u64 },
-    Clock(Instant),
-}
-
-impl Since {
-    fn now(tsc_khz: Option<u64>) -> Self {
-        match tsc_khz {
-            Some(khz) => Self::Tsc { start: tsc(), khz },
-            None => Self::Clock(Instant::now()),
-        }
-    }
-
-    fn elapsed(self) -> Duration {
-        match self {
-            Self::Tsc { start, khz } => {
-                let cycles = u128::from(tsc().wrapping_sub(start));
-                let ns = cycles * 1_000_000 / u128::from(khz);
-                Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
-            }
-            Self::Clock(t) => t.elapsed(),
-        }
     }
 }
 
@@ -212,10 +178,10 @@ pub fn halt(
     }
     let policy = p.policy();
     window.0 = window.0.min(policy.max);
-    let start = Since::now(p.tsc_khz);
+    let start = Instant::now();
     let mut done = false;
     if !window.0.is_zero() && p.may_poll(vcpus) {
-        done = poll(p, vcpus, me, seen, (start, window.0), &wakes, stop);
+        done = poll(p, vcpus, me, seen, start + window.0, &wakes, stop);
         let spent = start.elapsed().as_nanos() as u64;
         me.metrics.halt_poll_ns.fetch_add(spent, Ordering::Relaxed);
         bump(if done {
@@ -232,15 +198,15 @@ pub fn halt(
     window.0 = policy.next_window(window.0, start.elapsed(), !stop());
 }
 
-/// Polls for `window.1` from `window.0` for an interrupt `wakes` accepts
-/// (`seen`: the vCPU's event count when it was last checked); `false`
-/// when the window ran out, a stop came, or polling stopped being allowed.
+/// Polls until `deadline` for an interrupt `wakes` accepts (`seen`: the
+/// vCPU's event count when it was last checked); `false` when the window
+/// ran out, a stop came, or polling stopped being allowed.
 fn poll(
     p: &HaltPolling,
     vcpus: usize,
     me: &Vcpu,
     mut seen: u64,
-    window: (Since, Duration),
+    deadline: Instant,
     wakes: &dyn Fn(&State) -> bool,
     stop: &dyn Fn() -> bool,
 ) -> bool {
@@ -257,7 +223,7 @@ fn poll(
                 return true;
             }
         }
-        if stop() || window.0.elapsed() >= window.1 || !p.may_poll(vcpus) {
+        if stop() || Instant::now() >= deadline || !p.may_poll(vcpus) {
             return false;
         }
         for _ in 0..16 {
@@ -340,18 +306,18 @@ mod tests {
 
     #[test]
     fn polling_only_while_awake_threads_fit_the_host() {
-        let p = HaltPolling::new(2, None);
+        let p = HaltPolling::new(2);
         assert!(p.may_poll(2));
         assert!(!p.may_poll(4));
         p.sleepers.store(2, Ordering::Relaxed);
         assert!(p.may_poll(4));
         assert!(!p.may_poll(1024));
-        assert!(HaltPolling::new(0, None).may_poll(1));
+        assert!(HaltPolling::new(0).may_poll(1));
     }
 
     #[test]
     fn the_largest_window_changes_at_run_time() {
-        let p = HaltPolling::new(2, Some(2_000_000));
+        let p = HaltPolling::new(2);
         assert_eq!(p.policy(), HaltPoll::default());
         p.set_max(Duration::ZERO);
         assert_eq!(p.policy().next_window(50 * US, US, true), Duration::ZERO);

@@ -66,7 +66,7 @@ impl UserIrqchip {
             runs_mp: c.ap_start == ApStart::WaitForSipi,
             eoi_hook: c.eoi_hook,
             lazy_eoi: c.lazy_eoi,
-            halt_poll: HaltPolling::new(host_cpus(), c.tsc_khz),
+            halt_poll: HaltPolling::new(host_cpus()),
         }
     }
 
