@@ -117,6 +117,8 @@ pub fn measure() -> Option<f64> {
         std::hint::spin_loop();
     }
     let tid = id.load(Ordering::Acquire) as libc::pid_t;
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
     let read = clock_read_ns();
     let mut samples = Vec::with_capacity(KICKS);
     let mut failed = false;
@@ -126,7 +128,7 @@ pub fn measure() -> Option<f64> {
         // SAFETY: the spinning thread runs until `stop` is set below and
         // joined, so its thread id is valid; its signal handler is the
         // VMM's empty kick handler.
-        let r = unsafe { signal_thread(tid) };
+        let r = unsafe { signal_thread(pid, tid) };
         let c1 = thread_cpu_ns();
         failed |= r.is_err();
         samples.push(c1.saturating_sub(c0).saturating_sub(read) as f64);

@@ -11,8 +11,8 @@
 //! QEMU did before `immediate_exit`): KVM sees it pending and returns
 //! `EINTR`, and back in userspace the thread's own mask blocks it again,
 //! so it is never delivered to a handler. The thread discards it instead
-//! ([`take_kicks`]). What that saves, on a host where every kernel entry
-//! is expensive (one that itself runs virtualized):
+//! ([`take_kicks`]). What that saves, on a host where signal delivery and
+//! cross-CPU interrupts are expensive (one that itself runs virtualized):
 //!
 //! - no handler frame and no `rt_sigreturn` on the target after each kick
 //!   (about 30 us on the host these figures come from);
@@ -185,14 +185,14 @@ pub fn take_kicks(run: &mut kvm_run, after_eintr: bool) -> Result<bool, Error> {
     Ok(kicked)
 }
 
-/// Sends the kick signal to thread `tid` of this process.
+/// Sends the kick signal to thread `tid` of process `pid` (this one).
 ///
 /// # Safety
 /// `tid` must be a live thread of this process (a thread id is reused
 /// once its thread has exited).
-pub unsafe fn signal_thread(tid: libc::pid_t) -> Result<(), Error> {
+pub unsafe fn signal_thread(pid: libc::pid_t, tid: libc::pid_t) -> Result<(), Error> {
     // SAFETY: tgkill takes plain values; the caller guarantees `tid`.
-    let r = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, kick_signal()) };
+    let r = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, kick_signal()) };
     if r != 0 {
         return Err(Error::Send(
             std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
@@ -212,6 +212,7 @@ pub fn this_thread() -> libc::pid_t {
 /// that (the vCPU keeps it behind the lock that also guards "alive").
 #[derive(Debug)]
 pub struct KickTarget {
+    pid: libc::pid_t,
     tid: libc::pid_t,
     immediate_exit: *mut u8,
 }
@@ -228,6 +229,8 @@ impl KickTarget {
     /// `kvm_run`.
     pub fn current(run: &mut kvm_run) -> Self {
         Self {
+            // SAFETY: getpid has no preconditions.
+            pid: unsafe { libc::getpid() },
             tid: this_thread(),
             immediate_exit: &mut run.immediate_exit as *mut u8,
         }
@@ -249,7 +252,7 @@ impl KickTarget {
             return Ok(false);
         }
         // SAFETY: the caller guarantees the thread is alive.
-        unsafe { signal_thread(self.tid) }?;
+        unsafe { signal_thread(self.pid, self.tid) }?;
         Ok(true)
     }
 }
