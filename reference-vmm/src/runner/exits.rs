@@ -66,7 +66,7 @@ impl Runner<'_> {
         let irq = &m.irqchip;
         let mut then = None;
         let result = if write {
-            let hv = m.hv.apic_alias_write(index).unwrap_or_else(|| {
+            let hv = m.hv.write_without_vp(index).unwrap_or_else(|| {
                 let mut s = me.lock();
                 m.hv.wrmsr(s.vp.as_mut(), index, data, &m.mem, me.index)
             });
