@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use hv_enlightenments::cpuid::CpuidPlan;
 use hv_enlightenments::hypercall::HypercallAccess;
-use hv_enlightenments::msr::{Partition, Vp};
+use hv_enlightenments::msr::{
+    HV_X64_MSR_EOI, HV_X64_MSR_ICR, HV_X64_MSR_TPR, Partition, Vp, allowed,
+};
 use hv_enlightenments::reftime::{ReferenceTscPage, SEQUENCE_INVALID, next_sequence};
 use hv_enlightenments::synic::Connections;
 
@@ -34,6 +36,10 @@ pub struct HyperV {
     access: HypercallAccess,
     /// The reference TSC page's last sequence number.
     tsc_sequence: AtomicU32,
+    /// The published privileges let the guest use the synthetic EOI, ICR
+    /// and TPR (one privilege, APIC_ACCESS, for all three): read on every
+    /// such exit, so kept apart from the plan it is worked out from.
+    apic_aliases: bool,
 }
 
 impl HyperV {
@@ -49,6 +55,10 @@ impl HyperV {
             connections: Mutex::new(Connections::new()),
             access: HypercallAccess::from(&plan),
             tsc_sequence: AtomicU32::new(SEQUENCE_INVALID),
+            apic_aliases: enabled
+                && [HV_X64_MSR_EOI, HV_X64_MSR_ICR, HV_X64_MSR_TPR]
+                    .into_iter()
+                    .all(|msr| allowed(plan.privileges(), plan.cpuid.features, msr)),
         }
     }
 

@@ -73,9 +73,7 @@ impl HyperV {
             return Some(MsrExit::Other);
         }
         let reg = ApicRegister::aliased_by(index)?;
-        let allowed =
-            self.enabled && hvmsr::allowed(self.plan.privileges(), self.plan.cpuid.features, index);
-        Some(if allowed {
+        Some(if self.apic_aliases {
             MsrExit::Apic(reg)
         } else {
             MsrExit::Served(None)
