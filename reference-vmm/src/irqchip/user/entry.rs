@@ -145,18 +145,17 @@ impl UserIrqchip {
     /// Sets `apic_assist` bit 0 when lapic says the in-service interrupt
     /// may be completed without an EOI write (DESIGN.md "Lazy EOI").
     fn arm_lazy_eoi(&self, mem: &GuestMemoryMmap, s: &mut State) {
-        if !self.lazy_eoi {
+        // lapic first: most entries have nothing to arm, and then the VP
+        // state (cold after a halt) is not touched.
+        if !self.lazy_eoi || !s.apic.arm_lazy_eoi() {
             return;
         }
-        let Some(page) = s.vp.as_ref().and_then(|vp| vp.vp_assist_page()) else {
-            return;
-        };
-        if s.apic.arm_lazy_eoi()
-            && mem
-                .write_obj(APIC_ASSIST_NO_EOI, GuestAddress(page))
-                .is_err()
-        {
-            // Not guest RAM: the guest cannot see the bit, so do not arm.
+        let page = s.vp.as_ref().and_then(|vp| vp.vp_assist_page());
+        let shown =
+            page.is_some_and(|p| mem.write_obj(APIC_ASSIST_NO_EOI, GuestAddress(p)).is_ok());
+        if !shown {
+            // No VP assist page, or not guest RAM: the guest cannot see
+            // the bit, so do not arm.
             let _ = s.apic.complete_lazy_eoi(false);
         }
     }
