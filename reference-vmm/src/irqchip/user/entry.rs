@@ -1,5 +1,6 @@
 //! The userspace irqchip around each `KVM_RUN`: posted vectors into the
-//! IRR, NMIs, interrupt injection ([`crate::kvm::vcpu::KvmVcpu::queue_interrupt`]) and the interrupt
+//! IRR, NMIs, interrupt injection
+//! ([`crate::kvm::vcpu::KvmVcpu::queue_interrupt`]) and the interrupt
 //! window, CR8 both ways, lazy EOI armed at entry and completed at exit
 //! (HLT, which KVM leaves to userspace without an in-kernel APIC, is
 //! [`mod@super::halt`]).
