@@ -84,6 +84,10 @@ pub struct Needs {
     /// KVM's per-vCPU statistics are worth reading (KVM's LAPIC counts
     /// what the VMM cannot see).
     pub kvm_stats: bool,
+    /// The VMM injects interrupts itself, so KVM should keep the vCPU
+    /// events in `kvm_run` at every exit for it
+    /// ([`crate::kvm::vcpu::KvmVcpu::queue_interrupt`]).
+    pub injects: bool,
 }
 
 impl Needs {
@@ -97,12 +101,14 @@ impl Needs {
                 apic_timer_hz: user::apic_timer_hz(),
                 tsc_deadline: false,
                 kvm_stats: false,
+                injects: true,
             },
             IrqchipMode::Kernel => Self {
                 filtered_msrs: &[],
                 apic_timer_hz: kernel::KVM_APIC_TIMER_HZ,
                 tsc_deadline: true,
                 kvm_stats: true,
+                injects: false,
             },
         }
     }

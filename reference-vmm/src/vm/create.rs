@@ -148,7 +148,14 @@ impl Common {
         if needs.tsc_deadline && kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
             cpuid::offer_tsc_deadline(&mut base_cpuid);
         }
-        let sync_regs = SyncRegs(fd.check_extension_int(kvm_ioctls::Cap::SyncRegs).max(0) as u32);
+        // The vCPU events only where the VMM injects: KVM copies them out
+        // at every exit it is asked to.
+        let offered = fd.check_extension_int(kvm_ioctls::Cap::SyncRegs).max(0) as u32;
+        let sync_regs = SyncRegs(if needs.injects {
+            offered
+        } else {
+            offered & !kvm_bindings::KVM_SYNC_X86_EVENTS
+        });
         let stats_cap =
             needs.kvm_stats && kvm.check_extension_raw(KVM_CAP_BINARY_STATS_FD.into()) > 0;
         if hyperv {
