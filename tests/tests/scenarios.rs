@@ -7,18 +7,24 @@ use hv_enlightenments::accel::IrqchipMode;
 use hv_tests::kvm_available;
 use reference_vmm::guest::scenarios::{EoiMode, FlushMode, IpiMode};
 use reference_vmm::scenario::{self, Figures, RunOptions, Scenario};
-use reference_vmm::vm::FlushMethod;
+use reference_vmm::vm::{FlushMethod, RunReport};
 
 fn run(s: Scenario, vcpus: u32) -> Figures {
+    run_polled(s, vcpus, None).1
+}
+
+/// Runs `s` on `vcpus` vCPUs, user irqchip, with the halt-polling window
+/// `halt_poll` (`None`: the default).
+fn run_polled(s: Scenario, vcpus: u32, halt_poll: Option<Duration>) -> (RunReport, Figures) {
     let opts = RunOptions {
         vcpus,
         timeout: Duration::from_secs(120),
         flush: FlushMethod::MmuReset,
         irqchip: IrqchipMode::User,
-        halt_poll: None,
+        halt_poll,
     };
     match scenario::run(s, opts) {
-        Ok((_, f)) => f,
+        Ok(r) => r,
         Err(e) => panic!("{} on {vcpus} vCPUs: {e}", s.name()),
     }
 }
@@ -179,19 +185,7 @@ fn halt_polling_catches_ipis_and_timers_without_wakeups() {
         Scenario::PingPong(IpiMode::PvFast),
         Scenario::Timer(EoiMode::X2apic),
     ] {
-        let with = |max: Duration| {
-            let opts = RunOptions {
-                vcpus: 2,
-                timeout: Duration::from_secs(120),
-                flush: FlushMethod::MmuReset,
-                irqchip: IrqchipMode::User,
-                halt_poll: Some(max),
-            };
-            match scenario::run(s, opts) {
-                Ok((r, _)) => r.metrics.total,
-                Err(e) => panic!("{}: {e}", s.name()),
-            }
-        };
+        let with = |max: Duration| run_polled(s, 2, Some(max)).0.metrics.total;
         let on = with(Duration::from_millis(20));
         assert!(on.halt_polls_ok > 0, "{}: {on:?}", s.name());
         assert!(on.halt_poll_ns > 0, "{}: {on:?}", s.name());
