@@ -74,8 +74,15 @@ fn quick_bench_writes_consistent_results() {
                 assert_eq!(s.wakeups_per_op, 0.0, "{s:?}");
                 assert_eq!(s.sender_exits_per_op, 1.0, "{s:?}");
             }
-            // The running reader is kicked, the halted ones woken.
-            "shootdown-ipi" => assert_eq!(s.wakeups_per_op, n - 2.0, "{s:?}"),
+            // Each flush IPI notifies its target at most once: the running
+            // reader is kicked, a halted one woken, or kicked when the
+            // next flush finds it between its acknowledgement and its HLT
+            // (or not notified at all while it is out of KVM_RUN). Only
+            // the halted readers are ever woken.
+            "shootdown-ipi" => {
+                assert!(s.wakeups_per_op <= n - 2.0, "{s:?}");
+                assert!(s.kicks_per_op + s.wakeups_per_op <= n - 1.0, "{s:?}");
+            }
             "timer-lazy-eoi" | "stimer-message-lazy-eoi" => {
                 assert!(s.eoi_exits_per_op <= 0.01, "{s:?}")
             }
