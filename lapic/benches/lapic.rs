@@ -57,6 +57,10 @@ fn broadcast_1024(c: &mut Criterion) {
     c.bench_function("resolve_unicast_1024", |b| {
         b.iter(|| black_box(topo.resolve(Some(0), black_box(unicast), &irq, &mut out)))
     });
+    // The same IPI without a VcpuSet (zeroing its 512 bytes per call).
+    c.bench_function("unicast_target_1024", |b| {
+        b.iter(|| black_box(topo.unicast_target(black_box(unicast), &irq)))
+    });
     let all_but_self = Destination {
         shorthand: Shorthand::AllExcludingSelf,
         ..bcast

@@ -432,6 +432,52 @@ impl Topology {
         self.resolve(Some(source), ipi.destination(), &ipi.interrupt(), out)
     }
 
+    /// The one vCPU a physical unicast `dest` reaches with `irq` (`None`
+    /// inside: no vCPU), decided by a table lookup; `None` when `dest` is
+    /// not that case (a shorthand, a broadcast, a logical destination, or
+    /// a VM where an xAPIC ID no longer matches its vCPU's initial one),
+    /// which [`Topology::resolve`] settles with a scan. Its answer is
+    /// [`Topology::resolve`]'s for the same arguments, without a
+    /// [`VcpuSet`]: the common IPI, sent to one vCPU by APIC ID.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vm_lapic::{Config, Destination, DestinationMode, Interrupt, LocalApic, ManualClock, Topology};
+    ///
+    /// let mut apic = LocalApic::new(Config::new(7), Arc::new(ManualClock::new(0)))?;
+    /// let _ = apic.write_mmio(0xF0, &0x1FFu32.to_le_bytes()); // SVR: software enable
+    /// let mut topo = Topology::new();
+    /// topo.add(2, apic.identity())?;
+    /// let fixed = Interrupt::fixed(0x50);
+    /// let to = |id| Destination { id, ..Default::default() };
+    /// assert_eq!(topo.unicast_target(to(7), &fixed), Some(Some(2)));
+    /// assert_eq!(topo.unicast_target(to(8), &fixed), Some(None)); // nobody has ID 8
+    /// let logical = Destination { mode: DestinationMode::Logical, ..to(1) };
+    /// assert_eq!(topo.unicast_target(logical, &fixed), None); // resolve() scans
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn unicast_target(&self, dest: Destination, irq: &Interrupt) -> Option<Option<usize>> {
+        if dest.shorthand != Shorthand::None
+            || dest.mode != DestinationMode::Physical
+            || dest.id == XAPIC_BROADCAST
+            || dest.id == X2APIC_BROADCAST
+            || self.diverged != 0
+        {
+            return None;
+        }
+        // With no diverged xAPIC ID, only the APIC assigned this ID can
+        // match.
+        let lowest = irq.delivery_mode == DeliveryMode::LowestPriority;
+        Some(self.vcpu_by_apic_id(dest.id).filter(|&v| {
+            self.entries.get(v).is_some_and(|e| {
+                e.present
+                    && e.identity.mode != ApicMode::Disabled
+                    && e.match_physical(dest.id)
+                    && (!lowest || e.identity.software_enabled)
+            })
+        }))
+    }
+
     /// Fills `out` with the vCPUs that `irq` sent to `dest` reaches and
     /// returns how many. `source` is the sending vCPU for an IPI and `None`
     /// for an IOAPIC or MSI message (for which an xAPIC broadcast also
@@ -469,27 +515,11 @@ impl Topology {
             return 0;
         }
         let lowest = irq.delivery_mode == DeliveryMode::LowestPriority;
-        if dest.shorthand == Shorthand::None
-            && dest.mode == DestinationMode::Physical
-            && dest.id != XAPIC_BROADCAST
-            && dest.id != X2APIC_BROADCAST
-            && self.diverged == 0
-        {
-            // Unicast: with no diverged xAPIC ID, only the APIC assigned
-            // this ID can match.
-            if let Some(v) = self.vcpu_by_apic_id(dest.id) {
-                if let Some(e) = self.entries.get(v) {
-                    if e.present
-                        && e.identity.mode != ApicMode::Disabled
-                        && e.match_physical(dest.id)
-                        && (!lowest || e.identity.software_enabled)
-                    {
-                        out.insert(v);
-                        return 1;
-                    }
-                }
-            }
-            return 0;
+        if let Some(unicast) = self.unicast_target(dest, irq) {
+            return unicast.map_or(0, |v| {
+                out.insert(v);
+                1
+            });
         }
         let mut n = 0;
         for (v, e) in self.entries.iter().enumerate() {
@@ -740,6 +770,68 @@ mod tests {
         dis.mode = ApicMode::Disabled;
         t.update(4, dis).unwrap();
         assert_eq!(t.resolve(Some(0), phys(4), &FIXED, &mut out), 0);
+    }
+
+    #[test]
+    fn unicast_lookup_agrees_with_a_scan() {
+        let mut t = Topology::new();
+        for (v, id) in [0u32, 3, 4, 0x20, 0x101, 0x102].into_iter().enumerate() {
+            let mut e = if id < 0x100 && v % 2 == 0 {
+                xapic(id)
+            } else {
+                x2apic(id)
+            };
+            e.software_enabled = v != 2;
+            if v == 3 {
+                e.mode = ApicMode::Disabled;
+            }
+            t.add(v, e).unwrap();
+        }
+        let lp = Interrupt {
+            delivery_mode: DeliveryMode::LowestPriority,
+            ..FIXED
+        };
+        let scan = |id: u32, irq: &Interrupt| -> Vec<usize> {
+            let lowest = irq.delivery_mode == DeliveryMode::LowestPriority;
+            (t.entries.iter().enumerate())
+                .filter(|(_, e)| {
+                    e.present
+                        && e.identity.mode != ApicMode::Disabled
+                        && e.match_physical(id)
+                        && (!lowest || e.identity.software_enabled)
+                })
+                .map(|(v, _)| v)
+                .collect()
+        };
+        let mut out = VcpuSet::new();
+        for id in (0..0x110).chain([X2APIC_BROADCAST]) {
+            for irq in [FIXED, lp] {
+                let broadcast = id == XAPIC_BROADCAST || id == X2APIC_BROADCAST;
+                match t.unicast_target(phys(id), &irq) {
+                    Some(hit) => {
+                        assert!(!broadcast, "{id:#x}");
+                        assert_eq!(hit.into_iter().collect::<Vec<_>>(), scan(id, &irq));
+                        assert_eq!(
+                            t.resolve(Some(0), phys(id), &irq, &mut out),
+                            hit.iter().count()
+                        );
+                    }
+                    None => assert!(broadcast, "{id:#x} not decided by the table"),
+                }
+            }
+        }
+        assert_eq!(t.unicast_target(logical(1), &FIXED), None);
+        let all = Destination {
+            shorthand: Shorthand::AllIncludingSelf,
+            ..phys(0)
+        };
+        assert_eq!(t.unicast_target(all, &FIXED), None);
+        // A guest-changed xAPIC ID: only a scan finds it.
+        let mut moved = xapic(4);
+        moved.apic_id = 9;
+        t.update(2, moved).unwrap();
+        assert_eq!(t.unicast_target(phys(9), &FIXED), None);
+        assert_eq!(t.resolve(Some(0), phys(9), &FIXED, &mut out), 1);
     }
 
     #[test]
