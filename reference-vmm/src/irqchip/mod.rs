@@ -170,6 +170,8 @@ pub struct VcpuLocal {
     poll_window: PollWindow,
     /// User irqchip: the last entry preparation injected an interrupt.
     injected: bool,
+    /// User irqchip: the last physical unicast IPI's target.
+    unicast: user::UnicastCache,
 }
 
 impl VcpuLocal {
@@ -507,7 +509,7 @@ impl Irqchip {
     pub fn apic_mmio_write(&self, vcpus: &[Vcpu], me: &Vcpu, offset: u64, data: &[u8]) {
         if let Self::User(u) = self {
             let o = me.lock().apic.write_mmio(offset, data);
-            let _ = u.apply_apic_outcome(vcpus, me, o);
+            let _ = u.apply_apic_outcome(vcpus, me, None, o);
         }
     }
 
