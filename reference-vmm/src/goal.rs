@@ -170,20 +170,35 @@ pub fn msr_exit_claim(kind: &str, scenario: &str, floored: bool) -> String {
 /// (median), ns.
 pub const MSR_EXIT_CPU_NS: f64 = 2000.0;
 
+/// The CPU of an exit that notifies another vCPU (an ICR write), in the
+/// parts its floor is judged by.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Notifying {
+    /// The VMM's own CPU per exit, ns: the median over the profiled turns
+    /// of each turn's CPU less its notifications
+    /// ([`crate::profile::ClassSplit::own_ns_median`]).
+    pub own_ns: f64,
+    /// The CPU of its kicks and wake-ups per exit, ns (mean, timed in the
+    /// same turns: [`crate::profile::notification`]).
+    pub notify_ns: f64,
+}
+
 /// VMM CPU time of an MSR exit of `kind` (measured in `scenario`) at
 /// most [`MSR_EXIT_CPU_NS`] (median `msr_ns`), shown as a ratio to a null
 /// exit's (`null_ns`, a port write answered with nothing) measured in the
-/// same run. `floor`: `(mean, floor)`, where the exit must also notify its
-/// target (an ICR write): it passes too if its mean CPU is within
-/// [`FLOOR_MARGIN`] of the floor, a null exit plus the CPU its own kicks
-/// and wake-ups took in the same turns ([`crate::profile::notification`];
-/// [`notify_floor`] shows what one of each costs).
+/// same run. `notifying`: where the exit must also notify its target (an
+/// ICR write), it passes too if its own CPU plus its notifications' is
+/// within [`FLOOR_MARGIN`] of the floor, a null exit plus the same
+/// notifications ([`notify_floor`] shows what one of each costs). Its own
+/// CPU is a median of per-turn differences: a turn's notification CPU
+/// varies by microseconds with the host, and a difference of means
+/// carried that noise into a figure of about one microsecond.
 pub fn msr_exit_cpu(
     kind: &str,
     scenario: &str,
     msr_ns: f64,
     null_ns: f64,
-    floor: Option<(f64, f64)>,
+    notifying: Option<Notifying>,
 ) -> Goal {
     let ratio = if null_ns > 0.0 {
         format!("{:.2}x", msr_ns / null_ns)
@@ -191,16 +206,23 @@ pub fn msr_exit_cpu(
         "-".into()
     };
     let mut measured = format!("{msr_ns:.0} ns; null exit {null_ns:.0} ns; ratio {ratio}");
-    let at_floor = floor.is_some_and(|(mean, f)| f > 0.0 && mean <= FLOOR_MARGIN * f);
-    if let Some((mean, f)) = floor {
+    let mut at_floor = false;
+    if let Some(n) = notifying {
+        let cost = n.own_ns + n.notify_ns;
+        let floor = null_ns + n.notify_ns;
+        at_floor = floor > 0.0 && cost <= FLOOR_MARGIN * floor;
         measured.push_str(&format!(
-            "; mean {mean:.0} ns against its floor of {f:.0} ns (null exit + the CPU of its own \
-             kicks and wake-ups): {}",
+            "; own {:.0} ns (median, less its notifications) + its notifications {:.0} ns = \
+             {cost:.0} ns against its floor of {floor:.0} ns (null exit + the same \
+             notifications): {:.3}x, {}",
+            n.own_ns,
+            n.notify_ns,
+            if floor > 0.0 { cost / floor } else { 0.0 },
             if at_floor { "within 10%" } else { "over 10%" }
         ));
     }
     Goal::new(
-        msr_exit_claim(kind, scenario, floor.is_some()),
+        msr_exit_claim(kind, scenario, notifying.is_some()),
         measured,
         msr_ns <= MSR_EXIT_CPU_NS || at_floor,
     )
@@ -442,23 +464,26 @@ mod tests {
                 .measured
                 .contains("ratio -")
         );
-        // An ICR exit over 2 us passes within 10% of null + its kicks.
-        let g = msr_exit_cpu(
-            "x2APIC ICR",
-            "pingpong-x2apic",
-            9000.0,
-            900.0,
-            Some((9900.0, 9000.0)),
-        );
+        // An ICR exit over 2 us passes when its own CPU plus its kicks is
+        // within 10% of null + the same kicks: (990 + 8100) <= 1.1 x
+        // (900 + 8100).
+        let icr = |own_ns| {
+            msr_exit_cpu(
+                "x2APIC ICR",
+                "pingpong-x2apic",
+                9000.0,
+                900.0,
+                Some(Notifying {
+                    own_ns,
+                    notify_ns: 8100.0,
+                }),
+            )
+        };
+        let g = icr(1800.0);
         assert!(g.pass && g.measured.contains("within 10%"), "{g:?}");
+        assert!(g.measured.contains("1.100x"), "{g:?}");
         assert!(g.claim.contains("floor"), "{g:?}");
-        let g = msr_exit_cpu(
-            "x2APIC ICR",
-            "pingpong-x2apic",
-            9000.0,
-            900.0,
-            Some((9901.0, 9000.0)),
-        );
+        let g = icr(1801.0);
         assert!(!g.pass && g.measured.contains("over 10%"), "{g:?}");
         assert_eq!(notify_floor(16000.0, 20000.0).verdict(), "INFO");
     }
