@@ -582,6 +582,14 @@ pub enum Case {
     /// refuses them with #GP (it cannot change an xAPIC-mode in-kernel
     /// APIC without losing interrupts).
     SyntheticXapic,
+    /// xAPIC mode: fixed physical IPIs, sent through HV_X64_MSR_ICR,
+    /// follow the destination's APIC ID. Two to the BSP's own ID arrive
+    /// (the second, where the VMM keeps one, from the sender's cache of
+    /// its last destination); after the BSP writes a new xAPIC ID one to
+    /// the old ID reaches nobody and one to the new ID arrives; with the
+    /// ID written back, the new one reaches nobody and the old ID works
+    /// again (through the xAPIC page's ICR).
+    IpiFollowsApicId,
 }
 
 /// Console line [`Case::Lint1Nmi`] prints when it waits for the first
@@ -614,7 +622,8 @@ impl Case {
             Case::CpuidApicBit
             | Case::SyntheticMsrReserved
             | Case::SyntheticMsrApicDisabled
-            | Case::SyntheticXapic => Apic::Xapic,
+            | Case::SyntheticXapic
+            | Case::IpiFollowsApicId => Apic::Xapic,
             _ => Apic::X2apic,
         }
     }
@@ -1353,6 +1362,7 @@ impl Builder {
             Case::IoapicNmi => self.ioapic_nmi(),
             Case::Lint1Nmi => self.lint1_nmi(),
             Case::SyntheticXapic => self.synthetic_xapic(),
+            Case::IpiFollowsApicId => self.ipi_follows_apic_id(),
             Case::ReferenceTscPage => self.reference_tsc_page(),
             Case::StimerDirect => self.stimer_direct(),
             Case::StimerMessage => self.stimer_message(),
@@ -1911,6 +1921,62 @@ impl Builder {
             }
         }
         Ok(())
+    }
+
+    fn ipi_follows_apic_id(&mut self) -> Result<(), IcedError> {
+        const MOVED: u32 = 5;
+        let fixed = VEC_EDGE | ICR_LEVEL_ASSERT;
+        // Through HV_X64_MSR_ICR (xAPIC layout: the destination in bits
+        // 63:56), an MSR exit like an x2APIC ICR write.
+        let send = |b: &mut Self, dest: u32| b.wrmsr(HV_ICR, fixed, dest << XAPIC_DEST_SHIFT);
+        self.hook(VEC_EDGE, Hook::Eoi);
+        self.a.sti()?;
+        let at = count(0, VEC_EDGE);
+        send(self, 0)?;
+        self.wait(
+            at,
+            1,
+            Wait::Exits,
+            "apic id: an IPI to the BSP's ID never arrived",
+        )?;
+        send(self, 0)?;
+        self.wait(
+            at,
+            2,
+            Wait::Exits,
+            "apic id: a second IPI to the BSP's ID never arrived",
+        )?;
+        self.apic_write(APIC_ID, MOVED << XAPIC_DEST_SHIFT)?;
+        send(self, 0)?;
+        self.settle()?;
+        self.expect_eq(
+            at,
+            2,
+            "apic id: an IPI to the old ID arrived after the ID changed",
+        )?;
+        send(self, MOVED)?;
+        self.wait(
+            at,
+            3,
+            Wait::Exits,
+            "apic id: an IPI to the new ID never arrived",
+        )?;
+        self.apic_write(APIC_ID, 0)?;
+        send(self, MOVED)?;
+        self.settle()?;
+        self.expect_eq(
+            at,
+            3,
+            "apic id: an IPI to the new ID arrived after it was given back",
+        )?;
+        // The xAPIC page's ICR as well.
+        self.icr(0, fixed)?;
+        self.wait_exactly(
+            at,
+            4,
+            "apic id: an IPI to the ID written back never arrived",
+            "apic id: an extra IPI arrived",
+        )
     }
 
     /// A hook that lowers pc-testdev line `pin` once vector `vector` was
@@ -3185,7 +3251,7 @@ pub fn gp_probe_names(apic: Apic) -> Vec<&'static str> {
 mod tests {
     use super::*;
 
-    const ALL: [Case; 30] = [
+    const ALL: [Case; 31] = [
         Case::IoapicEdge,
         Case::IoapicLevelRemoteIrr,
         Case::IoapicLevelStillAsserted,
@@ -3222,6 +3288,7 @@ mod tests {
         Case::IoapicNmi,
         Case::Lint1Nmi,
         Case::SyntheticXapic,
+        Case::IpiFollowsApicId,
     ];
 
     #[test]

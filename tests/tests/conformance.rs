@@ -353,6 +353,12 @@ both_irqchips!(
     Case::InitDeassert(Apic::X2apic)
 );
 both_irqchips!(
+    /// Physical IPIs follow a changed xAPIC ID, and a cached destination
+    /// does not outlive the change.
+    ipi_follows_apic_id,
+    Case::IpiFollowsApicId
+);
+both_irqchips!(
     /// CPUID.1:EDX.APIC follows IA32_APIC_BASE.EN.
     cpuid_apic_bit_follows_apic_base,
     Case::CpuidApicBit
