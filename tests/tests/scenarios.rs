@@ -38,6 +38,18 @@ fn all_at(vcpus: u32) {
         }
         let f = run(s, vcpus);
         let t = &f.metrics.total;
+        // Each IPI sent by an ICR MSR write (x2APIC or HV_X64_MSR_ICR) is
+        // one exit of the ICR class; xAPIC ICR writes are MMIO.
+        if let Scenario::PingPong(m) | Scenario::Broadcast(m) = s {
+            match m {
+                IpiMode::Native | IpiMode::SyntheticIcr if vcpus > 1 => {
+                    assert!(t.msr_icr_writes > 0, "{}: {t:?}", s.name());
+                    assert_eq!(t.msr_icr_writes, t.ipis_posted, "{}: {t:?}", s.name());
+                }
+                IpiMode::Xapic => assert_eq!(t.msr_icr_writes, 0, "{}: {t:?}", s.name()),
+                _ => {}
+            }
+        }
         match s {
             Scenario::Broadcast(IpiMode::PvFast | IpiMode::PvEx) if vcpus > 1 => {
                 assert_eq!(f.sender_exits_per_op, 1.0, "{}: {f:?}", s.name());

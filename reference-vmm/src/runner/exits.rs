@@ -8,7 +8,7 @@
 
 use std::cell::RefCell;
 
-use hv_enlightenments::msr::{HV_X64_MSR_ICR, HV_X64_MSR_SINT0};
+use hv_enlightenments::msr::{ApicRegister, HV_X64_MSR_SINT0};
 use ipiv::inhibit::InhibitEvent;
 
 use crate::error::Error;
@@ -55,8 +55,9 @@ impl Runner<'_> {
         let (index, data) = exit_data::msr(self.kvm.fd_mut());
         let (m, me) = (self.m, self.me);
         hvmsr::count(&me.metrics, index);
-        let icr = index == HV_X64_MSR_ICR
-            || lapic::regs::x2apic_msr_to_reg(index) == Some(lapic::regs::ICR_LOW);
+        // The x2APIC ICR, or the Hyper-V MSR that aliases it.
+        let apic_msr = ApicRegister::aliased_by(index).map_or(index, ApicRegister::x2apic_msr);
+        let icr = lapic::regs::x2apic_msr_to_reg(apic_msr) == Some(lapic::regs::ICR_LOW);
         let class = if write && icr {
             bump(&me.metrics.msr_icr_writes);
             ExitClass::Icr
