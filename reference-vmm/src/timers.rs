@@ -5,6 +5,7 @@
 //! Deadlines are in the APIC clock's nanoseconds.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -16,6 +17,9 @@ struct Queue {
     order: BTreeSet<(u64, usize)>,
     /// Each vCPU's armed deadline (its entry in `order`).
     armed: HashMap<usize, u64>,
+    /// The time the thread sleeps until, while it sleeps (`None` while it
+    /// works: it looks at the queue again before it sleeps).
+    sleeping_until: Option<u64>,
 }
 
 impl Queue {
@@ -46,6 +50,8 @@ impl Queue {
 pub struct Timers {
     queue: Mutex<Queue>,
     cond: Condvar,
+    /// Times an arming woke the thread.
+    wakes: AtomicU64,
 }
 
 /// How long the timer thread sleeps with nothing armed before it re-checks
@@ -60,8 +66,9 @@ impl Timers {
     /// Arms vCPU `vcpu`'s timer for `deadline_ns`, replacing the deadline
     /// it had (firing re-checks the timer's own deadline all the same).
     pub fn arm(&self, vcpu: usize, deadline_ns: u64) {
-        self.lock().arm(vcpu, deadline_ns);
-        self.cond.notify_one();
+        let mut q = self.lock();
+        q.arm(vcpu, deadline_ns);
+        self.wake_if_earlier(q, deadline_ns);
     }
 
     /// Arms vCPU `vcpu`'s timer for `deadline_ns` unless an earlier one is
@@ -72,8 +79,27 @@ impl Timers {
             return;
         }
         q.arm(vcpu, deadline_ns);
+        self.wake_if_earlier(q, deadline_ns);
+    }
+
+    /// After an arming: wakes the thread only if it sleeps past
+    /// `deadline_ns`. Waking it is a futex wake, a cross-CPU interrupt
+    /// when it sleeps on another CPU (12-22 us of the caller's CPU on the
+    /// host these notes come from); a deadline at or after the one it
+    /// sleeps toward, which a VM with many vCPUs re-arming their ticks
+    /// mostly has, is found when it wakes for that one.
+    fn wake_if_earlier(&self, q: MutexGuard<'_, Queue>, deadline_ns: u64) {
+        let wake = q.sleeping_until.is_some_and(|until| deadline_ns < until);
         drop(q);
-        self.cond.notify_one();
+        if wake {
+            self.wakes.fetch_add(1, Ordering::Relaxed);
+            self.cond.notify_one();
+        }
+    }
+
+    /// Times an arming woke the thread.
+    pub fn wakes(&self) -> u64 {
+        self.wakes.load(Ordering::Relaxed)
     }
 
     /// Forgets vCPU `vcpu`'s deadline (its timer was stopped).
@@ -113,20 +139,15 @@ impl Timers {
                         q.arm(vcpu, n);
                     }
                 }
-                Some((d, _)) => {
-                    let wait = Duration::from_nanos(d - t).min(IDLE);
+                first => {
+                    let wait = first.map_or(IDLE, |(d, _)| Duration::from_nanos(d - t).min(IDLE));
+                    q.sleeping_until = Some(t.saturating_add(wait.as_nanos() as u64));
                     q = self
                         .cond
                         .wait_timeout(q, wait)
                         .unwrap_or_else(|e| e.into_inner())
                         .0;
-                }
-                None => {
-                    q = self
-                        .cond
-                        .wait_timeout(q, IDLE)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
+                    q.sleeping_until = None;
                 }
             }
         }
@@ -152,5 +173,47 @@ mod tests {
         t.disarm(3);
         assert_eq!(t.armed(), 1);
         assert_eq!(t.lock().first(), Some((5_000_000 - 99_999, 7)));
+    }
+
+    #[test]
+    fn arming_wakes_the_thread_only_for_an_earlier_deadline() {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicBool;
+
+        const MS: u64 = 1_000_000;
+        let t = Arc::new(Timers::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        // The clock stands still at 0: the thread sleeps toward vCPU 0's
+        // deadline, 40 ms, and never fires it.
+        t.arm(0, 40 * MS);
+        let thread = {
+            let (t, stop) = (t.clone(), stop.clone());
+            std::thread::spawn(move || t.run(|| stop.load(Ordering::Relaxed), || 0, |_| None))
+        };
+        // Until the thread sleeps toward `until` (it may still be waking).
+        let asleep_until = |t: &Timers, until: u64| {
+            let start = std::time::Instant::now();
+            while t.lock().sleeping_until != Some(until) {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "never asleep until {until}"
+                );
+                std::thread::yield_now();
+            }
+        };
+        asleep_until(&t, 40 * MS);
+        t.arm(1, 45 * MS);
+        t.arm(2, 40 * MS);
+        t.arm_earlier(0, 41 * MS);
+        assert_eq!(t.wakes(), 0, "deadlines at or after the thread's");
+        t.arm(3, 10 * MS);
+        assert_eq!(t.wakes(), 1);
+        asleep_until(&t, 10 * MS);
+        t.arm_earlier(3, 5 * MS);
+        assert_eq!(t.wakes(), 2);
+        asleep_until(&t, 5 * MS);
+        stop.store(true, Ordering::Relaxed);
+        t.wake();
+        thread.join().unwrap();
     }
 }
