@@ -39,6 +39,24 @@ pub fn notifications() -> Option<Notifications> {
     })
 }
 
+/// Median CPU nanoseconds of `notify` on this thread over [`KICKS`]
+/// calls [`GAP`] apart, the clock read's own cost taken out; `settle(i)`
+/// runs after call `i`, untimed. `None` if a call failed.
+fn median_cpu(mut notify: impl FnMut() -> bool, mut settle: impl FnMut(u64)) -> Option<f64> {
+    let read = clock_read_ns();
+    let mut samples = Vec::with_capacity(KICKS);
+    let mut failed = false;
+    for i in 0..KICKS as u64 {
+        spin_for(GAP);
+        let c0 = thread_cpu_ns();
+        failed |= !notify();
+        let c1 = thread_cpu_ns();
+        samples.push(c1.saturating_sub(c0).saturating_sub(read) as f64);
+        settle(i);
+    }
+    (!failed).then(|| Stat::of(&samples).median)
+}
+
 /// Spins until `gap` has passed.
 fn spin_for(gap: Duration) {
     let t = Instant::now();
@@ -73,25 +91,24 @@ pub fn measure_wake() -> Option<f64> {
             })
             .ok()?
     };
-    let read = clock_read_ns();
-    let mut samples = Vec::with_capacity(KICKS);
     let (lock, cond) = &*pair;
-    for i in 0..KICKS as u64 {
-        spin_for(GAP);
-        let c0 = thread_cpu_ns();
-        lock.lock().unwrap_or_else(|e| e.into_inner()).0 = true;
-        cond.notify_all();
-        let c1 = thread_cpu_ns();
-        samples.push(c1.saturating_sub(c0).saturating_sub(read) as f64);
+    let median = median_cpu(
+        || {
+            lock.lock().unwrap_or_else(|e| e.into_inner()).0 = true;
+            cond.notify_all();
+            true
+        },
         // The next wake finds it asleep again.
-        while woken.load(Ordering::Acquire) <= i {
-            std::hint::spin_loop();
-        }
-    }
+        |i| {
+            while woken.load(Ordering::Acquire) <= i {
+                std::hint::spin_loop();
+            }
+        },
+    );
     lock.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
     cond.notify_all();
     sleeper.join().ok()?;
-    Some(Stat::of(&samples).median)
+    median
 }
 
 /// Median CPU nanoseconds the sender spends on one kick of a running
@@ -119,26 +136,16 @@ pub fn measure() -> Option<f64> {
     let tid = id.load(Ordering::Acquire) as libc::pid_t;
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
-    let read = clock_read_ns();
-    let mut samples = Vec::with_capacity(KICKS);
-    let mut failed = false;
-    for _ in 0..KICKS {
-        spin_for(GAP);
-        let c0 = thread_cpu_ns();
+    let median = median_cpu(
         // SAFETY: the spinning thread runs until `stop` is set below and
         // joined, so its thread id is valid; its signal handler is the
         // VMM's empty kick handler.
-        let r = unsafe { signal_thread(pid, tid) };
-        let c1 = thread_cpu_ns();
-        failed |= r.is_err();
-        samples.push(c1.saturating_sub(c0).saturating_sub(read) as f64);
-    }
+        || unsafe { signal_thread(pid, tid) }.is_ok(),
+        |_| {},
+    );
     stop.store(true, Ordering::Relaxed);
     spinner.join().ok()?;
-    if failed {
-        return None;
-    }
-    Some(Stat::of(&samples).median)
+    median
 }
 
 #[cfg(test)]
