@@ -20,10 +20,11 @@
 //! (which holds the end of one read and the start of another). CPU clock
 //! differences leave out time off the CPU, so a read that is preempted
 //! does not skew them. The wall span (TSC) lies between the reads. Each
-//! class keeps the sampled exits, the sums and a histogram of the CPU time
-//! ([`BUCKETS`] buckets: 64 ns wide below 4 us, powers of two above) for
-//! medians, in relaxed atomics of the vCPU ([`ExitProfile`], about
-//! 2 KiB).
+//! class keeps the sampled exits, the sums and two histograms for medians
+//! ([`BUCKETS`] buckets: 64 ns wide below 4 us, powers of two above): of
+//! the turn's CPU time, and of its own CPU time, the CPU less the host
+//! work timed apart below ([`Turn::own_ns`]). They are relaxed atomics of
+//! the vCPU ([`ExitProfile`], about 4.7 KiB).
 //!
 //! Inside a profiled turn, each notification of another thread (a kick,
 //! a wake-up, an MSI signalled to KVM: [`notification`]) is timed apart:
@@ -671,8 +672,9 @@ impl ProfileSplit {
             "VMM time per exit from KVM_RUN's return to the next KVM_RUN, about 1 in {} exits sampled; \
              waiting = wall - CPU (HLT: includes the sleep); \"notify ns\": the part of the CPU spent \
              kicking, waking or signalling other vCPUs, \"ioctl ns\" the part in `KVM_INTERRUPT` and \
-             `KVM_NMI`, \"own median\" the median of each turn's CPU less those two; one read of the CPU clock, as it cost in \
-             place (\"read ns\"), is taken out of each (a warm read costs {} ns)",
+             `KVM_NMI`, \"own median\" the median of each turn's CPU less those two; one read of \
+             the CPU clock, as it cost in place (\"read ns\"), is taken out of each (a warm read \
+             costs {} ns)",
             self.sample_period, self.clock_read_ns
         );
         s
