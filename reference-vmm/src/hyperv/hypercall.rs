@@ -4,7 +4,7 @@
 //! through the irqchip's send, PV TLB flush through flush requests) and
 //! RAX goes back through the dirty-register mask.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{Ordering, fence};
 
 use hv_enlightenments::hypercall::{
     self, CallCode, HvStatus, Hypercall, HypercallGprs, HypercallMode, HypercallResult, Refusal,
@@ -221,14 +221,19 @@ pub fn dispatch(
         }
         Hypercall::Flush(f) => {
             bump(&metrics.hc_flush);
+            // Every target is asked, then one fence, then the targets in
+            // guest mode are kicked (`Vcpu::ask_flush`): a halted target
+            // costs a store and a load, and no lock.
+            let requested = for_each_target(vcpus, &f.targets, |_, t| t.ask_flush());
+            fence(Ordering::SeqCst);
             // The targets that were in guest mode, to wait for once all
-            // are asked: a bitmap by VP index on the stack (no allocation
+            // are kicked: a bitmap by VP index on the stack (no allocation
             // on the hypercall path), a list for any beyond it.
             let mut kicked = [0u64; MAX_SPARSE_BANKS];
             let mut beyond = Vec::new();
             let mut waits = 0u64;
-            let requested = for_each_target(vcpus, &f.targets, |vp, t| {
-                if t.request_flush() {
+            for_each_target(vcpus, &f.targets, |vp, t| {
+                if t.kick_to_flush() {
                     waits += 1;
                     match kicked.get_mut((vp / VPS_PER_BANK) as usize) {
                         Some(word) => *word |= 1 << (vp % VPS_PER_BANK),

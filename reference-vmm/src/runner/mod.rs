@@ -250,19 +250,20 @@ impl<'a> Runner<'a> {
         // published as in guest mode, so that later kicks set it again.
         kick::take_kicks(self.kvm.run_area(), false)?;
         let mut s = me.lock();
-        if s.flush_pending {
+        // "In guest" is published before the flush request is taken (see
+        // `Vcpu::ask_flush`). A requester that sees it kicks under the
+        // lock, which is held until the flush is done: no kick races the
+        // immediate_exit the flush may use.
+        let (posted, flush) = me.enter_guest();
+        if flush {
             if m.flush == FlushMethod::MmuReset {
-                // Under the lock: no kick can race the immediate_exit
-                // this uses.
                 self.kvm.complete_pending_exit()?;
                 flush_guest_tlb(self.kvm.fd()).map_err(self.kvm.err("KVM_SET_MSRS (TLB flush)"))?;
             }
-            s.flush_pending = false;
             bump(&me.metrics.flushes_done);
             me.release_flush_waiters(&s);
         }
         let exception = std::mem::take(&mut self.exception_queued);
-        let posted = me.posted.run_state().enter_guest(me.posted.descriptor());
         m.irqchip
             .prepare_entry(&mut self.cx(), &mut s, posted, exception)
     }

@@ -4,13 +4,13 @@
 //! (ipiv), and the kick-or-wake rules that follow a change of that state.
 //! Its run loop is [`crate::runner`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use hv_enlightenments::msr as hvmsr;
 use hv_enlightenments::synic::MessageQueue;
-use ipiv::{Notify, PostedVcpu, RunState};
+use ipiv::{Notify, PendingVectors, PostedVcpu, RunState};
 use lapic::LocalApic;
 
 use crate::error::Error;
@@ -66,8 +66,6 @@ pub struct State {
     /// Messages the VMM posted to this VP's SynIC whose slot was busy,
     /// delivered at its EOM (one per SINT).
     pub messages: MessageQueue,
-    /// Flush the guest TLB before the next entry.
-    pub flush_pending: bool,
     /// Threads waiting for this vCPU to flush or leave guest mode.
     pub flush_waiters: u32,
     /// The thread is running and `kick` is valid.
@@ -106,6 +104,9 @@ pub struct Vcpu {
     /// an NMI, INIT/SIPI, a stop): a thread polling in HLT watches it
     /// instead of taking the lock.
     events: AtomicU64,
+    /// Flush the guest TLB before the next entry: set by a flush request
+    /// without the lock, taken by the entry (see [`Vcpu::ask_flush`]).
+    flush_pending: AtomicBool,
     /// Counters.
     pub metrics: VcpuMetrics,
     /// VMM CPU time and waiting per exit class, sampled.
@@ -129,7 +130,6 @@ impl Vcpu {
                 apic,
                 vp,
                 messages: MessageQueue::new(),
-                flush_pending: false,
                 flush_waiters: 0,
                 alive: false,
                 kick: None,
@@ -142,6 +142,7 @@ impl Vcpu {
             }),
             cond: Condvar::new(),
             events: AtomicU64::new(0),
+            flush_pending: AtomicBool::new(false),
             metrics: VcpuMetrics::default(),
             profile: ExitProfile::default(),
             inbound: Inbound::default(),
@@ -310,14 +311,37 @@ impl Vcpu {
         self.notify(self.posted.post(vector));
     }
 
-    /// Asks for a guest TLB flush before the next entry. Returns whether
-    /// the vCPU is in guest mode now (it was kicked and the caller should
-    /// wait with [`Vcpu::wait_flushed`]); otherwise the flush is deferred
-    /// to its next entry. The caller counts requests and deferrals (once
-    /// per hypercall, not per target).
-    pub fn request_flush(&self) -> bool {
-        let mut s = self.lock();
-        s.flush_pending = true;
+    /// Step 1 of a flush request: asks for a guest TLB flush before the
+    /// next entry, without the vCPU's lock. A requester asks every target,
+    /// then issues one `fence(SeqCst)`, then calls [`Vcpu::kick_to_flush`]
+    /// on each.
+    ///
+    /// This is a store-buffer handshake with the entry
+    /// ([`Vcpu::enter_guest`]), which publishes "in guest" (a SeqCst store)
+    /// and then takes the flag (a SeqCst swap). Whichever side comes
+    /// second sees the other's write: a target that step 2 finds outside
+    /// guest mode takes the flag before it runs guest code again, and one
+    /// that is in guest mode is kicked. A halted target costs a store and
+    /// a load; its lock is not taken.
+    pub fn ask_flush(&self) {
+        // Release: the entry that takes the request sees what the guest
+        // changed before it asked (its page tables).
+        self.flush_pending.store(true, Ordering::Release);
+    }
+
+    /// Step 2 of a flush request, after the fence that follows step 1
+    /// ([`Vcpu::ask_flush`]). Returns whether the vCPU is in guest mode (it
+    /// was kicked, and the caller should wait with
+    /// [`Vcpu::wait_flushed`]); otherwise the flush is deferred to its next
+    /// entry. The caller counts requests and deferrals (once per
+    /// hypercall, not per target).
+    pub fn kick_to_flush(&self) -> bool {
+        if self.run_state() != RunState::InGuest {
+            return false;
+        }
+        // The kick under the lock, as every kick: the entry holds it from
+        // publishing "in guest" until its flush is done.
+        let s = self.lock();
         if self.run_state() == RunState::InGuest {
             self.kick_locked(&s);
             true
@@ -326,13 +350,29 @@ impl Vcpu {
         }
     }
 
+    /// The entry's side of the flush request ([`Vcpu::ask_flush`]), under
+    /// the lock: publishes "in guest" (ipiv's step 1, which takes the
+    /// posted vectors to inject), then takes the flush request, in that
+    /// order. Returns the vectors and whether a flush was asked for since
+    /// the last entry that took one.
+    pub(crate) fn enter_guest(&self) -> (PendingVectors, bool) {
+        let posted = self
+            .posted
+            .run_state()
+            .enter_guest(self.posted.descriptor());
+        (posted, self.flush_pending.swap(false, Ordering::SeqCst))
+    }
+
     /// Waits until the vCPU has flushed or is out of guest mode (it then
     /// flushes before it enters again).
     pub fn wait_flushed(&self, timeout: Duration) -> Result<(), Error> {
         let start = Instant::now();
         let mut s = self.lock();
         s.flush_waiters += 1;
-        while s.flush_pending && s.alive && self.run_state() == RunState::InGuest {
+        while self.flush_pending.load(Ordering::SeqCst)
+            && s.alive
+            && self.run_state() == RunState::InGuest
+        {
             let left = timeout.saturating_sub(start.elapsed());
             if left.is_zero() {
                 s.flush_waiters -= 1;
@@ -402,5 +442,79 @@ impl Vcpu {
             hex(s.apic.pending()),
             hex(s.apic.isr().highest()),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hint::spin_loop;
+    use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+    use std::sync::atomic::{AtomicBool, AtomicU64, fence};
+
+    use super::*;
+    use crate::clock::HostClock;
+
+    fn vcpu(table: &ipiv::PidTable) -> Vcpu {
+        let clock = Arc::new(HostClock::new(1_000_000, None));
+        let apic = LocalApic::new(lapic::Config::new(0), clock).expect("APIC");
+        Vcpu::new(0, apic, None, table.register(0).expect("PID entry"))
+    }
+
+    /// A flush request raced against a vCPU thread that enters and leaves
+    /// guest mode in a loop: the vCPU never runs guest code with a TLB
+    /// older than a request that has returned, whether the request found
+    /// it in guest mode (kicked, waited for) or not (deferred to its next
+    /// entry). Taking the request before publishing "in guest" fails this.
+    #[test]
+    fn flush_request_races_the_entry() {
+        const REQUESTS: u64 = 200_000;
+        let table = ipiv::PidTable::new(0).expect("table");
+        let v = vcpu(&table);
+        // The guest's page tables, the TLB's copy, and the newest version
+        // whose flush request returned.
+        let version = AtomicU64::new(0);
+        let done = AtomicU64::new(0);
+        let stop = AtomicBool::new(false);
+        let (stale, deferred) = (AtomicU64::new(0), AtomicU64::new(0));
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                let mut tlb = 0;
+                while !stop.load(Relaxed) {
+                    let s = v.lock();
+                    let (_, flush) = v.enter_guest();
+                    if flush {
+                        tlb = version.load(Acquire);
+                    }
+                    drop(s);
+                    // Guest code.
+                    if tlb < done.load(Acquire) {
+                        stale.fetch_add(1, Relaxed);
+                    }
+                    let _ = v.posted.run_state().leave_guest(v.posted.descriptor());
+                }
+            });
+            for _ in 0..REQUESTS {
+                let n = version.fetch_add(1, Relaxed) + 1;
+                v.ask_flush();
+                fence(SeqCst);
+                if v.kick_to_flush() {
+                    // What `wait_flushed` waits for; this vCPU has no kick
+                    // target and leaves guest mode on its own.
+                    while v.flush_pending.load(SeqCst) && v.run_state() == RunState::InGuest {
+                        spin_loop();
+                    }
+                } else {
+                    deferred.fetch_add(1, Relaxed);
+                }
+                done.store(n, Release);
+            }
+            stop.store(true, Relaxed);
+        });
+        let deferred = deferred.load(Relaxed);
+        assert!(
+            deferred > 0 && deferred < REQUESTS,
+            "both outcomes: {deferred} of {REQUESTS} deferred"
+        );
+        assert_eq!(stale.load(Relaxed), 0, "guest code ran on a stale TLB");
     }
 }
