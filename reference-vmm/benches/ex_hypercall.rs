@@ -8,8 +8,8 @@
 //!   flush.
 //! * `ex64_ipi`: HvCallSendSyntheticClusterIpiEx with all 64 banks
 //!   present, naming every VP but the sender's (1023 existing targets;
-//!   banks 16..63 name none), posted through ipiv with the user irqchip's
-//!   `Vcpu::post`. No target is woken or kicked: `fresh` targets are
+//!   banks 16..63 name none), posted through ipiv with `Vcpu::post_at`
+//!   and one stamp per call, as the user irqchip's PV IPI does. No target is woken or kicked: `fresh` targets are
 //!   outside the guest with nothing pending (each post sets ON and reads
 //!   the run state; decode included), `busy` ones already have a
 //!   notification outstanding (each post only sets its PIR bit; decoded
@@ -30,6 +30,7 @@ use lapic::LocalApic;
 use reference_vmm::clock::HostClock;
 use reference_vmm::guest::scenarios::ex64_input;
 use reference_vmm::hyperv::hypercall::dispatch;
+use reference_vmm::ipi_path::Stamp;
 use reference_vmm::metrics::VcpuMetrics;
 use reference_vmm::vcpu::Vcpu;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -135,7 +136,10 @@ fn ipi(c: &mut Criterion, vcpus: &[Vcpu], metrics: &VcpuMetrics) {
                 reset(vcpus, false);
                 let start = Instant::now();
                 let call = decode(black_box(&regs), &mem).expect("decodes");
-                black_box(dispatch(vcpus, metrics, &call, |t, v| t.post(v)).expect("posts"));
+                let stamp = Stamp::now();
+                black_box(
+                    dispatch(vcpus, metrics, &call, |t, v| t.post_at(v, stamp)).expect("posts"),
+                );
                 total += start.elapsed();
             }
             total
@@ -159,7 +163,10 @@ fn ipi(c: &mut Criterion, vcpus: &[Vcpu], metrics: &VcpuMetrics) {
                 let run = left.min(calls.len() as u64);
                 let start = Instant::now();
                 for call in calls.iter().take(run as usize) {
-                    black_box(dispatch(vcpus, metrics, call, |t, v| t.post(v)).expect("posts"));
+                    let stamp = Stamp::now();
+                    black_box(
+                        dispatch(vcpus, metrics, call, |t, v| t.post_at(v, stamp)).expect("posts"),
+                    );
                 }
                 total += start.elapsed();
                 left -= run;

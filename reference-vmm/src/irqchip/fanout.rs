@@ -17,6 +17,7 @@ use std::time::Duration;
 use lapic::VcpuSet;
 
 use super::Irqchip;
+use crate::ipi_path::Stamp;
 use crate::vcpu::Vcpu;
 
 /// How long the fan-out thread sleeps with nothing queued before it
@@ -36,6 +37,8 @@ pub struct FanOut {
     pub(super) vector: u8,
     /// Targets in `wake` and `msi`.
     pub(super) targets: u32,
+    /// The stamp of the call's first post, shared by its other targets.
+    pub(super) stamp: Option<Stamp>,
 }
 
 impl FanOut {

@@ -28,6 +28,7 @@ use lapic::Topology;
 use vm_memory::GuestMemoryMmap;
 
 use crate::error::Error;
+use crate::ipi_path::Stamp;
 use crate::kvm::msr::{MSR_APIC_BASE, MSR_TSC_DEADLINE};
 use crate::kvm::stats::{KvmVmCounters, StatsReader};
 use crate::kvm::vcpu::KvmVcpu;
@@ -261,7 +262,9 @@ impl Irqchip {
         match self {
             Self::User(_) => {
                 // Before the post: the target may take the vector at once.
-                target.inbound.sent();
+                target
+                    .inbound
+                    .sent_at(*f.stamp.get_or_insert_with(Stamp::now));
                 match target.posted.post(vector) {
                     Notify::Wake => {
                         f.wake.insert(target.index as usize);

@@ -14,7 +14,7 @@ use ipiv::{Notify, PendingVectors, PostedVcpu, RunState};
 use lapic::LocalApic;
 
 use crate::error::Error;
-use crate::ipi_path::Inbound;
+use crate::ipi_path::{Inbound, Stamp};
 use crate::kvm::kick::KickTarget;
 use crate::metrics::{VcpuMetrics, bump};
 use crate::profile::{self, ExitProfile};
@@ -306,8 +306,14 @@ impl Vcpu {
 
     /// Posts a fixed interrupt through the posted-interrupt descriptor.
     pub fn post(&self, vector: u8) {
+        self.post_at(vector, Stamp::now());
+    }
+
+    /// [`Vcpu::post`] with the send's stamp read once for all the targets
+    /// of a multicast.
+    pub fn post_at(&self, vector: u8, stamp: Stamp) {
         // Before the post: the target may take the vector at once.
-        self.inbound.sent();
+        self.inbound.sent_at(stamp);
         self.notify(self.posted.post(vector));
     }
 

@@ -23,6 +23,7 @@ use lapic::{
 
 use super::{ApStart, EoiHook, IrqchipConfig, VcpuCtx};
 use crate::error::Error;
+use crate::ipi_path::Stamp;
 use crate::kvm::msr::MSR_APIC_BASE;
 use crate::metrics::bump;
 use crate::platform::msi::{
@@ -264,11 +265,12 @@ impl UserIrqchip {
         posted: bool,
         mut each: impl FnMut(),
     ) {
+        let stamp = Stamp::now();
         for t in targets {
             let Some(tv) = vcpus.get(t) else { continue };
             each();
             if posted {
-                tv.post(irq.vector);
+                tv.post_at(irq.vector, stamp);
             } else {
                 let mut s = tv.lock();
                 match s.apic.deliver(irq) {
