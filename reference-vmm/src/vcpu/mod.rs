@@ -93,27 +93,35 @@ pub struct State {
 }
 
 /// A vCPU as seen by every thread.
+///
+/// What a sender touches on each target of a multicast (the
+/// posted-interrupt entry's address, the interrupt path's stamps, the
+/// flush request) comes first, in the struct's first cache line.
+#[repr(C, align(64))]
 pub struct Vcpu {
-    /// vCPU index (= VP index = APIC ID in this VMM).
-    pub index: u32,
     /// Posted-interrupt descriptor and run state.
     pub posted: Arc<PostedVcpu>,
-    state: Mutex<State>,
-    cond: Condvar,
+    /// The last interrupt posted to this vCPU, for its path's timing.
+    pub inbound: Inbound,
+    /// vCPU index (= VP index = APIC ID in this VMM).
+    pub index: u32,
+    /// Flush the guest TLB before the next entry: set by a flush request
+    /// without the lock, taken by the entry (see [`Vcpu::ask_flush`]).
+    flush_pending: AtomicBool,
     /// Moves whenever an event is latched under the lock (an IRR change,
     /// an NMI, INIT/SIPI, a stop): a thread polling in HLT watches it
     /// instead of taking the lock.
     events: AtomicU64,
-    /// Flush the guest TLB before the next entry: set by a flush request
-    /// without the lock, taken by the entry (see [`Vcpu::ask_flush`]).
-    flush_pending: AtomicBool,
+    state: Mutex<State>,
+    cond: Condvar,
     /// Counters.
     pub metrics: VcpuMetrics,
     /// VMM CPU time and waiting per exit class, sampled.
     pub profile: ExitProfile,
-    /// The last interrupt posted to this vCPU, for its path's timing.
-    pub inbound: Inbound,
 }
+
+// What a multicast touches on each target shares the first cache line.
+const _: () = assert!(std::mem::offset_of!(Vcpu, flush_pending) < 64);
 
 impl Vcpu {
     /// A vCPU with its APIC, VP state and posted-interrupt entry.
