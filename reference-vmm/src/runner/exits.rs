@@ -162,6 +162,12 @@ impl Runner<'_> {
 
     /// Serves an MMIO exit on the vCPU's buses. Returns `false` for a
     /// built-in guest's report (not counted as service).
+    ///
+    /// Out of line: inlined into the run loop by the release build's LTO,
+    /// its locals (its own frame is about 10 KiB) made the loop's frame
+    /// 13 KiB instead of 8, a frame every vCPU thread touches: about 7 KiB
+    /// of RSS per vCPU.
+    #[inline(never)]
     pub(super) fn mmio(&mut self) -> bool {
         let (addr, write, data) = exit_data::mmio(self.kvm.fd_mut());
         if write {
