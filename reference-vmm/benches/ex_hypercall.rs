@@ -9,11 +9,11 @@
 //! * `ex64_ipi`: HvCallSendSyntheticClusterIpiEx with all 64 banks
 //!   present, naming every VP but the sender's (1023 existing targets;
 //!   banks 16..63 name none), posted through ipiv with `Vcpu::post_at`
-//!   and one stamp per call, as the user irqchip's PV IPI does. No target is woken or kicked: `fresh` targets are
-//!   outside the guest with nothing pending (each post sets ON and reads
-//!   the run state; decode included), `busy` ones already have a
-//!   notification outstanding (each post only sets its PIR bit; decoded
-//!   beforehand).
+//!   and one stamp per call, as the user irqchip's PV IPI does. No target
+//!   is woken or kicked: `fresh` targets are outside the guest with
+//!   nothing pending (each post sets ON and reads the run state; decode
+//!   included), `busy` ones already have a notification outstanding (each
+//!   post only sets its PIR bit; decoded beforehand).
 //!
 //! Throughput is in targets, so criterion's `elem/s` gives the cost per
 //! existing target.
