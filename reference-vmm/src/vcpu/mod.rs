@@ -330,8 +330,8 @@ impl Vcpu {
     /// then issues one `fence(SeqCst)`, then calls [`Vcpu::kick_to_flush`]
     /// on each.
     ///
-    /// This is a store-buffer handshake with the entry
-    /// ([`Vcpu::enter_guest`]), which publishes "in guest" (a SeqCst store)
+    /// This is a store-buffer handshake with the vCPU's entry (the runner's
+    /// `Vcpu::enter_guest`), which publishes "in guest" (a SeqCst store)
     /// and then takes the flag (a SeqCst swap). Whichever side comes
     /// second sees the other's write: a target that step 2 finds outside
     /// guest mode takes the flag before it runs guest code again, and one
