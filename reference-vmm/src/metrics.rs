@@ -158,6 +158,10 @@ counters!(
         svc_cycles_icr,
         /// Host TSC cycles handling hypercall exits.
         svc_cycles_hypercall,
+        /// Of those, the cycles spent decoding the calls and carrying them
+        /// out (from `hypercall::decode` to the end of the dispatch or the
+        /// SynIC call); the rest is the trap's fixed cost.
+        hc_call_cycles,
         /// Host TSC cycles handling other port I/O exits.
         svc_cycles_pio,
         /// Host TSC cycles handling MMIO exits (scenario reports left out).

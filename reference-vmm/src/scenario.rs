@@ -264,6 +264,9 @@ pub struct Figures {
     pub service_ns_per_exit: f64,
     /// Handler time per hypercall in nanoseconds (decode and execute).
     pub hypercall_service_ns: f64,
+    /// Of that, nanoseconds per hypercall spent decoding the call and
+    /// carrying it out (the rest is the trap's fixed cost).
+    pub hypercall_call_ns: f64,
     /// Guest-observed nanoseconds per operation (the guest's TSC at its
     /// marks).
     pub guest_ns_per_op: f64,
@@ -408,6 +411,7 @@ pub fn run_ops(s: Scenario, o: RunOptions, ops: u64) -> Result<(RunReport, Figur
         hypercalls_per_op: t.hypercalls as f64 / ops,
         service_ns_per_exit: svc / t.exits.max(1) as f64,
         hypercall_service_ns: ns(t.svc_cycles_hypercall) / t.hypercalls.max(1) as f64,
+        hypercall_call_ns: ns(t.hc_call_cycles) / t.hypercalls.max(1) as f64,
         guest_ns_per_op: m.guest_elapsed.as_nanos() as f64 / ops,
         ipi_path_vmm_ns_per_op: ns(t.ipi_path_vmm_cycles) / ops,
         ipi_path_notify_ns_per_op: ns(t.ipi_path_notify_cycles) / ops,

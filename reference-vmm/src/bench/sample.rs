@@ -56,6 +56,8 @@ pub struct Sample {
     pub service_ns_per_exit: f64,
     /// Handler nanoseconds per hypercall.
     pub hypercall_service_ns: f64,
+    /// Of those, decode and dispatch nanoseconds per hypercall.
+    pub hypercall_call_ns: f64,
     /// Guest-observed nanoseconds per operation.
     pub guest_ns_per_op: f64,
     /// VMM nanoseconds per operation on the posted interrupts' paths.

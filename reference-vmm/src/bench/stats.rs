@@ -101,6 +101,8 @@ pub struct Cell {
     pub service_ns_per_exit: Stat,
     /// Handler nanoseconds per hypercall.
     pub hypercall_service_ns: Stat,
+    /// Of those, decode and dispatch nanoseconds per hypercall.
+    pub hypercall_call_ns: Stat,
     /// Guest-observed nanoseconds per operation.
     pub guest_ns_per_op: Stat,
     /// VMM nanoseconds per operation on the posted interrupts' paths.
@@ -260,6 +262,7 @@ impl Cell {
             eoi_exits_per_op: stat(|x| x.eoi_exits_per_op),
             service_ns_per_exit: stat(|x| x.service_ns_per_exit),
             hypercall_service_ns: stat(|x| x.hypercall_service_ns),
+            hypercall_call_ns: stat(|x| x.hypercall_call_ns),
             guest_ns_per_op: stat(|x| x.guest_ns_per_op),
             ipi_path_vmm_ns_per_op: stat(|x| x.ipi_path_vmm_ns_per_op),
             ipi_path_notify_ns_per_op: stat(|x| x.ipi_path_notify_ns_per_op),

@@ -17,7 +17,7 @@ use super::HyperV;
 use crate::error::Error;
 use crate::guest::abi;
 use crate::kvm::vcpu::KvmVcpu;
-use crate::metrics::{VcpuMetrics, bump};
+use crate::metrics::{VcpuMetrics, bump, tsc};
 use crate::vcpu::{FLUSH_WAIT, Vcpu};
 
 /// #UD vector.
@@ -106,6 +106,7 @@ pub fn serve(
         }
     }
     let code = hregs.control().call_code();
+    let call_start = tsc();
     let result = match (refused, hypercall::decode(&hregs, mem)) {
         (Some(status), _) => HypercallResult::from(status),
         (None, Ok(call)) => {
@@ -125,6 +126,9 @@ pub fn serve(
         }
         (None, Err(status)) => HypercallResult::from(status),
     };
+    metrics
+        .hc_call_cycles
+        .fetch_add(tsc().wrapping_sub(call_start), Ordering::Relaxed);
     metrics.count_status(result.status.0);
     // Only RAX (EDX:EAX in 32-bit mode) changes; KVM loads the synced
     // registers before it completes the port write (and moves RIP past
