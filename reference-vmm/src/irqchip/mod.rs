@@ -261,11 +261,8 @@ impl Irqchip {
     pub fn send_ipi_deferred(&self, target: &Vcpu, vector: u8, f: &mut fanout::FanOut) {
         match self {
             Self::User(_) => {
-                // Before the post: the target may take the vector at once.
-                target
-                    .inbound
-                    .sent_at(*f.stamp.get_or_insert_with(Stamp::now));
-                match target.posted.post(vector) {
+                let stamp = *f.stamp.get_or_insert_with(Stamp::now);
+                match target.post_unnotified(vector, stamp) {
                     Notify::Wake => {
                         f.wake.insert(target.index as usize);
                         f.targets += 1;

@@ -320,9 +320,16 @@ impl Vcpu {
     /// [`Vcpu::post`] with the send's stamp read once for all the targets
     /// of a multicast.
     pub fn post_at(&self, vector: u8, stamp: Stamp) {
+        self.notify(self.post_unnotified(vector, stamp));
+    }
+
+    /// Posts `vector` with the send's `stamp` and returns what ipiv says
+    /// the target needs, for the caller to carry out ([`Vcpu::notify`]) or
+    /// defer.
+    pub(crate) fn post_unnotified(&self, vector: u8, stamp: Stamp) -> Notify {
         // Before the post: the target may take the vector at once.
         self.inbound.sent_at(stamp);
-        self.notify(self.posted.post(vector));
+        self.posted.post(vector)
     }
 
     /// Step 1 of a flush request: asks for a guest TLB flush before the
