@@ -223,17 +223,13 @@ pub fn goals(
             );
             // Where the call's own work costs more in the VM than timed
             // without KVM: its decode and dispatch, stamped in the handler.
-            let in_vm = match null {
-                Some((n, _)) => format!(
-                    "; of the handler, decode and dispatch {} ns (the null hypercall's {} ns)",
-                    c.hypercall_call_ns.show(0),
-                    n.hypercall_call_ns.show(0),
-                ),
-                None => format!(
-                    "; of the handler, decode and dispatch {} ns",
-                    c.hypercall_call_ns.show(0)
-                ),
-            };
+            let null_call = null.map_or(String::new(), |(n, _)| {
+                format!(" (the null hypercall's {} ns)", n.hypercall_call_ns.show(0))
+            });
+            let in_vm = format!(
+                "; of the handler, decode and dispatch {} ns{null_call}",
+                c.hypercall_call_ns.show(0)
+            );
             g.measured = format!(
                 "{} at {} vCPUs; CPU median {} over repetitions; handler {} ns (TSC){in_vm}",
                 g.measured,
