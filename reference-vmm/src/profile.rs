@@ -442,10 +442,8 @@ impl ExitProfile {
             d.read_ns = c.read_ns.load(Ordering::Relaxed);
             d.notify_ns = c.notify_ns.load(Ordering::Relaxed);
             d.ioctl_ns = c.ioctl_ns.load(Ordering::Relaxed);
-            for (db, cb) in d.buckets.iter_mut().zip(&c.buckets) {
-                *db = u64::from(cb.load(Ordering::Relaxed));
-            }
-            for (db, cb) in d.own_buckets.iter_mut().zip(&c.own_buckets) {
+            let counts = c.buckets.iter().chain(&c.own_buckets);
+            for (db, cb) in d.histograms_mut().zip(counts) {
                 *db = u64::from(cb.load(Ordering::Relaxed));
             }
         }
@@ -489,6 +487,18 @@ impl Default for ClassSnapshot {
     }
 }
 
+impl ClassSnapshot {
+    /// Both histograms' counts, CPU then own CPU, in bucket order.
+    fn histograms(&self) -> impl Iterator<Item = &u64> {
+        self.buckets.iter().chain(&self.own_buckets)
+    }
+
+    /// [`ClassSnapshot::histograms`], to change.
+    fn histograms_mut(&mut self) -> impl Iterator<Item = &mut u64> {
+        self.buckets.iter_mut().chain(&mut self.own_buckets)
+    }
+}
+
 /// The profile of one vCPU, or summed over several, at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ProfileSnapshot {
@@ -515,10 +525,7 @@ impl ProfileSnapshot {
             a.read_ns += b.read_ns;
             a.notify_ns += b.notify_ns;
             a.ioctl_ns += b.ioctl_ns;
-            for (x, y) in a.buckets.iter_mut().zip(&b.buckets) {
-                *x += y;
-            }
-            for (x, y) in a.own_buckets.iter_mut().zip(&b.own_buckets) {
+            for (x, y) in a.histograms_mut().zip(b.histograms()) {
                 *x += y;
             }
         }
@@ -534,10 +541,7 @@ impl ProfileSnapshot {
             a.read_ns = a.read_ns.saturating_sub(b.read_ns);
             a.notify_ns = a.notify_ns.saturating_sub(b.notify_ns);
             a.ioctl_ns = a.ioctl_ns.saturating_sub(b.ioctl_ns);
-            for (x, y) in a.buckets.iter_mut().zip(&b.buckets) {
-                *x = x.saturating_sub(*y);
-            }
-            for (x, y) in a.own_buckets.iter_mut().zip(&b.own_buckets) {
+            for (x, y) in a.histograms_mut().zip(b.histograms()) {
                 *x = x.saturating_sub(*y);
             }
         }
