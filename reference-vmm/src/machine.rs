@@ -196,6 +196,9 @@ impl Machine {
     /// ([`INLINE_TARGETS`]), else on the fan-out thread, so that the
     /// sender returns to its guest at once.
     pub fn fan_out(&self, f: FanOut) {
+        if f.is_empty() {
+            return;
+        }
         if f.targets() <= INLINE_TARGETS {
             self.irqchip.complete_fan_out(&self.vcpus, &f);
         } else {

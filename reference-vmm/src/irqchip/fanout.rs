@@ -29,13 +29,12 @@ const IDLE: Duration = Duration::from_millis(50);
 pub const INLINE_TARGETS: u32 = 4;
 
 /// What one PV IPI left to do: targets to wake (user irqchip) or to send
-/// the vector to (kernel irqchip).
+/// the vector to (kernel irqchip); which one is the irqchip's to know.
 #[derive(Debug, Default)]
 pub struct FanOut {
-    pub(super) wake: VcpuSet,
-    pub(super) msi: VcpuSet,
+    pub(super) targets_left: VcpuSet,
     pub(super) vector: u8,
-    /// Targets in `wake` and `msi`.
+    /// Targets in `targets_left`.
     pub(super) targets: u32,
     /// The stamp of the call's first post, shared by its other targets.
     pub(super) stamp: Option<Stamp>,

@@ -264,14 +264,14 @@ impl Irqchip {
                 let stamp = *f.stamp.get_or_insert_with(Stamp::now);
                 match target.post_unnotified(vector, stamp) {
                     Notify::Wake => {
-                        f.wake.insert(target.index as usize);
+                        f.targets_left.insert(target.index as usize);
                         f.targets += 1;
                     }
                     n => target.notify(n),
                 }
             }
             Self::Kernel(_) => {
-                f.msi.insert(target.index as usize);
+                f.targets_left.insert(target.index as usize);
                 f.vector = vector;
                 f.targets += 1;
             }
@@ -280,14 +280,18 @@ impl Irqchip {
 
     /// Wakes or signals what [`Irqchip::send_ipi_deferred`] left in `f`.
     pub fn complete_fan_out(&self, vcpus: &[Vcpu], f: &fanout::FanOut) {
-        for t in f.wake.iter() {
-            if let Some(v) = vcpus.get(t) {
-                v.notify(Notify::Wake);
+        match self {
+            Self::User(_) => {
+                for t in f.targets_left.iter() {
+                    if let Some(v) = vcpus.get(t) {
+                        v.notify(Notify::Wake);
+                    }
+                }
             }
-        }
-        if let Self::Kernel(k) = self {
-            for t in f.msi.iter() {
-                k.send_ipi(t as u32, f.vector);
+            Self::Kernel(k) => {
+                for t in f.targets_left.iter() {
+                    k.send_ipi(t as u32, f.vector);
+                }
             }
         }
     }

@@ -26,17 +26,21 @@ use crate::vcpu::Vcpu;
 
 /// The hypercall trap's interrupts, raised through the irqchip; a PV
 /// IPI's notifications are fanned out once the call has posted them all.
-struct MachineRaise<'a>(&'a Machine, RefCell<FanOut>);
+/// The fan-out is made at the call's first IPI: most hypercalls send none.
+struct MachineRaise<'a>(&'a Machine, RefCell<Option<FanOut>>);
 
 impl hypercall::Raise for MachineRaise<'_> {
     fn ipi(&self, target: &Vcpu, vector: u8) {
+        let mut f = self.1.borrow_mut();
         self.0
             .irqchip
-            .send_ipi_deferred(target, vector, &mut self.1.borrow_mut());
+            .send_ipi_deferred(target, vector, f.get_or_insert_with(FanOut::default));
     }
 
     fn ipis_done(&self) {
-        self.0.fan_out(self.1.take());
+        if let Some(f) = self.1.take() {
+            self.0.fan_out(f);
+        }
     }
 
     fn sint(&self, target: &Vcpu, vector: u8, auto_eoi: bool) {
