@@ -30,7 +30,8 @@
 //! assert_eq!(traps.take(), None);
 //! ```
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use lapic::regs::MMIO_PAGE_SIZE;
 use vm_device::bus::{
@@ -69,23 +70,56 @@ pub enum Trap {
 /// The VMM's trap ports of one vCPU, one device on every trap range: the
 /// range's base says which trap it is. Reads return all-ones, as from an
 /// unclaimed port.
+///
+/// The latch is one atomic word ([`Trap::encode`]) rather than a lock:
+/// every hypercall passes through it, and a lock and an unlock on each
+/// side cost four locked instructions on the exit path. A port access
+/// that is no trap reads it once.
 #[derive(Debug, Default)]
 pub struct TrapPorts {
-    latched: Mutex<Option<Trap>>,
+    latched: AtomicU64,
+}
+
+impl Trap {
+    /// Where [`Trap::encode`] puts the kind; a report's code is below it.
+    const KIND_SHIFT: u32 = u32::BITS;
+    /// Kinds of the encoding; 0 is "nothing latched".
+    const HYPERCALL: u64 = 1;
+    const PANIC: u64 = 2;
+    const REPORT: u64 = 3;
+
+    /// The trap as a nonzero word.
+    fn encode(self) -> u64 {
+        match self {
+            Self::Hypercall => Self::HYPERCALL << Self::KIND_SHIFT,
+            Self::Panic => Self::PANIC << Self::KIND_SHIFT,
+            Self::Report(code) => Self::REPORT << Self::KIND_SHIFT | u64::from(code),
+        }
+    }
+
+    /// The inverse of [`Trap::encode`]; `None` for 0.
+    fn decode(word: u64) -> Option<Self> {
+        match word >> Self::KIND_SHIFT {
+            Self::HYPERCALL => Some(Self::Hypercall),
+            Self::PANIC => Some(Self::Panic),
+            Self::REPORT => Some(Self::Report(word as u32)),
+            _ => None,
+        }
+    }
 }
 
 impl TrapPorts {
     fn latch(&self, trap: Trap) {
-        *self.latched.lock().unwrap_or_else(|e| e.into_inner()) = Some(trap);
+        self.latched.store(trap.encode(), Ordering::Release);
     }
 
     /// The trap the last accesses asked for (a string write latches the
     /// same trap once per element: it is served once).
     pub fn take(&self) -> Option<Trap> {
-        self.latched
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
+        if self.latched.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        Trap::decode(self.latched.swap(0, Ordering::Acquire))
     }
 }
 
@@ -270,6 +304,8 @@ impl VcpuIo {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
 
     /// Records the ports it saw written; reads give 0x5A.
@@ -342,6 +378,14 @@ mod tests {
         assert_eq!(t.take(), Some(Trap::Report(3)), "zero-extended");
         t.mmio_write(base, 1, &[1]);
         assert_eq!(t.take(), None, "inside, not at the address");
+        t.mmio_write(base, 0, &u32::MAX.to_le_bytes());
+        assert_eq!(t.take(), Some(Trap::Report(u32::MAX)));
+        t.mmio_write(base, 0, &[0; 4]);
+        assert_eq!(t.take(), Some(Trap::Report(0)), "a zero code is a trap");
+        t.pio_write(PioAddress(abi::PANIC_PORT), 0, &[0x0E]);
+        t.pio_write(PioAddress(abi::HYPERCALL_PORT), 0, &[0]);
+        assert_eq!(t.take(), Some(Trap::Hypercall), "the last one counts");
+        assert_eq!(t.take(), None);
     }
 
     #[test]
