@@ -71,10 +71,10 @@ pub enum Trap {
 /// range's base says which trap it is. Reads return all-ones, as from an
 /// unclaimed port.
 ///
-/// The latch is one atomic word ([`Trap::encode`]) rather than a lock:
-/// every hypercall passes through it, and a lock and an unlock on each
-/// side cost four locked instructions on the exit path. A port access
-/// that is no trap reads it once.
+/// The latch is one atomic word (the trap's kind and a report's code)
+/// rather than a lock: every hypercall passes through it, and a lock and
+/// an unlock on each side cost four locked instructions on the exit path.
+/// A port access that is no trap reads it once.
 #[derive(Debug, Default)]
 pub struct TrapPorts {
     latched: AtomicU64,
