@@ -162,6 +162,11 @@ counters!(
         /// out (from `hypercall::decode` to the end of the dispatch or the
         /// SynIC call); the rest is the trap's fixed cost.
         hc_call_cycles,
+        /// Probes of the bench's call after a bare exit
+        /// ([`crate::guest::abi::PROBE_PORT`]).
+        probes,
+        /// Host TSC cycles of those probes' decode and dispatch.
+        probe_cycles,
         /// Host TSC cycles handling other port I/O exits.
         svc_cycles_pio,
         /// Host TSC cycles handling MMIO exits (scenario reports left out).

@@ -46,11 +46,14 @@ pub enum Scenario {
     NullHypercall,
     /// FlushVirtualAddressSpaceEx with a 64-bank sparse VP set.
     HypercallEx64,
+    /// `HypercallEx64`'s call decoded and carried out right after bare
+    /// port I/O exits from CPL3, without the hypercall trap.
+    HypercallEx64Probe,
 }
 
 impl Scenario {
     /// Every named scenario, enlightened ones after their native twin.
-    pub const ALL: [Scenario; 25] = [
+    pub const ALL: [Scenario; 26] = [
         Scenario::PingPong(IpiMode::Native),
         Scenario::PingPong(IpiMode::PvFast),
         Scenario::PingPong(IpiMode::Xapic),
@@ -76,6 +79,7 @@ impl Scenario {
         Scenario::PioExitLoop,
         Scenario::NullHypercall,
         Scenario::HypercallEx64,
+        Scenario::HypercallEx64Probe,
     ];
 
     /// The scenario's name.
@@ -108,6 +112,7 @@ impl Scenario {
             Scenario::PioExitLoop => "pio-exit-loop",
             Scenario::NullHypercall => "null-hypercall",
             Scenario::HypercallEx64 => "hypercall-ex64",
+            Scenario::HypercallEx64Probe => "hypercall-ex64-probe",
         }
     }
 
@@ -198,7 +203,9 @@ impl Scenario {
             Scenario::Cpl3Loop => 100_000_000,
             Scenario::SyscallLoop => 1000,
             Scenario::MmioExitLoop | Scenario::PioExitLoop => 10_000,
-            Scenario::NullHypercall | Scenario::HypercallEx64 => 1000,
+            Scenario::NullHypercall | Scenario::HypercallEx64 | Scenario::HypercallEx64Probe => {
+                1000
+            }
         }
     }
 
@@ -226,6 +233,7 @@ impl Scenario {
             Scenario::PioExitLoop => scenarios::pio_exit_loop(ops),
             Scenario::NullHypercall => scenarios::null_hypercall(ops),
             Scenario::HypercallEx64 => scenarios::ex64_flush(n, ops),
+            Scenario::HypercallEx64Probe => scenarios::ex64_probe(n, ops),
         }
     }
 }
@@ -267,6 +275,9 @@ pub struct Figures {
     /// Of that, nanoseconds per hypercall spent decoding the call and
     /// carrying it out (the rest is the trap's fixed cost).
     pub hypercall_call_ns: f64,
+    /// Nanoseconds per probe of `hypercall-ex64`'s call right after a bare
+    /// exit ([`crate::guest::abi::PROBE_PORT`]; 0 when none ran).
+    pub probe_ns: f64,
     /// Guest-observed nanoseconds per operation (the guest's TSC at its
     /// marks).
     pub guest_ns_per_op: f64,
@@ -412,6 +423,7 @@ pub fn run_ops(s: Scenario, o: RunOptions, ops: u64) -> Result<(RunReport, Figur
         service_ns_per_exit: svc / t.exits.max(1) as f64,
         hypercall_service_ns: ns(t.svc_cycles_hypercall) / t.hypercalls.max(1) as f64,
         hypercall_call_ns: ns(t.hc_call_cycles) / t.hypercalls.max(1) as f64,
+        probe_ns: ns(t.probe_cycles) / t.probes.max(1) as f64,
         guest_ns_per_op: m.guest_elapsed.as_nanos() as f64 / ops,
         ipi_path_vmm_ns_per_op: ns(t.ipi_path_vmm_cycles) / ops,
         ipi_path_notify_ns_per_op: ns(t.ipi_path_notify_cycles) / ops,

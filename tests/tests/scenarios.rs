@@ -102,6 +102,16 @@ fn all_at(vcpus: u32) {
                 );
             }
             Scenario::Timer(_) => assert!(t.eoi_msr >= f.ops, "{t:?}"),
+            // One probe per bare exit, no hypercall: the call's flush
+            // requests go to the VPs its set names that exist (VP 1).
+            Scenario::HypercallEx64Probe => {
+                assert!(t.probes >= f.ops && t.probe_cycles > 0, "{t:?}");
+                assert_eq!(t.hypercalls, 0, "{t:?}");
+                assert_eq!(t.hc_flush, t.probes, "{t:?}");
+                let named = if vcpus > 1 { t.probes } else { 0 };
+                assert_eq!(t.flush_requested, named, "{t:?}");
+                assert!(f.probe_ns > 0.0, "{f:?}");
+            }
             _ => {}
         }
     }

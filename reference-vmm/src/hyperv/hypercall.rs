@@ -7,8 +7,8 @@
 use std::sync::atomic::{Ordering, fence};
 
 use hv_enlightenments::hypercall::{
-    self, CallCode, HvStatus, Hypercall, HypercallGprs, HypercallMode, HypercallResult, Refusal,
-    caller_may_call,
+    self, CallCode, HvStatus, Hypercall, HypercallGprs, HypercallMode, HypercallRegs,
+    HypercallResult, Refusal, caller_may_call,
 };
 use kvm_ioctls::SyncReg;
 use vm_memory::GuestMemoryMmap;
@@ -16,6 +16,7 @@ use vm_memory::GuestMemoryMmap;
 use super::HyperV;
 use crate::error::Error;
 use crate::guest::abi;
+use crate::guest::scenarios::ex64_control;
 use crate::kvm::vcpu::KvmVcpu;
 use crate::metrics::{VcpuMetrics, bump, tsc};
 use crate::vcpu::{FLUSH_WAIT, Vcpu};
@@ -138,6 +139,30 @@ pub fn serve(
         .apply(&mut out.rax, &mut out.rdx);
     kvm.fd_mut().set_sync_dirty_reg(SyncReg::Register);
     Ok(TrapEnd::Returned)
+}
+
+/// The bench's probe ([`abi::PROBE_PORT`]): `hypercall-ex64`'s call, with
+/// its input at [`abi::shared::HC_INPUT`] in `mem`, decoded and carried out
+/// as [`serve`] does, but with no trap around it (no registers, checks or
+/// answer): its TSC cycles go to `me`'s `probe_cycles`. The call is a
+/// flush, so it sends no IPI. Input that does not decode is timed all the
+/// same.
+pub fn probe(mem: &GuestMemoryMmap, vcpus: &[Vcpu], me: &Vcpu) -> Result<(), Error> {
+    let regs = HypercallRegs {
+        rcx: ex64_control(),
+        rdx: abi::shared::HC_INPUT,
+        ..HypercallRegs::default()
+    };
+    let start = tsc();
+    if let Ok(call) = hypercall::decode(&regs, mem) {
+        dispatch(vcpus, &me.metrics, &call, |_, _| {})?;
+    }
+    let metrics = &me.metrics;
+    bump(&metrics.probes);
+    metrics
+        .probe_cycles
+        .fetch_add(tsc().wrapping_sub(start), Ordering::Relaxed);
+    Ok(())
 }
 
 /// Raises #UD at the trapping instruction, as the hypercall instruction

@@ -221,6 +221,10 @@ impl Runner<'_> {
                 }
                 Ok(ExitClass::Hypercall)
             }
+            Some(Trap::Probe) => {
+                hypercall::probe(&self.m.mem, &self.m.vcpus, self.me)?;
+                Ok(ExitClass::Pio)
+            }
             Some(Trap::Panic) => {
                 let regs = self.kvm.regs()?;
                 Err(Error::Guest {

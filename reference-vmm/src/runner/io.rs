@@ -65,6 +65,8 @@ pub enum Trap {
     Panic,
     /// A write of this code to [`abi::REPORT_MMIO`].
     Report(u32),
+    /// A write to [`abi::PROBE_PORT`]: time the probed call.
+    Probe,
 }
 
 /// The VMM's trap ports of one vCPU, one device on every trap range: the
@@ -87,6 +89,7 @@ impl Trap {
     const HYPERCALL: u64 = 1;
     const PANIC: u64 = 2;
     const REPORT: u64 = 3;
+    const PROBE: u64 = 4;
 
     /// The trap as a nonzero word.
     fn encode(self) -> u64 {
@@ -94,6 +97,7 @@ impl Trap {
             Self::Hypercall => Self::HYPERCALL << Self::KIND_SHIFT,
             Self::Panic => Self::PANIC << Self::KIND_SHIFT,
             Self::Report(code) => Self::REPORT << Self::KIND_SHIFT | u64::from(code),
+            Self::Probe => Self::PROBE << Self::KIND_SHIFT,
         }
     }
 
@@ -103,6 +107,7 @@ impl Trap {
             Self::HYPERCALL => Some(Self::Hypercall),
             Self::PANIC => Some(Self::Panic),
             Self::REPORT => Some(Self::Report(word as u32)),
+            Self::PROBE => Some(Self::Probe),
             _ => None,
         }
     }
@@ -132,6 +137,7 @@ impl DevicePio for TrapPorts {
         match base.0 {
             abi::HYPERCALL_PORT => self.latch(Trap::Hypercall),
             abi::PANIC_PORT => self.latch(Trap::Panic),
+            abi::PROBE_PORT => self.latch(Trap::Probe),
             _ => {}
         }
     }
@@ -208,7 +214,7 @@ impl VcpuIo {
             ports.push(abi::HYPERCALL_PORT);
         }
         if !m.external {
-            ports.push(abi::PANIC_PORT);
+            ports.extend([abi::PANIC_PORT, abi::PROBE_PORT]);
             let report = MmioRange::new(MmioAddress(abi::REPORT_MMIO), REPORT_LEN).map_err(err)?;
             local.register_mmio(report, traps.clone()).map_err(err)?;
         }
@@ -360,6 +366,8 @@ mod tests {
         let t = TrapPorts::default();
         t.pio_write(PioAddress(abi::PANIC_PORT), 0, &[0x0E]);
         assert_eq!(t.take(), Some(Trap::Panic));
+        t.pio_write(PioAddress(abi::PROBE_PORT), 0, &[0]);
+        assert_eq!(t.take(), Some(Trap::Probe));
         t.pio_write(PioAddress(abi::NULL_PORT), 0, &[0]);
         assert_eq!(t.take(), None, "not a trap port");
         let mut b = [0u8; 2];

@@ -73,8 +73,7 @@ pub fn ex64_input() -> (u64, Vec<u64>) {
     // address space, flags, format (sparse 4K), valid bank mask, banks.
     let mut w = vec![crate::guest::layout::PML4, 0, 0, valid];
     w.extend(&banks);
-    let control = ex_control(CallCode::FLUSH_VIRTUAL_ADDRESS_SPACE_EX, banks.len());
-    (control, w)
+    (ex64_control(), w)
 }
 
 /// `iters` HvCallFlushVirtualAddressSpaceEx calls with a sparse VP set of
@@ -86,14 +85,40 @@ pub fn ex64_input() -> (u64, Vec<u64>) {
 /// not compete with the measured calls for the host's CPUs.
 pub fn ex64_flush(vcpus: u64, iters: u64) -> Result<Program, Error> {
     let (control, w) = ex64_input();
-    let data = words_at(shared::HC_INPUT, &w);
-    // About 0.2 ms of settling per vCPU at 2-3 GHz.
-    let settle = if vcpus > 8 { vcpus * 500_000 } else { 0 };
-    counted_loop_with(iters, data, settle, move |a| {
+    counted_loop_with(iters, ex64_data(&w), ex64_settle(vcpus), move |a| {
         a.mov(rdi, control)?;
         a.mov(rsi, shared::HC_INPUT)?;
         a.xor(edx, edx)?;
         sys(a, abi::SYS_HYPERCALL)?;
         check_rax_zero(a, failure::HC_STATUS)
     })
+}
+
+/// `iters` CPL3 writes to [`abi::PROBE_PORT`] between the marks, the
+/// input of [`ex64_flush`]'s call in place and its vCPUs as settled: the
+/// VMM decodes and carries out that call right after each bare exit. Its
+/// cost there, against the same call behind the hypercall trap, is what
+/// the exit itself leaves the call (caches and predictors the host's
+/// exit path has used), apart from the trap's own work.
+pub fn ex64_probe(vcpus: u64, iters: u64) -> Result<Program, Error> {
+    let (_, w) = ex64_input();
+    counted_loop_with(iters, ex64_data(&w), ex64_settle(vcpus), |a| {
+        a.out(u32::from(abi::PROBE_PORT), al)
+    })
+}
+
+/// The control word of [`ex64_flush`]'s call (64 banks).
+pub fn ex64_control() -> u64 {
+    ex_control(CallCode::FLUSH_VIRTUAL_ADDRESS_SPACE_EX, ex64_vps().len())
+}
+
+/// [`ex64_flush`]'s input words, placed at [`shared::HC_INPUT`].
+fn ex64_data(words: &[u64]) -> Vec<(u64, u64)> {
+    words_at(shared::HC_INPUT, words)
+}
+
+/// [`ex64_flush`]'s settling loop before the marks: about 0.2 ms per vCPU
+/// at 2-3 GHz.
+fn ex64_settle(vcpus: u64) -> u64 {
+    if vcpus > 8 { vcpus * 500_000 } else { 0 }
 }

@@ -17,8 +17,8 @@ pub use error_paths::{cpl0_cmpxchg16b, fault_ud2, rdmsr_program, spin_forever};
 pub use flush::{MARKER_A, MARKER_B, tlb_shootdown};
 pub use ipi::{broadcast_ipi, ipi_pingpong, wakeup_before_halt};
 pub use loops::{
-    NULL_MMIO, cpl3_loop, ex64_flush, ex64_input, ex64_vps, mmio_exit_loop, null_hypercall,
-    pio_exit_loop, syscall_loop,
+    NULL_MMIO, cpl3_loop, ex64_control, ex64_flush, ex64_input, ex64_probe, ex64_vps,
+    mmio_exit_loop, null_hypercall, pio_exit_loop, syscall_loop,
 };
 pub use mode::{EoiMode, FlushMode, IpiMode};
 pub use synic::{connections as synic_connections, synic_pingpong};
