@@ -100,7 +100,7 @@ pub fn shootdown_wakeups(halted: u32, pv_wakeups: f64, ipi_wakeups: f64) -> Goal
 
 /// The claim of [`ex64_service`].
 pub const EX64_CLAIM: &str = "VMM service of a 64-bank Ex hypercall < 1 us, or within 10% of \
-     (null-hypercall floor + its decode/dispatch)";
+     (the trap's fixed cost + its decode/dispatch after a bare exit)";
 /// The 64-bank Ex hypercall's goal, ns of VMM service.
 pub const EX64_SERVICE_NS: f64 = 1000.0;
 /// How far above a measured floor a goal judged against it may be: the
@@ -112,26 +112,30 @@ pub const FLOOR_MARGIN: f64 = 1.1;
 pub const EX64_UNMEASURED_DISPATCH_NS: f64 = 1000.0;
 
 /// VMM service of one 64-bank Ex hypercall under 1 us, or, where the
-/// fixed cost of any hypercall exit on the host (`floor_ns`: a null
-/// hypercall's service) leaves no room for that, within 10% of the floor
-/// plus the call's own decode and dispatch (`dispatch_ns`, timed without
-/// KVM; when `None`, 1 us is allowed for it instead). `ns` is the VMM CPU
-/// time per call (median), `wall_ns` its mean wall time (shown).
-pub fn ex64_service(ns: f64, wall_ns: f64, floor_ns: f64, dispatch_ns: Option<f64>) -> Goal {
+/// fixed cost of any hypercall exit on the host leaves no room for that,
+/// within 10% of that fixed cost plus the call's own decode and dispatch.
+/// `trap_ns` is the fixed cost: a null hypercall's service less its own
+/// decode and dispatch. `dispatch_ns` is this call's decode and dispatch
+/// timed right after a bare exit, without the trap (`hypercall-ex64-probe`):
+/// an exit leaves the host's caches and predictors to the VMM cold, and
+/// this is what the same code costs there; when `None`, 1 us is allowed
+/// for it instead. `ns` is the VMM CPU time per call (median), `wall_ns`
+/// its mean wall time (shown).
+pub fn ex64_service(ns: f64, wall_ns: f64, trap_ns: f64, dispatch_ns: Option<f64>) -> Goal {
     let (bound, how) = match dispatch_ns {
         Some(d) => (
-            FLOOR_MARGIN * (floor_ns + d),
-            format!("{FLOOR_MARGIN} x (floor {floor_ns:.0} + decode/dispatch {d:.0} ns)"),
+            FLOOR_MARGIN * (trap_ns + d),
+            format!(
+                "{FLOOR_MARGIN} x (trap {trap_ns:.0} + decode/dispatch after an exit {d:.0} ns)"
+            ),
         ),
         None => (
-            FLOOR_MARGIN * floor_ns + EX64_UNMEASURED_DISPATCH_NS,
-            format!(
-                "{FLOOR_MARGIN} x floor {floor_ns:.0} ns + 1 us (decode/dispatch not measured)"
-            ),
+            FLOOR_MARGIN * trap_ns + EX64_UNMEASURED_DISPATCH_NS,
+            format!("{FLOOR_MARGIN} x trap {trap_ns:.0} ns + 1 us (decode/dispatch not measured)"),
         ),
     };
     let under_goal = ns < EX64_SERVICE_NS;
-    let near_floor = floor_ns > 0.0 && ns <= bound;
+    let near_floor = trap_ns > 0.0 && ns <= bound;
     let verdict = match (under_goal, near_floor) {
         (true, _) => "under 1 us".to_string(),
         (false, true) => format!("over 1 us but within {how} = {bound:.0} ns"),
@@ -146,7 +150,8 @@ pub fn ex64_service(ns: f64, wall_ns: f64, floor_ns: f64, dispatch_ns: Option<f6
 
 /// The floor under [`ex64_service`]: the VMM service of a null hypercall
 /// (an exit that does no work), which any hypercall pays on this host:
-/// its median CPU and mean wall time, ns. A reference figure, not judged.
+/// its median CPU and mean wall time, ns. Less its own decode and
+/// dispatch, it is the trap's fixed cost. A reference figure, not judged.
 pub fn hypercall_floor(cpu_ns: f64, wall_ns: f64) -> Goal {
     Goal::info(
         HYPERCALL_FLOOR_CLAIM,
@@ -441,9 +446,14 @@ mod tests {
     fn ex64_against_its_floor() {
         // Under 1 us whatever the floor.
         assert!(ex64_service(999.0, 5000.0, 0.0, None).pass);
-        // Over 1 us: within 10% of floor + decode/dispatch, or not.
+        // Over 1 us: within 10% of trap + decode/dispatch, or not.
         let g = ex64_service(2200.0, 9000.0, 1800.0, Some(200.0));
-        assert!(g.pass && g.measured.contains("within"), "{g:?}");
+        assert!(
+            g.pass
+                && g.measured
+                    .contains("within 1.1 x (trap 1800 + decode/dispatch after"),
+            "{g:?}"
+        );
         assert!(!ex64_service(2201.0, 9000.0, 1800.0, Some(200.0)).pass);
         // Not measured: 1.1 x floor + 1 us.
         assert!(ex64_service(2980.0, 0.0, 1800.0, None).pass);

@@ -30,7 +30,8 @@ pub enum Op {
     Stimer,
     /// A hypercall that does nothing.
     NullHypercall,
-    /// FlushVirtualAddressSpaceEx with a 64-bank sparse VP set.
+    /// FlushVirtualAddressSpaceEx with a 64-bank sparse VP set; "off" is
+    /// the same call probed after bare exits, without the trap.
     Ex64,
 }
 
@@ -74,7 +75,9 @@ impl Op {
             Op::SynicRoundTrip => "SynIC round trip (off: x2APIC IPI round trip)",
             Op::Stimer => "synthetic timer tick (off: APIC timer + x2APIC EOI)",
             Op::NullHypercall => "null hypercall (off: bare port I/O exit)",
-            Op::Ex64 => "64-bank Ex hypercall (flush, sparse set)",
+            Op::Ex64 => {
+                "64-bank Ex hypercall (flush, sparse set; off: its decode and dispatch after a bare exit)"
+            }
         }
     }
 
@@ -138,7 +141,8 @@ impl Op {
             // "Off" has no meaning for a hypercall: the cheapest exit
             // there is stands in for it.
             Op::NullHypercall => (Some(Scenario::PioExitLoop), Scenario::NullHypercall),
-            Op::Ex64 => (None, Scenario::HypercallEx64),
+            // "Off": the call without its trap, after a bare exit.
+            Op::Ex64 => (Some(Scenario::HypercallEx64Probe), Scenario::HypercallEx64),
         }
     }
 

@@ -70,6 +70,7 @@ fn sample(
         service_ns_per_exit: f.service_ns_per_exit,
         hypercall_service_ns: f.hypercall_service_ns,
         hypercall_call_ns: f.hypercall_call_ns,
+        probe_ns: f.probe_ns,
         guest_ns_per_op: f.guest_ns_per_op,
         ipi_path_vmm_ns_per_op: f.ipi_path_vmm_ns_per_op,
         ipi_path_notify_ns_per_op: f.ipi_path_notify_ns_per_op,

@@ -103,6 +103,8 @@ pub struct Cell {
     pub hypercall_service_ns: Stat,
     /// Of those, decode and dispatch nanoseconds per hypercall.
     pub hypercall_call_ns: Stat,
+    /// Nanoseconds per probe of the `ex64` call after a bare exit.
+    pub probe_ns: Stat,
     /// Guest-observed nanoseconds per operation.
     pub guest_ns_per_op: Stat,
     /// VMM nanoseconds per operation on the posted interrupts' paths.
@@ -263,6 +265,7 @@ impl Cell {
             service_ns_per_exit: stat(|x| x.service_ns_per_exit),
             hypercall_service_ns: stat(|x| x.hypercall_service_ns),
             hypercall_call_ns: stat(|x| x.hypercall_call_ns),
+            probe_ns: stat(|x| x.probe_ns),
             guest_ns_per_op: stat(|x| x.guest_ns_per_op),
             ipi_path_vmm_ns_per_op: stat(|x| x.ipi_path_vmm_ns_per_op),
             ipi_path_notify_ns_per_op: stat(|x| x.ipi_path_notify_ns_per_op),
