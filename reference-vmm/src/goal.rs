@@ -159,6 +159,27 @@ pub fn hypercall_floor(cpu_ns: f64, wall_ns: f64) -> Goal {
     )
 }
 
+/// The second half of [`ex64_service`]'s floor: the 64-bank Ex call's
+/// decode and dispatch right after a bare exit on `vcpus` vCPUs (`ns`,
+/// `hypercall-ex64-probe`), against the same code timed hot in a loop
+/// without KVM (`hot_ns`, if it was). A reference figure, not judged.
+pub fn ex64_call_floor(vcpus: u32, ns: f64, hot_ns: Option<f64>) -> Goal {
+    let hot = hot_ns.map_or(String::new(), |h| {
+        format!(
+            "; timed hot without KVM {h:.0} ns ({:.2}x)",
+            ns / h.max(1.0)
+        )
+    });
+    Goal::info(
+        EX64_CALL_FLOOR_CLAIM,
+        format!("{ns:.0} ns after a bare exit at {vcpus} vCPUs{hot}"),
+    )
+}
+
+/// The claim of [`ex64_call_floor`].
+pub const EX64_CALL_FLOOR_CLAIM: &str = "floor: the 64-bank Ex call's decode and dispatch right \
+     after an exit (caches and predictors as the host's exit path leaves them)";
+
 /// The claim of [`hypercall_floor`].
 pub const HYPERCALL_FLOOR_CLAIM: &str =
     "floor: VMM service of a null hypercall (the fixed cost of any hypercall exit)";
@@ -460,6 +481,14 @@ mod tests {
         assert!(!ex64_service(2981.0, 0.0, 1800.0, None).pass);
         // A floor that was not measured does not excuse anything.
         assert!(!ex64_service(1500.0, 0.0, 0.0, None).pass);
+        let c = ex64_call_floor(1024, 650.0, Some(250.0));
+        assert_eq!((c.verdict(), c.pass), ("INFO", true));
+        assert!(
+            c.measured
+                .contains("650 ns after a bare exit at 1024 vCPUs")
+                && c.measured.contains("hot without KVM 250 ns (2.60x)"),
+            "{c:?}"
+        );
         let f = hypercall_floor(1800.0, 2500.0);
         assert_eq!((f.verdict(), f.pass), ("INFO", true));
         assert!(f.measured.contains("1800 ns"));

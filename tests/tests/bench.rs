@@ -186,6 +186,7 @@ fn quick_bench_writes_consistent_results() {
     }
     for claim in [
         "floor: VMM service of a null hypercall",
+        "floor: the 64-bank Ex call",
         "floor: notifying another vCPU thread",
         "floor: a user-irqchip IPI round trip",
         "64-bank Ex hypercall",

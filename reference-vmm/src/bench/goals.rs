@@ -213,6 +213,22 @@ pub fn goals(
         .iter()
         .filter(|c| c.op == Op::Ex64.name() && c.irqchip == IrqchipMode::User && c.enlightened)
         .max_by_key(|c| c.vcpus);
+    // Its decode and dispatch right after a bare exit, on as many vCPUs
+    // (`ex64`'s "off" side), and timed hot without KVM.
+    let probe = ex64.and_then(|c| {
+        cells
+            .iter()
+            .find(|p| {
+                p.op == c.op && p.irqchip == c.irqchip && !p.enlightened && p.vcpus == c.vcpus
+            })
+            .filter(|p| p.probe_ns.median > 0.0)
+    });
+    let hot_ns = ex64
+        .and_then(|c| ex64_dispatch.filter(|d| d.vcpus == c.vcpus))
+        .map(|d| d.ns);
+    if let (Some(c), Some(p)) = (ex64, probe) {
+        out.push(goal::ex64_call_floor(c.vcpus, p.probe_ns.median, hot_ns));
+    }
     match ex64.and_then(|c| Some((c, c.profiled("hypercall")?))) {
         Some((c, h)) => {
             // The trap's fixed cost: the null hypercall's service less its
@@ -220,14 +236,6 @@ pub fn goals(
             let trap = null.map_or(0.0, |(n, f)| {
                 (f.cpu_ns_median.median - n.hypercall_call_ns.median).max(0.0)
             });
-            // The call's decode and dispatch right after a bare exit, on
-            // as many vCPUs (`ex64`'s "off" side).
-            let probe = cells
-                .iter()
-                .find(|p| {
-                    p.op == c.op && p.irqchip == c.irqchip && !p.enlightened && p.vcpus == c.vcpus
-                })
-                .filter(|p| p.probe_ns.median > 0.0);
             let mut g = goal::ex64_service(
                 h.cpu_ns_median.median,
                 h.wall_ns_mean.median,
@@ -239,11 +247,9 @@ pub fn goals(
             let null_call = null.map_or(String::new(), |(n, _)| {
                 format!(" (the null hypercall's {} ns)", n.hypercall_call_ns.show(0))
             });
-            let hot = ex64_dispatch
-                .filter(|d| d.vcpus == c.vcpus)
-                .map_or(String::new(), |d| {
-                    format!("; timed hot without KVM {:.0} ns", d.ns)
-                });
+            let hot = hot_ns.map_or(String::new(), |ns| {
+                format!("; timed hot without KVM {ns:.0} ns")
+            });
             let after_exit = probe.map_or(String::new(), |p| {
                 format!("; after a bare exit {} ns", p.probe_ns.show(0))
             });
