@@ -7,6 +7,7 @@ use crate::goal::{self, Goal};
 use super::dispatch::DecodeDispatch;
 use super::kick::Notifications;
 use super::plan::Op;
+use super::sample::Sample;
 use super::stats::{Cell, ClassCell, Stat, find};
 
 /// The MSR exits whose VMM CPU time is judged: what is written, the
@@ -38,13 +39,56 @@ fn most_profiled<'c>(
         .max_by_key(|(_, k)| k.sampled)
 }
 
+/// The `ex64` call's VMM CPU over its floor, repetition by repetition:
+/// each repetition's median CPU of the call's profiled exits (`ex64`, on
+/// `vcpus` vCPUs) over that repetition's trap cost (the null hypercall's
+/// CPU on `null_vcpus` vCPUs less its own decode and dispatch) plus its
+/// probe of the call after a bare exit. `None` unless every part ran in
+/// at least one repetition (user irqchip).
+fn ex64_per_rep(samples: &[Sample], vcpus: u32, null_vcpus: u32) -> Option<goal::Ratios> {
+    let user = |s: &&Sample| s.irqchip == IrqchipMode::User;
+    let hypercall_cpu = |s: &Sample| {
+        s.by_class
+            .iter()
+            .find(|c| c.split.class == "hypercall" && c.split.sampled > 0)
+            .map(|c| c.split.cpu_ns_median)
+    };
+    let ratios: Vec<f64> = samples
+        .iter()
+        .filter(user)
+        .filter(|s| s.op == Op::Ex64.name() && s.enlightened && s.vcpus == vcpus)
+        .filter_map(|e| {
+            let of = |op: Op, on: bool, n: u32| {
+                samples.iter().filter(user).find(|s| {
+                    s.op == op.name() && s.enlightened == on && s.vcpus == n && s.rep == e.rep
+                })
+            };
+            let null = of(Op::NullHypercall, true, null_vcpus)?;
+            let probe = of(Op::Ex64, false, vcpus).filter(|p| p.probe_ns > 0.0)?;
+            let floor = hypercall_cpu(null)? - null.hypercall_call_ns + probe.probe_ns;
+            Some(hypercall_cpu(e)? / floor).filter(|r| floor > 0.0 && r.is_finite())
+        })
+        .collect();
+    (!ratios.is_empty()).then(|| {
+        let s = Stat::of(&ratios);
+        goal::Ratios {
+            median: s.median,
+            min: s.min,
+            max: s.max,
+        }
+    })
+}
+
 /// The goals against the summaries (user irqchip unless said otherwise;
-/// medians, and for counts that must be zero, maxima). `ex64_dispatch`
+/// medians, and for counts that must be zero, maxima); `samples` are the
+/// repetitions behind them, for the goals judged repetition by
+/// repetition. `ex64_dispatch`
 /// is the `ex64` call's decode and dispatch timed without KVM, if it was
 /// (shown beside the same call timed in the VM).
 /// `notify` is the host's cost of a kick and of a wake-up, if measured.
 pub fn goals(
     cells: &[Cell],
+    samples: &[Sample],
     ex64_dispatch: Option<&DecodeDispatch>,
     notify: Option<Notifications>,
 ) -> Vec<Goal> {
@@ -236,11 +280,13 @@ pub fn goals(
             let trap = null.map_or(0.0, |(n, f)| {
                 (f.cpu_ns_median.median - n.hypercall_call_ns.median).max(0.0)
             });
+            let per_rep = null.and_then(|(n, _)| ex64_per_rep(samples, c.vcpus, n.vcpus));
             let mut g = goal::ex64_service(
                 h.cpu_ns_median.median,
                 h.wall_ns_mean.median,
                 trap,
                 probe.map(|p| p.probe_ns.median),
+                per_rep,
             );
             // The same call in the handler, behind the trap, and timed hot
             // in a loop without KVM.

@@ -146,7 +146,7 @@ pub fn run(cfg: &Config) -> Report {
         .max()
         .and_then(DecodeDispatch::measure);
     let notify = super::kick::notifications();
-    let goals = goals(&cells, ex64_dispatch.as_ref(), notify);
+    let goals = goals(&cells, &samples, ex64_dispatch.as_ref(), notify);
     let pair = rdtsc_overhead_cycles(10_000);
     Report {
         command: cfg.command.clone(),
