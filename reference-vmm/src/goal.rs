@@ -100,7 +100,7 @@ pub fn shootdown_wakeups(halted: u32, pv_wakeups: f64, ipi_wakeups: f64) -> Goal
 
 /// The claim of [`ex64_service`].
 pub const EX64_CLAIM: &str = "VMM service of a 64-bank Ex hypercall < 1 us, or within 10% of \
-     (the trap's fixed cost + its decode/dispatch after a bare exit)";
+     (the trap's fixed cost + its decode/dispatch in an exit without the trap)";
 /// The 64-bank Ex hypercall's goal, ns of VMM service.
 pub const EX64_SERVICE_NS: f64 = 1000.0;
 /// How far above a measured floor a goal judged against it may be: the
@@ -127,9 +127,9 @@ pub struct Ratios {
 /// within 10% of that fixed cost plus the call's own decode and dispatch.
 /// `trap_ns` is the fixed cost: a null hypercall's service less its own
 /// decode and dispatch. `dispatch_ns` is this call's decode and dispatch
-/// timed right after a bare exit, without the trap (`hypercall-ex64-probe`):
-/// an exit leaves the host's caches and predictors to the VMM cold, and
-/// this is what the same code costs there; when `None`, 1 us is allowed
+/// timed in the exits a hypercall takes, without the trap
+/// (`hypercall-ex64-probe`): an exit leaves the host's caches and
+/// predictors to the VMM cold, and this is what the same code costs there; when `None`, 1 us is allowed
 /// for it instead. `ns` is the VMM CPU time per call, `wall_ns` its mean
 /// wall time (shown); all are medians over repetitions. `per_rep`, when
 /// given, is `ns` over `trap_ns + dispatch_ns` taken repetition by
@@ -146,9 +146,7 @@ pub fn ex64_service(
     let (bound, how) = match dispatch_ns {
         Some(d) => (
             FLOOR_MARGIN * (trap_ns + d),
-            format!(
-                "{FLOOR_MARGIN} x (trap {trap_ns:.0} + decode/dispatch after an exit {d:.0} ns)"
-            ),
+            format!("{FLOOR_MARGIN} x (trap {trap_ns:.0} + decode/dispatch in an exit {d:.0} ns)"),
         ),
         None => (
             FLOOR_MARGIN * trap_ns + EX64_UNMEASURED_DISPATCH_NS,
@@ -168,7 +166,7 @@ pub fn ex64_service(
         (false, None) => format!("over 1 us and {} {how} = {bound:.0} ns", within(near_floor)),
         (false, Some(r)) => format!(
             "over 1 us and {} 10% of its floor repetition by repetition: {:.2}x median \
-             [{:.2}..{:.2}] of (trap + decode/dispatch after an exit); of the medians, \
+             [{:.2}..{:.2}] of (trap + decode/dispatch in an exit); of the medians, \
              {how} = {bound:.0} ns",
             within(near_floor),
             r.median,
@@ -195,8 +193,8 @@ pub fn hypercall_floor(cpu_ns: f64, wall_ns: f64) -> Goal {
 }
 
 /// The second half of [`ex64_service`]'s floor: the 64-bank Ex call's
-/// decode and dispatch right after a bare exit on `vcpus` vCPUs (`ns`,
-/// `hypercall-ex64-probe`), against the same code timed hot in a loop
+/// decode and dispatch in the exits a hypercall takes, without the trap,
+/// on `vcpus` vCPUs (`ns`, `hypercall-ex64-probe`), against the same code timed hot in a loop
 /// without KVM (`hot_ns`, if it was). A reference figure, not judged.
 pub fn ex64_call_floor(vcpus: u32, ns: f64, hot_ns: Option<f64>) -> Goal {
     let hot = hot_ns.map_or(String::new(), |h| {
@@ -207,13 +205,13 @@ pub fn ex64_call_floor(vcpus: u32, ns: f64, hot_ns: Option<f64>) -> Goal {
     });
     Goal::info(
         EX64_CALL_FLOOR_CLAIM,
-        format!("{ns:.0} ns after a bare exit at {vcpus} vCPUs{hot}"),
+        format!("{ns:.0} ns in an exit without the trap at {vcpus} vCPUs{hot}"),
     )
 }
 
 /// The claim of [`ex64_call_floor`].
-pub const EX64_CALL_FLOOR_CLAIM: &str = "floor: the 64-bank Ex call's decode and dispatch right \
-     after an exit (caches and predictors as the host's exit path leaves them)";
+pub const EX64_CALL_FLOOR_CLAIM: &str = "floor: the 64-bank Ex call's decode and dispatch in the \
+     exits a hypercall takes, without the trap (caches and predictors as the host leaves them)";
 
 /// The claim of [`hypercall_floor`].
 pub const HYPERCALL_FLOOR_CLAIM: &str =
@@ -507,7 +505,7 @@ mod tests {
         assert!(
             g.pass
                 && g.measured
-                    .contains("within 1.1 x (trap 1800 + decode/dispatch after"),
+                    .contains("within 1.1 x (trap 1800 + decode/dispatch in an exit"),
             "{g:?}"
         );
         assert!(!ex64_service(2201.0, 9000.0, 1800.0, Some(200.0), None).pass);
@@ -538,7 +536,7 @@ mod tests {
         assert_eq!((c.verdict(), c.pass), ("INFO", true));
         assert!(
             c.measured
-                .contains("650 ns after a bare exit at 1024 vCPUs")
+                .contains("650 ns in an exit without the trap at 1024 vCPUs")
                 && c.measured.contains("hot without KVM 250 ns (2.60x)"),
             "{c:?}"
         );

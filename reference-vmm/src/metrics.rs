@@ -162,7 +162,7 @@ counters!(
         /// out (from `hypercall::decode` to the end of the dispatch or the
         /// SynIC call); the rest is the trap's fixed cost.
         hc_call_cycles,
-        /// Probes of the bench's call after a bare exit
+        /// Probes of the bench's call in an exit without the trap
         /// ([`crate::guest::abi::PROBE_PORT`]).
         probes,
         /// Host TSC cycles of those probes' decode and dispatch.

@@ -46,8 +46,8 @@ pub enum Scenario {
     NullHypercall,
     /// FlushVirtualAddressSpaceEx with a 64-bank sparse VP set.
     HypercallEx64,
-    /// `HypercallEx64`'s call decoded and carried out right after bare
-    /// port I/O exits from CPL3, without the hypercall trap.
+    /// `HypercallEx64`'s call decoded and carried out right after exits
+    /// the guest takes as it takes its hypercalls, without the trap.
     HypercallEx64Probe,
 }
 
@@ -275,8 +275,8 @@ pub struct Figures {
     /// Of that, nanoseconds per hypercall spent decoding the call and
     /// carrying it out (the rest is the trap's fixed cost).
     pub hypercall_call_ns: f64,
-    /// Nanoseconds per probe of `hypercall-ex64`'s call right after a bare
-    /// exit ([`crate::guest::abi::PROBE_PORT`]; 0 when none ran).
+    /// Nanoseconds per probe of `hypercall-ex64`'s call in an exit without
+    /// the trap ([`crate::guest::abi::PROBE_PORT`]; 0 when none ran).
     pub probe_ns: f64,
     /// Guest-observed nanoseconds per operation (the guest's TSC at its
     /// marks).

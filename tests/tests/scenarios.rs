@@ -102,7 +102,7 @@ fn all_at(vcpus: u32) {
                 );
             }
             Scenario::Timer(_) => assert!(t.eoi_msr >= f.ops, "{t:?}"),
-            // One probe per bare exit, no hypercall: the call's flush
+            // One probe per exit, no hypercall: the call's flush
             // requests go to the VPs its set names that exist (VP 1).
             Scenario::HypercallEx64Probe => {
                 assert!(t.probes >= f.ops && t.probe_cycles > 0, "{t:?}");

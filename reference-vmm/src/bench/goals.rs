@@ -43,7 +43,7 @@ fn most_profiled<'c>(
 /// each repetition's median CPU of the call's profiled exits (`ex64`, on
 /// `vcpus` vCPUs) over that repetition's trap cost (the null hypercall's
 /// CPU on `null_vcpus` vCPUs less its own decode and dispatch) plus its
-/// probe of the call after a bare exit. `None` unless every part ran in
+/// probe of the call in an exit without the trap. `None` unless every part ran in
 /// at least one repetition (user irqchip).
 fn ex64_per_rep(samples: &[Sample], vcpus: u32, null_vcpus: u32) -> Option<goal::Ratios> {
     let user = |s: &&Sample| s.irqchip == IrqchipMode::User;
@@ -257,7 +257,7 @@ pub fn goals(
         .iter()
         .filter(|c| c.op == Op::Ex64.name() && c.irqchip == IrqchipMode::User && c.enlightened)
         .max_by_key(|c| c.vcpus);
-    // Its decode and dispatch right after a bare exit, on as many vCPUs
+    // Its decode and dispatch in an exit without the trap, on as many vCPUs
     // (`ex64`'s "off" side), and timed hot without KVM.
     let probe = ex64.and_then(|c| {
         cells
@@ -297,7 +297,7 @@ pub fn goals(
                 format!("; timed hot without KVM {ns:.0} ns")
             });
             let after_exit = probe.map_or(String::new(), |p| {
-                format!("; after a bare exit {} ns", p.probe_ns.show(0))
+                format!("; in a probe exit {} ns", p.probe_ns.show(0))
             });
             g.measured = format!(
                 "{} at {} vCPUs; CPU median {} over repetitions; handler {} ns (TSC); \

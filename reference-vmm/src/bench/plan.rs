@@ -31,7 +31,7 @@ pub enum Op {
     /// A hypercall that does nothing.
     NullHypercall,
     /// FlushVirtualAddressSpaceEx with a 64-bank sparse VP set; "off" is
-    /// the same call probed after bare exits, without the trap.
+    /// the same call probed in the same exits, without the trap.
     Ex64,
 }
 
@@ -76,7 +76,7 @@ impl Op {
             Op::Stimer => "synthetic timer tick (off: APIC timer + x2APIC EOI)",
             Op::NullHypercall => "null hypercall (off: bare port I/O exit)",
             Op::Ex64 => {
-                "64-bank Ex hypercall (flush, sparse set; off: its decode and dispatch after a bare exit)"
+                "64-bank Ex hypercall (flush, sparse set; off: its decode and dispatch without the trap)"
             }
         }
     }
@@ -141,7 +141,7 @@ impl Op {
             // "Off" has no meaning for a hypercall: the cheapest exit
             // there is stands in for it.
             Op::NullHypercall => (Some(Scenario::PioExitLoop), Scenario::NullHypercall),
-            // "Off": the call without its trap, after a bare exit.
+            // "Off": the call without its trap, in the same exits.
             Op::Ex64 => (Some(Scenario::HypercallEx64Probe), Scenario::HypercallEx64),
         }
     }

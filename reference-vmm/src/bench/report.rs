@@ -227,7 +227,7 @@ impl Report {
                 "- The 64-bank Ex hypercall's decode and dispatch, timed in this process without KVM on \
                  {} vCPUs (as `--bench ex_hypercall` does): {:.0} ns median, shown beside the same \
                  call timed right after an exit. The `ex64` goal allows 1.1 x (the trap's fixed \
-                 cost + the call's decode and dispatch right after a bare exit) where the null \
+                 cost + the call's decode and dispatch in an exit without the trap) where the null \
                  hypercall alone exceeds 1 us.",
                 d.vcpus, d.ns
             );
@@ -249,8 +249,9 @@ impl Report {
             "- 64-bank Ex hypercall: FlushVirtualAddressSpaceEx whose sparse VP set has all 64 banks \
              present, one VP (64 i + 1) in each; at 1024 vCPUs 16 of them exist and are halted, so the \
              VMM decodes 64 banks and records 16 deferred flushes. Its off column is \
-             `hypercall-ex64-probe`: the VMM decodes and carries out the same call right after \
-             each bare exit (a CPL3 write to the probe port), without the hypercall trap. Without \
+             `hypercall-ex64-probe`: the guest writes the probe port where it would make the \
+             hypercall (a system call, then a CPL0 `out`), and the VMM decodes and carries out \
+             the same call right after each such exit, without the hypercall trap. Without \
              KVM, `cargo bench -p reference-vmm --bench ex_hypercall` times the same decode and \
              dispatch."
         );

@@ -58,8 +58,8 @@ pub struct Sample {
     pub hypercall_service_ns: f64,
     /// Of those, decode and dispatch nanoseconds per hypercall.
     pub hypercall_call_ns: f64,
-    /// Nanoseconds per probe of the `ex64` call after a bare exit (0 when
-    /// none ran).
+    /// Nanoseconds per probe of the `ex64` call in an exit without the
+    /// trap (0 when none ran).
     pub probe_ns: f64,
     /// Guest-observed nanoseconds per operation.
     pub guest_ns_per_op: f64,

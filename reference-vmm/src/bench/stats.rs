@@ -103,7 +103,7 @@ pub struct Cell {
     pub hypercall_service_ns: Stat,
     /// Of those, decode and dispatch nanoseconds per hypercall.
     pub hypercall_call_ns: Stat,
-    /// Nanoseconds per probe of the `ex64` call after a bare exit.
+    /// Nanoseconds per probe of the `ex64` call in an exit without the trap.
     pub probe_ns: Stat,
     /// Guest-observed nanoseconds per operation.
     pub guest_ns_per_op: Stat,

@@ -34,7 +34,7 @@ fn class(class: &'static str, exits: u64, cpu: f64) -> ClassService {
 
 /// The profiled exits of a fake run: MSR exits of 500 x ns, a null exit
 /// of 1 us, a null hypercall of 1.8 us and an ex64 one of 2.1 us (its
-/// probe, 1.2 us, a bare exit with the call).
+/// probe, 1.2 us, an exit with the call and no trap).
 fn by_class(op: Op, on: bool, x: f64) -> Vec<ClassService> {
     match (op, on) {
         (Op::PingPong, false) => vec![class("icr", 320, 500.0 * x), class("hlt", 160, 900.0)],
@@ -67,7 +67,7 @@ fn fake(op: Op, vcpus: u32, chip: IrqchipMode, on: bool, rep: u32, x: f64) -> Sa
         service_ns_per_exit: 500.0,
         hypercall_service_ns: 800.0,
         hypercall_call_ns: 300.0,
-        // The call after a bare exit, on the probe's side of ex64.
+        // The call in an exit without the trap, on the probe's side of ex64.
         probe_ns: if op == Op::Ex64 && !on { 500.0 } else { 0.0 },
         guest_ns_per_op: 1000.0 * x,
         ipi_path_vmm_ns_per_op: 10.0 * x,
@@ -177,7 +177,7 @@ fn goals_from_cells() {
     assert!(by("wakes 0 of the 62").pass);
     assert!(by("lazy EOI").pass);
     // 2.1 us against 1.1 x (the trap's 1.5 us: the null hypercall's 1.8
-    // less its 0.3 us call; + the call's 0.5 us after a bare exit), in
+    // less its 0.3 us call; + the call's 0.5 us without the trap), in
     // each repetition: 1.05x.
     let ex64 = by("VMM service of a 64-bank");
     assert!(
@@ -187,17 +187,17 @@ fn goals_from_cells() {
             )
             && ex64
                 .measured
-                .contains("1.1 x (trap 1500 + decode/dispatch after an exit 500 ns) = 2200")
+                .contains("1.1 x (trap 1500 + decode/dispatch in an exit 500 ns) = 2200")
             && ex64.measured.contains(
                 "decode and dispatch: in the handler 300 ns (the null hypercall's 300 ns); \
-                 after a bare exit 500 ns; timed hot without KVM 200 ns"
+                 in a probe exit 500 ns; timed hot without KVM 200 ns"
             ),
         "{ex64:?}"
     );
     let call = by("floor: the 64-bank Ex call");
     assert_eq!(call.verdict(), "INFO");
     assert!(
-        call.measured.contains("500 ns after a bare exit"),
+        call.measured.contains("500 ns in an exit without the trap"),
         "{call:?}"
     );
     let floor = by("floor: VMM service of a null hypercall");

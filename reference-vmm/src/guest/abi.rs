@@ -21,12 +21,13 @@ pub const NULL_PORT: u16 = 0xE3;
 /// The guest kernel's fatal-exception path, a byte write: AL = vector,
 /// RDX = RIP, RSI = error code.
 pub const PANIC_PORT: u16 = 0xE2;
-/// The bench's probe, open to CPL3: a byte write has the VMM decode and
-/// carry out the 64-bank FlushVirtualAddressSpaceEx whose input is at
-/// [`shared::HC_INPUT`], right after the exit and timed on its own, with
-/// no hypercall trap around it and nothing answered. The call is the
-/// VMM's (`hypercall-ex64`'s control word), not the guest's: CPL3 code
-/// can at most ask for TLB flushes of the VPs that input names.
+/// The bench's probe, a byte write from CPL0 (closed to CPL3 in the TSS
+/// I/O bitmap): the VMM decodes and carries out the 64-bank
+/// FlushVirtualAddressSpaceEx whose input is at [`shared::HC_INPUT`],
+/// right after the exit and timed on its own, with no hypercall trap
+/// around it and nothing answered. The call is the VMM's
+/// (`hypercall-ex64`'s control word), not the guest's: a write can at most
+/// ask for TLB flushes of the VPs that input names.
 pub const PROBE_PORT: u16 = 0xE1;
 
 /// Report: the scenario finished; RDI = 0 on success, else a failure code,

@@ -104,7 +104,7 @@ impl Vm {
         )
         .map_err(mem_err)?;
 
-        let io_ports = [abi::HYPERCALL_PORT, abi::NULL_PORT, abi::PROBE_PORT];
+        let io_ports = [abi::HYPERCALL_PORT, abi::NULL_PORT];
         let mut vcpu_fds = Vec::with_capacity(config.vcpus as usize);
         for i in 0..config.vcpus {
             let vi = u64::from(i);

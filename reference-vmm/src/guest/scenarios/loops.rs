@@ -94,16 +94,26 @@ pub fn ex64_flush(vcpus: u64, iters: u64) -> Result<Program, Error> {
     })
 }
 
-/// `iters` CPL3 writes to [`abi::PROBE_PORT`] between the marks, the
-/// input of [`ex64_flush`]'s call in place and its vCPUs as settled: the
-/// VMM decodes and carries out that call right after each bare exit. Its
-/// cost there, against the same call behind the hypercall trap, is what
-/// the exit itself leaves the call (caches and predictors the host's
-/// exit path has used), apart from the trap's own work.
+/// `iters` writes to [`abi::PROBE_PORT`] between the marks, made the way
+/// [`ex64_flush`] makes its hypercalls (a system call, then a CPL0 call of
+/// `out PROBE_PORT, al; ret` as of the hypercall page's `out 0xE0, al;
+/// ret`), with that call's input in place and its vCPUs as settled: the
+/// VMM decodes and carries out the call right after each exit. Its cost
+/// there is what the same code costs in the exits a hypercall takes (the
+/// caches and predictors as the host's exit path and its emulation of the
+/// guest's CPL0 path leave them), without the trap's own work.
 pub fn ex64_probe(vcpus: u64, iters: u64) -> Result<Program, Error> {
     let (_, w) = ex64_input();
     counted_loop_with(iters, ex64_data(&w), ex64_settle(vcpus), |a| {
-        a.out(u32::from(abi::PROBE_PORT), al)
+        let mut probe = a.create_label();
+        let mut after = a.create_label();
+        a.lea(rdi, ptr(probe))?;
+        sys(a, abi::SYS_CALL0)?;
+        a.jmp(after)?;
+        a.set_label(&mut probe)?;
+        a.out(u32::from(abi::PROBE_PORT), al)?;
+        a.ret()?;
+        a.set_label(&mut after)
     })
 }
 
