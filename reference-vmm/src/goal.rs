@@ -129,8 +129,8 @@ pub struct Ratios {
 /// decode and dispatch. `dispatch_ns` is this call's decode and dispatch
 /// timed in the exits a hypercall takes, without the trap
 /// (`hypercall-ex64-probe`): an exit leaves the host's caches and
-/// predictors to the VMM cold, and this is what the same code costs there; when `None`, 1 us is allowed
-/// for it instead. `ns` is the VMM CPU time per call, `wall_ns` its mean
+/// predictors to the VMM cold, and this is what the same code costs
+/// there; when `None`, 1 us is allowed for it instead. `ns` is the VMM CPU time per call, `wall_ns` its mean
 /// wall time (shown); all are medians over repetitions. `per_rep`, when
 /// given, is `ns` over `trap_ns + dispatch_ns` taken repetition by
 /// repetition, whose median is judged instead of the medians' ratio: the

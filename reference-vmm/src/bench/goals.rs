@@ -43,8 +43,8 @@ fn most_profiled<'c>(
 /// each repetition's median CPU of the call's profiled exits (`ex64`, on
 /// `vcpus` vCPUs) over that repetition's trap cost (the null hypercall's
 /// CPU on `null_vcpus` vCPUs less its own decode and dispatch) plus its
-/// probe of the call in an exit without the trap. `None` unless every part ran in
-/// at least one repetition (user irqchip).
+/// probe of the call in an exit without the trap. `None` unless every
+/// part ran in at least one repetition (user irqchip).
 fn ex64_per_rep(samples: &[Sample], vcpus: u32, null_vcpus: u32) -> Option<goal::Ratios> {
     let user = |s: &&Sample| s.irqchip == IrqchipMode::User;
     let hypercall_cpu = |s: &Sample| {
@@ -82,9 +82,9 @@ fn ex64_per_rep(samples: &[Sample], vcpus: u32, null_vcpus: u32) -> Option<goal:
 /// The goals against the summaries (user irqchip unless said otherwise;
 /// medians, and for counts that must be zero, maxima); `samples` are the
 /// repetitions behind them, for the goals judged repetition by
-/// repetition. `ex64_dispatch`
-/// is the `ex64` call's decode and dispatch timed without KVM, if it was
-/// (shown beside the same call timed in the VM).
+/// repetition. `ex64_dispatch` is the `ex64` call's decode and dispatch
+/// timed without KVM, if it was (shown beside the same call timed in the
+/// VM).
 /// `notify` is the host's cost of a kick and of a wake-up, if measured.
 pub fn goals(
     cells: &[Cell],

@@ -2,7 +2,7 @@
 //! [`IoManager`] of its own, consulted before the VM's (the platform
 //! devices, [`Machine::io`](crate::machine::Machine::io)). Its own devices are its xAPIC page (userspace
 //! irqchip) and the VMM's trap ports: the hypercall trap, and the built-in
-//! guest's panic port and report address.
+//! guest's panic port, report address and the bench's probe port.
 //!
 //! Why a second bus rather than the VM's: every vCPU sees its own local
 //! APIC at the same address, and a trap acts on the vCPU that wrote it.
