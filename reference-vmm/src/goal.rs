@@ -130,12 +130,13 @@ pub struct Ratios {
 /// timed in the exits a hypercall takes, without the trap
 /// (`hypercall-ex64-probe`): an exit leaves the host's caches and
 /// predictors to the VMM cold, and this is what the same code costs
-/// there; when `None`, 1 us is allowed for it instead. `ns` is the VMM CPU time per call, `wall_ns` its mean
-/// wall time (shown); all are medians over repetitions. `per_rep`, when
-/// given, is `ns` over `trap_ns + dispatch_ns` taken repetition by
-/// repetition, whose median is judged instead of the medians' ratio: the
-/// runs of one repetition are seconds apart, so a host that drifts
-/// between repetitions moves a call and its floor together.
+/// there; when `None`, 1 us is allowed for it instead. `ns` is the VMM
+/// CPU time per call, `wall_ns` its mean wall time (shown); all are
+/// medians over repetitions. `per_rep`, when given, is `ns` over
+/// `trap_ns + dispatch_ns` taken repetition by repetition, whose median
+/// is judged instead of the medians' ratio: the runs of one repetition
+/// are seconds apart, so a host that drifts between repetitions moves a
+/// call and its floor together.
 pub fn ex64_service(
     ns: f64,
     wall_ns: f64,
@@ -194,8 +195,9 @@ pub fn hypercall_floor(cpu_ns: f64, wall_ns: f64) -> Goal {
 
 /// The second half of [`ex64_service`]'s floor: the 64-bank Ex call's
 /// decode and dispatch in the exits a hypercall takes, without the trap,
-/// on `vcpus` vCPUs (`ns`, `hypercall-ex64-probe`), against the same code timed hot in a loop
-/// without KVM (`hot_ns`, if it was). A reference figure, not judged.
+/// on `vcpus` vCPUs (`ns`, `hypercall-ex64-probe`), against the same code
+/// timed hot in a loop without KVM (`hot_ns`, if it was). A reference
+/// figure, not judged.
 pub fn ex64_call_floor(vcpus: u32, ns: f64, hot_ns: Option<f64>) -> Goal {
     let hot = hot_ns.map_or(String::new(), |h| {
         format!(

@@ -259,14 +259,9 @@ pub fn goals(
         .max_by_key(|c| c.vcpus);
     // Its decode and dispatch in an exit without the trap, on as many vCPUs
     // (`ex64`'s "off" side), and timed hot without KVM.
-    let probe = ex64.and_then(|c| {
-        cells
-            .iter()
-            .find(|p| {
-                p.op == c.op && p.irqchip == c.irqchip && !p.enlightened && p.vcpus == c.vcpus
-            })
-            .filter(|p| p.probe_ns.median > 0.0)
-    });
+    let probe = ex64
+        .and_then(|c| find(cells, Op::Ex64, Some(c.vcpus), c.irqchip, false))
+        .filter(|p| p.probe_ns.median > 0.0);
     let hot_ns = ex64
         .and_then(|c| ex64_dispatch.filter(|d| d.vcpus == c.vcpus))
         .map(|d| d.ns);
